@@ -1,0 +1,88 @@
+"""Shared fixtures: offline W&B, small ConceptWorld data, a model trained once per session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_CONSOLE", "off")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from xai_lightning import ConceptWorldDataModule, ImageClassifier, SmallCNN
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A CPU trainer without progress bars or summaries; everything else from kwargs."""
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        log_every_n_steps=5,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def small_datamodule(**kwargs) -> ConceptWorldDataModule:
+    defaults = dict(num_train=256, num_val=64, batch_size=32, seed=0)
+    defaults.update(kwargs)
+    return ConceptWorldDataModule(**defaults)
+
+
+def small_classifier(num_classes: int = 5, width: int = 8, **kwargs) -> ImageClassifier:
+    return ImageClassifier(SmallCNN(num_classes=num_classes, width=width), **kwargs)
+
+
+def train_weights(tmp_path, callbacks, epochs: int = 3, dropout: float = 0.0, seed: int = 123, **datamodule_kwargs):
+    """Train a small SmallCNN with ``callbacks`` and return its final state dict (for bit-identity tests).
+
+    Dropout makes every step draw from the global RNG, so any RNG leak changes the weights.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    pl.seed_everything(seed)
+    model = small_classifier(width=8)
+    model.network.dropout.p = dropout
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, logger=CSVLogger(str(tmp_path)),
+                            enable_checkpointing=False)
+    trainer.fit(model, small_datamodule(**datamodule_kwargs))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+@pytest.fixture(scope="session")
+def trained_shape_model(tmp_path_factory) -> ImageClassifier:
+    """SmallCNN trained to ~100 % validation accuracy on ConceptWorld shapes (about 10 s, once)."""
+    pl.seed_everything(0)
+    datamodule = ConceptWorldDataModule(num_train=2000, num_val=500, batch_size=64, seed=0)
+    model = ImageClassifier(SmallCNN(num_classes=5, width=16), lr=3e-3)
+    trainer = quiet_trainer(max_epochs=6, logger=False, enable_checkpointing=False,
+                            default_root_dir=str(tmp_path_factory.mktemp("trained")))
+    trainer.fit(model, datamodule)
+    accuracy = float(trainer.callback_metrics["val/acc"])
+    assert accuracy > 0.95, f"fixture model did not train (val/acc={accuracy:.3f})"
+    return model.eval()
+
+
+@pytest.fixture
+def wandb_dir(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    return tmp_path

@@ -1,0 +1,174 @@
+"""The observer guard: explain a model mid-training without disturbing the training.
+
+Every explanation in xai_lightning runs inside :func:`observe`. For its duration the guard
+
+* switches the model to eval mode and afterwards restores **each submodule's own**
+  ``training`` flag (a BatchNorm frozen in eval stays frozen, a train-mode Dropout returns
+  to train mode) — never a blanket ``.train()``;
+* isolates every random number generator the training could read (torch CPU, every
+  initialised CUDA device, NumPy's and Python's global generators), so that noise,
+  sampling and shuffling inside an explanation leave the training stream untouched;
+* enables autograd even inside Lightning's ``torch.no_grad`` validation loop and
+  ``trainer.validate``'s ``torch.inference_mode`` (:meth:`ObserverGuard.input` clones
+  inference tensors into ordinary ones);
+* runs under the trainer's precision context (autocast for ``"16-mixed"``/``"bf16-mixed"``)
+  when a trainer is given;
+* removes every hook registered through :meth:`ObserverGuard.add_hook` in ``finally``,
+  also when the explained forward raises.
+
+Gradients inside the guard are taken with ``torch.autograd.grad`` only, so parameters'
+``.grad`` fields are never read or written. This module imports no Lightning: the trainer is
+duck-typed (anything with ``precision_plugin.forward_context()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["ObserverGuard", "isolated_rng", "observe"]
+
+
+class _RNGSnapshot:
+    """The state of every global generator a training loop may draw from."""
+
+    def __init__(self) -> None:
+        self.torch_cpu = torch.get_rng_state()
+        # Only initialised CUDA devices have a state worth saving; querying an uninitialised
+        # device would initialise CUDA, which is itself a side effect.
+        self.torch_cuda = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
+        self.numpy = np.random.get_state()
+        self.python = random.getstate()
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+
+@contextlib.contextmanager
+def isolated_rng():
+    """Restore every global generator (torch CPU/CUDA, NumPy, Python) on exit.
+
+    For work that must not shift the training's random stream but needs no other protection,
+    e.g. building a probe set from a user's dataloader.
+    """
+    snapshot = _RNGSnapshot()
+    try:
+        yield
+    finally:
+        snapshot.restore()
+
+
+class ObserverGuard:
+    """Context manager that makes a model safe to explain in the middle of training.
+
+    Args:
+        model: the module to explain. Its submodules' ``training`` flags are saved on entry
+            and restored one by one on exit.
+        trainer: optional Lightning trainer (duck-typed); its precision plugin's
+            ``forward_context()`` is entered so explanations run in the training precision.
+        seed: when given, the (isolated) global torch generator is seeded with it on entry,
+            which makes stochastic explanations (SmoothGrad noise, RISE masks) reproducible
+            epoch after epoch. The training stream is unaffected either way.
+
+    Example::
+
+        with observe(model) as guard:
+            x = guard.input(images)                 # autograd-ready copy
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits[:, 3].sum(), x)
+    """
+
+    def __init__(self, model: nn.Module, trainer: Any | None = None, seed: int | None = None) -> None:
+        self.model = model
+        self.trainer = trainer
+        self.seed = seed
+        self._hooks: list[RemovableHandle] = []
+        self._modes: list[tuple[nn.Module, bool]] = []
+        self._rng: _RNGSnapshot | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "ObserverGuard":
+        self._modes = [(module, module.training) for module in self.model.modules()]
+        self._rng = _RNGSnapshot()
+        stack = contextlib.ExitStack()
+        try:
+            # inference_mode(False) must come first: enable_grad alone cannot leave inference mode.
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            precision_plugin = getattr(self.trainer, "precision_plugin", None)
+            if precision_plugin is not None and hasattr(precision_plugin, "forward_context"):
+                stack.enter_context(precision_plugin.forward_context())
+            if self.seed is not None:
+                # Seed only generators the snapshot restores: torch.manual_seed would also queue a
+                # lazy seed for a not-yet-initialised CUDA, which would leak into training later.
+                torch.default_generator.manual_seed(self.seed)
+                if self._rng.torch_cuda is not None:
+                    torch.cuda.manual_seed_all(self.seed)
+            self.model.eval()
+        except BaseException:
+            stack.close()
+            self._restore()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.remove_hooks()
+        finally:
+            try:
+                if self._stack is not None:
+                    self._stack.close()
+            finally:
+                self._restore()
+
+    def _restore(self) -> None:
+        for module, training in self._modes:
+            module.training = training
+        if self._rng is not None:
+            self._rng.restore()
+
+    # ------------------------------------------------------------------ helpers
+    def add_hook(self, handle: RemovableHandle) -> RemovableHandle:
+        """Track a hook handle so that it is removed when the guard exits."""
+        self._hooks.append(handle)
+        return handle
+
+    def remove_hooks(self) -> None:
+        while self._hooks:
+            self._hooks.pop().remove()
+
+    @staticmethod
+    def input(x: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:
+        """An autograd-ready copy of ``x``, detached from the training graph.
+
+        Cloning is what turns an inference tensor (created under ``torch.inference_mode``)
+        into an ordinary one that autograd can differentiate.
+        """
+        copy = x.detach().clone()
+        if requires_grad and copy.is_floating_point():
+            copy.requires_grad_(True)
+        return copy
+
+
+def observe(model: nn.Module, trainer: Any | None = None, seed: int | None = None) -> ObserverGuard:
+    """Return an :class:`ObserverGuard` for ``model``; use it as ``with observe(model) as guard:``."""
+    return ObserverGuard(model, trainer=trainer, seed=seed)

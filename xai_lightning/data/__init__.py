@@ -1,0 +1,30 @@
+"""Datasets with ground truth (ConceptWorld), real data (digits), datamodules, the batch convention."""
+
+from xai_lightning.data.batch import Batch, replace_inputs, unpack_batch
+from xai_lightning.data.concept_world import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    TEXTURES,
+    ConceptWorld,
+    ConceptWorldLatent,
+    ConceptWorldRender,
+)
+from xai_lightning.data.datamodules import ConceptWorldDataModule, DigitsDataModule
+from xai_lightning.data.digits import HandwrittenDigits
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "Batch",
+    "ConceptWorld",
+    "ConceptWorldDataModule",
+    "ConceptWorldLatent",
+    "ConceptWorldRender",
+    "DigitsDataModule",
+    "HandwrittenDigits",
+    "SHAPES",
+    "TEXTURES",
+    "replace_inputs",
+    "unpack_batch",
+]

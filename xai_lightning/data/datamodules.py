@@ -1,0 +1,162 @@
+"""LightningDataModules over ConceptWorld and scikit-learn's handwritten digits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from xai_lightning.data.concept_world import ConceptWorld, LabelBy, SpuriousConcept
+from xai_lightning.data.digits import HandwrittenDigits
+
+__all__ = ["ConceptWorldDataModule", "DigitsDataModule"]
+
+BatchFormat = Literal["tuple", "dict"]
+
+
+def _collate_tuple(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([item["image"] for item in items]), torch.tensor([item["label"] for item in items])
+
+
+class _Loaders:
+    """Shared dataloader construction: ConceptWorld-style dict items, collated as asked."""
+
+    batch_size: int
+    num_workers: int
+    batch_format: BatchFormat
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        collate = _collate_tuple if self.batch_format == "tuple" else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
+    """ConceptWorld train/val(/test) splits, generated in memory from one seed.
+
+    Training batches are ``(x, y)`` by default (``batch_format="tuple"``); ``"dict"`` gives
+    dicts with ``masks`` and ``object_mask`` too (see :mod:`xai_lightning.data.batch`). The
+    validation *dataset* always yields dict items with masks, which is where observing
+    callbacks draw their probe sets.
+
+    Args:
+        num_train, num_val, num_test: split sizes (``num_test=0``: no test split).
+        seed: the splits use seeds derived from it (``seed * 1000 + split``), so they never overlap.
+        The remaining arguments are :class:`~xai_lightning.data.ConceptWorld`'s.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 5000,
+        num_val: int = 1000,
+        num_test: int = 0,
+        image_size: int = 32,
+        seed: int = 0,
+        label_by: LabelBy = "shape",
+        spurious_concept: SpuriousConcept | None = None,
+        spurious_p: float = 0.0,
+        distractor_p: float = 0.0,
+        caption_p: float = 0.0,
+        caption_agreement: float = 1.0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        batch_format: BatchFormat = "tuple",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.batch_format = batch_format
+        self.train_set: ConceptWorld | None = None
+        self.val_set: ConceptWorld | None = None
+        self.test_set: ConceptWorld | None = None
+
+    def _make(self, num_samples: int, split: int) -> ConceptWorld:
+        h = self.hparams
+        return ConceptWorld(
+            num_samples=num_samples, image_size=h.image_size, seed=h.seed * 1000 + split, label_by=h.label_by,
+            spurious_concept=h.spurious_concept, spurious_p=h.spurious_p, distractor_p=h.distractor_p,
+            caption_p=h.caption_p, caption_agreement=h.caption_agreement,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return ConceptWorld(0, label_by=self.hparams.label_by).num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._make(self.hparams.num_train, 0)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            self.val_set = self._make(self.hparams.num_val, 1)
+        if self.test_set is None and stage in (None, "test", "predict") and self.hparams.num_test > 0:
+            self.test_set = self._make(self.hparams.num_test, 2)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        if self.batch_format == "tuple":
+            # No masks are needed to train: a TensorDataset avoids computing them per item.
+            images, labels = self.train_set.tensors()
+            return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=True,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup('fit') or setup('validate') first"
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise RuntimeError("ConceptWorldDataModule(num_test=0) has no test split; set num_test > 0.")
+        return self._loader(self.test_set, shuffle=False)
+
+
+class DigitsDataModule(_Loaders, pl.LightningDataModule):
+    """scikit-learn's bundled handwritten digits (1,797 real 8×8 scans, 10 classes), upsampled.
+
+    Args:
+        image_size: side after bilinear upsampling (8 keeps the original resolution).
+        channels: 1 (grey) or 3 (grey replicated, for RGB models).
+        val_fraction: stratified, seeded validation split.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: Literal[1, 3] = 3,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        batch_format: BatchFormat = "tuple",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.batch_format = batch_format
+        self.train_set: HandwrittenDigits | None = None
+        self.val_set: HandwrittenDigits | None = None
+
+    num_classes = 10
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            h = self.hparams
+            self.train_set = HandwrittenDigits("train", h.image_size, h.channels, h.val_fraction, h.seed)
+            self.val_set = HandwrittenDigits("val", h.image_size, h.channels, h.val_fraction, h.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup('fit') first"
+        return self._loader(self.val_set, shuffle=False)
