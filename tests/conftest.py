@@ -86,3 +86,21 @@ def trained_shape_model(tmp_path_factory) -> ImageClassifier:
 def wandb_dir(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     return tmp_path
+
+
+def read_wandb_history(run_dir) -> list[dict]:
+    """History records of an offline W&B run, read back with ``wandb leet inspect --json``."""
+    import json
+    import subprocess
+
+    output = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
+    ).stdout
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+    return [record["history"]["item"] for record in records if record.get("type") == "history"]
+
+
+def wandb_run_dir(root) -> Path:
+    runs = sorted(Path(root).glob("**/offline-run-*"))
+    assert runs, f"no offline W&B run under {root}"
+    return runs[-1]

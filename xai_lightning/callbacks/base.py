@@ -202,8 +202,10 @@ class ObserverCallback(pl.Callback):
         local: dict[str, torch.Tensor] = {}
         error: BaseException | None = None
         try:
-            shard = self.probe.shard(rank, world).to(pl_module.device)
             with observe(module, trainer=trainer, seed=self.probe_seed):
+                # Sharded inside the guard: under trainer.validate's inference mode, indexing
+                # outside it would create inference tensors that autograd cannot use.
+                shard = self.probe.shard(rank, world).to(pl_module.device)
                 local = {key: value.detach() for key, value in self.explain(trainer, module, shard).items()}
         except Exception as exc:  # noqa: BLE001 - reported below; training must go on
             error = exc

@@ -59,6 +59,8 @@ def resolve_targets(
         resolved = torch.full((batch,), target, dtype=torch.long, device=logits.device)
     else:
         resolved = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    # A fresh tensor: labels created under torch.inference_mode cannot be saved for backward.
+    resolved = resolved.clone()
     if resolved.numel() != batch:
         raise ValueError(f"Got {resolved.numel()} targets for a batch of {batch} examples.")
     if resolved.numel() and (resolved.min() < 0 or resolved.max() >= num_classes):
