@@ -104,3 +104,13 @@ def wandb_run_dir(root) -> Path:
     runs = sorted(Path(root).glob("**/offline-run-*"))
     assert runs, f"no offline W&B run under {root}"
     return runs[-1]
+
+
+@pytest.fixture(autouse=True)
+def finish_dangling_wandb_runs():
+    """A test that fails inside fit leaves its W&B run open; later WandbLoggers would attach to it."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
