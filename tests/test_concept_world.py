@@ -98,6 +98,10 @@ def test_masks_partition_the_image_and_cover_each_category(world):
         assert torch.equal(family_masks.any(1), object_pixels)
     parts = masks[:, [names.index("part/edge"), names.index("part/interior")]]
     assert torch.equal(parts.any(1), object_pixels) and not (parts.sum(1) > 1).any()
+    corners = masks[:, names.index("part/corner")]
+    assert not (corners & ~object_pixels).any()
+    circles = (world.latent.shape == world.shapes.index("circle")) & ~world.latent.distractor
+    assert not corners[circles].any() and corners[world.latent.shape == world.shapes.index("square")].any()
     categories = world.concept_categories
     assert categories["shape/circle"] == "object" and categories["colour/red"] == "colour"
     assert categories["scene/grid"] == "scene" and categories["part/edge"] == "part"
@@ -173,3 +177,21 @@ def test_handwritten_digits_are_real_stratified_and_upsampled():
     module.setup("fit")
     x, y = next(iter(module.train_dataloader()))
     assert x.shape[1:] == (1, 8, 8)
+
+
+def test_landmarks_sit_on_the_rendered_object():
+    world = ConceptWorld(200, seed=5, shapes=("square", "triangle", "diamond", "cross"))
+    landmarks = world.landmarks()
+    assert landmarks.shape == (200, 5, 2)
+    size = world.image_size
+    objects = world.masks(torch.arange(200))[:, world.concept_index("object")]
+    # Centre and every corner lie on (or within a pixel of) an object pixel.
+    dilated = torch.nn.functional.max_pool2d(objects.float().unsqueeze(1), 3, 1, 1).squeeze(1).bool()
+    points = landmarks.reshape(-1, 2)
+    rows = torch.arange(200).repeat_interleave(5)
+    valid = ~points.isnan().any(1)
+    pixel = (points[valid] * size).floor().long().clamp(0, size - 1)
+    assert dilated[rows[valid], pixel[:, 1], pixel[:, 0]].float().mean() > 0.98
+    squares = world.latent.shape == 0
+    assert not landmarks[squares].isnan().any()
+    assert landmarks[world.latent.shape == 1][:, 4].isnan().all()  # triangles: 3 corners

@@ -216,7 +216,7 @@ class ObserverCallback(pl.Callback):
         if failed:
             return self._fail(trainer, error)
         try:
-            results = self._gather(trainer, local, len(self.probe))
+            results = self.gather(trainer, local, len(self.probe))
             scalars = self.report(trainer, module, self.probe, results)
         except Exception as exc:  # noqa: BLE001
             return self._fail(trainer, exc)
@@ -228,7 +228,12 @@ class ObserverCallback(pl.Callback):
         self.history.append({"epoch": float(trainer.current_epoch), "step": float(step), **scalars})
         return scalars
 
-    def _gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
+    def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
+        """Combine every rank's :meth:`explain` output into full results, identical on all ranks.
+
+        Default: per-example tensors are all-gathered and put back in probe order. Override for
+        other reductions (e.g. summing counts with ``trainer.strategy.reduce``).
+        """
         if trainer.world_size == 1:
             return {key: value.cpu() for key, value in local.items()}
         gathered = {}

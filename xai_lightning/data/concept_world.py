@@ -14,7 +14,7 @@ shapes     circle, square, triangle, cross, diamond                 (category "o
 textures   plain, striped, dotted                                   (category "texture")
 colours    red, green, blue, yellow                                 (category "colour")
 scenes     flat, gradient, noise, grid  (background kind)           (category "scene")
-parts      edge (object boundary), interior                         (category "part")
+parts      edge (object boundary), interior, corner (near a vertex)  (category "part")
 regions    object, distractor, background, caption                  (category "region")
 =========  ===========================================================================
 
@@ -51,7 +51,19 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.96, 0.86, 0.12),
 }
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise", "grid")
-PARTS: tuple[str, ...] = ("edge", "interior")
+PARTS: tuple[str, ...] = ("edge", "interior", "corner")
+
+# Corner landmarks of each shape in units of its radius (x, y), y pointing down; circles have none.
+_CORNERS: dict[str, tuple[tuple[float, float], ...]] = {
+    "circle": (),
+    "ring": (),
+    "square": ((-0.82, -0.82), (0.82, -0.82), (0.82, 0.82), (-0.82, 0.82)),
+    "triangle": ((0.0, -1.0), (1.0, 0.75), (-1.0, 0.75)),
+    "diamond": ((0.0, -1.1), (1.1, 0.0), (0.0, 1.1), (-1.1, 0.0)),
+    "cross": ((0.0, -1.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0)),
+}
+MAX_CORNERS = 4
+CORNER_RADIUS = 0.4  # part/corner: object pixels within this many radii of a corner landmark
 REGIONS: tuple[str, ...] = ("object", "distractor", "background", "caption")
 
 # Segmentation codes of the per-pixel region map.
@@ -511,8 +523,44 @@ class ConceptWorld(torch.utils.data.Dataset):
         whole = torch.ones_like(obj)
         layers.extend(whole & (latent.background.view(-1, 1, 1) == k) for k in range(len(self.backgrounds)))
         objects = obj | dis
-        layers.extend([objects & edges, objects & ~edges])
+        layers.extend([objects & edges, objects & ~edges, self._corner_pixels(latent, obj, dis)])
         return torch.stack(layers, dim=1)
+
+    def _corner_pixels(self, latent: ConceptWorldLatent, obj: torch.Tensor, dis: torch.Tensor) -> torch.Tensor:
+        """Visible object/distractor pixels within ``CORNER_RADIUS`` radii of one of their shape's corners."""
+        size_px = obj.shape[-1]
+        coords = (torch.arange(size_px, device=obj.device, dtype=torch.float32) + 0.5) / size_px
+        near = torch.zeros_like(obj)
+        for visible, prefix in ((obj, ""), (dis, "distractor_")):
+            corners = self.corner_landmarks(latent, distractor=bool(prefix))  # (N, 4, 2), NaN where absent
+            radius = getattr(latent, f"{prefix}size").view(-1, 1, 1, 1) * CORNER_RADIUS
+            dx = coords.view(1, 1, 1, -1) - corners[..., 0].view(*corners.shape[:2], 1, 1)
+            dy = coords.view(1, 1, -1, 1) - corners[..., 1].view(*corners.shape[:2], 1, 1)
+            close = (dx.square() + dy.square() <= radius.square()).any(1)  # NaN compares False
+            near |= visible & close
+        return near
+
+    # ------------------------------------------------------------------ landmarks
+    def corner_landmarks(self, latent: ConceptWorldLatent | None = None, distractor: bool = False) -> torch.Tensor:
+        """Corner landmarks ``(N, 4, 2)`` as (x, y) fractions of the image side; NaN rows where a shape
+        has fewer corners (circles have none). Ground truth for part localisation."""
+        latent = self.latent if latent is None else latent
+        prefix = "distractor_" if distractor else ""
+        table = torch.full((len(self.shapes), MAX_CORNERS, 2), float("nan"))
+        for index, name in enumerate(self.shapes):
+            points = _CORNERS[name]
+            if points:
+                table[index, : len(points)] = torch.tensor(points)
+        shape = getattr(latent, f"{prefix}shape")
+        offsets = table.to(shape.device)[shape]  # (N, 4, 2) in radii
+        centre = getattr(latent, f"{prefix}centre").unsqueeze(1)
+        return centre + offsets * getattr(latent, f"{prefix}size").view(-1, 1, 1)
+
+    def landmarks(self, latent: ConceptWorldLatent | None = None) -> torch.Tensor:
+        """The labelled object's landmarks ``(N, 1 + 4, 2)``: its centre, then its corners (NaN-padded),
+        as (x, y) fractions of the image side — e.g. for Zhang et al.'s location instability."""
+        latent = self.latent if latent is None else latent
+        return torch.cat([latent.centre.unsqueeze(1), self.corner_landmarks(latent)], dim=1)
 
     def masks(self, index: int | slice | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Concept masks ``(n, K, H, W)`` of stored samples."""
