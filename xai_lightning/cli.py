@@ -16,7 +16,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from xai_lightning.callbacks.base import ObserverCallback
 
-__all__ = ["XaiLightningCLI", "main", "report_locations"]
+__all__ = ["XaiLightningCLI", "build_cli", "main", "report_locations"]
 
 
 def report_locations(trainer: pl.Trainer) -> list[str]:
@@ -58,7 +58,8 @@ class XaiLightningCLI(LightningCLI):
         self._report()
 
 
-def main(args: list[str] | None = None) -> XaiLightningCLI:
+def build_cli(args: list[str] | None = None) -> XaiLightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand, and return the CLI (trainer, model, …)."""
     os.environ.setdefault("WANDB_MODE", "offline")  # offline unless the user explicitly asks otherwise
     return XaiLightningCLI(
         pl.LightningModule,
@@ -68,6 +69,11 @@ def main(args: list[str] | None = None) -> XaiLightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point. Returns None: the console-script wrapper exits with ``sys.exit(main())``."""
+    build_cli(args)
 
 
 if __name__ == "__main__":
