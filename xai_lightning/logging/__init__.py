@@ -8,6 +8,7 @@ from xai_lightning.logging.colormap import apply_colormap, normalize_maps
 from xai_lightning.logging.figure import figure_to_array
 from xai_lightning.logging.file_sink import FileSink
 from xai_lightning.logging.grid import labelled_grid
+from xai_lightning.logging.html_report import HtmlReport
 from xai_lightning.logging.overlay import display_images, heatmaps, overlay, to_uint8_hwc
 from xai_lightning.logging.sink import Sink, SinkSet, check_image
 from xai_lightning.logging.tensorboard_sink import TensorBoardSink
@@ -16,6 +17,7 @@ from xai_lightning.logging.wandb_sink import WandbSink
 
 __all__ = [
     "FileSink",
+    "HtmlReport",
     "Sink",
     "SinkSet",
     "TensorBoardSink",
