@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xai_lightning.attribution.explained_model import ExplainedModel
+from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import (
     LayerCapture,
+    ObserverGuard,
     TargetSpec,
     batch_slices,
     class_scores,
@@ -115,13 +118,20 @@ def grad_cam(
     )
 
 
-class GradCAM:
+class GradCAM(AttributionMethod):
     """Grad-CAM as a method object (Captum style: configure once, call ``attribute`` per batch).
+
+    Output: ``(B, H, W)`` maps (``(B, h, w)`` with ``upsample=False``), non-negative with ``relu``.
 
     Example::
 
         maps = GradCAM(layer="features.10").attribute(model, images, target=labels)   # (B, H, W)
     """
+
+    name = "gradcam"
+    title = "Grad-CAM"
+    image_only = True
+    map_reduction = "none"
 
     def __init__(
         self,
@@ -130,22 +140,24 @@ class GradCAM:
         upsample: bool = True,
         output_key: str | int | None = None,
         max_batch: int | None = None,
+        seed: int | None = None,
     ) -> None:
+        super().__init__(output_key=output_key, max_batch=max_batch, seed=seed)
         self.layer = layer
         self.relu = relu
         self.upsample = upsample
-        self.output_key = output_key
-        self.max_batch = max_batch
 
-    def attribute(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted") -> torch.Tensor:
+    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
+                   labels: torch.Tensor | None, guard: ObserverGuard):
         result = grad_cam(
-            model,
+            explained.model,
             inputs,
             target,
             self.layer,
-            output_key=self.output_key,
+            labels=labels,
+            output_key=explained.output_key,
             relu=self.relu,
             upsample=self.upsample,
-            max_batch=self.max_batch,
+            max_batch=explained.max_batch,
         )
-        return next(iter(result.maps.values()))
+        return next(iter(result.maps.values())), None

@@ -1,0 +1,135 @@
+"""The model being explained: class scores and their input gradients, evaluated in ``max_batch`` slices.
+
+Every attribution method talks to the network through :class:`ExplainedModel`. It turns whatever
+the network returns into ``(B, num_classes)`` logits (``output_key`` for dict/tuple outputs),
+resolves the explained class per example, and evaluates large batches of model inputs — IG path
+points, noisy copies, occluded images, masked images, coalitions — as *rows* generated on demand
+and pushed through the network at most ``max_batch`` at a time. Nothing here enters the observer
+guard: the calling method already runs inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+from xai_lightning.core import TargetSpec, batch_slices, class_scores, resolve_targets, select_logits
+
+__all__ = ["ExplainedModel", "ScoreKind", "scores_from_logits"]
+
+#: What a perturbation method measures: the class logit, or its softmax probability.
+ScoreKind = Literal["logit", "probability"]
+
+RowMaker = Callable[[slice], torch.Tensor]
+
+
+def scores_from_logits(logits: torch.Tensor, targets: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+    """``(R,)`` score of each row's target class: the logit, or the softmax probability."""
+    if kind == "logit":
+        return class_scores(logits, targets)
+    if kind == "probability":
+        return class_scores(logits.float().softmax(dim=1), targets)
+    raise ValueError(f"Unknown score {kind!r}; use 'logit' or 'probability'.")
+
+
+class ExplainedModel:
+    """A network plus the conventions of one explanation: where the logits are, the batch cap.
+
+    Args:
+        model: the network (already unwrapped from DDP/compile wrappers, in eval mode).
+        output_key: dict key or tuple index of the logits when the network returns several outputs.
+        max_batch: most rows per forward/backward pass (None: everything at once).
+        want_delta: the caller asked for a convergence delta (methods skip computing it otherwise).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output_key: str | int | None = None,
+        max_batch: int | None = None,
+        want_delta: bool = False,
+    ) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
+        self.model = model
+        self.output_key = output_key
+        self.max_batch = max_batch
+        self.want_delta = want_delta
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected)."""
+        return select_logits(self.model(x), self.output_key)
+
+    def slices(self, total: int) -> Iterator[slice]:
+        return batch_slices(total, self.max_batch)
+
+    # ------------------------------------------------------------------ targets
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, num_classes)`` detached float logits of ``inputs``, without building a graph."""
+        with torch.no_grad():
+            parts = [self.logits(inputs[rows]).detach().float() for rows in self.slices(inputs.shape[0])]
+        return torch.cat(parts)
+
+    def resolve(
+        self, inputs: torch.Tensor, target: TargetSpec, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(targets (B,), logits (B, K) or None)``.
+
+        ``"predicted"`` needs the logits of every input; any other target is validated against the
+        number of classes, which a forward pass on one input reveals. The logits are returned when
+        they were computed, so methods that need ``f(x)`` anyway do not pay for it twice.
+        """
+        if isinstance(target, str) and target == "predicted":
+            logits = self.predict(inputs)
+            return resolve_targets(target, logits, labels), logits
+        with torch.no_grad():
+            probe = self.logits(inputs[:1]).detach().float()
+        batch_shaped = probe.new_zeros(inputs.shape[0], probe.shape[1])
+        return resolve_targets(target, batch_shaped, labels), None
+
+    # ------------------------------------------------------------------ batched evaluation
+    def scores(self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
+        """``(total,)`` scores of ``total`` model inputs produced slice by slice by ``make_rows``."""
+        parts = []
+        with torch.no_grad():
+            for rows in self.slices(total):
+                logits = self.logits(make_rows(rows)).float()
+                parts.append(scores_from_logits(logits, row_targets[rows], kind))
+        return torch.cat(parts) if parts else row_targets.new_zeros(0, dtype=torch.float32)
+
+    def gradients(
+        self, total: int, make_rows: RowMaker, row_targets: torch.Tensor
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Yield ``(rows, ∂logit/∂input (r, ...), logit (r,))`` for ``total`` generated inputs.
+
+        Each slice is one forward and one ``torch.autograd.grad`` call; parameters' ``.grad`` is
+        never touched.
+        """
+        for rows in self.slices(total):
+            x = make_rows(rows).detach().requires_grad_(True)
+            logits = self.logits(x)
+            score = class_scores(logits, row_targets[rows])
+            (gradient,) = torch.autograd.grad(score.sum(), x)
+            yield rows, gradient, score.detach().float()
+
+    def input_gradients(
+        self, inputs: torch.Tensor, target: TargetSpec, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(∂y_c/∂x (B, ...), logits (B, K), targets (B,))`` at the inputs themselves.
+
+        The explained class is resolved from the same forward pass (``"predicted"`` costs nothing
+        extra), slice by slice.
+        """
+        gradients, logits_parts, target_parts = [], [], []
+        for rows in self.slices(inputs.shape[0]):
+            x = inputs[rows].detach().requires_grad_(True)
+            logits = self.logits(x)
+            targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+            (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), x)
+            gradients.append(gradient)
+            logits_parts.append(logits.detach().float())
+            target_parts.append(targets)
+        return torch.cat(gradients), torch.cat(logits_parts), torch.cat(target_parts)

@@ -1,0 +1,64 @@
+"""Grad-CAM++ (Chattopadhay, Sarkar, Howlader & Balasubramanian, "Grad-CAM++: Generalized
+Gradient-based Visual Explanations for Deep Convolutional Networks", WACV 2018).
+
+Channel weights from higher-order terms of ``Y = exp(y_c)``. For a network piecewise linear in
+``A`` the second and third derivatives of ``Y`` are ``exp(y_c)·g²`` and ``exp(y_c)·g³`` with
+``g = ∂y_c/∂A``, so (the common factor ``exp(y_c)`` cancelling in α and dropping out of the
+normalised map)
+
+    α^k_ij = g²_kij / (2 g²_kij + Σ_ab A^k_ab · g³_kij)         (0 where g = 0)
+    w_k    = Σ_ij α^k_ij · ReLU(g_kij)
+    M_c    = ReLU(Σ_k w_k A^k)                                   (B, h, w), bilinearly upsampled
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xai_lightning.attribution.explained_model import ExplainedModel
+from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, upsample_maps
+from xai_lightning.attribution.method import AttributionMethod
+from xai_lightning.core import ObserverGuard, TargetSpec
+
+__all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
+
+
+def grad_cam_plus_plus_weights(activation: torch.Tensor, gradient: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """``(B, K)`` channel weights ``w_k`` of Grad-CAM++ from ``A`` and ``∂y_c/∂A`` ``(B, K, h, w)``."""
+    g = gradient.double()
+    g2, g3 = g.square(), g.pow(3)
+    total = activation.double().sum(dim=(2, 3), keepdim=True)
+    alpha = g2 / (2 * g2 + total * g3 + eps)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * g.clamp_min(0)).sum(dim=(2, 3)).float()
+
+
+class GradCAMPlusPlus(AttributionMethod):
+    """Grad-CAM++ maps at ``layer``, ``(B, H, W)`` non-negative.
+
+    Args:
+        layer: dotted module name or ``"auto"``.
+        upsample: bilinear upsampling to the input size.
+    """
+
+    name = "gradcam_plus_plus"
+    title = "Grad-CAM++"
+    image_only = True
+    map_reduction = "none"
+
+    def __init__(self, layer: str = "auto", upsample: bool = True, **common) -> None:
+        super().__init__(**common)
+        self.layer = layer
+        self.upsample = upsample
+
+    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
+                   labels: torch.Tensor | None, guard: ObserverGuard):
+        layer = resolve_layer(explained, inputs, self.layer, "Grad-CAM++")
+        maps = []
+        for part in layer_slices(explained, inputs, target, labels, layer, method="Grad-CAM++"):
+            weights = grad_cam_plus_plus_weights(part.activation, part.gradient)
+            maps.append(torch.einsum("bk,bkhw->bhw", weights, part.activation.float()).clamp_min(0))
+        result = torch.cat(maps)
+        if self.upsample:
+            result = upsample_maps(result, tuple(inputs.shape[-2:]))
+        return result, None

@@ -1,0 +1,80 @@
+"""A layer's activations and the gradient of the class logit with respect to them, slice by slice.
+
+The class-activation-map family (CAM, Grad-CAM, Grad-CAM++, HiResCAM, Score-CAM, Guided
+Grad-CAM) weighs the feature maps ``A ∈ (B, K, h, w)`` of one layer; they differ only in the
+weights. This module resolves the layer (a dotted name or ``"auto"``: the last module with a
+spatial 4-D output), captures ``A`` (and ``∂y_c/∂A``) during forward passes of at most
+``max_batch`` inputs, and upsamples maps to the input resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from xai_lightning.attribution.explained_model import ExplainedModel
+from xai_lightning.core import LayerCapture, TargetSpec, class_scores, resolve_layers, resolve_targets
+
+__all__ = ["LayerSlice", "layer_slices", "resolve_layer", "upsample_maps"]
+
+
+@dataclass
+class LayerSlice:
+    """One slice of the batch: ``activation (b, K, h, w)``, its ``gradient`` (or None), logits and targets."""
+
+    rows: slice
+    inputs: torch.Tensor
+    activation: torch.Tensor
+    gradient: torch.Tensor | None
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def resolve_layer(explained: ExplainedModel, inputs: torch.Tensor, layer: str, method: str) -> str:
+    """The normalised dotted name of ``layer`` (``"auto"`` resolved with a forward pass on one input)."""
+    (name,) = resolve_layers(
+        explained.model, layer, forward=lambda: explained.model(inputs[:1].detach())
+    )
+    return name
+
+
+def layer_slices(
+    explained: ExplainedModel,
+    inputs: torch.Tensor,
+    target: TargetSpec,
+    labels: torch.Tensor | None,
+    layer: str,
+    gradients: bool = True,
+    method: str = "this method",
+) -> Iterator[LayerSlice]:
+    """Forward slices of ``inputs`` capturing ``layer``; with ``gradients`` also ``∂y_c/∂A``.
+
+    Raises:
+        ValueError: when the layer's output is not ``(b, K, h, w)``.
+    """
+    for rows in explained.slices(inputs.shape[0]):
+        x = inputs[rows].detach().requires_grad_(gradients)
+        with LayerCapture(explained.model, layer) as capture:
+            logits = explained.logits(x)
+        activation = capture.activations[layer]
+        if activation.dim() != 4:
+            raise ValueError(
+                f"{method} needs a layer with (B, C, h, w) feature maps; {layer!r} outputs {tuple(activation.shape)}. "
+                "Choose a convolutional layer or 'auto'."
+            )
+        targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+        gradient = None
+        if gradients:
+            (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), activation)
+        yield LayerSlice(rows, x.detach(), activation.detach(), gradient, logits.detach().float(), targets)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """``(B, h, w)`` → ``(B, H, W)``; bilinear with ``align_corners=False`` (as Captum and the papers)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)

@@ -1,0 +1,157 @@
+"""The shape every attribution method shares: configure once, ``attribute(model, x, target)`` per batch.
+
+Captum's convention: the constructor holds the method's settings (plain values), ``attribute``
+runs it on a model and a batch. :class:`AttributionMethod` adds what every method of ours must
+do the same way — enter the observer guard (eval mode, isolated RNG, autograd enabled even under
+``no_grad``/``inference_mode``, hooks removed in ``finally``), copy the inputs out of the caller's
+graph, reject inputs a method cannot explain with a message naming the fix, resolve the explained
+class, and slice the work by ``max_batch``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from xai_lightning.attribution.explained_model import ExplainedModel
+from xai_lightning.attribution.maps import MapReduction, reduce_to_map
+from xai_lightning.core import ObserverGuard, TargetSpec, observe, unwrap_model
+
+__all__ = ["AttributionMethod"]
+
+
+class AttributionMethod:
+    """Base class of the attribution methods in :mod:`xai_lightning.attribution`.
+
+    Subclasses set the class attributes and implement :meth:`_attribute`.
+
+    Args (shared by every method):
+        output_key: dict key or tuple index of the logits when the model returns several outputs.
+        max_batch: most model inputs per forward/backward pass (IG steps, noisy copies, occluded
+            images, masks and coalitions are all counted as rows); None: no cap.
+        seed: seed of the (isolated) torch generator for stochastic methods; None keeps the
+            current state of the generator inside the guard.
+    """
+
+    #: registry name, e.g. ``"integrated_gradients"``.
+    name: ClassVar[str] = ""
+    #: human-readable name for figures, e.g. ``"Integrated Gradients"``.
+    title: ClassVar[str] = ""
+    #: True for methods that only make sense on images ``(B, C, H, W)`` (CAMs, XRAI).
+    image_only: ClassVar[bool] = False
+    #: how attributions become one heatmap per image (:func:`~xai_lightning.attribution.maps.reduce_to_map`).
+    map_reduction: ClassVar[MapReduction] = "abs_sum"
+    #: True when the method draws random numbers (noise, masks, coalitions).
+    stochastic: ClassVar[bool] = False
+    #: True when the method has a convergence delta (completeness / summation-to-delta error).
+    has_convergence_delta: ClassVar[bool] = False
+
+    def __init__(self, *, output_key: str | int | None = None, max_batch: int | None = None, seed: int | None = None):
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
+        self.output_key = output_key
+        self.max_batch = max_batch
+        self.seed = seed
+
+    # ------------------------------------------------------------------ public API
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        labels: torch.Tensor | None = None,
+        trainer: Any | None = None,
+        return_convergence_delta: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Attributions of ``model`` on ``inputs`` for ``target`` (see the method's docstring for shapes).
+
+        Args:
+            model: any ``nn.Module`` returning logits ``(B, K)`` (or a dict/tuple, with ``output_key``);
+                DDP and ``torch.compile`` wrappers are looked through.
+            inputs: ``(B, C, H, W)`` images, or ``(B, D)`` features for methods that accept them.
+            target: ``"predicted"``, ``"label"`` (needs ``labels``), a class index, or one per example.
+            trainer: a Lightning trainer, for its precision context (optional).
+            return_convergence_delta: also return the per-example ``(B,)`` delta of methods with
+                a completeness axiom (IG, DeepLIFT, DeepSHAP, GradientSHAP, SmoothGrad over them).
+        """
+        self._check_inputs(inputs)
+        if return_convergence_delta and not self.has_convergence_delta:
+            raise TypeError(f"{type(self).__name__} has no convergence delta; call it without return_convergence_delta.")
+        network = unwrap_model(model)
+        with observe(network, trainer=trainer, seed=self.seed) as guard:
+            # Copies made inside the guard are ordinary tensors even when the caller is under
+            # torch.inference_mode, and they are detached from any training graph.
+            x = inputs.detach().clone()
+            label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta)
+            attribution, delta = self._attribute(explained, x, target, label_copy, guard)
+        attribution = attribution.detach()
+        if return_convergence_delta:
+            assert delta is not None
+            return attribution, delta.detach()
+        return attribution
+
+    def to_map(self, attribution: torch.Tensor) -> torch.Tensor:
+        """One ``(B, H, W)`` heatmap per image from this method's attributions."""
+        return reduce_to_map(attribution, self.map_reduction)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Keyword options the constructor accepts (for error messages and the registry)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for parameter in inspect.signature(init).parameters.values():
+                if parameter.name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                    if parameter.name not in names:
+                        names.append(parameter.name)
+        return names
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if not k.startswith("_") and not isinstance(v, torch.Tensor)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    # ------------------------------------------------------------------ subclass API
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(attributions, delta or None)``; runs inside the guard on a private copy of the inputs."""
+        raise NotImplementedError
+
+    def _check_inputs(self, inputs: torch.Tensor) -> None:
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} explains a tensor of inputs; got {type(inputs).__name__}")
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} needs floating-point inputs to differentiate or perturb; got {inputs.dtype}. "
+                "Convert with inputs.float()."
+            )
+        if inputs.dim() < 2 or inputs.shape[0] == 0:
+            raise ValueError(
+                f"{type(self).__name__} explains a non-empty batch (B, ...); got inputs of shape {tuple(inputs.shape)}"
+            )
+        if self.image_only and inputs.dim() != 4:
+            from xai_lightning.attribution.registry import available_methods
+
+            tabular = [name for name in available_methods() if not _method_class(name).image_only]
+            raise ValueError(
+                f"{type(self).__name__} explains images (B, C, H, W); got inputs of shape {tuple(inputs.shape)}. "
+                f"For non-image inputs use one of: {', '.join(tabular)}."
+            )
+
+
+def _method_class(name: str) -> type[AttributionMethod]:
+    from xai_lightning.attribution.registry import method_class
+
+    return method_class(name)

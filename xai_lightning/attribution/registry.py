@@ -1,0 +1,140 @@
+"""One entry point for every attribution method: ``attribute(model, x, target, method=..., **options)``.
+
+``available_methods()`` lists the method names; ``method_class(name)`` returns the class and
+``get_method(name, **options)`` a configured instance. Unknown names and options fail with the
+list of valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from xai_lightning.attribution.cam import CAM
+from xai_lightning.attribution.deconvnet import Deconvnet
+from xai_lightning.attribution.deep_shap import DeepShap
+from xai_lightning.attribution.deeplift import DeepLift
+from xai_lightning.attribution.grad_cam import GradCAM
+from xai_lightning.attribution.grad_cam_plus_plus import GradCAMPlusPlus
+from xai_lightning.attribution.gradient_shap import GradientShap
+from xai_lightning.attribution.guided_backprop import GuidedBackprop
+from xai_lightning.attribution.guided_grad_cam import GuidedGradCAM
+from xai_lightning.attribution.hires_cam import HiResCAM
+from xai_lightning.attribution.input_x_gradient import InputXGradient
+from xai_lightning.attribution.integrated_gradients import IntegratedGradients
+from xai_lightning.attribution.method import AttributionMethod
+from xai_lightning.attribution.saliency import Saliency
+from xai_lightning.attribution.score_cam import ScoreCAM
+from xai_lightning.attribution.smoothgrad import SmoothGrad
+from xai_lightning.core import TargetSpec
+
+__all__ = ["attribute", "available_methods", "get_method", "method_class"]
+
+_METHODS: dict[str, type[AttributionMethod]] = {
+    cls.name: cls
+    for cls in (
+        Saliency,
+        InputXGradient,
+        IntegratedGradients,
+        SmoothGrad,
+        GuidedBackprop,
+        Deconvnet,
+        CAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        ScoreCAM,
+        GuidedGradCAM,
+        DeepLift,
+        DeepShap,
+        GradientShap,
+    )
+}
+
+#: Other spellings users reach for (Captum's class names, the papers' names).
+_ALIASES: dict[str, str] = {
+    "ig": "integrated_gradients",
+    "inputxgradient": "input_x_gradient",
+    "deconvolution": "deconvnet",
+    "grad_cam": "gradcam",
+    "layer_gradcam": "gradcam",
+    "gradcampp": "gradcam_plus_plus",
+    "grad_cam_plus_plus": "gradcam_plus_plus",
+    "gradcam++": "gradcam_plus_plus",
+    "hires_cam": "hirescam",
+    "scorecam": "score_cam",
+    "guided_grad_cam": "guided_gradcam",
+    "deep_lift": "deeplift",
+    "deepshap": "deep_shap",
+    "deep_lift_shap": "deep_shap",
+    "deepliftshap": "deep_shap",
+    "gradientshap": "gradient_shap",
+    "expected_gradients": "gradient_shap",
+}
+
+
+def available_methods() -> list[str]:
+    """Names of every attribution method, in the order of the README table."""
+    return list(_METHODS)
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    return _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))
+
+
+def method_class(name: str) -> type[AttributionMethod]:
+    """The class behind a method name (aliases such as ``"deconvolution"`` accepted).
+
+    Raises:
+        ValueError: for an unknown name; the message lists every available method.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"A method is named by a string; got {type(name).__name__}")
+    key = _canonical(name)
+    if key not in _METHODS:
+        close = difflib.get_close_matches(key, list(_METHODS), n=2, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown attribution method {name!r}.{hint} Available methods: {', '.join(_METHODS)}.")
+    return _METHODS[key]
+
+
+def get_method(name: str, **options: Any) -> AttributionMethod:
+    """A configured method instance; unknown options fail with the method's valid option names."""
+    cls = method_class(name)
+    valid = cls.option_names()
+    unknown = [option for option in options if option not in valid]
+    if unknown:
+        raise TypeError(
+            f"{cls.name} has no option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid)}."
+        )
+    return cls(**options)
+
+
+def attribute(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: TargetSpec = "predicted",
+    method: str = "integrated_gradients",
+    *,
+    labels: torch.Tensor | None = None,
+    trainer: Any | None = None,
+    return_convergence_delta: bool = False,
+    **options: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attributions of ``model`` on ``inputs`` by the named ``method``, configured by ``options``.
+
+    Example::
+
+        maps = attribute(model, images, target="predicted", method="integrated_gradients", steps=32)
+
+    See :func:`available_methods` for the names and each method's class for its options and
+    output shape.
+    """
+    return get_method(method, **options).attribute(
+        model, inputs, target, labels=labels, trainer=trainer, return_convergence_delta=return_convergence_delta
+    )
