@@ -26,6 +26,7 @@ from xai_lightning.attribution.hires_cam import HiResCAM
 from xai_lightning.attribution.input_x_gradient import InputXGradient
 from xai_lightning.attribution.integrated_gradients import IntegratedGradients
 from xai_lightning.attribution.method import AttributionMethod
+from xai_lightning.attribution.occlusion import Occlusion
 from xai_lightning.attribution.saliency import Saliency
 from xai_lightning.attribution.score_cam import ScoreCAM
 from xai_lightning.attribution.smoothgrad import SmoothGrad
@@ -51,6 +52,7 @@ _METHODS: dict[str, type[AttributionMethod]] = {
         DeepLift,
         DeepShap,
         GradientShap,
+        Occlusion,
     )
 }
 
