@@ -5,8 +5,8 @@ attributions, concept vectors, network dissection, robustness — without changi
 and log maps, scores and tables to Weights & Biases (offline by default), TensorBoard or files.
 """
 
-from xai_lightning.attribution import GradCAM, grad_cam
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.attribution import GradCAM, attribute, available_methods, grad_cam
+from xai_lightning.callbacks import AttributionCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
@@ -14,6 +14,7 @@ from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributionCallback",
     "CifarResNet",
     "ConceptWorld",
     "ConceptWorldDataModule",
@@ -27,6 +28,8 @@ __all__ = [
     "ObserverGuard",
     "ProbeSet",
     "SmallCNN",
+    "attribute",
+    "available_methods",
     "grad_cam",
     "observe",
 ]

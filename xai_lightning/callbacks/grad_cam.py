@@ -11,16 +11,12 @@ import torch
 from xai_lightning.attribution.grad_cam import grad_cam
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
+from xai_lightning.callbacks.probe_captions import probe_captions
 from xai_lightning.core import resolve_layers
-from xai_lightning.evaluation import energy_in_mask, pointing_game, spearman_correlation, uniform_energy_in_mask
+from xai_lightning.evaluation import score_maps
 from xai_lightning.logging import display_images, heatmaps, labelled_grid, overlay, to_uint8_hwc
 
 __all__ = ["GradCAMCallback"]
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    finite = values[~torch.isnan(values)]
-    return float(finite.mean()) if finite.numel() else float("nan")
 
 
 class GradCAMCallback(ObserverCallback):
@@ -132,14 +128,8 @@ class GradCAMCallback(ObserverCallback):
         for name in self.layer_names:
             maps = results[f"map/{name}"]
             prefix = f"{self.namespace}/{name}"
-            empty = maps.clamp_min(0).flatten(1).sum(1) <= 0
-            scalars[f"{prefix}/empty_maps"] = float(empty.float().mean())
-            if probe.object_masks is not None:
-                scalars[f"{prefix}/energy_in_mask"] = _nanmean(energy_in_mask(maps, probe.object_masks))
-                scalars[f"{prefix}/energy_in_mask_uniform"] = float(uniform_energy_in_mask(probe.object_masks).mean())
-                scalars[f"{prefix}/pointing_game"] = _nanmean(pointing_game(maps, probe.object_masks))
-            if name in self._previous and self._previous[name].shape == maps.shape:
-                scalars[f"{prefix}/stability"] = _nanmean(spearman_correlation(maps, self._previous[name]))
+            scores = score_maps(maps, probe.object_masks, self._previous.get(name))
+            scalars.update({f"{prefix}/{key}": value for key, value in scores.items()})
             self._previous[name] = maps.clone()
         if trainer.is_global_zero:
             self._log_grid(trainer, probe, results)
@@ -164,24 +154,7 @@ class GradCAMCallback(ObserverCallback):
 
     @staticmethod
     def _captions(probe: ProbeSet, results: dict[str, torch.Tensor], shown: int) -> list[str]:
-        probabilities = results["logits"].float().softmax(1)
-        predicted = probabilities.argmax(1)
-        names = probe.class_names
-
-        def name(k: int) -> str:
-            return names[k] if names is not None and 0 <= k < len(names) else str(k)
-
-        captions = []
-        for row in range(shown):
-            pred = int(predicted[row])
-            text = f"pred={name(pred)} p={float(probabilities[row, pred]):.2f}"
-            if probe.labels is not None:
-                text = f"y={name(int(probe.labels[row]))} " + text
-            explained = int(results["targets"][row])
-            if explained != pred and (probe.labels is None or explained != int(probe.labels[row])):
-                text += f" cam={name(explained)}"
-            captions.append(text)
-        return captions
+        return probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="cam")
 
     def extra_state(self) -> dict[str, Any]:
         return {"previous_maps": {name: maps.clone() for name, maps in self._previous.items()}}
