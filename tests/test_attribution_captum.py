@@ -80,6 +80,13 @@ def test_integrated_gradients_rules(model, inputs, rule, captum_rule):
     theirs, captum_delta = captum_attr.IntegratedGradients(model).attribute(
         x, target=t, n_steps=24, method=captum_rule, return_convergence_delta=True
     )
+    if rule == "trapezoid":
+        # Captum 0.9's trapezoid weights are 1/n (halved at the ends), summing to (n − 1)/n instead of 1
+        # (ours: 1/(n − 1); tests/test_attribution_axioms.py checks completeness). Same nodes, same
+        # gradients: rescaled, the two agree to float precision.
+        ours = ours * (23 / 24)
+        close(ours, theirs)
+        return
     close(ours, theirs)
     torch.testing.assert_close(delta, captum_delta.float(), atol=ATOL, rtol=0)
 

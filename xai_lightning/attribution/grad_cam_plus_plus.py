@@ -23,13 +23,19 @@ from xai_lightning.core import ObserverGuard, TargetSpec
 __all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus_weights"]
 
 
-def grad_cam_plus_plus_weights(activation: torch.Tensor, gradient: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``(B, K)`` channel weights ``w_k`` of Grad-CAM++ from ``A`` and ``∂y_c/∂A`` ``(B, K, h, w)``."""
+def grad_cam_plus_plus_weights(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` channel weights ``w_k`` of Grad-CAM++ from ``A`` and ``∂y_c/∂A`` ``(B, K, h, w)``.
+
+    Computed in float64. Where the denominator vanishes (``g = 0``) α is 0; no additive epsilon
+    (an ``eps`` of 1e-7, as some implementations add, is of the order of ``g²`` for small
+    gradients and visibly biases α).
+    """
     g = gradient.double()
     g2, g3 = g.square(), g.pow(3)
     total = activation.double().sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / (2 * g2 + total * g3 + eps)
-    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    denominator = 2 * g2 + total * g3
+    nonzero = denominator != 0
+    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0)
     return (alpha * g.clamp_min(0)).sum(dim=(2, 3)).float()
 
 

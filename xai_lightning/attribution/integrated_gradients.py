@@ -7,8 +7,8 @@ points of the straight path, by one of
 
 * ``"gauss_legendre"`` (default, as Captum): Gauss–Legendre nodes mapped to [0, 1] — exact for
   polynomials of degree < 2·steps, so it converges fastest on smooth paths;
-* ``"trapezoid"``: equally spaced α = 0, 1/(n−1), …, 1 with halved end weights (the paper's
-  Riemann sum); also ``"left"``, ``"right"``, ``"middle"`` Riemann sums.
+* ``"trapezoid"``: equally spaced α = 0, 1/(n−1), …, 1, weights 1/(n−1) with halved ends (the
+  paper's Riemann sum); also ``"left"``, ``"right"``, ``"middle"`` Riemann sums.
 
 Completeness: Σ_i IG_i = F(x) − F(x'); the difference is the *convergence delta*
 (``return_convergence_delta=True``), which shrinks as ``steps`` grows. All ``B × steps`` path
@@ -50,7 +50,11 @@ def integration_rule(steps: int, rule: str = "gauss_legendre") -> tuple[torch.Te
     else:
         weights = np.full(steps, 1.0 / steps)
         if rule == "trapezoid":
+            # steps points span steps − 1 intervals of width 1/(steps − 1); the end points get half
+            # weights, so the weights sum to 1. (Captum 0.9 uses 1/steps here, so its trapezoid
+            # weights sum to (steps − 1)/steps and its IG is smaller by that factor.)
             alphas = np.linspace(0.0, 1.0, steps)
+            weights = np.full(steps, 1.0 / (steps - 1))
             weights[0] /= 2
             weights[-1] /= 2
         elif rule == "left":
