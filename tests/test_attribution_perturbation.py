@@ -386,6 +386,19 @@ def test_batched_equals_unbatched_with_the_same_seed(world, random_cnn, name):
         assert not torch.allclose(other_seed, whole, atol=1e-3 * float(whole.abs().max()))
 
 
+@pytest.mark.parametrize("name", list(BATCHING))
+def test_an_example_gets_the_same_explanation_alone_or_in_a_batch(world, random_cnn, name):
+    """Random draws are shared by the batch, so DDP shards and probe subsets explain alike."""
+    factor = 20.0 if name in ("rise", "prediction_difference") else 1000.0
+    images, model = world[0][:3], scaled(random_cnn, factor)
+    method = get_method(name, seed=11, **BATCHING[name])
+    if name == "prediction_difference":
+        method.fit(world[0])  # fixed reference data (without it the batch itself is the reference)
+    together = method.attribute(model, images, 1)
+    alone = method.attribute(model, images[1:2], 1)
+    torch.testing.assert_close(alone[0], together[1], atol=1e-5 * float(together.abs().max()), rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["rise", "prediction_difference", "xrai"])
 def test_image_only_methods_reject_tabular_inputs(name):
     with pytest.raises(ValueError, match=r"explains images \(B, C, H, W\).*lime"):

@@ -20,7 +20,6 @@ The first two coalitions are always all-present and all-absent (they give ``f(x)
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 

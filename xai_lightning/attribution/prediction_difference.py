@@ -21,7 +21,8 @@ WE of the windows covering it (windows slide with ``stride``). Positive: evidenc
 Reference data: :meth:`PredictionDifferenceAnalysis.fit` stores images (e.g. a training batch);
 without it the explained batch itself is the reference (needs ≥ 2 images for marginal sampling).
 Batched: the ``B × windows × num_samples`` resampled images are built slice by slice under
-``max_batch``; every random draw is made up front, so results do not depend on ``max_batch``.
+``max_batch``; every random draw is made up front and shared by the examples, so results depend
+neither on ``max_batch`` nor (with fitted reference data) on the other examples of the batch.
 """
 
 from __future__ import annotations
@@ -158,15 +159,16 @@ class PredictionDifferenceAnalysis(AttributionMethod):
         tops, lefts = window_origins(height, k, self.stride), window_origins(width, k, self.stride)
         origins = torch.tensor([(t, l) for t in tops for l in lefts], device=inputs.device)
         windows, samples = origins.shape[0], self.num_samples
-        # Every random draw up front (shared generator, fixed order): max_batch cannot change them.
+        # Every random draw up front and shared by the examples (as the windows are): neither
+        # max_batch nor an example's batch neighbours (e.g. DDP shards) change its draws.
         if self.sampling == "marginal":
-            donors = torch.randint(0, reference.shape[0], (batch, windows, samples)).to(inputs.device)
+            donors = torch.randint(0, reference.shape[0], (windows, samples)).to(inputs.device)
         else:
             if self.neighbourhood >= min(height, width):
                 raise ValueError(f"neighbourhood {self.neighbourhood} must be smaller than the image side")
             gaussian = _PatchGaussian(reference, k, self.neighbourhood)
             means = gaussian.conditional_means(inputs, tops, lefts)  # (B, windows, C·k·k)
-            noise = torch.randn(batch, windows, samples, channels * k * k, dtype=torch.float64).to(inputs.device)
+            noise = torch.randn(windows, samples, channels * k * k, dtype=torch.float64).to(inputs.device)
 
         probabilities = explained.predict(inputs).softmax(1)
         targets, _ = explained.resolve(inputs, target, labels)
@@ -183,9 +185,9 @@ class PredictionDifferenceAnalysis(AttributionMethod):
             ys = (top.view(-1, 1) + offsets).view(-1, 1, k, 1)
             xs = (left.view(-1, 1) + offsets).view(-1, 1, 1, k)
             if self.sampling == "marginal":
-                patch = reference[donors[example, window, sample].view(-1, 1, 1, 1), channel_index, ys, xs]
+                patch = reference[donors[window, sample].view(-1, 1, 1, 1), channel_index, ys, xs]
             else:
-                draw = means[example, window] + noise[example, window, sample] @ gaussian.cholesky.T
+                draw = means[example, window] + noise[window, sample] @ gaussian.cholesky.T
                 patch = draw.view(-1, channels, k, k)
             images = inputs[example].clone()
             images[torch.arange(len(index), device=inputs.device).view(-1, 1, 1, 1), channel_index, ys, xs] = patch.to(
