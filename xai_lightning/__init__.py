@@ -7,6 +7,9 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 
 from xai_lightning.attribution import GradCAM, attribute, available_methods, grad_cam
 from xai_lightning.callbacks import AttributionCallback, GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.attribution import GradCAM, grad_cam
+from xai_lightning.attribution import KernelShap, Lime, PredictionDifferenceAnalysis, Rise, Xrai
+from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
@@ -15,6 +18,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttributionCallback",
+    "KernelShap",
+    "Lime",
+    "PredictionDifferenceAnalysis",
+    "Rise",
+    "Xrai",
     "CifarResNet",
     "ConceptWorld",
     "ConceptWorldDataModule",

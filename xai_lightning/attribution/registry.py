@@ -32,6 +32,28 @@ from xai_lightning.attribution.score_cam import ScoreCAM
 from xai_lightning.attribution.smoothgrad import SmoothGrad
 from xai_lightning.core import TargetSpec
 
+# --- perturbation (model-agnostic) methods: issue 3, perturbation share -------------------------
+from xai_lightning.attribution.kernel_shap import KernelShap
+from xai_lightning.attribution.lime import Lime
+from xai_lightning.attribution.prediction_difference import PredictionDifferenceAnalysis
+from xai_lightning.attribution.rise import Rise
+from xai_lightning.attribution.xrai import Xrai
+
+_PERTURBATION_METHODS: tuple[type[AttributionMethod], ...] = (
+    PredictionDifferenceAnalysis,
+    Rise,
+    Lime,
+    KernelShap,
+    Xrai,
+)
+_PERTURBATION_ALIASES: dict[str, str] = {
+    "pda": "prediction_difference",
+    "prediction_difference_analysis": "prediction_difference",
+    "kernelshap": "kernel_shap",
+    "shap": "kernel_shap",
+}
+# -------------------------------------------------------------------------------------------------
+
 __all__ = ["attribute", "available_methods", "get_method", "method_class"]
 
 _METHODS: dict[str, type[AttributionMethod]] = {
@@ -55,6 +77,7 @@ _METHODS: dict[str, type[AttributionMethod]] = {
         Occlusion,
     )
 }
+_METHODS.update({cls.name: cls for cls in _PERTURBATION_METHODS})
 
 #: Other spellings users reach for (Captum's class names, the papers' names).
 _ALIASES: dict[str, str] = {
@@ -76,6 +99,7 @@ _ALIASES: dict[str, str] = {
     "gradientshap": "gradient_shap",
     "expected_gradients": "gradient_shap",
 }
+_ALIASES.update(_PERTURBATION_ALIASES)
 
 
 def available_methods() -> list[str]:
