@@ -6,7 +6,7 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 """
 
 from xai_lightning.attribution import GradCAM, grad_cam
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet, TCAVCallback
 from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
@@ -30,6 +30,7 @@ __all__ = [
     "ProbeSet",
     "SmallCNN",
     "TCAV",
+    "TCAVCallback",
     "TCAVResult",
     "grad_cam",
     "observe",
