@@ -141,26 +141,50 @@ def _fit_logistic(z: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, tol
     return theta[:, :p], theta[:, p]
 
 
-def _fit_hinge(z: torch.Tensor, y: torch.Tensor, alpha: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_hinge(
+    z: torch.Tensor, y: torch.Tensor, alpha: float, max_iter: int, tol: float = 1e-3, window: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pegasos (Shalev-Shwartz et al. 2007) full-batch subgradient descent on
-    ``α/2 ‖β‖² + mean max(0, 1 - y(Zβ+b))``, batched over ``M``, averaging the second half of iterates."""
+    ``α/2 ‖β‖² + mean max(0, 1 - y(Zβ+b))``, batched over ``M``.
+
+    The answer is the average of the iterates of the latest window of ``window`` steps; like
+    scikit-learn's SGD (``tol``), it stops when a window improves no problem's objective by more
+    than ``tol`` (relative), or after ``max_iter`` steps.
+    """
     m, n, p = z.shape
-    beta = torch.zeros(m, p, dtype=z.dtype)
-    bias = torch.zeros(m, dtype=z.dtype)
-    beta_sum = torch.zeros_like(beta)
-    bias_sum = torch.zeros_like(bias)
-    start_average = max_iter // 2
+    dtype = z.dtype
+    # Subgradient steps need no float64; in float32 each step costs half.
+    design = torch.cat([z, torch.ones(m, n, 1, dtype=dtype)], dim=2).float()  # (M, n, p+1)
+    labels = y.float()
+    theta = torch.zeros(m, 1, p + 1)
+    window_sum = torch.zeros_like(theta)
+    shrink_mask = torch.ones(p + 1)
+    shrink_mask[-1] = 0.0  # the intercept is not regularised
+
+    def objective(candidate: torch.Tensor) -> torch.Tensor:
+        margins = labels * (design * candidate).sum(-1)
+        return 0.5 * alpha * candidate[..., :p].square().sum((1, 2)) + (1 - margins).clamp_min(0).mean(1)
+
+    best, best_value = theta.clone(), objective(theta)
     for step in range(1, max_iter + 1):
         rate = 1.0 / (alpha * (step + 1.0))
-        scores = (z @ beta.unsqueeze(-1)).squeeze(-1) + bias.unsqueeze(1)
-        active = (y * scores < 1).to(z.dtype) * y  # y_i where the hinge is active
-        beta = (1 - rate * alpha) * beta + rate * (z.transpose(1, 2) @ active.unsqueeze(-1)).squeeze(-1) / n
-        bias = bias + rate * active.sum(1) / n
-        if step > start_average:
-            beta_sum += beta
-            bias_sum += bias
-    count = max(max_iter - start_average, 1)
-    return beta_sum / count, bias_sum / count
+        # Batched matrix-vector products as multiply-and-sum: 4× faster than bmm on a CPU here.
+        scores = (design * theta).sum(-1)
+        active = ((labels * scores) < 1).float() * labels  # y_i where the hinge is active
+        theta = theta * (1 - rate * alpha * shrink_mask) + (rate / n) * (design * active.unsqueeze(-1)).sum(1, keepdim=True)
+        window_sum += theta
+        if step % window == 0 or step == max_iter:
+            average = window_sum / (step - (step - 1) // window * window)
+            value = objective(average)
+            improved = value < best_value
+            progress = ((best_value - value) / best_value.abs().clamp_min(1e-12)).amax()
+            best = torch.where(improved.view(-1, 1, 1), average, best)
+            best_value = torch.minimum(value, best_value)
+            window_sum.zero_()
+            if step >= 2 * window and float(progress) < tol:
+                break
+    theta = best.squeeze(1).to(dtype)
+    return theta[:, :p], theta[:, p]
 
 
 def _fit_sklearn(
@@ -247,12 +271,15 @@ def train_cavs_indexed(
     # Embed every layer's problems in their n-dimensional training span, then solve all at once.
     embeddings, back_maps, grams = [], [], {}
     for name, activations in layers.items():
-        flat = activations.reshape(activations.shape[0], -1).double()
-        gram = flat @ flat.T  # (N, N), shared by every problem of this layer
+        flat = activations.reshape(activations.shape[0], -1).float()
+        # (N, N), shared by every problem of this layer. A float32 product (4× faster than float64
+        # on a CPU); its rounding only touches directions with eigenvalues below 1e-6 of the
+        # largest, which _embed drops.
+        gram = (flat @ flat.T).double()
         grams[name] = gram.cpu()
         problem_gram = grams[name][train_index.unsqueeze(2), train_index.unsqueeze(1)]  # (M, t, t)
         with _single_threaded(problem_gram.device):
-            z, back = _embed(problem_gram)
+            z, back = _embed(problem_gram, relative_eps=1e-6)
         embeddings.append(z)
         back_maps.append(back)
     z_all = torch.cat(embeddings)
@@ -261,7 +288,7 @@ def train_cavs_indexed(
         if classifier == "logistic":
             beta, bias = _fit_logistic(z_all, y_all, c, max_iter, tol)
         else:
-            beta, bias = _fit_hinge(z_all, y_all, alpha, max_iter)
+            beta, bias = _fit_hinge(z_all, y_all, alpha, max_iter, tol)
     for index, (name, activations) in enumerate(layers.items()):
         rows_of_layer = slice(index * m, (index + 1) * m)
         # w = Σ_i a_i x_i over the problem's training rows, with a = U Λ^{-1/2} β.
@@ -269,16 +296,21 @@ def train_cavs_indexed(
         flat = activations.reshape(activations.shape[0], -1)
         dense = torch.zeros(m, flat.shape[0], dtype=torch.float64)
         dense.scatter_add_(1, train_index, coefficients)
-        weights = dense.to(flat.device) @ flat.double()
-        results[name] = _finish(flat, weights, bias[rows_of_layer], test_index, y_test, activations.device)
+        weights = (dense.to(flat.device).float() @ flat.float()).double()
+        # Held-out scores from the Gram matrix: w·x_test = Σ_i a_i <x_i, x_test>, no D-sized gather.
+        cross = grams[name][test_index.unsqueeze(2), train_index.unsqueeze(1)]  # (M, test, train)
+        test_scores = (cross @ coefficients.unsqueeze(-1)).squeeze(-1)
+        results[name] = _finish(flat, weights, bias[rows_of_layer], test_index, y_test, activations.device,
+                                test_scores=test_scores)
     return results[""] if single else results
 
 
-def _finish(flat, weights, intercepts, test_index, y_test, device) -> CAVs:
+def _finish(flat, weights, intercepts, test_index, y_test, device, test_scores=None) -> CAVs:
     weights = weights.to(device=device, dtype=torch.float64)
     intercepts = intercepts.to(device=device, dtype=torch.float64)
-    test_scores = (flat.double().to(device)[test_index.to(device)] @ weights.unsqueeze(-1)).squeeze(-1)
-    test_scores = test_scores + intercepts.unsqueeze(1)
+    if test_scores is None:
+        test_scores = (flat.double().to(device)[test_index.to(device)] @ weights.unsqueeze(-1)).squeeze(-1)
+    test_scores = test_scores.to(device=device, dtype=torch.float64) + intercepts.unsqueeze(1)
     accuracy = ((test_scores > 0) == (y_test.to(device) > 0)).double().mean(1)
     norms = weights.norm(dim=1, keepdim=True)
     vectors = torch.where(norms > 0, weights / norms.clamp_min(1e-300), torch.zeros_like(weights))
