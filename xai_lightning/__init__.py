@@ -10,6 +10,8 @@ from xai_lightning.callbacks import AttributionCallback, GradCAMCallback, Observ
 from xai_lightning.attribution import GradCAM, grad_cam
 from xai_lightning.attribution import KernelShap, Lime, PredictionDifferenceAnalysis, Rise, Xrai
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet, TCAVCallback
+from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
@@ -24,6 +26,7 @@ __all__ = [
     "Rise",
     "Xrai",
     "CifarResNet",
+    "ConceptCAVs",
     "ConceptWorld",
     "ConceptWorldDataModule",
     "DigitsDataModule",
@@ -38,6 +41,10 @@ __all__ = [
     "SmallCNN",
     "attribute",
     "available_methods",
+    "TCAV",
+    "TCAVCallback",
+    "TCAVResult",
     "grad_cam",
     "observe",
+    "train_cavs",
 ]
