@@ -7,6 +7,7 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 
 from xai_lightning.attribution import GradCAM, grad_cam
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CifarResNet",
+    "ConceptCAVs",
     "ConceptWorld",
     "ConceptWorldDataModule",
     "DigitsDataModule",
@@ -27,6 +29,9 @@ __all__ = [
     "ObserverGuard",
     "ProbeSet",
     "SmallCNN",
+    "TCAV",
+    "TCAVResult",
     "grad_cam",
     "observe",
+    "train_cavs",
 ]
