@@ -14,6 +14,8 @@ from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet,
 from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
+from xai_lightning.data import Bars, BarsDataModule, ColouredDigits, ColouredDigitsDataModule
+from xai_lightning.concepts import ConceptIntervention, compare_cace_estimators, conexp, encdec_cace, ground_truth_cace
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 
 __version__ = "0.1.0"
@@ -25,6 +27,15 @@ __all__ = [
     "PredictionDifferenceAnalysis",
     "Rise",
     "Xrai",
+    "Bars",
+    "BarsDataModule",
+    "ColouredDigits",
+    "ColouredDigitsDataModule",
+    "ConceptIntervention",
+    "compare_cace_estimators",
+    "conexp",
+    "encdec_cace",
+    "ground_truth_cace",
     "CifarResNet",
     "ConceptCAVs",
     "ConceptWorld",

@@ -1,15 +1,27 @@
-"""Concept-based explanations: CAVs, TCAV with significance testing, relative CAVs, concept sets.
+"""Concept-based explanations: CAVs, TCAV with significance testing, relative CAVs, concept sets,
+and causal concept effects (CaCE: ground truth, ConExp, EncDec) to check them against.
 
-Pure torch (no Lightning); see :mod:`xai_lightning.concepts.tcav` for the method (Kim et al. 2018).
+Pure torch (no Lightning); see :mod:`xai_lightning.concepts.tcav` for the method (Kim et al. 2018)
+and :mod:`xai_lightning.concepts.cace` for CaCE (Goyal et al. 2019).
 """
 
 from xai_lightning.concepts.activations import layer_activations, logit_gradients
+from xai_lightning.concepts.cace import CaCEResult, class_output, conexp, ground_truth_cace, interventional_effect
+from xai_lightning.concepts.cace_comparison import CACE_COLUMNS, compare_cace_estimators, tcav_of_intervention
 from xai_lightning.concepts.cav import CAVs, split_balanced, train_cavs, train_cavs_indexed
 from xai_lightning.concepts.concept_sets import (
     concept_examples_from_world,
     draw_random_sets,
     load_concept_folder,
     resolve_world_concept,
+)
+from xai_lightning.concepts.conditional_vae import ConditionalVAE, fit_conditional_vae
+from xai_lightning.concepts.encdec_cace import encdec_cace, encdec_counterfactuals, fit_intervention_vae
+from xai_lightning.concepts.interventions import (
+    ConceptIntervention,
+    bars_colour_intervention,
+    coloured_digits_intervention,
+    concept_world_intervention,
 )
 from xai_lightning.concepts.significance import two_sided_t_test
 from xai_lightning.concepts.tcav import (
@@ -23,14 +35,30 @@ from xai_lightning.concepts.tcav import (
 )
 
 __all__ = [
+    "CACE_COLUMNS",
     "CAVs",
+    "CaCEResult",
     "ConceptCAVs",
+    "ConceptIntervention",
+    "ConditionalVAE",
     "TCAV",
     "TCAVResult",
+    "bars_colour_intervention",
     "cav_similarity",
+    "class_output",
+    "coloured_digits_intervention",
+    "compare_cace_estimators",
     "concept_examples_from_world",
+    "concept_world_intervention",
+    "conexp",
     "directional_derivatives",
     "draw_random_sets",
+    "encdec_cace",
+    "encdec_counterfactuals",
+    "fit_conditional_vae",
+    "fit_intervention_vae",
+    "ground_truth_cace",
+    "interventional_effect",
     "layer_activations",
     "load_concept_folder",
     "logit_gradients",
@@ -38,6 +66,7 @@ __all__ = [
     "sort_by_cav_similarity",
     "split_balanced",
     "tcav_from_derivatives",
+    "tcav_of_intervention",
     "train_cavs",
     "train_cavs_indexed",
     "two_sided_t_test",
