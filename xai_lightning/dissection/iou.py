@@ -125,6 +125,10 @@ class DissectionIoU(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"iou": (K, C) float64, "intersection": (K, C), "union": (K, C), "unit_pixels": (K,),
         "concept_pixels": (C,)}`` — counts over every process when synced."""
+        return self.scores()
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """:meth:`compute` on this process's state, without torchmetrics' syncing and squeezing."""
         intersection = self.intersection.double()
         union = self.unit_pixels[:, self.category_index].double() + self.concept_pixels.double().unsqueeze(0) - intersection
         iou = torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))

@@ -132,6 +132,11 @@ class TopQuantile(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(thresholds (K,), minima (K,))`` over everything seen (on every process when synced)."""
+        return self.thresholds()
+
+    def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`compute` on this process's state, without torchmetrics' syncing and squeezing
+        (which turns ``(1,)`` into a scalar)."""
         n = int(self.count)
         if n > self.num_values:
             raise ValueError(

@@ -123,6 +123,10 @@ class QuantileSketch(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(thresholds (K,), minima (K,))`` from the counts (of every process when synced)."""
+        return self.thresholds()
+
+    def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`compute` on this process's state, without torchmetrics' syncing and squeezing."""
         n = int(self.count)
         lower, fraction = quantile_position(n, self.quantile)
         cumulative = self.counts.cumsum(1)

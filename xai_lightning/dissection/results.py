@@ -29,6 +29,8 @@ class DissectionResult:
         quantile: the top quantile that set the thresholds (0.005).
         method: ``"exact"`` or ``"sketch"`` — how the thresholds were computed.
         num_images: probe images dissected.
+        minima: ``(K,)`` each unit's smallest activation over the probe set; where ``T_k`` equals it
+            (a unit constant over its top quantile) the mask is ``A_k > T_k`` rather than ``>=``.
     """
 
     layer: str
@@ -43,6 +45,17 @@ class DissectionResult:
     quantile: float = 0.005
     method: str = "exact"
     num_images: int = 0
+    minima: torch.Tensor | None = None
+
+    def unit_masks(self, activations: torch.Tensor, units: list[int] | None = None) -> torch.Tensor:
+        """Binary masks ``(B, k, h, w)`` of ``units`` (default all) from their activations
+        ``(B, k, h, w)`` — already upsampled to the wanted resolution — by the dissection's rule."""
+        from xai_lightning.dissection.quantile import threshold_mask
+
+        chosen = list(range(self.num_units)) if units is None else list(units)
+        thresholds = self.thresholds[chosen]
+        minima = self.minima[chosen] if self.minima is not None else torch.full_like(thresholds, -float("inf"))
+        return threshold_mask(activations, thresholds, minima)
 
     @property
     def num_units(self) -> int:

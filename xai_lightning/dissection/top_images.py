@@ -56,4 +56,8 @@ class TopActivatingImages(Metric):
         self.best = self._best_of(torch.cat([self.best, fresh], dim=1))
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ranked()
+
+    def ranked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`compute` on this process's state, without torchmetrics' syncing and squeezing."""
         return self.best[..., 0].clone(), self.best[..., 1].long()
