@@ -6,18 +6,23 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 """
 
 from xai_lightning.attribution import GradCAM, grad_cam
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks import DissectionCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrodenDataset",
     "CifarResNet",
+    "ConceptVocabulary",
     "ConceptWorld",
     "ConceptWorldDataModule",
     "DigitsDataModule",
+    "DissectionCallback",
+    "DissectionResult",
     "GradCAM",
     "GradCAMCallback",
     "ImageClassifier",
@@ -27,6 +32,8 @@ __all__ = [
     "ObserverGuard",
     "ProbeSet",
     "SmallCNN",
+    "dissect",
+    "export_broden",
     "grad_cam",
     "observe",
 ]
