@@ -77,8 +77,8 @@ def random_problem(seed: int = 0, n: int = 12, size: int = 16):
     blobs = torch.cat([smooth, smooth[:, :1]], 1) > torch.tensor([0.53, 0.52, 0.5, 0.5]).view(1, 4, 1, 1)
     blobs[:, 3] = False  # concept b/w never occurs
     labelled = torch.ones(n, 2, dtype=torch.bool)
-    labelled[::3, 1] = False  # every third image has no labels of category b
-    blobs[::3, 2:] = False
+    # Every third image is not labelled in category b: its b-pixels must be ignored, not counted.
+    labelled[::3, 1] = False
     return images, blobs, labelled, vocabulary
 
 
