@@ -182,11 +182,12 @@ def test_pruning_candidates_does_not_change_the_iou():
         activations = small_net(1)[:2](images)
     outcomes = []
     for prune_every in (1 << 30, 0):
-        layer = LayerDissection("1", 6, (16, 16), 30, vocabulary, quantile=0.01)
+        layer = LayerDissection("1", 6, (16, 16), labels, vocabulary, quantile=0.01)
         layer.prune_minimum = prune_every
         for rows in torch.arange(30).split(4):
-            layer.update(activations[rows], labels.select(rows), rows)
-        outcomes.append((layer.compute().iou, layer._size))
+            layer.update(activations[rows], rows)
+        size = layer.num_candidates
+        outcomes.append((layer.compute().iou, size))
     assert torch.equal(outcomes[0][0], outcomes[1][0])
     assert outcomes[1][1] < outcomes[0][1]  # pruning did drop candidates
 

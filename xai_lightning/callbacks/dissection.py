@@ -203,15 +203,14 @@ class DissectionCallback(ObserverCallback):
         for start in range(0, len(ids), self.max_batch):
             batch_ids = ids[start : start + self.max_batch]
             outputs = forward(images[start : start + self.max_batch])
-            labels = self._labels.select(batch_ids)
             for name in self.layer_names:
                 activation = outputs[name]
                 if name not in self._local:
                     self._local[name] = LayerDissection(
-                        name, activation.shape[1], tuple(activation.shape[-2:]), len(self.probe), self.vocabulary,
+                        name, activation.shape[1], tuple(activation.shape[-2:]), self._labels, self.vocabulary,
                         self.quantile, self.iou_threshold, self.top_images,
                     )
-                self._local[name].update(activation, labels, batch_ids)
+                self._local[name].update(activation, batch_ids)
         return {}
 
     def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:

@@ -17,8 +17,9 @@ forward pass suffices and memory stays small:
 * :class:`~xai_lightning.dissection.TopQuantile` keeps each unit's ``q·n`` largest activations —
   exactly what the threshold depends on;
 * its running ``m``-th largest value never exceeds the final threshold, so only the upsampled
-  pixels at or above it (about ``q`` of them, times a log factor) are kept as *candidates*, each
-  with its concept labels; candidates that fall below the rising bound are pruned;
+  pixels at or above it are kept as *candidates* (16 bytes each: value, image, unit, position),
+  and only maps whose peak reaches it are upsampled at all; candidates that fall below the
+  rising bound are pruned;
 * :meth:`LayerDissection.compute` thresholds the candidates exactly and counts intersections and
   unions in :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
 
@@ -61,18 +62,22 @@ def upsample_activations(activations: torch.Tensor, size: tuple[int, int]) -> to
 
 
 class LayerDissection:
-    """Accumulates the dissection of one layer of ``K`` units over a probe set of ``num_images``.
+    """Accumulates the dissection of one layer of ``K`` units over a probe set of ``N`` images.
 
-    ``update(activations, labels, image_ids)`` takes a batch; :meth:`compute` returns the
+    ``update(activations, image_ids)`` takes a batch; :meth:`compute` returns the
     :class:`DissectionResult`. Across processes, :meth:`threshold_state`, :meth:`merge_thresholds`
-    and :meth:`count_state` expose the pieces that must be reduced (see
+    and :meth:`count_state`/:meth:`load_count_state` are the pieces to reduce (see
     :class:`~xai_lightning.DissectionCallback`).
+
+    Candidate pixels are kept compactly (value, image, unit, position: 16 bytes each) and their
+    concept labels are looked up only once the thresholds are final.
 
     Args:
         layer: the layer's name (for the result).
         num_units: ``K`` channels of the layer's output.
         feature_size: ``(h, w)`` of the layer's output.
-        num_images: images of the whole probe set over all processes (fixes ``q·n``).
+        labels: concept labels of the whole probe set, row ``i`` for image id ``i``
+            (masks ``(N, L, H, W)``; the unit masks are upsampled to ``H × W``).
         vocabulary: the ``C`` concepts.
         quantile, iou_threshold: network dissection's ``q`` (0.005) and IoU cut-off (0.04).
         top_count: top-activating images kept per unit.
@@ -88,7 +93,7 @@ class LayerDissection:
         layer: str,
         num_units: int,
         feature_size: tuple[int, int],
-        num_images: int,
+        labels: ConceptLabels,
         vocabulary: ConceptVocabulary,
         quantile: float = 0.005,
         iou_threshold: float = 0.04,
@@ -99,77 +104,88 @@ class LayerDissection:
         self.layer = layer
         self.num_units = num_units
         self.feature_size = tuple(int(s) for s in feature_size)
-        self.num_images = num_images
+        self.labels = labels.to("cpu")
+        self.num_images = len(labels)
         self.vocabulary = vocabulary
         self.quantile = quantile
         self.iou_threshold = iou_threshold
         self.method = method
-        values = num_images * self.feature_size[0] * self.feature_size[1]
+        values = self.num_images * self.feature_size[0] * self.feature_size[1]
         self.quantiles = TopQuantile(num_units, values, quantile) if thresholds is None else None
         self.given = None if thresholds is None else (thresholds[0].float().cpu(), thresholds[1].float().cpu())
         self.iou = DissectionIoU(num_units, vocabulary)
         self.top = TopActivatingImages(num_units, top_count)
-        self._candidates: list[tuple[torch.Tensor, ActivePixels]] = []
+        self._candidates: list[torch.Tensor] = []  # (4, n) rows: value bits, image, unit, pixel (int32)
         self._size = 0
         self._pruned_size = 0
-        self.num_seen = 0
         self._counted = False
 
     # ------------------------------------------------------------------ streaming
-    def update(self, activations: torch.Tensor, labels: ConceptLabels, image_ids: torch.Tensor) -> None:
-        """Add a batch: ``activations (B, K, h, w)``, its concept ``labels`` (masks ``(B, L, H, W)``)
-        and the probe positions ``image_ids (B,)`` of its images (for the top-image lists)."""
+    def update(self, activations: torch.Tensor, image_ids: torch.Tensor) -> None:
+        """Add a batch: ``activations (B, K, h, w)`` of the probe images ``image_ids (B,)``."""
         if activations.dim() != 4 or activations.shape[1] != self.num_units:
             raise ValueError(
                 f"Layer {self.layer!r}: expected activations (B, {self.num_units}, h, w); got {tuple(activations.shape)}"
             )
-        if activations.shape[0] != len(labels):
-            raise ValueError(f"{activations.shape[0]} activation maps for {len(labels)} label sets")
+        image_ids = image_ids.long().cpu()
+        if activations.shape[0] != image_ids.shape[0]:
+            raise ValueError(f"{activations.shape[0]} activation maps for {image_ids.shape[0]} image ids")
         activations = activations.detach().float().cpu()
-        labels = labels.to("cpu")
-        self.num_seen += activations.shape[0]
-        self.top.update(activations, image_ids.cpu())
-        self.iou.update(labels=labels)  # the concepts' own pixels: every image exactly once
-        upsampled = upsample_activations(activations, labels.resolution)
+        self.top.update(activations, image_ids)
+        self.iou.update(labels=self.labels.select(image_ids))  # the concepts' own pixels: each image once
+        size = self.labels.resolution
         if self.given is not None:
             # Thresholds known: count right away, nothing to keep.
-            active = threshold_mask(upsampled, self.given[0], self.given[1])
-            self.iou.update(pixels=ActivePixels.from_masks(active, labels))
+            images, units, upsampled = self._upsample_reaching(activations, self.given[0], size)
+            on = threshold_mask(upsampled, self.given[0][units], self.given[1][units], unit_dim=0)
+            n, y, x = on.nonzero(as_tuple=True)
+            self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images[n]], units[n], y, x))
             return
         assert self.quantiles is not None
         self.quantiles.update(activations)
         bound = self.quantiles.lower_bound()  # (K,) never above the final thresholds
-        b, k, y, x = (upsampled >= bound.view(1, -1, 1, 1)).nonzero(as_tuple=True)
-        if b.numel():
-            values = upsampled[b, k, y, x]
-            self._candidates.append((values, ActivePixels.gather(labels, b, k, y, x)))
-            self._size += values.numel()
+        images, units, upsampled = self._upsample_reaching(activations, bound, size)
+        n, y, x = (upsampled >= bound[units].view(-1, 1, 1)).nonzero(as_tuple=True)
+        if n.numel():
+            self._candidates.append(torch.stack([
+                upsampled[n, y, x].view(torch.int32), image_ids[images[n]].int(), units[n].int(),
+                (y * size[1] + x).int(),
+            ]))
+            self._size += n.numel()
         if self._size > 2 * max(self._pruned_size, self.prune_minimum):
             self._prune(bound)
 
+    @staticmethod
+    def _upsample_reaching(
+        activations: torch.Tensor, level: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upsample only the maps that can reach ``level (K,)``: a bilinear value is a convex
+        combination of source pixels, so a map whose maximum is below its unit's level has no
+        upsampled pixel at or above it. Returns ``(images (n,), units (n,), maps (n, H, W))``."""
+        peaks = activations.flatten(2).amax(2)  # (B, K)
+        # Slack for float rounding: weights that sum to 1 in float32 can land an ulp above the maximum.
+        slack = level.abs() * 1e-5 + 1e-30
+        images, units = (peaks >= (level - slack).view(1, -1)).nonzero(as_tuple=True)
+        maps = upsample_activations(activations[images, units].unsqueeze(1), size).squeeze(1)
+        return images, units, maps
+
+    def _merged(self) -> torch.Tensor:
+        """All candidates as one ``(4, n)`` int32 tensor."""
+        if len(self._candidates) != 1:
+            self._candidates = [torch.cat(self._candidates, 1) if self._candidates
+                                else torch.zeros(4, 0, dtype=torch.int32)]
+        return self._candidates[0]
+
     def _prune(self, bound: torch.Tensor) -> None:
         """Drop candidates below the current lower bound of their unit's threshold."""
-        values, pixels = self._merged()
-        keep = values >= bound[pixels.units]
-        self._candidates = [(values[keep], pixels.select(keep))]
+        merged = self._merged()
+        keep = merged[0].view(torch.float32) >= bound[merged[2].long()]
+        self._candidates = [merged[:, keep]]
         self._size = self._pruned_size = int(keep.sum())
 
-    def _merged(self) -> tuple[torch.Tensor, ActivePixels]:
-        if not self._candidates:
-            empty = torch.zeros(0)
-            labels_depth, groups = 1, len(self.vocabulary.category_names)
-            return empty, ActivePixels(
-                torch.zeros(0, dtype=torch.long), torch.zeros(0, labels_depth, dtype=torch.int16),
-                torch.zeros(0, groups, dtype=torch.bool),
-            )
-        if len(self._candidates) > 1:
-            depth = max(p.concepts.shape[1] for _, p in self._candidates)
-            parts = [
-                ActivePixels(p.units, F.pad(p.concepts, (0, depth - p.concepts.shape[1])), p.labelled)
-                for _, p in self._candidates
-            ]
-            self._candidates = [(torch.cat([v for v, _ in self._candidates]), ActivePixels.cat(parts))]
-        return self._candidates[0]
+    @property
+    def num_candidates(self) -> int:
+        return self._size
 
     # ------------------------------------------------------------------ reduction
     def threshold_state(self) -> dict[str, torch.Tensor]:
@@ -198,12 +214,15 @@ class LayerDissection:
         if self.given is not None or self._counted:
             return
         thresholds, minima = self.thresholds()
-        values, pixels = self._merged()
-        if len(values):
-            strict = thresholds <= minima
-            t = thresholds[pixels.units]
-            on = torch.where(strict[pixels.units], values > t, values >= t)
-            self.iou.update(pixels=pixels.select(on))
+        merged = self._merged()
+        values, units = merged[0].view(torch.float32), merged[2].long()
+        t = thresholds[units]
+        on = torch.where((thresholds <= minima)[units], values > t, values >= t)
+        chosen = merged[:, on].long()
+        width = self.labels.resolution[1]
+        pixels = ActivePixels.gather(self.labels, chosen[1], chosen[2], chosen[3] // width, chosen[3] % width)
+        self.iou.update(pixels=pixels)
+        self._candidates = []
         self._counted = True
 
     def count_state(self) -> dict[str, torch.Tensor]:
@@ -338,14 +357,14 @@ def dissect(
     forward = LayerActivations(model, names)
     slices = list(batch_slices(images.shape[0], max_batch))
 
-    def batches() -> Iterable[tuple[dict[str, torch.Tensor], ConceptLabels, torch.Tensor]]:
+    def batches() -> Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for rows in slices:
-            yield forward(images[rows].to(device)), labels.select(rows), torch.arange(rows.start, rows.stop)
+            yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
 
     given: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if method == "sketch":
         sketches: dict[str, QuantileSketch] = {}
-        for outputs, _, _ in batches():
+        for outputs, _ in batches():
             for name in forward.layers:
                 check_spatial(name, outputs[name])
                 sketch = sketches.setdefault(
@@ -357,14 +376,14 @@ def dissect(
         raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
 
     dissections: dict[str, LayerDissection] = {}
-    for outputs, batch_labels, ids in batches():
+    for outputs, ids in batches():
         for name in forward.layers:
             activation = outputs[name]
             check_spatial(name, activation)
             if name not in dissections:
                 dissections[name] = LayerDissection(
-                    name, activation.shape[1], tuple(activation.shape[-2:]), images.shape[0], vocabulary,
+                    name, activation.shape[1], tuple(activation.shape[-2:]), labels, vocabulary,
                     quantile, iou_threshold, top_count, thresholds=given.get(name), method=method,
                 )
-            dissections[name].update(activation, batch_labels, ids)
+            dissections[name].update(activation, ids)
     return {name: dissection.compute() for name, dissection in dissections.items()}
