@@ -12,7 +12,9 @@ from xai_lightning.attribution import KernelShap, Lime, PredictionDifferenceAnal
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet, TCAVCallback
 from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
+from xai_lightning.callbacks import DissectionCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.data import Bars, BarsDataModule, ColouredDigits, ColouredDigitsDataModule
 from xai_lightning.concepts import ConceptIntervention, compare_cace_estimators, conexp, encdec_cace, ground_truth_cace
@@ -38,9 +40,13 @@ __all__ = [
     "ground_truth_cace",
     "CifarResNet",
     "ConceptCAVs",
+    "BrodenDataset",
+    "ConceptVocabulary",
     "ConceptWorld",
     "ConceptWorldDataModule",
     "DigitsDataModule",
+    "DissectionCallback",
+    "DissectionResult",
     "GradCAM",
     "GradCAMCallback",
     "ImageClassifier",
@@ -55,6 +61,8 @@ __all__ = [
     "TCAV",
     "TCAVCallback",
     "TCAVResult",
+    "dissect",
+    "export_broden",
     "grad_cam",
     "observe",
     "train_cavs",

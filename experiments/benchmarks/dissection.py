@@ -1,0 +1,121 @@
+"""Cost of network dissection: time against a bare forward pass, and peak memory against probe size.
+
+1. Time: dissecting a layer of SmallCNN (width 16) over 2,000 ConceptWorld probe images
+   (19 concepts in 5 categories) divided by the time of a bare forward pass of the whole model
+   over the same images, same batch size, same process, alternating over several repeats
+   (medians). Both exact (one pass) and sketch (two passes) thresholds.
+2. Memory: peak resident memory *added* by ``dissect`` (the probe tensors themselves excluded)
+   at 500 and at 5,000 probe images, each size in a fresh subprocess (Linux: the kernel's peak
+   RSS counter is reset through /proc/self/clear_refs before dissecting).
+
+    python experiments/benchmarks/dissection.py [--repeats 3] [--layer features.20]
+
+Targets (issue 5): ratio <= 1.5; peak memory flat in the number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+from xai_lightning import ConceptWorld, SmallCNN
+from xai_lightning.dissection import ConceptLabels, dissect, vocabulary_from_dataset
+
+warnings.filterwarnings("ignore")
+BATCH = 128
+
+
+def probe(num_images: int) -> tuple[torch.Tensor, ConceptLabels, object]:
+    world = ConceptWorld(num_images, seed=1)
+    vocabulary, channels = vocabulary_from_dataset(world)
+    parts = [
+        ConceptLabels.from_masks(world.masks(torch.arange(start, min(start + 500, num_images)))[:, channels], vocabulary)
+        for start in range(0, num_images, 500)
+    ]
+    return world.images, ConceptLabels.cat(parts), vocabulary
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=5, width=16).eval()
+
+
+def bare_forward(network: torch.nn.Module, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        for start in range(0, images.shape[0], BATCH):
+            network(images[start : start + BATCH])
+
+
+def timing(repeats: int, layer: str) -> None:
+    images, labels, vocabulary = probe(2000)
+    network = model()
+    times: dict[str, list[float]] = {"forward": [], "exact": [], "sketch": []}
+    for _ in range(repeats):
+        for name in times:
+            start = time.perf_counter()
+            if name == "forward":
+                bare_forward(network, images)
+            else:
+                dissect(network, layer, images, labels, vocabulary, method=name, max_batch=BATCH)
+            times[name].append(time.perf_counter() - start)
+    forward = statistics.median(times["forward"])
+    print(f"2,000 probe images, layer {layer}, batch {BATCH}, torch threads {torch.get_num_threads()}")
+    print(f"  bare forward            {forward:7.3f} s")
+    for name in ("exact", "sketch"):
+        seconds = statistics.median(times[name])
+        print(f"  dissection ({name:6s})    {seconds:7.3f} s   ratio {seconds / forward:5.2f}  (target <= 1.5)")
+
+
+def _kilobytes(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_child(num_images: int, layer: str, method: str) -> None:
+    images, labels, vocabulary = probe(num_images)
+    network = model()
+    dissect(network, layer, images[:BATCH], labels.select(slice(0, BATCH)), vocabulary, method=method)  # warm up
+    before = _kilobytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak-RSS counter (VmHWM)
+    dissect(network, layer, images, labels, vocabulary, method=method, max_batch=BATCH)
+    print(json.dumps({"added_mib": (_kilobytes("VmHWM") - before) / 1024}))
+
+
+def memory(layer: str) -> None:
+    print(f"peak memory added by dissect (layer {layer}; probe tensors excluded)")
+    for method in ("exact", "sketch"):
+        added = {}
+        for n in (500, 5000):
+            out = subprocess.run([sys.executable, __file__, "--child", str(n), "--layer", layer, "--method", method],
+                                 check=True, capture_output=True, text=True).stdout
+            added[n] = json.loads(out.strip().splitlines()[-1])["added_mib"]
+        print(f"  {method:6s}: 500 images {added[500]:7.1f} MiB   5,000 images {added[5000]:7.1f} MiB   "
+              f"ratio {added[5000] / max(added[500], 1e-9):5.2f}  (flat = 1)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layer", default="features.20")
+    parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="exact", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        memory_child(args.child, args.layer, args.method)
+        return
+    timing(args.repeats, args.layer)
+    memory(args.layer)
+
+
+if __name__ == "__main__":
+    main()

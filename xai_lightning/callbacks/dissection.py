@@ -1,0 +1,286 @@
+"""DissectionCallback: network dissection (Bau et al. 2017) of chosen layers, every few epochs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+
+from xai_lightning.callbacks.base import ObserverCallback
+from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
+from xai_lightning.core import observe, resolve_layers
+from xai_lightning.dissection import (
+    ConceptLabels,
+    ConceptVocabulary,
+    DissectionResult,
+    LayerActivations,
+    LayerDissection,
+    check_spatial,
+    upsample_activations,
+    vocabulary_from_dataset,
+)
+from xai_lightning.dissection.vocabulary import NON_CONCEPT_CATEGORIES
+from xai_lightning.logging import display_images, labelled_grid, to_uint8_hwc
+
+__all__ = ["DissectionCallback"]
+
+OUTLINE_RGB = (1.0, 0.9, 0.0)
+
+
+def outline_masks(images: torch.Tensor, masks: torch.Tensor, dim: float = 0.35) -> torch.Tensor:
+    """NetDissect-style unit views: ``images (B, C, H, W)``, ``masks (B, H, W)`` bool → ``(B, H, W, 3)``
+    in [0, 1] with the image dimmed outside the mask and the mask's boundary drawn in yellow."""
+    shown = display_images(images)
+    masks = masks.bool().cpu()
+    padded = torch.nn.functional.pad(masks.float().unsqueeze(1), (1, 1, 1, 1)).squeeze(1).bool()
+    interior = padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    boundary = masks & ~interior
+    out = torch.where(masks.unsqueeze(-1), shown, shown * dim)
+    return torch.where(boundary.unsqueeze(-1), torch.tensor(OUTLINE_RGB), out)
+
+
+class DissectionCallback(ObserverCallback):
+    """Network dissection (Bau et al., CVPR 2017) of a fixed probe set, every ``every_n_epochs`` epochs.
+
+    Each unit ``k`` of each layer is thresholded at the top ``quantile`` of its activations over
+    every pixel of the probe set, its bilinearly upsampled mask is scored by IoU against every
+    concept mask of the data (counting only images labelled in the concept's category), and the
+    unit is *interpretable* when its best IoU exceeds ``iou_threshold``. The probe data must carry
+    concept masks: ConceptWorld (object, texture, colour, scene, part) or a Broden-format
+    directory through :class:`~xai_lightning.dissection.BrodenDataset`. One forward pass per
+    observation (see :mod:`xai_lightning.dissection.network_dissection`); inside the observer
+    guard, so training is bit-identical with and without it.
+
+    Logged, per dissected ``<layer>`` (categories are the data's, e.g. ``object``, ``texture``,
+    ``colour``, ``scene``, ``part``; every category is logged, 0 when no unit detects it):
+
+    ====================================================  ==========================================
+    ``dissection/<layer>/interpretable``                   interpretable units (count)
+    ``dissection/<layer>/interpretable_fraction``          … as a fraction of the layer's units
+    ``dissection/<layer>/interpretable/<category>``        interpretable units whose best concept is
+                                                           in the category (count)
+    ``dissection/<layer>/interpretable_fraction/<category>``  … as a fraction of the layer's units
+    ``dissection/<layer>/unique_concepts``                 distinct concepts detected by some
+                                                           interpretable unit (also ``/<category>``)
+    ``dissection/<layer>/mean_best_iou``                   mean over units of the best IoU
+    ``dissection/<layer>/empty_concepts``                  concepts without a pixel in the probe set
+                                                           (IoU 0, never a best concept; warned)
+    ``dissection/<layer>/units`` (table)                   one row per unit: unit, concept, category,
+                                                           iou, interpretable, threshold
+    ``dissection/<layer>/top_units`` (image)               the ``top_units`` units of highest IoU, each
+                                                           with its ``top_images`` most activating
+                                                           probe images, the thresholded mask outlined
+    ====================================================  ==========================================
+
+    Under DDP each rank dissects its shard; the thresholds' top values are all-gathered and the
+    IoU counts summed (no per-image activations travel), so 2 processes give the same IoUs as 1.
+
+    Args:
+        layers: a dotted module name, a list of them, or ``"auto"`` (the last spatial layer).
+            Checked at ``setup``: unknown names list the valid ones, a layer without a
+            ``(B, K, h, w)`` output is rejected by name.
+        num_probe: probe images (500 by default; drawn once, seeded).
+        quantile: top quantile of each unit's activations that forms its mask (0.005).
+        iou_threshold: a unit is interpretable when its best IoU exceeds this (0.04).
+        every_n_epochs: how often to dissect.
+        top_units: units shown in the ``top_units`` image per layer.
+        top_images: top-activating images shown per unit.
+        max_batch: images per forward pass.
+        exclude_categories: mask categories that are not concepts (ConceptWorld's ``region``).
+        probe_split, probe_seed, on_error: see :class:`~xai_lightning.callbacks.ObserverCallback`.
+
+    Example::
+
+        trainer = Trainer(callbacks=[DissectionCallback(layers=["network.features.13"])],
+                          logger=WandbLogger(offline=True))
+    """
+
+    namespace = "dissection"
+
+    def __init__(
+        self,
+        layers: str | list[str] = "auto",
+        num_probe: int = 500,
+        quantile: float = 0.005,
+        iou_threshold: float = 0.04,
+        every_n_epochs: int = 1,
+        top_units: int = 4,
+        top_images: int = 4,
+        max_batch: int = 128,
+        exclude_categories: list[str] | None = None,
+        probe_split: ProbeSplit = "val",
+        probe_seed: int = 0,
+        on_error: Literal["warn", "raise"] = "warn",
+    ) -> None:
+        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
+                         probe_seed=probe_seed, on_error=on_error)
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+        if not 0.0 <= iou_threshold < 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1); got {iou_threshold}")
+        for name, value in (("top_units", top_units), ("top_images", top_images), ("max_batch", max_batch)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1; got {value}")
+        self.layers = layers
+        self.quantile = quantile
+        self.iou_threshold = iou_threshold
+        self.top_units = top_units
+        self.top_images = top_images
+        self.max_batch = max_batch
+        self.exclude_categories = tuple(NON_CONCEPT_CATEGORIES if exclude_categories is None else exclude_categories)
+        self.layer_names: list[str] = []
+        self.vocabulary: ConceptVocabulary | None = None
+        self.results: dict[str, DissectionResult] = {}
+        self._labels: ConceptLabels | None = None
+        self._local: dict[str, LayerDissection] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(namespace=self.namespace, layers=self.layers, num_probe=self.num_probe,
+                                        probe_seed=self.probe_seed)
+
+    # ------------------------------------------------------------------ setup
+    def _vocabulary(self, trainer: pl.Trainer, probe: ProbeSet) -> tuple[ConceptVocabulary, torch.Tensor]:
+        source = find_probe_dataset(trainer, self.probe_split) if self._given_probe is None else None
+        if source is not None and hasattr(getattr(source, "dataset", source), "__len__"):
+            try:
+                return vocabulary_from_dataset(getattr(source, "dataset", source), self.exclude_categories)
+            except ValueError:
+                pass
+        if probe.concept_names is None:
+            raise ValueError(
+                "DissectionCallback needs the names and categories of the concept masks: use a dataset with "
+                "`concept_names` and `concept_categories` (ConceptWorld, BrodenDataset)."
+            )
+        full = ConceptVocabulary.from_names(probe.concept_names)
+        keep = [i for i, c in enumerate(full.categories) if c not in self.exclude_categories]
+        return ConceptVocabulary(tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep)), \
+            torch.tensor(keep, dtype=torch.long)
+
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
+        if probe.images.dim() != 4:
+            raise ValueError(f"DissectionCallback dissects images (N, C, H, W); the probe is {tuple(probe.images.shape)}")
+        if probe.masks is None:
+            raise ValueError(
+                "DissectionCallback needs per-concept pixel masks, but the probe data has none. Use data whose items "
+                "carry `masks (K, H, W)` — ConceptWorldDataModule, or BrodenDataset for a Broden-format directory."
+            )
+        vocabulary, channels = self._vocabulary(trainer, probe)
+        if int(channels.max()) >= probe.masks.shape[1]:
+            raise ValueError(
+                f"The dataset names {int(channels.max()) + 1}+ concept masks but its items carry {probe.masks.shape[1]} "
+                f"(masks of shape {tuple(probe.masks.shape)}): `concept_names` and `masks` must agree."
+            )
+        self.vocabulary = vocabulary
+        self._labels = ConceptLabels.from_masks(probe.masks[:, channels], vocabulary)
+        empty = [name for name, n in zip(vocabulary.names, self._labels.concept_pixels(vocabulary).tolist()) if n == 0]
+        if empty:
+            rank_zero_warn(
+                f"DissectionCallback: concepts {empty} have no pixel in the {len(probe)} probe images; their IoU is "
+                "reported as 0 and they are never a unit's best concept. Draw more probe images (num_probe) to "
+                "dissect against them."
+            )
+        one = probe.images[:1].to(pl_module.device)
+        self.layer_names = resolve_layers(pl_module, self.layers, forward=lambda: pl_module(one))
+        outputs = LayerActivations(pl_module, self.layer_names)(one)
+        for name in self.layer_names:
+            check_spatial(name, outputs[name])
+
+    # ------------------------------------------------------------------ one observation
+    def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
+        assert self.probe is not None and self._labels is not None and self.vocabulary is not None
+        rank, world = trainer.global_rank, trainer.world_size
+        rows = self.probe.shard_rows(rank, world)
+        # Shards are padded to equal length by repeating images; those must not be counted twice.
+        real = torch.arange(rank, rank + world * len(rows), world)[: len(rows)] < len(self.probe)
+        ids = rows[real]
+        images = probe.images[real.to(probe.images.device)]
+        forward = LayerActivations(pl_module, self.layer_names)
+        self._local = {}
+        for start in range(0, len(ids), self.max_batch):
+            batch_ids = ids[start : start + self.max_batch]
+            outputs = forward(images[start : start + self.max_batch])
+            for name in self.layer_names:
+                activation = outputs[name]
+                if name not in self._local:
+                    self._local[name] = LayerDissection(
+                        name, activation.shape[1], tuple(activation.shape[-2:]), self._labels, self.vocabulary,
+                        self.quantile, self.iou_threshold, self.top_images,
+                    )
+                self._local[name].update(activation, batch_ids)
+        return {}
+
+    def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
+        """Reduce counts, not activations: all-gather each unit's kept top values (``q·n`` per unit) to
+        fix the global thresholds, then sum the ``O(K × C)`` intersection/union counts."""
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+            device = trainer.strategy.root_device
+
+            def gathered(tensor: torch.Tensor) -> torch.Tensor:
+                return strategy.all_gather(tensor.to(device)).cpu()
+
+            for name in self.layer_names:
+                dissection = self._local[name]
+                state = dissection.threshold_state()
+                dissection.merge_thresholds(
+                    gathered(state["top"]), gathered(state["minimum"]).amin(0), gathered(state["count"]).sum(0)
+                )
+                counts = dissection.count_state()
+                summed = {key: gathered(value).sum(0) for key, value in counts.items() if key != "top"}
+                summed["top"] = gathered(counts["top"])
+                dissection.load_count_state(summed)
+        self.results = {name: self._local[name].compute() for name in self.layer_names}
+        self._local = {}
+        return {}
+
+    def report(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        scalars: dict[str, float] = {}
+        for name, result in self.results.items():
+            prefix = f"{self.namespace}/{name}"
+            scalars.update({f"{prefix}/{key}": value for key, value in result.summary().items()})
+            scalars[f"{prefix}/empty_concepts"] = float(len(result.empty_concepts))
+            if trainer.is_global_zero:
+                columns, rows = result.table()
+                self.sinks.table(f"{prefix}/units", columns, rows, trainer.global_step)
+                self._log_top_units(trainer, pl_module, probe, result)
+        return scalars
+
+    def unit_masks(
+        self, pl_module: pl.LightningModule, images: torch.Tensor, result: DissectionResult, units: list[int]
+    ) -> torch.Tensor:
+        """``(B, len(units), H, W)`` bool thresholded, upsampled masks of ``units`` on ``images``."""
+        device = next(pl_module.parameters(), torch.zeros(0)).device
+        activation = LayerActivations(pl_module, [result.layer])(images.to(device))[result.layer][:, units]
+        upsampled = upsample_activations(activation.cpu(), tuple(images.shape[-2:]))
+        return result.unit_masks(upsampled, units)
+
+    def _log_top_units(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, result: DissectionResult
+    ) -> None:
+        units = result.units_ranked()[: self.top_units]
+        shown = min(self.top_images, int(result.top_images.shape[1]))
+        panels, captions = [], []
+        with observe(pl_module, trainer=trainer, seed=self.probe_seed):
+            for unit in units:
+                ids = result.top_images[unit, :shown].clamp_min(0)
+                images = probe.images[ids]
+                masks = self.unit_masks(pl_module, images, result, [unit])[:, 0]
+                panels.append(outline_masks(images, masks))
+                concept, category, iou = result.concept_of(unit)
+                captions.append(f"unit {unit}: {concept} ({category}) IoU={iou:.3f}")
+        if not panels:
+            return
+        grid = labelled_grid(to_uint8_hwc(torch.stack(panels)), row_captions=captions,
+                             column_titles=[f"top {i + 1}" for i in range(shown)])
+        caption = f"{result.layer}: top units by IoU, epoch {trainer.current_epoch}"
+        self.sinks.images(f"{self.namespace}/{result.layer}/top_units", [np.ascontiguousarray(grid)], [caption],
+                          trainer.global_step)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,389 @@
+"""Network dissection of one or more layers in a single streaming pass (Bau et al., CVPR 2017).
+
+For every unit ``k`` of a layer, network dissection thresholds the unit's activation map at
+``T_k`` — the top ``q = 0.005`` quantile of its activations over every pixel of the probe set —
+upsamples the map bilinearly to the resolution of the concept masks, and scores the binary unit
+mask ``M_k = upsample(A_k) >= T_k`` against every concept mask ``L_c`` by the dataset-wide
+
+    IoU_{k,c} = Σ_x |M_k(x) ∩ L_c(x)| / Σ_x |M_k(x) ∪ L_c(x)|
+
+over the images ``x`` labelled in ``c``'s category. A unit is *interpretable* when its best IoU
+exceeds 0.04; its best concept's category (object, part, scene, texture, colour, material) is
+what the unit detects.
+
+NetDissect-Lite stores every activation (as float64, on disk) and makes two passes. Here one
+forward pass suffices and memory stays small:
+
+* :class:`~xai_lightning.dissection.TopQuantile` keeps each unit's ``q·n`` largest activations —
+  exactly what the threshold depends on;
+* its running ``m``-th largest value never exceeds the final threshold, so only the upsampled
+  pixels at or above it are kept as *candidates* (16 bytes each: value, image, unit, position),
+  and only maps whose peak reaches it are upsampled at all; candidates that fall below the
+  rising bound are pruned;
+* :meth:`LayerDissection.compute` thresholds the candidates exactly and counts intersections and
+  unions in :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
+
+The candidates hold about the unit masks' own pixels (``q`` of all pixels per unit); for probe
+sets where even that is too much, ``method="sketch"`` makes two passes with a fixed-memory
+:class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
+memory independent of the number of images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
+from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
+from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
+from xai_lightning.dissection.quantile import TopQuantile, threshold_mask
+from xai_lightning.dissection.quantile_sketch import QuantileSketch
+from xai_lightning.dissection.results import DissectionResult
+from xai_lightning.dissection.top_images import TopActivatingImages
+from xai_lightning.dissection.vocabulary import ConceptVocabulary
+
+__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect", "upsample_activations"]
+
+ThresholdMethod = Literal["exact", "sketch"]
+
+
+def upsample_activations(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling ``(B, K, h, w)`` → ``(B, K, H, W)`` float32 (``align_corners=False``, as
+    NetDissect); returned as is when already at ``size``."""
+    activations = activations.float()
+    if tuple(activations.shape[-2:]) == tuple(size):
+        return activations
+    return F.interpolate(activations, size=size, mode="bilinear", align_corners=False)
+
+
+class LayerDissection:
+    """Accumulates the dissection of one layer of ``K`` units over a probe set of ``N`` images.
+
+    ``update(activations, image_ids)`` takes a batch; :meth:`compute` returns the
+    :class:`DissectionResult`. Across processes, :meth:`threshold_state`, :meth:`merge_thresholds`
+    and :meth:`count_state`/:meth:`load_count_state` are the pieces to reduce (see
+    :class:`~xai_lightning.DissectionCallback`).
+
+    Candidate pixels are kept compactly (value, image, unit, position: 16 bytes each) and their
+    concept labels are looked up only once the thresholds are final.
+
+    Args:
+        layer: the layer's name (for the result).
+        num_units: ``K`` channels of the layer's output.
+        feature_size: ``(h, w)`` of the layer's output.
+        labels: concept labels of the whole probe set, row ``i`` for image id ``i``
+            (masks ``(N, L, H, W)``; the unit masks are upsampled to ``H × W``).
+        vocabulary: the ``C`` concepts.
+        quantile, iou_threshold: network dissection's ``q`` (0.005) and IoU cut-off (0.04).
+        top_count: top-activating images kept per unit.
+        thresholds: ``(T (K,), minima (K,))`` known in advance (second pass of ``method="sketch"``);
+            None: exact thresholds in this pass.
+    """
+
+    #: candidates are pruned once they number twice as many as after the last pruning, and at least this
+    prune_minimum: int = 1 << 16
+
+    def __init__(
+        self,
+        layer: str,
+        num_units: int,
+        feature_size: tuple[int, int],
+        labels: ConceptLabels,
+        vocabulary: ConceptVocabulary,
+        quantile: float = 0.005,
+        iou_threshold: float = 0.04,
+        top_count: int = 8,
+        thresholds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        method: ThresholdMethod = "exact",
+    ) -> None:
+        self.layer = layer
+        self.num_units = num_units
+        self.feature_size = tuple(int(s) for s in feature_size)
+        self.labels = labels.to("cpu")
+        self.num_images = len(labels)
+        self.vocabulary = vocabulary
+        self.quantile = quantile
+        self.iou_threshold = iou_threshold
+        self.method = method
+        values = self.num_images * self.feature_size[0] * self.feature_size[1]
+        self.quantiles = TopQuantile(num_units, values, quantile) if thresholds is None else None
+        self.given = None if thresholds is None else (thresholds[0].float().cpu(), thresholds[1].float().cpu())
+        self.iou = DissectionIoU(num_units, vocabulary)
+        self.top = TopActivatingImages(num_units, top_count)
+        self._candidates: list[torch.Tensor] = []  # (4, n) rows: value bits, image, unit, pixel (int32)
+        self._size = 0
+        self._pruned_size = 0
+        self._counted = False
+
+    # ------------------------------------------------------------------ streaming
+    def update(self, activations: torch.Tensor, image_ids: torch.Tensor) -> None:
+        """Add a batch: ``activations (B, K, h, w)`` of the probe images ``image_ids (B,)``."""
+        if activations.dim() != 4 or activations.shape[1] != self.num_units:
+            raise ValueError(
+                f"Layer {self.layer!r}: expected activations (B, {self.num_units}, h, w); got {tuple(activations.shape)}"
+            )
+        image_ids = image_ids.long().cpu()
+        if activations.shape[0] != image_ids.shape[0]:
+            raise ValueError(f"{activations.shape[0]} activation maps for {image_ids.shape[0]} image ids")
+        activations = activations.detach().float().cpu()
+        self.top.update(activations, image_ids)
+        self.iou.update(labels=self.labels.select(image_ids))  # the concepts' own pixels: each image once
+        size = self.labels.resolution
+        if self.given is not None:
+            # Thresholds known: count right away, nothing to keep.
+            images, units, upsampled = self._upsample_reaching(activations, self.given[0], size)
+            on = threshold_mask(upsampled, self.given[0][units], self.given[1][units], unit_dim=0)
+            n, y, x = on.nonzero(as_tuple=True)
+            self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images[n]], units[n], y, x))
+            return
+        assert self.quantiles is not None
+        self.quantiles.update(activations)
+        bound = self.quantiles.lower_bound()  # (K,) never above the final thresholds
+        images, units, upsampled = self._upsample_reaching(activations, bound, size)
+        n, y, x = (upsampled >= bound[units].view(-1, 1, 1)).nonzero(as_tuple=True)
+        if n.numel():
+            self._candidates.append(torch.stack([
+                upsampled[n, y, x].view(torch.int32), image_ids[images[n]].int(), units[n].int(),
+                (y * size[1] + x).int(),
+            ]))
+            self._size += n.numel()
+        if self._size > 2 * max(self._pruned_size, self.prune_minimum):
+            self._prune(bound)
+
+    @staticmethod
+    def _upsample_reaching(
+        activations: torch.Tensor, level: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upsample only the maps that can reach ``level (K,)``: a bilinear value is a convex
+        combination of source pixels, so a map whose maximum is below its unit's level has no
+        upsampled pixel at or above it. Returns ``(images (n,), units (n,), maps (n, H, W))``."""
+        peaks = activations.flatten(2).amax(2)  # (B, K)
+        # Slack for float rounding: weights that sum to 1 in float32 can land an ulp above the maximum.
+        slack = level.abs() * 1e-5 + 1e-30
+        images, units = (peaks >= (level - slack).view(1, -1)).nonzero(as_tuple=True)
+        maps = upsample_activations(activations[images, units].unsqueeze(1), size).squeeze(1)
+        return images, units, maps
+
+    def _merged(self) -> torch.Tensor:
+        """All candidates as one ``(4, n)`` int32 tensor."""
+        if len(self._candidates) != 1:
+            self._candidates = [torch.cat(self._candidates, 1) if self._candidates
+                                else torch.zeros(4, 0, dtype=torch.int32)]
+        return self._candidates[0]
+
+    def _prune(self, bound: torch.Tensor) -> None:
+        """Drop candidates below the current lower bound of their unit's threshold."""
+        merged = self._merged()
+        keep = merged[0].view(torch.float32) >= bound[merged[2].long()]
+        self._candidates = [merged[:, keep]]
+        self._size = self._pruned_size = int(keep.sum())
+
+    @property
+    def num_candidates(self) -> int:
+        return self._size
+
+    # ------------------------------------------------------------------ reduction
+    def threshold_state(self) -> dict[str, torch.Tensor]:
+        """What the thresholds depend on: this process's kept top values, minima and count."""
+        assert self.quantiles is not None
+        return {"top": self.quantiles.top.clone(), "minimum": self.quantiles.minimum.clone(),
+                "count": self.quantiles.count.clone()}
+
+    def merge_thresholds(self, top: torch.Tensor, minimum: torch.Tensor, count: torch.Tensor) -> None:
+        """Install the thresholds state of *all* processes: ``top (W, K, m)`` gathered, ``minimum (K,)``
+        reduced by min, ``count`` summed."""
+        assert self.quantiles is not None
+        self.quantiles.top = self.quantiles._merge_top(top)
+        self.quantiles.minimum = minimum.clone()
+        self.quantiles.count = count.clone()
+
+    def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T (K,), minima (K,))`` — the given ones, or the exact ones of everything seen."""
+        if self.given is not None:
+            return self.given
+        assert self.quantiles is not None
+        return self.quantiles.thresholds()
+
+    def count(self) -> None:
+        """Threshold the kept candidates and add their intersections and unions (exact method)."""
+        if self.given is not None or self._counted:
+            return
+        thresholds, minima = self.thresholds()
+        merged = self._merged()
+        values, units = merged[0].view(torch.float32), merged[2].long()
+        t = thresholds[units]
+        on = torch.where((thresholds <= minima)[units], values > t, values >= t)
+        chosen = merged[:, on].long()
+        width = self.labels.resolution[1]
+        pixels = ActivePixels.gather(self.labels, chosen[1], chosen[2], chosen[3] // width, chosen[3] % width)
+        self.iou.update(pixels=pixels)
+        self._candidates = []
+        self._counted = True
+
+    def count_state(self) -> dict[str, torch.Tensor]:
+        """Counts that add up across processes (after :meth:`count`), and the top-image lists."""
+        self.count()
+        return {
+            "intersection": self.iou.intersection.clone(),
+            "unit_pixels": self.iou.unit_pixels.clone(),
+            "unit_total": self.iou.unit_total.clone(),
+            "concept_pixels": self.iou.concept_pixels.clone(),
+            "top": self.top.best.clone(),
+        }
+
+    def load_count_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Install counts summed over processes, and top-image lists gathered ``(W, K, n, 2)``."""
+        self.count()
+        for name in ("intersection", "unit_pixels", "unit_total", "concept_pixels"):
+            setattr(self.iou, name, state[name].clone())
+        self.top.best = self.top._merge_gathered(state["top"])
+
+    def compute(self) -> DissectionResult:
+        """The layer's :class:`DissectionResult` over everything added (and merged)."""
+        self.count()
+        thresholds, minima = self.thresholds()
+        counts = self.iou.scores()
+        scores, images = self.top.ranked()
+        return DissectionResult(
+            layer=self.layer, vocabulary=self.vocabulary, iou=counts["iou"], thresholds=thresholds,
+            unit_pixels=counts["unit_pixels"], concept_pixels=counts["concept_pixels"], top_images=images,
+            top_scores=scores, iou_threshold=self.iou_threshold, quantile=self.quantile, method=self.method,
+            num_images=self.num_images, minima=minima,
+        )
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer produced its output: the rest of the network
+    is not needed for dissection."""
+
+
+class LayerActivations:
+    """Forward a model only as far as the deepest requested layer and return the layers' outputs.
+
+    ``LayerActivations(model, ["features.6", "features.13"])(images)`` →
+    ``{"features.6": (B, K, h, w), ...}`` detached, computed under ``torch.no_grad``.
+    Hooks live only during the call.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        self.model = model
+        self.layers = [normalize_layer_name(name) for name in layers]
+        self.modules = {name: get_layer(model, name) for name in self.layers}
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, _inputs: object, output: object) -> None:
+                if not isinstance(output, torch.Tensor):
+                    raise TypeError(f"Layer {name!r} ({type(module).__name__}) returns {type(output).__name__}, not a tensor.")
+                outputs[name] = output.detach()
+                if len(outputs) == len(self.modules):
+                    raise _StopForward
+
+            return hook
+
+        handles = [module.register_forward_hook(hook_for(name)) for name, module in self.modules.items()]
+        try:
+            with torch.no_grad():
+                self.model(images)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in self.layers if name not in outputs]
+        if missing:
+            raise RuntimeError(f"Layers {missing} did not run in the model's forward pass.")
+        return outputs
+
+
+def check_spatial(layer: str, activation: torch.Tensor) -> None:
+    """Network dissection needs a ``(B, K, h, w)`` map per unit; raise naming the layer otherwise."""
+    if activation.dim() != 4:
+        raise ValueError(
+            f"Layer {layer!r} outputs shape {tuple(activation.shape)}, which has no spatial dimensions: network "
+            "dissection needs a convolutional layer with (B, channels, height, width) output, whose units can be "
+            "thresholded into masks. Choose a conv/ReLU layer before global pooling."
+        )
+
+
+def dissect(
+    model: nn.Module,
+    layers: str | Sequence[str],
+    images: torch.Tensor,
+    labels: ConceptLabels | torch.Tensor,
+    vocabulary: ConceptVocabulary,
+    quantile: float = 0.005,
+    iou_threshold: float = 0.04,
+    method: ThresholdMethod = "exact",
+    max_batch: int | None = 128,
+    top_count: int = 8,
+    sketch_accuracy: float = 0.005,
+) -> dict[str, DissectionResult]:
+    """Network dissection (Bau et al. 2017) of ``layers`` of ``model`` on a probe set.
+
+    Args:
+        model: in the mode it should be dissected in (usually ``eval()``).
+        layers: dotted module names with ``(B, K, h, w)`` outputs.
+        images: ``(N, C, H, W)``.
+        labels: :class:`ConceptLabels` of the ``N`` images, or dense masks ``(N, C, H', W')`` bool
+            in vocabulary order; ``H' = H`` or smaller by one integer factor.
+        vocabulary: the ``C`` concepts and their categories.
+        quantile, iou_threshold: 0.005 and 0.04 as in the paper.
+        method: ``"exact"`` (one pass; keeps about the unit masks' pixels) or ``"sketch"`` (two
+            passes; memory independent of ``N``; thresholds within the sketch's error).
+        max_batch: images per forward pass.
+        top_count: top-activating images kept per unit.
+        sketch_accuracy: relative accuracy of the sketch.
+
+    Returns:
+        ``{layer: DissectionResult}``.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not isinstance(labels, ConceptLabels):
+        check_mask_resolution(images.shape, labels.shape)
+        labels = ConceptLabels.from_masks(labels, vocabulary)
+    else:
+        check_mask_resolution(images.shape, labels.layers.shape)
+    if len(labels) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but concept labels for {len(labels)}")
+    device = next(model.parameters(), torch.zeros(0)).device
+    forward = LayerActivations(model, names)
+    slices = list(batch_slices(images.shape[0], max_batch))
+
+    def batches() -> Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        for rows in slices:
+            yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
+
+    given: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if method == "sketch":
+        sketches: dict[str, QuantileSketch] = {}
+        for outputs, _ in batches():
+            for name in forward.layers:
+                check_spatial(name, outputs[name])
+                sketch = sketches.setdefault(
+                    name, QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=sketch_accuracy)
+                )
+                sketch.update(outputs[name].cpu())
+        given = {name: sketch.thresholds() for name, sketch in sketches.items()}
+    elif method != "exact":
+        raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
+
+    dissections: dict[str, LayerDissection] = {}
+    for outputs, ids in batches():
+        for name in forward.layers:
+            activation = outputs[name]
+            check_spatial(name, activation)
+            if name not in dissections:
+                dissections[name] = LayerDissection(
+                    name, activation.shape[1], tuple(activation.shape[-2:]), labels, vocabulary,
+                    quantile, iou_threshold, top_count, thresholds=given.get(name), method=method,
+                )
+            dissections[name].update(activation, ids)
+    return {name: dissection.compute() for name, dissection in dissections.items()}
