@@ -7,13 +7,22 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 
 from xai_lightning.attribution import GradCAM, grad_cam
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
+from xai_lightning.callbacks.robustness import RobustnessCallback
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialTrainingCallback",
+    "FGSM",
+    "PGD",
+    "RobustnessCallback",
+    "fgsm",
+    "pgd",
     "CifarResNet",
     "ConceptWorld",
     "ConceptWorldDataModule",
