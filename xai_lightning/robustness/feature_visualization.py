@@ -21,7 +21,10 @@ Priors (``prior=``):
 * ``"tv"``: the same plus ``tv_weight`` × total variation (β = 2);
 * ``"fourier"``: the decorrelated Fourier parameterisation;
 * ``"generator"``: ``x = vae.decode(z)``, optimising ``z`` with the Gaussian code penalty
-  ``code_weight · ½‖z‖²``.
+  optional Gaussian code penalty ``code_weight · ½‖z‖²`` (default 0), and each code clipped to
+  the ball of radius ``code_radius · √d`` after every step, so that it stays where the
+  Gaussian prior puts its mass (DGN clips codes to the range seen in training for the same
+  reason; a strong penalty instead pins the code at the grey mean image).
 
 All visualisations of one call are optimised together as one batch (every image has its own
 parameters; Adam is per-coordinate, so they do not interact), in eval mode inside the observer
@@ -147,7 +150,8 @@ def visualize_features(
     colour_sqrt: torch.Tensor | None = None,
     decay_power: float = 1.0,
     vae: ConvVAE | None = None,
-    code_weight: float = 0.01,
+    code_weight: float = 0.0,
+    code_radius: float = 1.5,
     generator: torch.Generator | None = None,
     output_key: str | int | None = None,
     max_batch: int | None = None,
@@ -167,7 +171,8 @@ def visualize_features(
         transforms, jitter, scale, degrees: random jitter/scale/rotation at every step.
         tv_weight: weight of total variation for ``prior="tv"``.
         colour_sqrt, decay_power: options of the Fourier parameterisation.
-        vae, code_weight: the generator and the weight of its Gaussian code penalty.
+        vae, code_weight, code_radius: the generator, the weight of the Gaussian code penalty, and
+            the clipping radius of the codes in units of ``√latent_dim``.
         generator: draws initial parameters and transforms (None: the global generator).
     """
     if prior not in PRIORS:
@@ -223,6 +228,11 @@ def visualize_features(
                 for parameter, gradient in zip(parameters, gradients):
                     parameter.grad = gradient
                 optimizer.step()
+                if prior == "generator" and code_radius:
+                    with torch.no_grad():
+                        limit = code_radius * image.codes.shape[1] ** 0.5
+                        length = image.codes.norm(dim=1, keepdim=True)
+                        image.codes.mul_(torch.where(length > limit, limit / length.clamp_min(1e-12), 1.0))
                 trace.append(objective.detach())
             with torch.no_grad():
                 final = image().detach()
