@@ -47,13 +47,13 @@ def test_observing_robustness_leaves_training_bit_identical(tmp_path):
     assert SYNTHESIS[0] not in callback.history[0]  # synthesis only at the chosen epoch
 
 
-def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(tmp_path, wandb_dir):
-    pl.seed_everything(0)
-    model = small_classifier(width=8)
-    callback = RobustnessCallback(**FAST, synthesis_epochs=[-1], on_error="raise")
+def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(trained_shape_model, wandb_dir):
+    # trainer.validate runs under inference mode: the callback must still attack and differentiate.
+    model = trained_shape_model
+    callback = RobustnessCallback(**{**FAST, "eps": 2.0, "steps": 5}, synthesis_epochs=[-1], on_error="raise")
     logger = WandbLogger(offline=True, save_dir=str(wandb_dir), project="robustness-test")
-    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], logger=logger, enable_checkpointing=False)
-    trainer.fit(model, small_datamodule(num_train=64, num_val=32))
+    trainer = quiet_trainer(callbacks=[callback], logger=logger)
+    trainer.validate(model, small_datamodule(num_train=32, num_val=64))
     logger.experiment.finish()
 
     # The last observation used the final weights: recompute its scores directly.
@@ -61,9 +61,10 @@ def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(tmp_path
     model.eval()
     with torch.no_grad():
         clean = (model(probe.images).argmax(1) == probe.labels).float().mean().item()
-    start = random_point(probe.images.shape, "l2", 0.5, generator=torch.Generator().manual_seed(0))
-    attack = pgd(model, probe.images, probe.labels, norm="l2", eps=0.5, steps=2, start=start)
+    start = random_point(probe.images.shape, "l2", 2.0, generator=torch.Generator().manual_seed(0))
+    attack = pgd(model, probe.images, probe.labels, norm="l2", eps=2.0, steps=5, start=start)
     robust = (~attack.success).float().mean().item()
+    assert robust < clean  # the check below can tell robust from clean accuracy
     energy = gradient_object_energy(loss_gradients(model, probe.images, "label", labels=probe.labels).gradients,
                                     probe.object_masks)
     last = callback.history[-1]
@@ -79,8 +80,7 @@ def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(tmp_path
         assert logged[key] == pytest.approx(last[key], rel=1e-5, abs=1e-7), key
     run = wandb_run_dir(wandb_dir)
     epochs_with = {key: [r for r in history if f"{key}.filenames" in r] for key in IMAGES}
-    assert len(epochs_with["robustness/gradient_maps"]) == 2
-    assert all(len(epochs_with[key]) == 1 for key in IMAGES[1:]), epochs_with  # synthesis at the last epoch only
+    assert all(len(epochs_with[key]) == 1 for key in IMAGES), epochs_with
     from PIL import Image
 
     for key in IMAGES:
