@@ -105,15 +105,16 @@ def test_training_step_receives_the_adversarial_batch_in_every_format(tmp_path, 
     assert logged["adversarial_training/attack_loss"] > 0
 
 
-def test_batchnorm_statistics_are_updated_only_by_the_training_forwards(tmp_path):
+@pytest.mark.parametrize("method", ["pgd", "fgsm"])
+def test_batchnorm_statistics_are_updated_only_by_the_training_forwards(tmp_path, method):
     pl.seed_everything(0)
     model = small_classifier(width=8)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, callbacks=[AdversarialTrainingCallback(steps=5)])
+                            enable_checkpointing=False, callbacks=[AdversarialTrainingCallback(steps=5, method=method)])
     trainer.fit(model, small_datamodule(num_train=96, num_val=32))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms
-    # 3 training steps, 6 attack forwards each: only the 3 training forwards may count.
+    # 3 training steps, 2 (FGSM) or 6 (PGD) attack forwards each: only the 3 training forwards may count.
     assert all(int(m.num_batches_tracked) == 3 for m in norms)
 
 

@@ -56,7 +56,9 @@ class AdversarialTrainingCallback(pl.Callback):
       ``self.trades_batch.loss(clean_logits, self(self.trades_batch.inputs), labels)`` with
       ``clean_logits = self(x)`` of the (clean) batch. :class:`~xai_lightning.ImageClassifier`
       does this. The batch keeps its clean inputs; the callback checks after the step that the
-      module used the TRADES loss and raises otherwise.
+      module used the TRADES loss and raises otherwise. (BatchNorm then sees the module's two
+      train-mode forwards per step, clean and adversarial, as in the TRADES authors' code; the
+      attack's own forwards still run in eval mode.)
 
     Where the inputs are found, and how they are replaced (formats of
     :mod:`xai_lightning.data.batch`): a dict with the images under ``"image"``/``"images"``/
