@@ -114,3 +114,20 @@ def finish_dangling_wandb_runs():
 
     if wandb.run is not None:
         wandb.finish()
+
+
+@pytest.fixture(scope="session")
+def standard_and_robust_models():
+    """Two SmallCNNs trained alike on ConceptWorld shapes (seed, data, 4 epochs), one of them with
+    AdversarialTrainingCallback (L2, ε = 0.5, 3 PGD steps). Shared by the robustness tests."""
+    from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
+
+    models = {}
+    for name, callbacks in (("standard", []), ("robust", [AdversarialTrainingCallback(norm="l2", eps=0.5, steps=3)])):
+        pl.seed_everything(0)
+        model = small_classifier(width=8, lr=3e-3)
+        trainer = quiet_trainer(max_epochs=4, logger=False, enable_checkpointing=False, callbacks=callbacks,
+                                limit_val_batches=0)
+        trainer.fit(model, small_datamodule(num_train=512, num_val=64, batch_size=32))
+        models[name] = model.eval()
+    return models

@@ -13,12 +13,15 @@ from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet, TCAVCallback
 from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.callbacks import DissectionCallback, GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
+from xai_lightning.callbacks.robustness import RobustnessCallback
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.data import Bars, BarsDataModule, ColouredDigits, ColouredDigitsDataModule
 from xai_lightning.concepts import ConceptIntervention, compare_cace_estimators, conexp, encdec_cace, ground_truth_cace
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,12 @@ __all__ = [
     "conexp",
     "encdec_cace",
     "ground_truth_cace",
+    "AdversarialTrainingCallback",
+    "FGSM",
+    "PGD",
+    "RobustnessCallback",
+    "fgsm",
+    "pgd",
     "CifarResNet",
     "ConceptCAVs",
     "BrodenDataset",

@@ -21,6 +21,10 @@ class ImageClassifier(pl.LightningModule):
     Batches follow :mod:`xai_lightning.data.batch`. Logged keys: ``train/loss``, ``train/acc``,
     ``val/loss``, ``val/acc``.
 
+    TRADES: when :class:`~xai_lightning.AdversarialTrainingCallback` (``method="trades"``) sets
+    ``self.trades_batch``, the training loss is ``trades_batch.loss(clean logits, logits of
+    trades_batch.inputs, labels)``; ``train/acc`` stays the clean accuracy.
+
     Args:
         network: the model, e.g. ``SmallCNN(num_classes=5)``; in YAML, a ``class_path`` block.
         num_classes: number of classes (defaults to ``network.num_classes``).
@@ -47,6 +51,8 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = int(classes)
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)
+        #: Set by AdversarialTrainingCallback(method="trades") for one training step (duck-typed TradesBatch).
+        self.trades_batch: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -56,7 +62,11 @@ class ImageClassifier(pl.LightningModule):
         if data.labels is None:
             raise ValueError("ImageClassifier needs labels in every batch (see xai_lightning.data.batch).")
         logits = self(data.inputs)
-        loss = F.cross_entropy(logits, data.labels)
+        trades = self.trades_batch if stage == "train" else None
+        if trades is not None:
+            loss = trades.loss(logits, self(trades.inputs), data.labels)
+        else:
+            loss = F.cross_entropy(logits, data.labels)
         accuracy(logits, data.labels)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", on_epoch=True, on_step=False)
         self.log(f"{stage}/acc", accuracy, prog_bar=True, on_epoch=True, on_step=False)
