@@ -6,7 +6,7 @@ and log maps, scores and tables to Weights & Biases (offline by default), Tensor
 """
 
 from xai_lightning.attribution import GradCAM, grad_cam
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.callbacks import ExplainerNetworkCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
@@ -18,6 +18,7 @@ __all__ = [
     "ConceptWorld",
     "ConceptWorldDataModule",
     "DigitsDataModule",
+    "ExplainerNetworkCallback",
     "GradCAM",
     "GradCAMCallback",
     "ImageClassifier",

@@ -122,6 +122,10 @@ class ExplainerNetwork(nn.Module):
         self.decoder_out = nn.Conv2d(hidden, target_channels, 3, padding=1)
         nn.init.zeros_(self.gate.weight)  # p starts at 0.5 for every image
         nn.init.zeros_(self.gate.bias)
+        # The reconstruction starts at zero (relative error 1) instead of at a random scale that can
+        # be tens of times the target's energy and cost hundreds of steps to undo.
+        nn.init.zeros_(self.decoder_out.weight)
+        nn.init.zeros_(self.decoder_out.bias)
 
     def forward(self, x: torch.Tensor) -> ExplainerOutput:
         """``x (B, C_in, h, w)`` performer features → :class:`ExplainerOutput`."""

@@ -104,7 +104,7 @@ def mutual_information(
         tau, beta: template parameters (:func:`part_templates`).
 
     Returns:
-        ``(F,)`` mutual information in nats, in ``[0, H(T)]``. All-zero maps give exactly 0.
+        ``(F,)`` mutual information in nats, in ``[0, H(T)]``. All-zero maps give 0 (up to rounding).
     """
     if maps.dim() != 4:
         raise ValueError(f"maps must be (B, F, h, w); got {tuple(maps.shape)}")
