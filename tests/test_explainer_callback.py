@@ -90,3 +90,24 @@ def test_target_layer_before_input_layer_fails_at_setup(tmp_path):
 def test_unknown_layer_lists_valid_names(tmp_path):
     with pytest.raises(LayerNotFoundError, match="network.features.13"):
         fit_with(tmp_path, ExplainerNetworkCallback("network.nope", TARGET, num_probe=4))
+
+
+def test_resume_continues_the_explainers_training_where_it_stopped(tmp_path):
+    def run(epochs, ckpt_path=None):
+        pl.seed_everything(0)
+        callback = ExplainerNetworkCallback(INPUT, TARGET, num_filters=4, num_probe=8)
+        checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+        trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback, checkpoint], logger=CSVLogger(str(tmp_path)))
+        trainer.fit(small_classifier(width=4), small_datamodule(num_train=64, num_val=16), ckpt_path=ckpt_path)
+        return callback
+
+    first = run(1)
+    assert first.steps == 2
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    for key, value in first.explainer.state_dict().items():
+        assert torch.equal(saved["explainer"][key], value.cpu()), key
+    resumed = run(2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    # A fresh explainer would have taken 2 steps; the restored one continues from 2 (weights and Adam state).
+    assert resumed.steps == 4
+    assert max(int(state["step"]) for state in resumed.optimizer.state.values()) == 4
+    assert len(resumed.history) == 2
