@@ -15,6 +15,7 @@ from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
 from xai_lightning.callbacks import DissectionCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
 from xai_lightning.callbacks.robustness import RobustnessCallback
+from xai_lightning.callbacks import ExplainerNetworkCallback, GradCAMCallback, ObserverCallback, ProbeSet
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
 from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
 from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
@@ -56,6 +57,7 @@ __all__ = [
     "DigitsDataModule",
     "DissectionCallback",
     "DissectionResult",
+    "ExplainerNetworkCallback",
     "GradCAM",
     "GradCAMCallback",
     "ImageClassifier",

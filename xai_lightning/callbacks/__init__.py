@@ -4,6 +4,7 @@ from xai_lightning.callbacks.attribution import AttributionCallback
 from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dissection import DissectionCallback
+from xai_lightning.callbacks.explainer_network import ExplainerNetworkCallback
 from xai_lightning.callbacks.grad_cam import GradCAMCallback
 from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
@@ -14,3 +15,4 @@ __all__ = ["GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "fin
 __all__ = ["DissectionCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset"]
 __all__ = ["AdversarialTrainingCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "RobustnessCallback", "draw_probe",
            "find_probe_dataset"]
+__all__ = ["ExplainerNetworkCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset"]
