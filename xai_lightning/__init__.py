@@ -5,76 +5,112 @@ attributions, concept vectors, network dissection, robustness — without changi
 and log maps, scores and tables to Weights & Biases (offline by default), TensorBoard or files.
 """
 
-from xai_lightning.attribution import GradCAM, attribute, available_methods, grad_cam
-from xai_lightning.callbacks import AttributionCallback, GradCAMCallback, ObserverCallback, ProbeSet
-from xai_lightning.attribution import GradCAM, grad_cam
-from xai_lightning.attribution import KernelShap, Lime, PredictionDifferenceAnalysis, Rise, Xrai
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet
-from xai_lightning.callbacks import GradCAMCallback, ObserverCallback, ProbeSet, TCAVCallback
-from xai_lightning.concepts import TCAV, ConceptCAVs, TCAVResult, train_cavs
-from xai_lightning.callbacks import DissectionCallback, GradCAMCallback, ObserverCallback, ProbeSet
-from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
-from xai_lightning.callbacks.robustness import RobustnessCallback
-from xai_lightning.callbacks import ExplainerNetworkCallback, GradCAMCallback, ObserverCallback, ProbeSet
+from xai_lightning.attribution import (
+    GradCAM,
+    IntegratedGradients,
+    KernelShap,
+    Lime,
+    Occlusion,
+    PredictionDifferenceAnalysis,
+    Rise,
+    Saliency,
+    SmoothGrad,
+    Xrai,
+    attribute,
+    available_methods,
+    grad_cam,
+)
+from xai_lightning.callbacks import (
+    AdversarialTrainingCallback,
+    AttributionCallback,
+    DissectionCallback,
+    ExplainerNetworkCallback,
+    GradCAMCallback,
+    ObserverCallback,
+    ProbeSet,
+    RobustnessCallback,
+    TCAVCallback,
+)
+from xai_lightning.concepts import (
+    TCAV,
+    ConceptCAVs,
+    ConceptIntervention,
+    TCAVResult,
+    compare_cace_estimators,
+    conexp,
+    encdec_cace,
+    ground_truth_cace,
+    train_cavs,
+)
 from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+from xai_lightning.data import (
+    Bars,
+    BarsDataModule,
+    ColouredDigits,
+    ColouredDigitsDataModule,
+    ConceptWorld,
+    ConceptWorldDataModule,
+    DigitsDataModule,
+)
 from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
-from xai_lightning.data import ConceptWorld, ConceptWorldDataModule, DigitsDataModule
-from xai_lightning.data import Bars, BarsDataModule, ColouredDigits, ColouredDigitsDataModule
-from xai_lightning.concepts import ConceptIntervention, compare_cace_estimators, conexp, encdec_cace, ground_truth_cace
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialTrainingCallback",
+    "attribute",
     "AttributionCallback",
-    "KernelShap",
-    "Lime",
-    "PredictionDifferenceAnalysis",
-    "Rise",
-    "Xrai",
+    "available_methods",
     "Bars",
     "BarsDataModule",
+    "BrodenDataset",
+    "CifarResNet",
     "ColouredDigits",
     "ColouredDigitsDataModule",
-    "ConceptIntervention",
     "compare_cace_estimators",
-    "conexp",
-    "encdec_cace",
-    "ground_truth_cace",
-    "AdversarialTrainingCallback",
-    "FGSM",
-    "PGD",
-    "RobustnessCallback",
-    "fgsm",
-    "pgd",
-    "CifarResNet",
     "ConceptCAVs",
-    "BrodenDataset",
+    "ConceptIntervention",
     "ConceptVocabulary",
     "ConceptWorld",
     "ConceptWorldDataModule",
+    "conexp",
     "DigitsDataModule",
+    "dissect",
     "DissectionCallback",
     "DissectionResult",
+    "encdec_cace",
     "ExplainerNetworkCallback",
+    "export_broden",
+    "fgsm",
+    "FGSM",
+    "grad_cam",
     "GradCAM",
     "GradCAMCallback",
+    "ground_truth_cace",
     "ImageClassifier",
+    "IntegratedGradients",
+    "KernelShap",
     "LayerCapture",
     "LayerNotFoundError",
+    "Lime",
+    "observe",
     "ObserverCallback",
     "ObserverGuard",
+    "Occlusion",
+    "pgd",
+    "PGD",
+    "PredictionDifferenceAnalysis",
     "ProbeSet",
+    "Rise",
+    "RobustnessCallback",
+    "Saliency",
     "SmallCNN",
-    "attribute",
-    "available_methods",
+    "SmoothGrad",
     "TCAV",
     "TCAVCallback",
     "TCAVResult",
-    "dissect",
-    "export_broden",
-    "grad_cam",
-    "observe",
     "train_cavs",
+    "Xrai",
 ]

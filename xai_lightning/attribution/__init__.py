@@ -1,9 +1,29 @@
-"""Feature attribution methods: pure torch, batched, safe to run mid-training."""
+"""Feature attribution methods: pure torch, batched, safe to run mid-training.
+
+``attribute(model, x, target, method=...)`` runs any method by name; ``available_methods()`` lists them.
+"""
 
 from xai_lightning.attribution.grad_cam import GradCAM, GradCAMResult, grad_cam
+from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.registry import attribute, available_methods, get_method, method_class
 
-__all__ = ["GradCAM", "GradCAMResult", "attribute", "available_methods", "get_method", "grad_cam", "method_class"]
+# gradient-based methods
+from xai_lightning.attribution.saliency import Saliency
+from xai_lightning.attribution.input_x_gradient import InputXGradient
+from xai_lightning.attribution.integrated_gradients import IntegratedGradients
+from xai_lightning.attribution.smoothgrad import SmoothGrad
+from xai_lightning.attribution.guided_backprop import GuidedBackprop
+from xai_lightning.attribution.deconvnet import Deconvnet
+from xai_lightning.attribution.cam import CAM
+from xai_lightning.attribution.grad_cam_plus_plus import GradCAMPlusPlus
+from xai_lightning.attribution.hires_cam import HiResCAM
+from xai_lightning.attribution.score_cam import ScoreCAM
+from xai_lightning.attribution.guided_grad_cam import GuidedGradCAM
+from xai_lightning.attribution.deeplift import DeepLift
+from xai_lightning.attribution.deep_shap import DeepShap
+from xai_lightning.attribution.gradient_shap import GradientShap
+from xai_lightning.attribution.occlusion import Occlusion
+
 # perturbation (model-agnostic) methods
 from xai_lightning.attribution.kernel_shap import KernelShap
 from xai_lightning.attribution.lime import Lime
@@ -12,6 +32,36 @@ from xai_lightning.attribution.rise import Rise
 from xai_lightning.attribution.surrogate import SurrogateExplanation
 from xai_lightning.attribution.xrai import RegionRanking, Xrai, rank_regions
 
-__all__ = ["GradCAM", "GradCAMResult", "grad_cam"]
-__all__ += ["KernelShap", "Lime", "PredictionDifferenceAnalysis", "RegionRanking", "Rise", "SurrogateExplanation",
-            "Xrai", "rank_regions"]
+__all__ = [
+    "AttributionMethod",
+    "CAM",
+    "Deconvnet",
+    "DeepLift",
+    "DeepShap",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradCAMResult",
+    "GradientShap",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "InputXGradient",
+    "IntegratedGradients",
+    "KernelShap",
+    "Lime",
+    "Occlusion",
+    "PredictionDifferenceAnalysis",
+    "RegionRanking",
+    "Rise",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
+    "SurrogateExplanation",
+    "Xrai",
+    "attribute",
+    "available_methods",
+    "get_method",
+    "grad_cam",
+    "method_class",
+    "rank_regions",
+]

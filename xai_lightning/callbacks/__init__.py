@@ -10,9 +10,16 @@ from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
 
-__all__ = ["AttributionCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset"]
-__all__ = ["GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset", "TCAVCallback"]
-__all__ = ["DissectionCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset"]
-__all__ = ["AdversarialTrainingCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "RobustnessCallback", "draw_probe",
-           "find_probe_dataset"]
-__all__ = ["ExplainerNetworkCallback", "GradCAMCallback", "ObserverCallback", "ProbeSet", "draw_probe", "find_probe_dataset"]
+__all__ = [
+    "AdversarialTrainingCallback",
+    "AttributionCallback",
+    "DissectionCallback",
+    "ExplainerNetworkCallback",
+    "GradCAMCallback",
+    "ObserverCallback",
+    "ProbeSet",
+    "RobustnessCallback",
+    "TCAVCallback",
+    "draw_probe",
+    "find_probe_dataset",
+]
