@@ -27,24 +27,30 @@ from xai_lightning.studies import run_comparison, write_comparison_report  # noq
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "robust_vs_standard_small.yaml"
 
 
-def main(argv: list[str] | None = None) -> Path:
+def run_study(config_path: Path, output_dir: Path | None = None, wandb: bool = True,
+              max_epochs: int | None = None) -> tuple[dict, Path]:
+    """Train every variant of the study at ``config_path``; return the results and the report's path."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    if max_epochs is not None:
+        config.setdefault("trainer", {})["max_epochs"] = max_epochs
+    output_dir = Path(output_dir or config.get("output_dir", Path("runs") / config["name"]))
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    results = run_comparison(config, output_dir=output_dir, wandb=wandb)
+    report = write_comparison_report(results, config.get("report", {}), output_dir / "report.html", config=config)
+    return results, report
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="study YAML (default: the small config)")
     parser.add_argument("--output-dir", type=Path, default=None, help="overrides output_dir of the config")
     parser.add_argument("--max-epochs", type=int, default=None, help="overrides trainer.max_epochs")
     parser.add_argument("--no-wandb", action="store_true", help="file logs only (the report does not need W&B)")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.config.read_text())
-    if args.max_epochs is not None:
-        config.setdefault("trainer", {})["max_epochs"] = args.max_epochs
-    output_dir = args.output_dir or Path(config.get("output_dir", Path("runs") / config["name"]))
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    results = run_comparison(config, output_dir=output_dir, wandb=not args.no_wandb)
-    report = write_comparison_report(results, config.get("report", {}), output_dir / "report.html", config=config)
+    results, report = run_study(args.config, args.output_dir, wandb=not args.no_wandb, max_epochs=args.max_epochs)
     print(f"\nReport: {report}")
     for name, result in results.items():
         print(f"  {name}: {result.seconds:.0f} s; W&B run {result.wandb_dir or '-'}; images under {result.files_dir / 'xai'}")
-    return report
 
 
 if __name__ == "__main__":

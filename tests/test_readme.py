@@ -18,7 +18,7 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_test_one():
     commands = [block.strip() for block in re.findall(r"```bash\n(.*?)```", before_first_section, flags=re.S)]
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     main_command, test_command = commands
-    assert main_command.startswith("pip install torch==2.13.0") and "xai-lightning fit --config" in main_command
+    assert main_command.startswith("pip install torch==2.13.0") and "robust_vs_standard.py --config" in main_command
     config = main_command.split("--config")[1].strip()
     assert (ROOT / config).exists()
     assert "pytest" in test_command
