@@ -13,6 +13,7 @@ from torch import nn
 
 from xai_lightning import CifarResNet, ConceptWorld, SmallCNN
 from xai_lightning.attribution import attribute, available_methods, get_method
+from xai_lightning.attribution.registry import _PERTURBATION_METHODS
 from xai_lightning.evaluation import energy_in_mask, uniform_energy_in_mask
 
 
@@ -194,7 +195,12 @@ FAST_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("method", available_methods())
+# The perturbation methods have their own localisation test, with settings sized for them
+# (tests/test_attribution_perturbation.py); this one covers the gradient-based methods.
+GRADIENT_METHODS = [m for m in available_methods() if m not in {c.name for c in _PERTURBATION_METHODS}]
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_method_puts_more_mass_on_the_object_than_a_uniform_map(trained_shape_model, probe, method):
     images, labels, masks = probe
     explainer = get_method(method, seed=0, **FAST_OPTIONS.get(method, {}))

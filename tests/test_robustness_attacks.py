@@ -183,7 +183,9 @@ def test_pgd_does_not_depend_on_max_batch(trained_shape_model):
     whole = pgd(trained_shape_model, images, labels, norm="l2", eps=0.5, steps=3, generator=torch.Generator().manual_seed(4))
     sliced = pgd(trained_shape_model, images, labels, norm="l2", eps=0.5, steps=3, max_batch=3,
                  generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(whole.adversarial, sliced.adversarial, atol=1e-5, rtol=0)
+    # Convolutions sum in a batch-size-dependent order; three normalised L2 steps amplify that
+    # float32 rounding to ~1e-4 on a few pixels, far below the step size (0.5 / 3 * 2.5).
+    torch.testing.assert_close(whole.adversarial, sliced.adversarial, atol=1e-3, rtol=0)
 
 
 def test_bad_attack_settings_name_the_fix():
