@@ -27,7 +27,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
+
+from xai_lightning.data.datamodules import TensorSplitLoaders
 
 __all__ = ["BAR_COLOURS", "Bars", "BarsDataModule", "BarsLatent"]
 
@@ -217,7 +219,7 @@ class Bars(Dataset):
         return self.images, self.labels
 
 
-class BarsDataModule(pl.LightningDataModule):
+class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     """BARS train/val splits with the same ``confounding`` (seeds ``seed * 1000 + split``); batches ``(x, y)``."""
 
     num_classes = 2
@@ -226,6 +228,8 @@ class BarsDataModule(pl.LightningDataModule):
                  seed: int = 0, batch_size: int = 64, num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
         self.train_set: Bars | None = None
         self.val_set: Bars | None = None
 
@@ -234,15 +238,3 @@ class BarsDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set = Bars(h.num_train, h.confounding, h.image_size, seed=h.seed * 1000)
             self.val_set = Bars(h.num_val, h.confounding, h.image_size, seed=h.seed * 1000 + 1)
-
-    def _loader(self, dataset: Bars, shuffle: bool) -> DataLoader:
-        return DataLoader(TensorDataset(*dataset.tensors()), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup('fit') first"
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None, "call setup('fit') first"
-        return self._loader(self.val_set, shuffle=False)

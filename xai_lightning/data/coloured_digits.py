@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
+
+from xai_lightning.data.datamodules import TensorSplitLoaders
 
 from xai_lightning.data.digits import HandwrittenDigits
 
@@ -120,7 +122,7 @@ class ColouredDigits(Dataset):
         return self.images, self.labels
 
 
-class ColouredDigitsDataModule(pl.LightningDataModule):
+class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     """Coloured digits train/val splits (stratified split of the 1,797 digits); batches ``(x, y)``."""
 
     num_classes = NUM_CLASSES
@@ -129,6 +131,8 @@ class ColouredDigitsDataModule(pl.LightningDataModule):
                  batch_size: int = 64, num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
         self.train_set: ColouredDigits | None = None
         self.val_set: ColouredDigits | None = None
 
@@ -137,15 +141,3 @@ class ColouredDigitsDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction)
             self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction)
-
-    def _loader(self, dataset: ColouredDigits, shuffle: bool) -> DataLoader:
-        return DataLoader(TensorDataset(*dataset.tensors()), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup('fit') first"
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None, "call setup('fit') first"
-        return self._loader(self.val_set, shuffle=False)

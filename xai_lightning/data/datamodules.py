@@ -38,6 +38,28 @@ class _Loaders:
             persistent_workers=self.num_workers > 0,
         )
 
+    def _tensor_loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        """``(x, y)`` batches over ``dataset.tensors()``: no per-item work (masks, dicts) when none is needed."""
+        images, labels = dataset.tensors()
+        return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+
+class TensorSplitLoaders(_Loaders):
+    """Train/val loaders of ``(x, y)`` batches for datamodules whose splits (``train_set``,
+    ``val_set``) render all their images at once and expose them through ``tensors()``."""
+
+    train_set: Any
+    val_set: Any
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return self._tensor_loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup('fit') first"
+        return self._tensor_loader(self.val_set, shuffle=False)
+
 
 class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
     """ConceptWorld train/val(/test) splits, generated in memory from one seed.
@@ -103,9 +125,7 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         assert self.train_set is not None, "call setup('fit') first"
         if self.batch_format == "tuple":
             # No masks are needed to train: a TensorDataset avoids computing them per item.
-            images, labels = self.train_set.tensors()
-            return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=True,
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            return self._tensor_loader(self.train_set, shuffle=True)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
