@@ -33,35 +33,39 @@ def test_performer_weights_are_bit_identical_with_and_without_the_callback(tmp_p
     assert len(callback.history) == 2 and not callback.failures
 
 
-# Marked slow until its thresholds are verified: with steps_per_batch=1 the location-instability claim held
-# but accuracy through the explainer was 0.73 vs the performer's 0.99; the steps_per_batch=4 run did not finish
-# on the contended machine (see the issue-7 report).
-@pytest.mark.slow
+# The performer jumps from chance to ~100 % in epochs 2-3; the explainer, trained on its moving train-mode
+# features, needs an epoch or two to catch up (measured: accuracy through it 0.77 vs 1.00 at epoch 3, 1.00 vs
+# 1.00 from epoch 4 on; instability 0.038 vs the performer's 0.060). Hence 8 epochs, not 4.
 def test_short_concept_world_training_gives_stable_part_filters_and_faithful_reconstruction(wandb_dir):
     pl.seed_everything(0)
     model = small_classifier(width=8, lr=3e-3)
     callback = ExplainerNetworkCallback(INPUT, TARGET, num_filters=8, lr=3e-3, steps_per_batch=4, num_probe=128, top_k=20,
                                         on_error="raise")
-    trainer = quiet_trainer(max_epochs=4, callbacks=[callback], enable_checkpointing=False,
+    trainer = quiet_trainer(max_epochs=8, callbacks=[callback], enable_checkpointing=False,
                             logger=WandbLogger(offline=True, save_dir=str(wandb_dir)))
+    epochs = trainer.max_epochs
     trainer.fit(model, small_datamodule(num_train=1024, num_val=128, batch_size=64))
     import wandb
 
     wandb.finish()
     history = read_wandb_history(wandb_run_dir(wandb_dir))
     last = callback.history[-1]
-    print(last)
     logged = [h for h in history if "explainer/location_instability/explainer" in h]
-    assert len(logged) == 4  # one evaluation per epoch
+    assert len(logged) == epochs  # one evaluation per epoch
     for key in ("p", "reconstruction_error", "filter_loss", "accuracy/explainer", "delta_error",
                 "location_instability/input", "location_instability/target", "train/loss", "steps"):
         assert logged[-1][f"explainer/{key}"] == pytest.approx(last[f"explainer/{key}"], rel=1e-5), key
-    assert logged[-1]["explainer/steps"] == 4 * 4 * 1024 // 64
+    assert logged[-1]["explainer/steps"] == epochs * 4 * 1024 // 64
     maps = [h for h in history if "explainer/activation_maps.filenames" in h]
-    assert len(maps) == 4 and "Explainer filters" in maps[-1]["explainer/activation_maps.captions"][0]
+    assert len(maps) == epochs and "Explainer filters" in maps[-1]["explainer/activation_maps.captions"][0]
     assert any("explainer/filters._type" in h for h in history)
-    assert last["explainer/location_instability/explainer"] < last["explainer/location_instability/input"]
-    assert last["explainer/accuracy/explainer"] >= last["explainer/accuracy/performer"] - 0.05
+    assert last["explainer/accuracy/performer"] > 0.95  # the performer trained
+    instability = last["explainer/location_instability/explainer"]
+    assert instability < 0.8 * last["explainer/location_instability/input"]
+    assert instability < 0.8 * last["explainer/location_instability/target"]
+    assert last["explainer/accuracy/explainer"] >= last["explainer/accuracy/performer"] - 0.03
+    assert last["explainer/delta_error"] == pytest.approx(
+        last["explainer/accuracy/performer"] - last["explainer/accuracy/explainer"], abs=1e-6)
 
 
 def fit_with(tmp_path, callback):

@@ -13,12 +13,15 @@ from xai_lightning.explainer import ConsistencyNetwork, fit_knowledge_consistenc
 LAYER = "network.features.13"
 
 
-def trained(seed: int, epochs: int = 3):
+def trained(seed: int, epochs: int = 6):
+    """A SmallCNN trained to ≥ 95 % on ConceptWorld shapes (about 5 s); ``epochs=0``: random init."""
     pl.seed_everything(seed)
     model = small_classifier(width=8, lr=3e-3)
     if epochs:
         trainer = quiet_trainer(max_epochs=epochs, logger=False, enable_checkpointing=False)
-        trainer.fit(model, small_datamodule(num_train=512, num_val=64, batch_size=64))
+        trainer.fit(model, small_datamodule(num_train=1024, num_val=128, batch_size=64))
+        # Comparing two barely trained models says nothing about shared knowledge: fail loudly.
+        assert float(trainer.callback_metrics["val/acc"]) > 0.95, "the compared model did not train"
     return model.eval()
 
 
@@ -59,19 +62,17 @@ def test_a_linear_relation_is_explained_by_order_zero():
     assert unrelated.consistency < 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="measured 0.62 (self) / 0.11 (other seed) / 0.11 (random init) after 250 "
-                   "steps: the fit does not converge to identity and seed vs random is not separated yet")
 def test_self_is_fully_consistent_other_seed_less_random_init_least(models, images):
     fit, held_out = images
     kwargs = dict(eval_images=held_out, order=2, steps=250)
     itself = knowledge_consistency(models["a"], LAYER, models["a"], LAYER, fit, **kwargs)
     other_seed = knowledge_consistency(models["a"], LAYER, models["b"], LAYER, fit, **kwargs)
     random_init = knowledge_consistency(models["a"], LAYER, models["random"], LAYER, fit, **kwargs)
-    print(itself.consistency, other_seed.consistency, random_init.consistency)
-    print(itself.order_fraction, other_seed.order_fraction, random_init.order_fraction)
-    assert itself.consistency > 0.95
-    assert itself.consistency > other_seed.consistency + 0.02
-    assert other_seed.consistency > random_init.consistency + 0.02
+    # Measured 1.000 / 0.58 / 0.26 (linear path alone); the margins leave room for seeds and platforms.
+    assert itself.consistency > 0.99
+    assert itself.order_fraction[0] > 0.99  # a model explains itself linearly: all in order 0
+    assert itself.consistency > other_seed.consistency + 0.2
+    assert other_seed.consistency > random_init.consistency + 0.15
     assert itself.order_variance.shape == (3,) and itself.p.shape == (2,)
 
 

@@ -58,10 +58,14 @@ class ConsistencyNetwork(nn.Module):
         kernel_size: of every convolution (odd; 'same' padding).
     """
 
-    def __init__(self, source_channels: int, target_channels: int, order: int = 2, kernel_size: int = 3) -> None:
+    def __init__(
+        self, source_channels: int, target_channels: int, order: int = 2, kernel_size: int = 3, initial_p: float = 0.05
+    ) -> None:
         super().__init__()
         if order < 0:
             raise ValueError(f"order must be >= 0; got {order}")
+        if not 0.0 < initial_p < 1.0:
+            raise ValueError(f"initial_p must be in (0, 1); got {initial_p}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd; got {kernel_size}")
         self.order = order
@@ -72,7 +76,28 @@ class ConsistencyNetwork(nn.Module):
         )
         for conv in self.convs:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        self.p_logits = nn.Parameter(torch.zeros(order))
+        # Small p: the non-linear paths start as a gentle correction to the linear path instead of
+        # unit-scale noise on top of it (fit_knowledge_consistency solves the linear path first).
+        self.p_logits = nn.Parameter(torch.full((order,), float(torch.logit(torch.tensor(initial_p)))))
+        self.kernel_size = kernel_size
+
+    @torch.no_grad()
+    def fit_linear_path(self, source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-4) -> None:
+        """Set the last convolution to the least-squares map ``source → target`` (ridge-regularised).
+
+        The last convolution ``W_K`` is the whole order-0 path, so this is the best purely linear
+        (0th-order) reconstruction over ``k × k`` patches, in closed form; training then only has to
+        learn what the non-linear paths add. ``ridge`` is relative to the mean patch energy.
+        """
+        k = self.kernel_size
+        patches = F.unfold(source, k, padding=k // 2)  # (N, C_s·k·k, h·w)
+        design = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+        response = target.flatten(2).transpose(1, 2).reshape(-1, target.shape[1]).double()
+        gram = design.T @ design
+        gram += torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) * ridge * gram.diagonal().mean()
+        solution = torch.linalg.solve(gram, design.T @ response)  # (C_s·k·k, C_t)
+        last = self.convs[-1]
+        last.weight.copy_(solution.T.reshape(last.weight.shape).to(last.weight.dtype))
 
     @property
     def p(self) -> torch.Tensor:
@@ -180,8 +205,10 @@ def fit_knowledge_consistency(
     """Fit ``g`` to reconstruct ``target (N, C_t, h, w)`` from ``source (N, C_s, h', w')`` and measure it.
 
     ``source`` is resampled to the target's resolution (average pooling or bilinear) when they
-    differ. ``g`` is trained with Adam on the mean squared error of standardised features, on
-    random mini-batches drawn with a generator seeded by ``seed``; initialisation is seeded too and
+    differ. The order-0 path is solved first, in closed form (:meth:`ConsistencyNetwork.fit_linear_path`:
+    a model compared with itself is then exactly consistent); then all of ``g`` is trained with Adam
+    on the mean squared error of standardised features, on random mini-batches drawn with a
+    generator seeded by ``seed``; initialisation is seeded too and
     the global random state is left untouched. The variances are measured on ``eval_source`` /
     ``eval_target`` when given (held-out images: recommended), else on the fitting images.
     """
@@ -203,6 +230,7 @@ def fit_knowledge_consistency(
     with isolated_rng():
         torch.default_generator.manual_seed(seed)
         network = ConsistencyNetwork(x.shape[1], y.shape[1], order=order, kernel_size=kernel_size).to(device)
+    network.fit_linear_path(x, y)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     losses: list[float] = []
