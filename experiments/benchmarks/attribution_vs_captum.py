@@ -24,21 +24,24 @@ from xai_lightning.attribution import attribute
 warnings.filterwarnings("ignore")
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    fn()  # warm-up
-    times, result = [], None
+def timed_pair(ours_fn, captum_fn, repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Median wall times of both, with their runs interleaved so that load drifting on a shared
+    machine hits both alike (timing one fully and then the other biases the ratio)."""
+    ours, theirs = ours_fn(), captum_fn()  # warm-up
+    ours_times, captum_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for fn, times in ((ours_fn, ours_times), (captum_fn, captum_times)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(captum_times), ours, theirs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -99,8 +102,7 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"{'method':34s} {'ours (s)':>9s} {'captum (s)':>10s} {'ratio':>6s} {'max |diff|':>11s}")
     for name, (ours_fn, captum_fn) in cases.items():
-        ours_time, ours = timed(ours_fn, args.repeats)
-        captum_time, theirs = timed(captum_fn, args.repeats)
+        ours_time, captum_time, ours, theirs = timed_pair(ours_fn, captum_fn, args.repeats)
         difference = (ours.float() - theirs.detach().float()).abs().max().item()
         print(f"{name:34s} {ours_time:9.3f} {captum_time:10.3f} {ours_time / captum_time:6.2f} {difference:11.2e}")
 

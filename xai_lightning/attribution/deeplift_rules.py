@@ -51,13 +51,21 @@ def _halves_difference(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([difference, difference])
 
 
-def _rescale_elementwise(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def _rescale_elementwise(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Same value as ``y``; the gradient to ``x`` is ``Δy/Δx`` (or ``∂y/∂x`` where ``|Δx| < eps``)."""
-    delta_in = _halves_difference(x.detach())
-    delta_out = _halves_difference(y.detach())
+    x_first, x_second = x.detach().chunk(2)
+    y_first, y_second = y.detach().chunk(2)
+    delta_in = x_first - x_second  # both halves share it: the ratio is computed once, on half the rows
     small = delta_in.abs() < eps
-    multiplier = delta_out / torch.where(small, torch.ones_like(delta_in), delta_in)
-    return torch.where(small, y, y.detach() + multiplier * (x - x.detach()))
+    half = (y_first - y_second) / torch.where(small, torch.ones_like(delta_in), delta_in)
+    multiplier = torch.cat([half, half])
+    if type(module) is nn.ReLU:
+        # ReLU's derivative is known (1 where x > 0, as torch defines it), so the multiplier covers
+        # every position and the backward pass is a single product, not both branches of a where.
+        small_rows = torch.cat([small, small])
+        multiplier = torch.where(small_rows, (x.detach() > 0).to(multiplier.dtype), multiplier)
+        return y.detach() + multiplier * (x - x.detach())
+    return torch.where(torch.cat([small, small]), y, y.detach() + multiplier * (x - x.detach()))
 
 
 class _MaxPoolRescale(torch.autograd.Function):
@@ -69,15 +77,12 @@ class _MaxPoolRescale(torch.autograd.Function):
         y, indices = pool(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode,
                           return_indices=True)
         ctx.save_for_backward(x, y, indices)
-        ctx.pool = pool
-        ctx.module = module
         ctx.eps = eps
         return y
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         x, y, indices = ctx.saved_tensors
-        module = ctx.module
         output, reference_output = y.chunk(2)
         top = torch.maximum(output, reference_output)
         credit = grad_output * torch.cat([top - reference_output, output - top])
@@ -89,13 +94,14 @@ class _MaxPoolRescale(torch.autograd.Function):
         credited = torch.cat([first + second, first + second])
         delta_in = _halves_difference(x)
         small = delta_in.abs() < ctx.eps
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            pooled = ctx.pool(leaf, module.kernel_size, module.stride, module.padding, module.dilation,
-                              module.ceil_mode)
-            (gradient,) = torch.autograd.grad(pooled, leaf, grad_output)
         rescaled = credited / torch.where(small, torch.ones_like(delta_in), delta_in)
-        return torch.where(small, gradient, rescaled), None, None
+        if not bool(small.any()):
+            return rescaled, None, None
+        # The ordinary max-pool gradient, where Δx is too small to divide by: each window's
+        # incoming gradient goes to its argmax (the same indices; no second pooling pass).
+        gradient = torch.zeros_like(x).flatten(2)
+        gradient.scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
+        return torch.where(small, gradient.view_as(x), rescaled), None, None
 
 
 def apply_rescale_rule(guard: ObserverGuard, model: nn.Module, eps: float = 1e-10) -> list[nn.Module]:
@@ -115,7 +121,7 @@ def apply_rescale_rule(guard: ObserverGuard, model: nn.Module, eps: float = 1e-1
             if getattr(module, "return_indices", False):
                 raise ValueError("DeepLIFT does not support max-pool modules with return_indices=True.")
             return _MaxPoolRescale.apply(x, module, eps)
-        return _rescale_elementwise(x, y, eps)
+        return _rescale_elementwise(module, x, y, eps)
 
     return override_module_outputs(
         guard, model, lambda m: isinstance(m, ELEMENTWISE_NONLINEARITIES + MAX_POOLS), replace
