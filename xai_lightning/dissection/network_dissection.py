@@ -12,21 +12,19 @@ exceeds 0.04; its best concept's category (object, part, scene, texture, colour,
 what the unit detects.
 
 NetDissect-Lite stores every activation (as float64, on disk) and makes two passes. Here one
-forward pass suffices and memory stays small:
+forward pass suffices:
 
-* :class:`~xai_lightning.dissection.TopQuantile` keeps each unit's ``q·n`` largest activations —
-  exactly what the threshold depends on;
-* its running ``m``-th largest value never exceeds the final threshold, so only the upsampled
-  pixels at or above it are kept as *candidates* (16 bytes each: value, image, unit, position),
-  and only maps whose peak reaches it are upsampled at all; candidates that fall below the
-  rising bound are pruned;
-* :meth:`LayerDissection.compute` thresholds the candidates exactly and counts intersections and
-  unions in :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
-
-The candidates hold about the unit masks' own pixels (``q`` of all pixels per unit); for probe
-sets where even that is too much, ``method="sketch"`` makes two passes with a fixed-memory
-:class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
-memory independent of the number of images.
+* ``method="exact"`` keeps the layer's raw activations (float32, at the layer's own resolution,
+  ``N × K × h × w`` values: 33 MB for 2,000 images of a 64-unit 8×8 layer) and each unit's top
+  ``q·n`` values (:class:`~xai_lightning.dissection.TopQuantile`, which is what processes
+  exchange under DDP). Once the thresholds are exact, :meth:`LayerDissection.count` upsamples
+  only the maps whose peak reaches their unit's threshold — a bilinear value never exceeds its
+  map's maximum — and counts intersections and unions in
+  :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
+* ``method="sketch"`` makes two passes with a fixed-memory
+  :class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
+  counts during the second pass: memory independent of the number of images, for probe sets
+  whose activations do not fit.
 """
 
 from __future__ import annotations
@@ -69,8 +67,9 @@ class LayerDissection:
     and :meth:`count_state`/:meth:`load_count_state` are the pieces to reduce (see
     :class:`~xai_lightning.DissectionCallback`).
 
-    Candidate pixels are kept compactly (value, image, unit, position: 16 bytes each) and their
-    concept labels are looked up only once the thresholds are final.
+    Without ``thresholds`` (exact method) the batches' activations are kept, at the layer's
+    resolution, until the thresholds are final; with them (second pass of the sketch method)
+    every batch is counted at once and nothing is kept.
 
     Args:
         layer: the layer's name (for the result).
@@ -82,11 +81,9 @@ class LayerDissection:
         quantile, iou_threshold: network dissection's ``q`` (0.005) and IoU cut-off (0.04).
         top_count: top-activating images kept per unit.
         thresholds: ``(T (K,), minima (K,))`` known in advance (second pass of ``method="sketch"``);
-            None: exact thresholds in this pass.
+            None: exact thresholds from the activations added.
+        method: recorded in the result.
     """
-
-    #: candidates are pruned once they number twice as many as after the last pruning, and at least this
-    prune_minimum: int = 1 << 16
 
     def __init__(
         self,
@@ -115,9 +112,7 @@ class LayerDissection:
         self.given = None if thresholds is None else (thresholds[0].float().cpu(), thresholds[1].float().cpu())
         self.iou = DissectionIoU(num_units, vocabulary)
         self.top = TopActivatingImages(num_units, top_count)
-        self._candidates: list[torch.Tensor] = []  # (4, n) rows: value bits, image, unit, pixel (int32)
-        self._size = 0
-        self._pruned_size = 0
+        self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (activations (B, K, h, w), image ids (B,))
         self._counted = False
 
     # ------------------------------------------------------------------ streaming
@@ -130,30 +125,26 @@ class LayerDissection:
         image_ids = image_ids.long().cpu()
         if activations.shape[0] != image_ids.shape[0]:
             raise ValueError(f"{activations.shape[0]} activation maps for {image_ids.shape[0]} image ids")
+        if self._counted:
+            raise RuntimeError(f"Layer {self.layer!r} was already counted; start a new LayerDissection.")
         activations = activations.detach().float().cpu()
         self.top.update(activations, image_ids)
         self.iou.update(labels=self.labels.select(image_ids))  # the concepts' own pixels: each image once
-        size = self.labels.resolution
         if self.given is not None:
-            # Thresholds known: count right away, nothing to keep.
-            images, units, upsampled = self._upsample_reaching(activations, self.given[0], size)
-            on = threshold_mask(upsampled, self.given[0][units], self.given[1][units], unit_dim=0)
-            n, y, x = on.nonzero(as_tuple=True)
-            self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images[n]], units[n], y, x))
+            self._count_batch(activations, image_ids, *self.given)  # thresholds known: nothing to keep
             return
         assert self.quantiles is not None
         self.quantiles.update(activations)
-        bound = self.quantiles.lower_bound()  # (K,) never above the final thresholds
-        images, units, upsampled = self._upsample_reaching(activations, bound, size)
-        n, y, x = (upsampled >= bound[units].view(-1, 1, 1)).nonzero(as_tuple=True)
-        if n.numel():
-            self._candidates.append(torch.stack([
-                upsampled[n, y, x].view(torch.int32), image_ids[images[n]].int(), units[n].int(),
-                (y * size[1] + x).int(),
-            ]))
-            self._size += n.numel()
-        if self._size > 2 * max(self._pruned_size, self.prune_minimum):
-            self._prune(bound)
+        self._kept.append((activations, image_ids))
+
+    def _count_batch(
+        self, activations: torch.Tensor, image_ids: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor
+    ) -> None:
+        """Add the intersections and unions of one batch's unit masks at known thresholds."""
+        images, units, upsampled = self._upsample_reaching(activations, thresholds, self.labels.resolution)
+        on = threshold_mask(upsampled, thresholds[units], minima[units], unit_dim=0)
+        n, y, x = on.nonzero(as_tuple=True)
+        self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images[n]], units[n], y, x))
 
     @staticmethod
     def _upsample_reaching(
@@ -169,23 +160,10 @@ class LayerDissection:
         maps = upsample_activations(activations[images, units].unsqueeze(1), size).squeeze(1)
         return images, units, maps
 
-    def _merged(self) -> torch.Tensor:
-        """All candidates as one ``(4, n)`` int32 tensor."""
-        if len(self._candidates) != 1:
-            self._candidates = [torch.cat(self._candidates, 1) if self._candidates
-                                else torch.zeros(4, 0, dtype=torch.int32)]
-        return self._candidates[0]
-
-    def _prune(self, bound: torch.Tensor) -> None:
-        """Drop candidates below the current lower bound of their unit's threshold."""
-        merged = self._merged()
-        keep = merged[0].view(torch.float32) >= bound[merged[2].long()]
-        self._candidates = [merged[:, keep]]
-        self._size = self._pruned_size = int(keep.sum())
-
     @property
-    def num_candidates(self) -> int:
-        return self._size
+    def kept_bytes(self) -> int:
+        """Memory held by the kept activations (exact method, before :meth:`count`)."""
+        return sum(a.numel() * a.element_size() + i.numel() * i.element_size() for a, i in self._kept)
 
     # ------------------------------------------------------------------ reduction
     def threshold_state(self) -> dict[str, torch.Tensor]:
@@ -210,19 +188,12 @@ class LayerDissection:
         return self.quantiles.thresholds()
 
     def count(self) -> None:
-        """Threshold the kept candidates and add their intersections and unions (exact method)."""
+        """Threshold the kept activations at the (now final) thresholds and count (exact method)."""
         if self.given is not None or self._counted:
             return
         thresholds, minima = self.thresholds()
-        merged = self._merged()
-        values, units = merged[0].view(torch.float32), merged[2].long()
-        t = thresholds[units]
-        on = torch.where((thresholds <= minima)[units], values > t, values >= t)
-        chosen = merged[:, on].long()
-        width = self.labels.resolution[1]
-        pixels = ActivePixels.gather(self.labels, chosen[1], chosen[2], chosen[3] // width, chosen[3] % width)
-        self.iou.update(pixels=pixels)
-        self._candidates = []
+        while self._kept:
+            self._count_batch(*self._kept.pop(0), thresholds, minima)  # frees each batch once counted
         self._counted = True
 
     def count_state(self) -> dict[str, torch.Tensor]:
@@ -336,8 +307,9 @@ def dissect(
             in vocabulary order; ``H' = H`` or smaller by one integer factor.
         vocabulary: the ``C`` concepts and their categories.
         quantile, iou_threshold: 0.005 and 0.04 as in the paper.
-        method: ``"exact"`` (one pass; keeps about the unit masks' pixels) or ``"sketch"`` (two
-            passes; memory independent of ``N``; thresholds within the sketch's error).
+        method: ``"exact"`` (one pass; keeps the layers' activations, ``N × K × h × w`` float32) or
+            ``"sketch"`` (two passes; memory independent of ``N``; thresholds within the sketch's
+            error).
         max_batch: images per forward pass.
         top_count: top-activating images kept per unit.
         sketch_accuracy: relative accuracy of the sketch.
