@@ -291,3 +291,13 @@ def test_gradient_averaging_matches_ddp_for_missing_gradients():
     assert torch.equal(params[0].grad, torch.full((2, 3), 3.0))
     assert torch.equal(params[1].grad, torch.full((2, 3), 3.0))  # (0 + 6) / 2, as DDP
     assert params[2].grad is None  # Adam skips it, as in one process
+
+
+def test_the_explainer_api_is_exported_at_the_top_level():
+    import xai_lightning
+    import xai_lightning.explainer as explainer
+
+    for name in ("ExplainerNetwork", "fit_explainer", "evaluate_explainer", "knowledge_consistency",
+                 "location_instability"):
+        assert getattr(xai_lightning, name) is getattr(explainer, name) and name in xai_lightning.__all__
+    assert xai_lightning.ExplainerNetworkCallback is xai_lightning.callbacks.ExplainerNetworkCallback
