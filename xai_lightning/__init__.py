@@ -53,6 +53,13 @@ from xai_lightning.data import (
     DigitsDataModule,
 )
 from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
+from xai_lightning.explainer import (
+    ExplainerNetwork,
+    evaluate_explainer,
+    fit_explainer,
+    knowledge_consistency,
+    location_instability,
+)
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
@@ -81,10 +88,13 @@ __all__ = [
     "DissectionCallback",
     "DissectionResult",
     "encdec_cace",
+    "evaluate_explainer",
+    "ExplainerNetwork",
     "ExplainerNetworkCallback",
     "export_broden",
     "fgsm",
     "FGSM",
+    "fit_explainer",
     "grad_cam",
     "GradCAM",
     "GradCAMCallback",
@@ -92,9 +102,11 @@ __all__ = [
     "ImageClassifier",
     "IntegratedGradients",
     "KernelShap",
+    "knowledge_consistency",
     "LayerCapture",
     "LayerNotFoundError",
     "Lime",
+    "location_instability",
     "observe",
     "ObserverCallback",
     "ObserverGuard",

@@ -72,11 +72,12 @@ class ExplainerNetworkCallback(ObserverCallback):
     The explainer's weights, its optimiser state and its step count are part of the checkpoint,
     so a resumed run continues the explainer's training where it stopped.
 
-    Distributed (DDP): every rank holds a copy of the explainer, initialised from ``seed`` (so the
-    copies start equal) and trained on that rank's captured features; the explainer's gradients
-    are averaged over ranks (``all_reduce``) before every optimiser step, exactly as DDP does for
-    the performer, so the copies stay identical and the explainer learns from the whole global
-    batch. Probe evaluation is sharded and gathered like every observer.
+    Distributed (DDP): every rank holds a private copy of the explainer, initialised from ``seed``
+    (so the copies start equal) and trained on that rank's captured features; the explainer's
+    gradients are averaged over ranks (one ``all_reduce``) before every optimiser step, as DDP does
+    for the performer, so the copies stay identical and the explainer learns from the whole global
+    batch. ``explainer/train/*`` are means over every rank's steps. Probe evaluation is sharded and
+    gathered like every observer. (Tested with 2 processes against a one-process replay.)
 
     Args:
         input_layer: dotted name of the performer layer the explainer reads (a spatial
@@ -176,6 +177,30 @@ class ExplainerNetworkCallback(ObserverCallback):
         return self
 
     # ------------------------------------------------------------------ setup
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._own_tensors()
+        super().setup(trainer, pl_module, stage)
+
+    def _own_tensors(self) -> None:
+        """Give this process private copies of the callback's tensors.
+
+        ``strategy="ddp_spawn"`` sends the callbacks to every rank through ``torch.multiprocessing``,
+        which moves CPU tensors into memory shared by the parent and all ranks. Lightning copies the
+        LightningModule's weights back out; a callback's tensors stay shared, so in-place updates
+        (an explainer built by an earlier ``fit`` in the parent, its Adam state, the running loss
+        sums) would be applied once per rank to the same memory.
+        """
+        self._train_sums = self._train_sums.clone()
+        if self.explainer is not None:
+            with torch.no_grad():
+                for tensor in list(self.explainer.parameters()) + list(self.explainer.buffers()):
+                    tensor.data = tensor.data.clone()  # same Parameter objects: the optimiser keeps them
+        if self.optimizer is not None:
+            for state in self.optimizer.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        state[key] = value.clone()
+
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.images.dim() != 4:
             raise ValueError(f"ExplainerNetworkCallback explains images (N, C, H, W); the probe is "
@@ -269,6 +294,9 @@ class ExplainerNetworkCallback(ObserverCallback):
         assert self.explainer is not None and self.optimizer is not None
         self._move_to(features.device)
         world = trainer.world_size if trainer is not None else 1
+        # Summed on the device (float64 where it exists): no host synchronisation per step.
+        dtype = torch.float32 if features.device.type == "mps" else torch.float64
+        sums = torch.zeros(len(_TRAIN_TERMS) + 1, dtype=dtype, device=features.device)
         # Own random stream and autograd context: nothing here can touch the performer's training.
         with isolated_rng(), torch.inference_mode(False), torch.enable_grad():
             x, y = features.float().clone(), target.float().clone()
@@ -278,28 +306,21 @@ class ExplainerNetworkCallback(ObserverCallback):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.total.backward()
                 if world > 1:
-                    self._average_gradients(world)
+                    self._average_gradients()
                 self.optimizer.step()
                 self.steps += 1
-                terms = torch.tensor([float(loss.total.detach()), float(loss.reconstruction), float(loss.filter),
-                                      float(loss.p), 1.0], dtype=torch.float64)
-                self._train_sums += terms
+                sums += torch.stack([loss.total.detach(), loss.reconstruction, loss.filter, loss.p,
+                                     torch.ones_like(loss.p)]).to(dtype)
             self.explainer.eval()
+        # Out of place: never into memory that another rank may share (see _own_tensors).
+        self._train_sums = self._train_sums.to(sums) + sums
 
-    def _average_gradients(self, world: int) -> None:
+    def _average_gradients(self) -> None:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        params = list(self.explainer.parameters())
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+        average_gradients(list(self.explainer.parameters()), dist.get_world_size(), dist.all_reduce)
 
     def _move_to(self, device: torch.device) -> None:
         assert self.explainer is not None and self.optimizer is not None
@@ -339,14 +360,15 @@ class ExplainerNetworkCallback(ObserverCallback):
             image_size=tuple(probe.images.shape[-2:]),
         )
         scalars = {f"{self.namespace}/{key}": value for key, value in evaluation.scalars.items()}
-        sums = self._train_sums.clone()
+        sums = self._train_sums.to(pl_module.device)
         if trainer.world_size > 1:
-            sums = trainer.strategy.reduce(sums.float().to(pl_module.device), reduce_op="sum").double().cpu()
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        sums = sums.double().cpu()
         if sums[-1] > 0:
             for index, term in enumerate(_TRAIN_TERMS):
                 scalars[f"{self.namespace}/train/{term}"] = float(sums[index] / sums[-1])
         scalars[f"{self.namespace}/steps"] = float(self.steps)
-        self._train_sums.zero_()
+        self._train_sums = torch.zeros(len(_TRAIN_TERMS) + 1, dtype=torch.float64)
         if trainer.is_global_zero:
             self._log_maps(trainer, probe, results)
             if "explainer" in evaluation.instability:
@@ -380,7 +402,7 @@ class ExplainerNetworkCallback(ObserverCallback):
             "explainer_shape": self._explainer_shape(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "steps": self.steps,
-            "train_sums": self._train_sums.clone(),
+            "train_sums": self._train_sums.detach().double().cpu().clone(),
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -405,3 +427,26 @@ class ExplainerNetworkCallback(ObserverCallback):
             self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state.get("steps", 0))
         self._train_sums = state.get("train_sums", torch.zeros_like(self._train_sums)).clone()
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int, all_reduce: Any) -> None:
+    """Replace every gradient by its mean over ``world_size`` ranks, with one ``all_reduce`` (sum).
+
+    As DDP does for the performer: a parameter that got no gradient on this rank takes part with
+    zeros when another rank has one (then every rank applies the same mean); when no rank has one
+    its gradient stays ``None`` (the optimiser skips it, as in one process). The last
+    ``len(params)`` entries of the reduced buffer count the ranks that had a gradient.
+    """
+    present = [p.grad is not None for p in params]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                     + [torch.tensor(present, dtype=params[0].dtype).to(params[0].device)])
+    all_reduce(flat)
+    grads = flat[:-len(params)] / world_size
+    # Reading the counts waits for the reduction; only needed when this rank lacks a gradient
+    # (if it has them all, every count is at least 1).
+    counts = [1.0] * len(params) if all(present) else flat[-len(params):].tolist()
+    offset = 0
+    for p, count in zip(params, counts):
+        n = p.numel()
+        p.grad = grads[offset:offset + n].view_as(p).clone() if count > 0 else None
+        offset += n

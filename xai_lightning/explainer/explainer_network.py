@@ -76,9 +76,12 @@ class ExplainerLoss:
 
 
 def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+    height, width = x.shape[-2:]
+    if (height, width) == tuple(size):
         return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+    if height >= size[0] and width >= size[1]:
+        if height % size[0] == 0 and width % size[1] == 0:  # same result, several times faster on CPU
+            return F.avg_pool2d(x, (height // size[0], width // size[1]))
         return F.adaptive_avg_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -141,6 +144,9 @@ class ExplainerNetwork(nn.Module):
         p = torch.sigmoid(self.gate(x.mean(dim=(2, 3)))).squeeze(1)
         mix = p.view(-1, 1, 1, 1)
         encoded = mix * h + (1 - mix) * ordinary
+        # The first decoder convolution runs at the encoder's resolution. Pooling the masked part
+        # maps before it would be cheaper, but in a ConceptWorld run the filters' location
+        # instability then came out higher and less steady over epochs (0.034-0.050 vs 0.037-0.039).
         decoded = torch.relu(self.decoder_in(encoded))
         reconstruction = self.decoder_out(_resample(decoded, self.target_size))
         return ExplainerOutput(reconstruction=reconstruction, interpretable=h, interpretable_raw=raw,
