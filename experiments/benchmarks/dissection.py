@@ -5,8 +5,8 @@
    over the same images, same batch size, same process, alternating over several repeats
    (medians). Both exact (one pass) and sketch (two passes) thresholds.
 2. Memory: peak resident memory *added* by ``dissect`` (the probe tensors themselves excluded)
-   at 500 and at 5,000 probe images, each size in a fresh subprocess (Linux: the kernel's peak
-   RSS counter is reset through /proc/self/clear_refs before dissecting).
+   at 500 and at 5,000 probe images, each size in a fresh subprocess (Linux: resident memory
+   sampled every millisecond while dissecting).
 
     python experiments/benchmarks/dissection.py [--repeats 3] [--layer features.20]
 
@@ -80,15 +80,44 @@ def _kilobytes(field: str) -> int:
     raise RuntimeError(field)
 
 
+class PeakResidentMemory:
+    """Peak resident memory (KiB) while the block runs, sampled every millisecond from
+    /proc/self/status. Resetting the kernel's own peak counter (clear_refs) is not honoured on
+    every kernel (it silently kept an earlier, larger peak here), so the peak is sampled."""
+
+    def __enter__(self) -> "PeakResidentMemory":
+        import threading
+
+        self.start = self.peak = _kilobytes("VmRSS")
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, _kilobytes("VmRSS"))
+                self._stop.wait(0.001)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _kilobytes("VmRSS"))
+
+
 def memory_child(num_images: int, layer: str, method: str) -> None:
     images, labels, vocabulary = probe(num_images)
     network = model()
     dissect(network, layer, images[:BATCH], labels.select(slice(0, BATCH)), vocabulary, method=method)  # warm up
-    before = _kilobytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset the peak-RSS counter (VmHWM)
-    dissect(network, layer, images, labels, vocabulary, method=method, max_batch=BATCH)
-    print(json.dumps({"added_mib": (_kilobytes("VmHWM") - before) / 1024}))
+    # Hand memory freed while building the probe back to the kernel, so that reusing it does not
+    # hide what dissecting allocates.
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with PeakResidentMemory() as memory:
+        dissect(network, layer, images, labels, vocabulary, method=method, max_batch=BATCH)
+    print(json.dumps({"added_mib": (memory.peak - memory.start) / 1024}))
 
 
 def memory(layer: str) -> None:
