@@ -27,9 +27,10 @@ Priors (``prior=``):
   start in a dead region or below a poor local maximum: on three trained SmallCNNs, both of these
   ended below the best of 64 random codes on some units (one unit stuck at zero), the best-of-64
   start on none, and 1.5–2.2× above it in geometric mean over 8 units. Optional Gaussian code
-  penalty ``code_weight · ½‖z‖²`` (default 0); each code is clipped to the ball of radius ``code_radius · √d`` after every step,
-  so that it stays where the Gaussian prior puts its mass (DGN clips codes to the range seen in
-  training for the same reason; a strong penalty instead pins the code at the grey mean image).
+  penalty ``code_weight · ½‖z‖²`` (default 0); each code is clipped to the ball of radius
+  ``code_radius · √d`` after every step, so that it stays where the Gaussian prior puts its mass
+  (DGN clips codes to the range seen in training for the same reason; a strong penalty instead
+  pins the code at the grey mean image).
 
 All visualisations of one call are optimised together as one batch (every image has its own
 parameters; Adam is per-coordinate, so they do not interact), in eval mode inside the observer
