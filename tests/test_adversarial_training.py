@@ -4,17 +4,19 @@ format, leaves BatchNorm statistics to the training forwards, supports TRADES, a
 from __future__ import annotations
 
 import csv
+import functools
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from conftest import quiet_trainer, small_classifier, small_datamodule
+from conftest import assert_bit_identical, quiet_trainer, small_classifier, small_datamodule
 from xai_lightning import AdversarialTrainingCallback, ConceptWorld, ImageClassifier, SmallCNN
-from xai_lightning.robustness import pgd, trades_loss
+from xai_lightning.robustness import pgd, trades_adversarial, trades_loss
 
 
 def probe(n: int = 128, seed: int = 77):
@@ -237,3 +239,182 @@ def test_a_tuple_batch_that_views_other_data_is_refused():
     with pytest.raises(TypeError, match="view into other data.*lists or dicts"):
         trainer.fit(small_classifier(width=8), DataLoader(range(16), batch_size=8, collate_fn=slices))
     assert torch.equal(stored, original)
+
+
+# ---------------------------------------------------------------------------------------- DDP
+DDP_RANKS, DDP_PER_RANK, DDP_BATCHES, DDP_EPOCHS, DDP_ACCUMULATE, DDP_LR = 2, 8, 4, 2, 2, 0.05
+# L2 for both: its normalised-gradient steps are continuous in the gradient, whereas an L∞ sign step of a
+# near-zero gradient coordinate can flip with floating-point rounding (e.g. another thread count in the
+# spawned ranks) and move that pixel by 2α.
+DDP_ATTACKS = {
+    "pgd": dict(method="pgd", norm="l2", eps=0.5, steps=3),  # random start: each rank draws from its own generator
+    "trades": dict(method="trades", norm="l2", eps=0.5, steps=3, beta=2.0),
+}
+
+
+def ddp_network() -> nn.Module:
+    """No BatchNorm, no dropout: each rank's forward passes are per-example."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 5),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_ddp_weights() -> dict:
+    """``ddp_network`` after 300 Adam steps on ConceptWorld (~90 % train accuracy): at initialisation its
+    outputs barely depend on the input, so TRADES' KL would be ~1e-8 and the attack metrics degenerate."""
+    images, labels = probe(n=512, seed=11)
+    network = ddp_network()
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        rows = torch.randint(0, len(images), (64,), generator=generator)
+        loss = F.cross_entropy(network(images[rows]), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {key: value.detach().clone() for key, value in network.state_dict().items()}
+
+
+class RankRecorder(ImageClassifier):
+    """Records, per training step, the weights it starts from and the images it trains on (the adversarial
+    batch, or TRADES' x'). Plain SGD: each update is ``-lr · gradient``, checkable from one step's record."""
+
+    def __init__(self, weights: dict) -> None:
+        super().__init__(ddp_network(), num_classes=5)
+        self.network.load_state_dict(weights)
+        self.steps: list[tuple[dict, torch.Tensor]] = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=DDP_LR)
+
+    def training_step(self, batch, batch_idx):
+        trained_on = batch[0] if self.trades_batch is None else self.trades_batch.inputs
+        weights = {key: value.detach().clone() for key, value in self.network.state_dict().items()}
+        self.steps.append((weights, trained_on.detach().clone()))
+        return super().training_step(batch, batch_idx)
+
+
+class SaveRank(pl.Callback):
+    """Each rank writes its record and final weights (spawned ranks share no memory)."""
+
+    def __init__(self, directory) -> None:
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module):
+        final = {key: value.detach().clone() for key, value in pl_module.network.state_dict().items()}
+        torch.save({"steps": pl_module.steps, "final": final}, f"{self.directory}/rank{trainer.global_rank}.pt")
+
+
+def ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
+    return probe(n=DDP_RANKS * DDP_PER_RANK * DDP_BATCHES, seed=5)
+
+
+def rank_shards(epoch: int) -> list[list[int]]:
+    """Lightning shards the training data with ``DistributedSampler(shuffle=True, seed=PL_GLOBAL_SEED)``
+    (0 after ``seed_everything(0)``), reshuffled by ``set_epoch``: each rank's example indices."""
+    shards = []
+    for rank in range(DDP_RANKS):
+        sampler = DistributedSampler(range(DDP_RANKS * DDP_PER_RANK * DDP_BATCHES), num_replicas=DDP_RANKS,
+                                     rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)
+        shards.append(list(sampler))
+    return shards
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("method", ["pgd", "trades"])
+def test_two_process_ddp_trains_each_rank_on_its_own_adversarial_shard(tmp_path, method):
+    """2-process DDP (gloo, ddp_spawn), 8 examples per rank, gradients accumulated over 2 batches, checked
+    step by step against what DDP adversarial training must compute, written out here without Lightning:
+
+    * at every step both ranks hold bit-identical weights (the attack does not desynchronise them);
+    * each rank trains on the attack, at those weights, of its own shard with its own random start
+      ``callback.generator(epoch, batch, rank)``;
+    * every SGD update is ``-lr`` times the gradient of the loss over both ranks' recorded adversarial
+      batches (16 examples: DDP averages the ranks' gradients; loss / 2 per accumulated batch): the
+      attack's forward/backward passes neither trigger DDP's all-reduce nor leave gradients behind
+      (accumulation would add them to the update);
+    * the logged attack metrics are the averages over both ranks.
+
+    Each update is checked from the recorded weights of its own step, not by replaying the whole run:
+    a replay drifts by ~1e-5 after a few steps (a ReLU or max-pool switch where the all-reduce's 1e-7
+    rounding changes the gradient), which would hide the small errors this test is after."""
+    images, labels = ddp_data()
+    attack = DDP_ATTACKS[method]
+    pl.seed_everything(0)
+    trainer = quiet_trainer(
+        max_epochs=DDP_EPOCHS, devices=DDP_RANKS, strategy="ddp_spawn", accumulate_grad_batches=DDP_ACCUMULATE,
+        logger=CSVLogger(str(tmp_path), name="run", version=0), enable_checkpointing=False, deterministic=False,
+        limit_val_batches=0, callbacks=[AdversarialTrainingCallback(**attack), SaveRank(tmp_path)],
+    )
+    trainer.fit(RankRecorder(pretrained_ddp_weights()), DataLoader(list(zip(images, labels)), batch_size=DDP_PER_RANK))
+    records = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(DDP_RANKS)]
+    steps = DDP_EPOCHS * DDP_BATCHES
+    assert all(len(record["steps"]) == steps for record in records)
+    weights_at = [records[0]["steps"][step][0] for step in range(steps)] + [records[0]["final"]]
+    for step in range(steps):
+        assert_bit_identical(weights_at[step], records[1]["steps"][step][0])
+    assert_bit_identical(records[0]["final"], records[1]["final"])
+    torch.testing.assert_close(weights_at[0], pretrained_ddp_weights(), atol=0, rtol=0)
+
+    callback = AdversarialTrainingCallback(**attack)
+    expected_logged, largest_update, largest_error = [], 0.0, 0.0
+    for epoch in range(DDP_EPOCHS):
+        shards = rank_shards(epoch)
+        success, attack_loss = [], []
+        for batch in range(DDP_BATCHES):
+            step = epoch * DDP_BATCHES + batch
+            network = RankRecorder(weights_at[step]).network
+            clean, trained_on, targets = [], [], []
+            for rank in range(DDP_RANKS):
+                rows = shards[rank][batch * DDP_PER_RANK:(batch + 1) * DDP_PER_RANK]
+                x, y = images[rows], labels[rows]
+                generator = callback.generator(epoch, batch, rank)
+                if method == "trades":
+                    result = trades_adversarial(network, x, norm=callback.norm, eps=callback.eps, steps=callback.steps,
+                                                step_size=callback.effective_step_size, generator=generator)
+                    success.append(result.predictions != y)
+                else:
+                    result = pgd(network, x, y, norm=callback.norm, eps=callback.eps, steps=callback.steps,
+                                 step_size=callback.effective_step_size, generator=generator)
+                    success.append(result.success)
+                attack_loss.append(result.loss)
+                seen = records[rank]["steps"][step][1]
+                torch.testing.assert_close(seen, result.adversarial, atol=1e-5, rtol=0, msg=f"rank {rank}, step {step}")
+                clean.append(x), trained_on.append(seen), targets.append(y)
+            clean, trained_on, targets = torch.cat(clean), torch.cat(trained_on), torch.cat(targets)
+            if method == "trades":
+                loss = trades_loss(network(clean), network(trained_on), targets, beta=callback.beta)
+            else:
+                loss = F.cross_entropy(network(trained_on), targets)
+            names = [name for name, _ in network.named_parameters()]
+            gradients = dict(zip(names, torch.autograd.grad(loss / DDP_ACCUMULATE, list(network.parameters()))))
+            if batch % DDP_ACCUMULATE == 0:
+                accumulated = gradients
+                assert_bit_identical(weights_at[step + 1], weights_at[step])  # no update mid-accumulation
+                continue
+            accumulated = {name: accumulated[name] + gradients[name] for name in names}
+            for name in names:
+                update = weights_at[step + 1][name] - weights_at[step][name]
+                expected = -DDP_LR * accumulated[name]
+                largest_update = max(largest_update, update.abs().max().item())
+                largest_error = max(largest_error, (update - expected).abs().max().item())
+                torch.testing.assert_close(update, expected, atol=2e-6, rtol=0, msg=f"update of {name} at step {step}")
+        expected_logged.append({"adversarial_training/attack_success_rate": torch.cat(success).float().mean().item(),
+                                "adversarial_training/attack_loss": torch.cat(attack_loss).mean().item()})
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
+    logged = [{key: float(value) for key, value in row.items() if key.startswith("adversarial_training/") and value}
+              for row in rows]
+    logged = [row for row in logged if row]
+    print(f"{method}: largest update {largest_update:.3e}, largest deviation from -lr·gradient {largest_error:.3e}, "
+          f"logged {logged}")
+    assert largest_update > 1e-2  # the tolerance is small against what the updates change
+    assert len(logged) == DDP_EPOCHS
+    for one, reference in zip(logged, expected_logged):
+        assert one.keys() == reference.keys()
+        for key in one:
+            assert one[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key

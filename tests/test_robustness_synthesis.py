@@ -33,7 +33,7 @@ def dataset_images(n: int = 64, seed: int = 9):
 @pytest.fixture(scope="module")
 def vae():
     images, _ = dataset_images(512, seed=1)
-    return train_vae(images, epochs=12, batch_size=32, latent_dim=16, width=16, seed=0)
+    return train_vae(images, seed=0)  # the defaults: a 16-d code, 30 epochs
 
 
 def unit_activation(model, layer, images):
@@ -56,19 +56,48 @@ def test_feature_visualisation_drives_a_unit_far_above_dataset_images(trained_sh
     assert (result.activation > 3 * reached).all(), (prior, result.activation, reached)
 
 
-@pytest.mark.xfail(strict=False, reason="generator prior with the small VAE only marginally beats random codes "
-                   "(0.042 vs 0.032 measured); fails on some trained models - open in issue 6")
 def test_generator_prior_optimises_the_code_towards_the_unit(trained_shape_model, vae):
-    # Confined to the small VAE's blurry image manifold, the visualisation cannot reach sharp dataset
-    # images' activations; it must beat everything the generator makes from random codes.
-    layer, units = "network.features.13", [0, 5]
+    # Confined to the VAE's blurry image manifold (within 1.5·√d of the origin), the visualisation is
+    # measured against what the generator makes: the best of 64 random codes per unit. Its own start is
+    # the best of 64 *other* draws, which alone would tie with that (ratio ~1); the margin is the ascent's.
+    layer, units = "network.features.13", list(range(8))
     result = visualize_features(trained_shape_model, layer, units=units, prior="generator", vae=vae, steps=128,
                                 lr=0.1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         samples = vae.decode(torch.randn(64, vae.latent_dim, generator=torch.Generator().manual_seed(1)))
     from_random_codes = unit_activation(trained_shape_model, layer, samples)[:, units].max(0).values
-    assert (result.activation > from_random_codes).all(), (result.activation, from_random_codes)
-    assert (result.objective_trace[-8:].mean(0) > result.objective_trace[:8].mean(0)).all()
+    ratio = result.activation / from_random_codes
+    print("generator prior / best of 64 random codes:", [round(r, 2) for r in ratio.tolist()])
+    assert (ratio >= 1).all(), ratio
+    assert ratio.log().mean().exp() > 1.4, ratio  # geometric mean over the 8 units
+    assert result.objective_trace[-8:].mean() > result.objective_trace[:8].mean()
+    # The prior keeps the visualisations near the data, where the pixel-space ones are not.
+    pixels = visualize_features(trained_shape_model, layer, units=units, prior="none", steps=128, lr=0.1,
+                                generator=torch.Generator().manual_seed(0))
+    data, _ = dataset_images(512, seed=3)
+
+    def distance_to_data(images):
+        return torch.cdist(images.flatten(1), data.flatten(1)).min(1).values
+
+    near, far = distance_to_data(result.images), distance_to_data(pixels.images)
+    print("distance to the nearest dataset image, generator prior:", near, "no prior:", far)
+    assert near.mean() < 0.5 * far.mean()  # (a unit dead at the grey start leaves the no-prior image grey)
+
+
+def test_generator_prior_starts_from_the_best_of_its_prior_draws(trained_shape_model, vae):
+    # With a negligible step, the result is the start: the best (for each unit) of code_samples draws
+    # of N(0, I), drawn first from the given generator.
+    layer, units, samples = "network.features.13", [0, 4, 6], 16
+    result = visualize_features(trained_shape_model, layer, units=units, prior="generator", vae=vae, steps=1,
+                                lr=1e-9, transforms=False, code_samples=samples,
+                                generator=torch.Generator().manual_seed(5))
+    draws = torch.randn((len(units), samples, vae.latent_dim), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        images = vae.decode(draws.flatten(0, 1))
+    reached = unit_activation(trained_shape_model, layer, images).view(len(units), samples, -1)
+    best = reached[torch.arange(len(units)), :, units].max(1).values
+    torch.testing.assert_close(result.activation, best, atol=1e-4, rtol=1e-4)
+    assert (best > reached[torch.arange(len(units)), 0, units]).any()  # not just the first draw
 
 
 def test_feature_visualisation_of_a_direction_equals_the_unit_for_a_one_hot_direction(trained_shape_model):
@@ -165,3 +194,13 @@ def test_random_affine_is_exact_for_the_identity_and_whole_pixel_shifts():
     torch.testing.assert_close(same, images, atol=1e-5, rtol=0)
     shifted = random_affine(images, jitter=1e-9, scale=(1.0, 1.0), degrees=0.0)
     torch.testing.assert_close(shifted, images, atol=1e-5, rtol=0)
+
+
+def test_bad_feature_visualisation_settings_fail_naming_the_fix(trained_shape_model, vae):
+    options = dict(layer="network.features.13", units=[0], steps=1)
+    with pytest.raises(ValueError, match="Unknown prior 'gan'"):
+        visualize_features(trained_shape_model, prior="gan", **options)
+    with pytest.raises(ValueError, match=r"needs a trained generator: vae=train_vae\(images\)"):
+        visualize_features(trained_shape_model, prior="generator", **options)
+    with pytest.raises(ValueError, match="code_samples must be >= 1"):
+        visualize_features(trained_shape_model, prior="generator", vae=vae, code_samples=0, **options)

@@ -75,6 +75,13 @@ class AdversarialTrainingCallback(pl.Callback):
     normalisation are refused (at ``setup`` from the first training items when the training data
     is a map-style dataset, else at the first batch).
 
+    Distributed training (DDP): each rank attacks its own shard of the batch, with its own random
+    start (the generator is seeded with the rank too). The attack runs on the LightningModule itself,
+    not on the DDP wrapper, and takes gradients with respect to the inputs only, so it triggers no
+    gradient all-reduce and leaves no ``.grad`` behind (which gradient accumulation would otherwise add
+    to the update); the ranks' weights stay synchronised (tested step by step against a hand-written
+    reference with 2 processes).
+
     Logged (with ``pl_module.log``, per epoch, averaged over the epoch's batches and the ranks):
 
     ===========================================  ===========================================

@@ -126,7 +126,7 @@ class RobustnessCallback(ObserverCallback):
         visualization_prior: Prior = "fourier",
         visualization_steps: int = 256,
         vae_images: int = 512,
-        vae_epochs: int = 20,
+        vae_epochs: int = 30,
         data_mean: list[float] | None = None,
         data_std: list[float] | None = None,
         output_key: str | int | None = None,

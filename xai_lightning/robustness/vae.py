@@ -10,8 +10,14 @@ the Gaussian prior on ``z`` is the natural code regulariser (DGN clips its codes
 in training instead).
 
 Architecture for ``S×S`` images (``S`` divisible by 4), width ``w``: encoder
-conv(4, stride 2) ``C→w`` – ReLU – conv(4, stride 2) ``w→2w`` – ReLU – linear to ``(μ, log σ²)``;
-decoder linear – ReLU – transposed conv ``2w→w`` – ReLU – transposed conv ``w→C`` – sigmoid.
+conv(4, stride 2) ``C→w`` – LReLU – conv(4, stride 2) ``w→2w`` – LReLU – linear to ``(μ, log σ²)``;
+decoder linear – LReLU – transposed conv ``2w→w`` – LReLU – transposed conv ``w→C`` – plus a
+learned per-pixel bias – sigmoid (LReLU: leaky ReLU, slope 0.2). :func:`train_vae` starts that
+bias at the logit of the training images' mean, so the decoder begins at the mean image and
+spends its few training steps on what varies (the object's colour, position and shape) instead of
+first learning the background. The leaky ReLUs keep units from dying: with plain ReLUs and that
+start, 2 of 6 seeds collapsed to the mean image (every unit of a layer dead, the loss stuck at
+the mean image's), none of 14 with leaky ones.
 Loss: binary cross-entropy of the reconstruction plus the Gaussian KL, both summed per image.
 """
 
@@ -36,22 +42,24 @@ class ConvVAE(nn.Module):
         width: channels of the first conv layer.
     """
 
-    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 32, width: int = 32) -> None:
+    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 16, width: int = 16) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"ConvVAE needs an image size divisible by 4; got {image_size}")
         self.channels, self.image_size, self.latent_dim, self.width = channels, image_size, latent_dim, width
         side = image_size // 4
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten(),
         )
         self.to_code = nn.Linear(2 * width * side * side, 2 * latent_dim)
-        self.from_code = nn.Sequential(nn.Linear(latent_dim, 2 * width * side * side), nn.ReLU())
+        self.from_code = nn.Sequential(nn.Linear(latent_dim, 2 * width * side * side), nn.LeakyReLU(0.2))
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
         )
+        #: Per-pixel logit added to the decoder's output (train_vae starts it at the data's mean image).
+        self.mean_logit = nn.Parameter(torch.zeros(channels, image_size, image_size))
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, S, S)`` → ``(μ, log σ²)``, each ``(B, latent_dim)``."""
@@ -61,7 +69,7 @@ class ConvVAE(nn.Module):
     def decode_logits(self, codes: torch.Tensor) -> torch.Tensor:
         side = self.image_size // 4
         hidden = self.from_code(codes).view(-1, 2 * self.width, side, side)
-        return self.decoder(hidden)
+        return self.decoder(hidden) + self.mean_logit
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, latent_dim)`` → images ``(B, C, S, S)`` in ``(0, 1)``."""
@@ -89,14 +97,19 @@ def vae_loss(
 def train_vae(
     images: torch.Tensor,
     *,
-    latent_dim: int = 32,
-    width: int = 32,
-    epochs: int = 20,
-    batch_size: int = 64,
+    latent_dim: int = 16,
+    width: int = 16,
+    epochs: int = 30,
+    batch_size: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
 ) -> ConvVAE:
     """Train a :class:`ConvVAE` on ``images (N, C, S, S)`` in ``[0, 1]`` with Adam; returns it in eval mode.
+
+    The decoder starts at the images' mean (see the module docstring). The defaults (a 16-d code,
+    width 16, 30 epochs of batches of 32: 480 Adam steps on 512 images, seconds on a CPU) learn
+    the object's colour and position on ConceptWorld; 160 steps of batches of 64 learned little
+    more than the mean image.
 
     Deterministic for a given seed, and isolated: the initialisation, shuffling and sampling use
     their own seeded generators and the global random state is restored afterwards, so training
@@ -112,6 +125,8 @@ def train_vae(
         # Only the CPU generator initialises the weights (CUDA seeding would leak a lazy seed).
         torch.default_generator.manual_seed(seed)
         vae = ConvVAE(images.shape[1], images.shape[2], latent_dim, width).to(images.device)
+        with torch.no_grad():
+            vae.mean_logit.copy_(torch.logit(images.mean(0).clamp(0.01, 0.99)))
         generator = torch.Generator(device=images.device).manual_seed(seed)
         optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
         losses = []
