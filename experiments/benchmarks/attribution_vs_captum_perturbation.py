@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-batch", type=int, default=4096)
+    parser.add_argument("--max-batch", type=int, default=256,
+                        help="rows per forward pass; on a CPU, batches beyond a few hundred images are slower, not faster")
     args = parser.parse_args()
 
     from captum._utils.models.linear_model import SkLearnRidge
