@@ -20,6 +20,10 @@ from xai_lightning.dissection import (
     dissect,
     export_broden,
     quantile_position,
+    strict_thresholds,
+    threshold_mask,
+    unit_mask_pixels,
+    upsample_activations,
     vocabulary_from_dataset,
 )
 
@@ -173,6 +177,28 @@ def test_dissection_iou_equals_brute_force_reference(max_batch):
         np.testing.assert_array_equal(result.thresholds.double().numpy() >= reference_thresholds(activations, 0.05), True)
         assert result.empty_concepts == ("b/w",)
         assert int(result.best_concept.max()) < 3  # an empty concept is never a unit's best
+
+
+@pytest.mark.parametrize("source, target", [((8, 8), (32, 32)), ((16, 8), (32, 32)), ((7, 7), (112, 112)),
+                                            ((2, 2), (64, 64)), ((5, 5), (15, 15)), ((8, 8), (24, 24)),
+                                            ((3, 3), (4, 4)), ((6, 6), (6, 6))])
+def test_unit_mask_pixels_equal_thresholding_the_whole_upsampled_maps(source, target):
+    """Cells (power-of-two scales) and the whole-map fallback (other scales) find exactly the pixels of
+    ``upsample(A) >= t``, each once — with ties, a dead unit at a strict threshold and chunking."""
+    generator = torch.Generator().manual_seed(sum(source) + sum(target))
+    activations = torch.relu(torch.randn(6, 5, *source, generator=generator))
+    activations[:3] = (activations[:3] * 4).round() / 4  # ties between neighbouring sources
+    activations[:, 2] = 0.0  # a dead unit
+    activations[0, 2, 0, 0] = 1.0  # … that fires once, in a corner
+    thresholds = torch.quantile(activations.transpose(0, 1).reshape(5, -1), 0.9, dim=1)
+    minima = activations.transpose(0, 1).reshape(5, -1).amin(1)
+    level = strict_thresholds(thresholds, minima)
+    for max_values in (1 << 22, 300):
+        found = torch.stack(unit_mask_pixels(activations, level, target, max_values=max_values), 1)
+        expected = threshold_mask(upsample_activations(activations, target), thresholds, minima).nonzero()
+        assert len(found) == len(torch.unique(found, dim=0))  # every pixel once
+        assert torch.equal(torch.unique(found, dim=0), expected)
+        assert len(expected) > 20 and (expected[:, 1] == 2).any()
 
 
 def test_the_result_does_not_depend_on_how_the_probe_set_is_batched():

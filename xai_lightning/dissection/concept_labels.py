@@ -107,15 +107,16 @@ class ConceptLabels:
     def concept_pixels(self, vocabulary: ConceptVocabulary) -> torch.Tensor:
         """``(C,)`` long: pixels of each concept, over the images labelled in its category."""
         category = vocabulary.category_index.to(self.layers.device)
-        counts = torch.zeros(len(vocabulary) + 1, dtype=torch.long, device=self.layers.device)
-        labels = self.layers.long()
-        if labels.numel():
-            # A label only counts in an image that carries its category.
-            image_has = self.labelled[:, category]  # (B, C)
-            allowed = torch.cat([torch.zeros_like(image_has[:, :1]), image_has], dim=1)  # (B, C + 1)
-            keep = allowed.gather(1, labels.flatten(1)).view_as(labels)
-            counts = torch.bincount(labels[keep], minlength=len(vocabulary) + 1)
-        return counts[1:]
+        width = len(vocabulary) + 1
+        batch = self.layers.shape[0]
+        if self.layers.numel() == 0:
+            return torch.zeros(len(vocabulary), dtype=torch.long, device=self.layers.device)
+        # Per image, how many pixels each label has: one histogram over (image, label) pairs.
+        offsets = torch.arange(batch, device=self.layers.device).view(-1, 1, 1, 1) * width
+        per_image = torch.bincount((self.layers.long() + offsets).flatten(), minlength=batch * width).view(batch, width)
+        # A label only counts in an image that carries its category.
+        allowed = self.labelled[:, category]  # (B, C)
+        return (per_image[:, 1:] * allowed).sum(0)
 
 
 def check_mask_resolution(images_shape: torch.Size | tuple[int, ...], masks_shape: torch.Size | tuple[int, ...]) -> None:

@@ -17,9 +17,9 @@ forward pass suffices:
 * ``method="exact"`` keeps the layer's raw activations (float32, at the layer's own resolution,
   ``N × K × h × w`` values: 33 MB for 2,000 images of a 64-unit 8×8 layer) and each unit's top
   ``q·n`` values (:class:`~xai_lightning.dissection.TopQuantile`, which is what processes
-  exchange under DDP). Once the thresholds are exact, :meth:`LayerDissection.count` upsamples
-  only the maps whose peak reaches their unit's threshold — a bilinear value never exceeds its
-  map's maximum — and counts intersections and unions in
+  exchange under DDP). Once the thresholds are exact, :meth:`LayerDissection.count` finds the
+  unit masks' pixels, upsampling only the 2×2 source blocks that can reach their unit's threshold
+  (:func:`~xai_lightning.dissection.unit_mask_pixels`), and counts intersections and unions in
   :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
 * ``method="sketch"`` makes two passes with a fixed-memory
   :class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
@@ -33,30 +33,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
-from xai_lightning.dissection.quantile import TopQuantile, threshold_mask
+from xai_lightning.dissection.quantile import TopQuantile
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
 from xai_lightning.dissection.results import DissectionResult
 from xai_lightning.dissection.top_images import TopActivatingImages
+from xai_lightning.dissection.unit_mask_pixels import strict_thresholds, unit_mask_pixels
 from xai_lightning.dissection.vocabulary import ConceptVocabulary
 
-__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect", "upsample_activations"]
+__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect"]
 
 ThresholdMethod = Literal["exact", "sketch"]
-
-
-def upsample_activations(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling ``(B, K, h, w)`` → ``(B, K, H, W)`` float32 (``align_corners=False``, as
-    NetDissect); returned as is when already at ``size``."""
-    activations = activations.float()
-    if tuple(activations.shape[-2:]) == tuple(size):
-        return activations
-    return F.interpolate(activations, size=size, mode="bilinear", align_corners=False)
 
 
 class LayerDissection:
@@ -141,24 +132,8 @@ class LayerDissection:
         self, activations: torch.Tensor, image_ids: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor
     ) -> None:
         """Add the intersections and unions of one batch's unit masks at known thresholds."""
-        images, units, upsampled = self._upsample_reaching(activations, thresholds, self.labels.resolution)
-        on = threshold_mask(upsampled, thresholds[units], minima[units], unit_dim=0)
-        n, y, x = on.nonzero(as_tuple=True)
-        self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images[n]], units[n], y, x))
-
-    @staticmethod
-    def _upsample_reaching(
-        activations: torch.Tensor, level: torch.Tensor, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Upsample only the maps that can reach ``level (K,)``: a bilinear value is a convex
-        combination of source pixels, so a map whose maximum is below its unit's level has no
-        upsampled pixel at or above it. Returns ``(images (n,), units (n,), maps (n, H, W))``."""
-        peaks = activations.flatten(2).amax(2)  # (B, K)
-        # Slack for float rounding: weights that sum to 1 in float32 can land an ulp above the maximum.
-        slack = level.abs() * 1e-5 + 1e-30
-        images, units = (peaks >= (level - slack).view(1, -1)).nonzero(as_tuple=True)
-        maps = upsample_activations(activations[images, units].unsqueeze(1), size).squeeze(1)
-        return images, units, maps
+        images, units, y, x = unit_mask_pixels(activations, strict_thresholds(thresholds, minima), self.labels.resolution)
+        self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images], units, y, x))
 
     @property
     def kept_bytes(self) -> int:
