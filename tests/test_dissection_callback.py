@@ -73,6 +73,33 @@ def test_logged_scalars_table_and_images_read_back_from_wandb(tmp_path, wandb_di
     assert scalar_rows[-1][f"{prefix}/interpretable"] == float(direct.interpretable.sum())
 
 
+@pytest.mark.parametrize("options, method", [(dict(threshold_method="sketch"), "sketch"),
+                                             (dict(max_kept_mib=0.0), "sketch"),  # auto: nothing fits
+                                             (dict(), "exact")])  # auto: 40 images fit easily
+def test_threshold_methods_give_what_dissect_gives_with_that_method(tmp_path, options, method):
+    pl.seed_everything(0)
+    model = small_classifier(width=8)
+    callback = DissectionCallback(layers=[LAYER, "network.features.6"], num_probe=40, max_batch=16, **options)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
+                            enable_checkpointing=False)
+    trainer.fit(model, small_datamodule(num_train=64, num_val=48))
+    assert not callback.failures
+    probe = callback.probe
+    vocabulary, channels = vocabulary_from_dataset(trainer.datamodule.val_dataloader().dataset)
+    labels = ConceptLabels.from_masks(probe.masks[:, channels], vocabulary)
+    model.eval()
+    for layer in (LAYER, "network.features.6"):
+        logged = callback.results[layer]
+        assert logged.method == method
+        direct = dissect(model, layer, probe.images, labels, vocabulary, method=method)[layer]
+        assert torch.equal(direct.thresholds, logged.thresholds) and torch.equal(direct.iou, logged.iou)
+    exact = dissect(model, LAYER, probe.images, labels, vocabulary, method="exact")[LAYER]
+    if method == "sketch":  # the sketch's thresholds are estimates: close, not equal
+        assert not torch.equal(exact.thresholds, callback.results[LAYER].thresholds)
+        relative = (exact.thresholds - callback.results[LAYER].thresholds).abs() / exact.thresholds.abs().clamp_min(1e-6)
+        assert float(relative.max()) <= 0.02
+
+
 def test_history_survives_resume_from_checkpoint(tmp_path):
     def fit(epochs: int, ckpt_path: str | None) -> DissectionCallback:
         pl.seed_everything(0)
@@ -100,10 +127,13 @@ def frozen_network() -> nn.Module:
     )
 
 
-def dissected_in_processes(tmp_path: Path, devices: int) -> tuple[list[dict[str, float]], list[list[str]]]:
+def dissected_in_processes(
+    tmp_path: Path, devices: int, threshold_method: str = "exact"
+) -> tuple[list[dict[str, float]], list[list[str]]]:
     pl.seed_everything(0)
     model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
-    callback = DissectionCallback(layers=["network.1", "network.4"], num_probe=23, max_batch=5)  # uneven shards
+    callback = DissectionCallback(layers=["network.1", "network.4"], num_probe=23, max_batch=5,  # uneven shards
+                                  threshold_method=threshold_method)
     trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                             callbacks=[callback], logger=CSVLogger(str(tmp_path), name="run", version=0),
                             enable_checkpointing=False, deterministic=False)
@@ -116,9 +146,10 @@ def dissected_in_processes(tmp_path: Path, devices: int) -> tuple[list[dict[str,
 
 
 @pytest.mark.ddp
-def test_two_process_ddp_gives_the_same_dissection_as_one_process(tmp_path):
-    single, single_table = dissected_in_processes(tmp_path / "one", devices=1)
-    double, double_table = dissected_in_processes(tmp_path / "two", devices=2)
+@pytest.mark.parametrize("threshold_method", ["exact", "sketch"])
+def test_two_process_ddp_gives_the_same_dissection_as_one_process(tmp_path, threshold_method):
+    single, single_table = dissected_in_processes(tmp_path / "one", devices=1, threshold_method=threshold_method)
+    double, double_table = dissected_in_processes(tmp_path / "two", devices=2, threshold_method=threshold_method)
     assert len(single) == len(double) == 1
     assert single[0].keys() == double[0].keys() and "dissection/network.4/mean_best_iou" in single[0]
     for key, value in single[0].items():
@@ -199,3 +230,14 @@ def test_a_concept_without_pixels_is_warned_and_counted_not_divided_by_zero(tmp_
     corner = result.vocabulary.index("part/corner")
     assert torch.all(result.iou[:, corner] == 0) and torch.isfinite(result.iou).all()
     assert not bool((result.best_concept == corner).any())
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(threshold_method="median"), "threshold_method must be 'auto', 'exact' or 'sketch'"),
+    (dict(max_kept_mib=-1.0), "max_kept_mib must be >= 0"),
+    (dict(sketch_accuracy=0.0), r"sketch_accuracy must be in \(0, 1\)"),
+    (dict(quantile=1.5), r"quantile must be in \(0, 1\)"),
+])
+def test_bad_settings_fail_at_construction_naming_the_setting(options, match):
+    with pytest.raises(ValueError, match=match):
+        DissectionCallback(layers=LAYER, **options)

@@ -18,6 +18,7 @@ from xai_lightning.dissection import (
     DissectionResult,
     LayerActivations,
     LayerDissection,
+    QuantileSketch,
     check_spatial,
     upsample_activations,
     vocabulary_from_dataset,
@@ -75,8 +76,15 @@ class DissectionCallback(ObserverCallback):
                                                            probe images, the thresholded mask outlined
     ====================================================  ==========================================
 
-    Under DDP each rank dissects its shard; the thresholds' top values are all-gathered and the
-    IoU counts summed (no per-image activations travel), so 2 processes give the same IoUs as 1.
+    Thresholds: ``threshold_method="exact"`` keeps the dissected layers' activations of the probe
+    set (``num_probe × Σ K·h·w`` float32) for one forward pass and exact thresholds;
+    ``"sketch"`` makes two forward passes with a fixed-memory quantile sketch (thresholds within
+    ``sketch_accuracy`` relative error; memory independent of ``num_probe``); ``"auto"`` (default)
+    is exact when the kept activations of a process fit in ``max_kept_mib``, and sketch otherwise.
+
+    Under DDP each rank dissects its shard; the thresholds' top values (exact) or the sketches'
+    bucket counts (sketch) are reduced across ranks and the IoU counts summed (no per-image
+    activations travel), so 2 processes give the same IoUs as 1.
 
     Args:
         layers: a dotted module name, a list of them, or ``"auto"`` (the last spatial layer).
@@ -89,6 +97,11 @@ class DissectionCallback(ObserverCallback):
         top_units: units shown in the ``top_units`` image per layer.
         top_images: top-activating images shown per unit.
         max_batch: images per forward pass.
+        threshold_method: ``"auto"``, ``"exact"`` or ``"sketch"`` (see above).
+        max_kept_mib: the memory (MiB per process) up to which ``"auto"`` keeps activations for exact
+            thresholds.
+        sketch_accuracy: relative accuracy ``α`` of the quantile sketch (see
+            :class:`~xai_lightning.dissection.QuantileSketch`).
         exclude_categories: mask categories that are not concepts (ConceptWorld's ``region``).
         probe_split, probe_seed, on_error: see :class:`~xai_lightning.callbacks.ObserverCallback`.
 
@@ -110,6 +123,9 @@ class DissectionCallback(ObserverCallback):
         top_units: int = 4,
         top_images: int = 4,
         max_batch: int = 128,
+        threshold_method: Literal["auto", "exact", "sketch"] = "auto",
+        max_kept_mib: float = 512.0,
+        sketch_accuracy: float = 0.005,
         exclude_categories: list[str] | None = None,
         probe_split: ProbeSplit = "val",
         probe_seed: int = 0,
@@ -124,7 +140,16 @@ class DissectionCallback(ObserverCallback):
         for name, value in (("top_units", top_units), ("top_images", top_images), ("max_batch", max_batch)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
+        if threshold_method not in ("auto", "exact", "sketch"):
+            raise ValueError(f"threshold_method must be 'auto', 'exact' or 'sketch'; got {threshold_method!r}")
+        if max_kept_mib < 0:
+            raise ValueError(f"max_kept_mib must be >= 0; got {max_kept_mib}")
+        if not 0.0 < sketch_accuracy < 1.0:
+            raise ValueError(f"sketch_accuracy must be in (0, 1); got {sketch_accuracy}")
         self.layers = layers
+        self.threshold_method = threshold_method
+        self.max_kept_mib = max_kept_mib
+        self.sketch_accuracy = sketch_accuracy
         self.quantile = quantile
         self.iou_threshold = iou_threshold
         self.top_units = top_units
@@ -136,6 +161,7 @@ class DissectionCallback(ObserverCallback):
         self.results: dict[str, DissectionResult] = {}
         self._labels: ConceptLabels | None = None
         self._local: dict[str, LayerDissection] = {}
+        self._values_per_image = 0  # Σ K·h·w over the dissected layers (found at setup)
 
     @property
     def state_key(self) -> str:
@@ -188,6 +214,14 @@ class DissectionCallback(ObserverCallback):
         outputs = LayerActivations(pl_module, self.layer_names)(one)
         for name in self.layer_names:
             check_spatial(name, outputs[name])
+        self._values_per_image = sum(outputs[name][0].numel() for name in self.layer_names)
+
+    def method_for(self, num_images: int) -> Literal["exact", "sketch"]:
+        """The threshold method used for ``num_images`` probe images on one process."""
+        if self.threshold_method != "auto":
+            return self.threshold_method
+        kept_mib = num_images * self._values_per_image * 4 / 2**20
+        return "exact" if kept_mib <= self.max_kept_mib else "sketch"
 
     # ------------------------------------------------------------------ one observation
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
@@ -199,19 +233,49 @@ class DissectionCallback(ObserverCallback):
         ids = rows[real]
         images = probe.images[real.to(probe.images.device)]
         forward = LayerActivations(pl_module, self.layer_names)
+
+        def batches():
+            for start in range(0, len(ids), self.max_batch):
+                yield forward(images[start : start + self.max_batch]), ids[start : start + self.max_batch]
+
+        # Every rank takes the same branch: the method depends on the (padded, equal) shard size.
+        method = self.method_for(len(rows))
+        given = self._sketched_thresholds(trainer, batches()) if method == "sketch" else {}
         self._local = {}
-        for start in range(0, len(ids), self.max_batch):
-            batch_ids = ids[start : start + self.max_batch]
-            outputs = forward(images[start : start + self.max_batch])
+        for outputs, batch_ids in batches():
             for name in self.layer_names:
                 activation = outputs[name]
                 if name not in self._local:
                     self._local[name] = LayerDissection(
                         name, activation.shape[1], tuple(activation.shape[-2:]), self._labels, self.vocabulary,
-                        self.quantile, self.iou_threshold, self.top_images,
+                        self.quantile, self.iou_threshold, self.top_images, thresholds=given.get(name), method=method,
                     )
                 self._local[name].update(activation, batch_ids)
         return {}
+
+    def _sketched_thresholds(self, trainer: pl.Trainer, batches) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """First pass of the sketch method: per-layer quantile sketches of this rank's shard, their
+        counts summed (and minima/maxima reduced) over the ranks, then each layer's thresholds."""
+        sketches: dict[str, QuantileSketch] = {}
+        for outputs, _ in batches:
+            for name in self.layer_names:
+                activation = outputs[name]
+                if name not in sketches:
+                    sketches[name] = QuantileSketch(activation.shape[1], self.quantile,
+                                                    relative_accuracy=self.sketch_accuracy)
+                sketches[name].update(activation.cpu())
+        if trainer.world_size > 1:
+            strategy, device = trainer.strategy, trainer.strategy.root_device
+
+            def gathered(tensor: torch.Tensor) -> torch.Tensor:
+                return strategy.all_gather(tensor.to(device)).cpu()
+
+            for sketch in sketches.values():
+                sketch.counts = gathered(sketch.counts).sum(0)
+                sketch.minimum = gathered(sketch.minimum).amin(0)
+                sketch.maximum = gathered(sketch.maximum).amax(0)
+                sketch.count = gathered(sketch.count).sum(0)
+        return {name: sketch.thresholds() for name, sketch in sketches.items()}
 
     def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
         """Reduce counts, not activations: all-gather each unit's kept top values (``q·n`` per unit) to
@@ -225,10 +289,11 @@ class DissectionCallback(ObserverCallback):
 
             for name in self.layer_names:
                 dissection = self._local[name]
-                state = dissection.threshold_state()
-                dissection.merge_thresholds(
-                    gathered(state["top"]), gathered(state["minimum"]).amin(0), gathered(state["count"]).sum(0)
-                )
+                if dissection.given is None:  # exact thresholds: merge the ranks' top values
+                    state = dissection.threshold_state()
+                    dissection.merge_thresholds(
+                        gathered(state["top"]), gathered(state["minimum"]).amin(0), gathered(state["count"]).sum(0)
+                    )
                 counts = dissection.count_state()
                 summed = {key: gathered(value).sum(0) for key, value in counts.items() if key != "top"}
                 summed["top"] = gathered(counts["top"])

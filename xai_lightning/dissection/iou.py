@@ -32,17 +32,20 @@ __all__ = ["ActivePixels", "DissectionIoU"]
 
 @dataclass(frozen=True)
 class ActivePixels:
-    """Pixels where a unit's mask is on, with what the concept labels say about them.
+    """Pixels where a unit's mask is on, and the concept labels to look them up in.
 
     Attributes:
-        units: ``(n,)`` long unit of each active pixel.
-        concepts: ``(n, L)`` integer concept labels of the pixel (``c + 1``; 0 = none).
-        labelled: ``(n, G)`` bool categories labelled in the pixel's image.
+        labels: concept labels of a set of images (e.g. the whole probe set).
+        images: ``(n,)`` long row of each pixel's image in ``labels``.
+        units: ``(n,)`` long unit whose mask is on.
+        rows, columns: ``(n,)`` long position at the labels' resolution.
     """
 
+    labels: ConceptLabels
+    images: torch.Tensor
     units: torch.Tensor
-    concepts: torch.Tensor
-    labelled: torch.Tensor
+    rows: torch.Tensor
+    columns: torch.Tensor
 
     def __len__(self) -> int:
         return self.units.shape[0]
@@ -55,33 +58,15 @@ class ActivePixels:
                 f"Unit masks {tuple(unit_masks.shape)} do not match the concept labels {tuple(labels.layers.shape)}"
             )
         b, k, y, x = unit_masks.nonzero(as_tuple=True)
-        return ActivePixels.gather(labels, b, k, y, x)
-
-    @staticmethod
-    def gather(
-        labels: ConceptLabels, images: torch.Tensor, units: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor
-    ) -> "ActivePixels":
-        """Look up the labels of active pixels given by their image, unit and position."""
-        concepts = labels.layers.permute(0, 2, 3, 1)[images, rows, columns]  # (n, L)
-        return ActivePixels(units=units, concepts=concepts, labelled=labels.labelled[images])
-
-    @staticmethod
-    def cat(parts: list["ActivePixels"]) -> "ActivePixels":
-        return ActivePixels(
-            units=torch.cat([p.units for p in parts]),
-            concepts=torch.cat([p.concepts for p in parts]),
-            labelled=torch.cat([p.labelled for p in parts]),
-        )
-
-    def select(self, rows: torch.Tensor) -> "ActivePixels":
-        return ActivePixels(self.units[rows], self.concepts[rows], self.labelled[rows])
+        return ActivePixels(labels, b, k, y, x)
 
 
 class DissectionIoU(Metric):
     """IoU of ``K`` units with the concepts of ``vocabulary``, accumulated over a probe set.
 
-    ``update(pixels=..., labels=...)`` takes either or both of: the active pixels of the units, and
-    the concept labels of a batch (for the concepts' own pixel counts — each image exactly once).
+    ``update(pixels=..., labels=...)`` takes either or both of: the active pixels of the units (with
+    the labels they index into), and the concept labels of a batch (for the concepts' own pixel
+    counts — each image exactly once).
     ``compute()`` returns ``IoU (K, C)`` float64 (0 where the union is empty) with the counts behind it.
 
     Args:
@@ -107,17 +92,19 @@ class DissectionIoU(Metric):
 
     def update(self, pixels: ActivePixels | None = None, labels: ConceptLabels | None = None) -> None:
         if pixels is not None and len(pixels):
-            units = pixels.units.long()
-            concepts = pixels.concepts.long()
+            units, images = pixels.units.long(), pixels.images.long()
+            table = pixels.labels
+            concepts = table.layers[images, :, pixels.rows, pixels.columns].long()  # (n, L): c + 1, 0 = none
+            categories = table.labelled.shape[1]
             # A label counts only in an image labelled in its category (see the module docstring).
-            category = torch.cat([torch.zeros(1, dtype=torch.long, device=units.device), self.category_index + 1])
-            carried = torch.cat([torch.zeros_like(pixels.labelled[:, :1]), pixels.labelled], dim=1)
-            valid = (concepts > 0) & carried.gather(1, category[concepts])
+            category = torch.cat([torch.zeros(1, dtype=torch.long, device=units.device), self.category_index])
+            carried = table.labelled.reshape(-1)[images.unsqueeze(1) * categories + category[concepts]]
+            valid = (concepts > 0) & carried
             width = len(self.vocabulary) + 1
             flat = (units.unsqueeze(1) * width + concepts)[valid]
             counts = torch.bincount(flat, minlength=self.num_units * width).view(self.num_units, width)
             self.intersection += counts[:, 1:]
-            self.unit_pixels.index_add_(0, units, pixels.labelled.long())
+            self.unit_pixels.index_add_(0, units, table.labelled[images].long())
             self.unit_total += torch.bincount(units, minlength=self.num_units)
         if labels is not None:
             self.concept_pixels += labels.concept_pixels(self.vocabulary).to(self.concept_pixels.device)

@@ -133,7 +133,7 @@ class LayerDissection:
     ) -> None:
         """Add the intersections and unions of one batch's unit masks at known thresholds."""
         images, units, y, x = unit_mask_pixels(activations, strict_thresholds(thresholds, minima), self.labels.resolution)
-        self.iou.update(pixels=ActivePixels.gather(self.labels, image_ids[images], units, y, x))
+        self.iou.update(pixels=ActivePixels(self.labels, image_ids[images], units, y, x))
 
     @property
     def kept_bytes(self) -> int:

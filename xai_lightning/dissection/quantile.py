@@ -121,8 +121,13 @@ class TopQuantile(Metric):
         self.minimum = torch.minimum(self.minimum, values.amin(1))
         self.count += values.shape[1]
         if values.shape[1] > self.keep:
-            # Only this batch's own top m can enter the top m of everything seen.
-            values = values.topk(self.keep, dim=1, sorted=False).values
+            # Only values above the m-th largest seen so far change the top m (one equal to it would only
+            # replace an equal value), and no unit has more of them than the most any unit has: a
+            # smaller top-k of the batch is enough.
+            entering = int((values > self.top.amin(1, keepdim=True)).sum(1).max())
+            if entering == 0:
+                return
+            values = values.topk(min(entering, self.keep), dim=1, sorted=False).values
         self.top = torch.cat([self.top, values], dim=1).topk(self.keep, dim=1, sorted=False).values
 
     def lower_bound(self) -> torch.Tensor:

@@ -53,15 +53,18 @@ def _reaching(values: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     return values >= (level - level.abs() * 1e-5).view(1, -1, *([1] * (values.dim() - 2)))
 
 
-def _owned(cell_index: torch.Tensor, cells: int, scale: int) -> torch.Tensor:
-    """``(n, 2·scale)`` bool: which rows (or columns) of its ``2·scale`` patch cell ``cell_index``
-    (of ``cells``) owns — bilinear source coordinate in ``[0, 1)``, plus the clamped border below 0
-    for the first cell and from 1 on for the last."""
-    patch = torch.arange(2 * scale, dtype=torch.float64, device=cell_index.device)
+def _ownership(scale: int, device: torch.device) -> torch.Tensor:
+    """``(4, 2·scale)`` bool: which rows (or columns) of its ``2·scale`` patch a cell owns — those whose
+    bilinear source coordinate lies in ``[0, 1)``, plus the clamped border below 0 for the first
+    cell and from 1 on for the last. Row ``kind = first + 2·last`` of the table (a single cell is both)."""
+    patch = torch.arange(2 * scale, dtype=torch.float64, device=device)
     source = (patch + 0.5) / scale - 0.5  # exact for the power-of-two scales used here
-    owned = ((source >= 0) & (source < 1)).expand(cell_index.shape[0], -1)
-    owned = owned | ((cell_index == 0)[:, None] & (source < 0))
-    return owned | ((cell_index == cells - 1)[:, None] & (source >= 1))
+    interior = (source >= 0) & (source < 1)
+    return torch.stack([interior, interior | (source < 0), interior | (source >= 1), torch.ones_like(interior)])
+
+
+def _cell_kind(cell_index: torch.Tensor, cells: int) -> torch.Tensor:
+    return (cell_index == 0).long() + 2 * (cell_index == cells - 1).long()
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -104,18 +107,17 @@ def unit_mask_pixels(
     units = activations.shape[1]
     flat = activations.contiguous().view(-1)
     corner = torch.tensor([0, 1, width, width + 1], device=b.device)  # a cell's 2×2 sources, flat offsets
+    rows_owned, columns_owned = _ownership(scale_h, b.device), _ownership(scale_w, b.device)
     found = []
     for chunk in torch.arange(b.shape[0], device=b.device).split(max(1, max_values // (4 * scale_h * scale_w))):
         cb, ck, ccy, ccx = b[chunk], k[chunk], cy[chunk], cx[chunk]
         first = ((cb * units + ck) * height + ccy) * width + ccx
         sources = flat[first[:, None] + corner].view(-1, 1, 2, 2)
         patches = F.interpolate(sources, size=(2 * scale_h, 2 * scale_w), mode="bilinear", align_corners=False)
-        on = (
-            (patches.squeeze(1) >= thresholds[ck].view(-1, 1, 1))
-            & _owned(ccy, height - 1, scale_h)[:, :, None]
-            & _owned(ccx, width - 1, scale_w)[:, None, :]
-        )
-        cell, py, px = on.nonzero(as_tuple=True)
+        cell, py, px = (patches.squeeze(1) >= thresholds[ck].view(-1, 1, 1)).nonzero(as_tuple=True)
+        # Few patch pixels are on: keep those the cell owns (each output pixel belongs to one cell).
+        owned = (rows_owned[_cell_kind(ccy[cell], height - 1), py] & columns_owned[_cell_kind(ccx[cell], width - 1), px])
+        cell, py, px = cell[owned], py[owned], px[owned]
         found.append((cb[cell], ck[cell], ccy[cell] * scale_h + py, ccx[cell] * scale_w + px))
     if not found:
         empty = b.new_zeros(0)
