@@ -314,10 +314,9 @@ def dissect(
         for outputs, _ in batches():
             for name in forward.layers:
                 check_spatial(name, outputs[name])
-                sketch = sketches.setdefault(
-                    name, QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=sketch_accuracy)
-                )
-                sketch.update(outputs[name].cpu())
+                if name not in sketches:
+                    sketches[name] = QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=sketch_accuracy)
+                sketches[name].update(outputs[name].cpu())
         given = {name: sketch.thresholds() for name, sketch in sketches.items()}
     elif method != "exact":
         raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
