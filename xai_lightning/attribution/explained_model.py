@@ -18,7 +18,7 @@ from torch import nn
 
 from xai_lightning.core import TargetSpec, batch_slices, class_scores, resolve_targets, select_logits
 
-__all__ = ["ExplainedModel", "ScoreKind", "scores_from_logits"]
+__all__ = ["ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
 
 #: What a perturbation method measures: the class logit, or its softmax probability.
 ScoreKind = Literal["logit", "probability"]
@@ -26,12 +26,18 @@ ScoreKind = Literal["logit", "probability"]
 RowMaker = Callable[[slice], torch.Tensor]
 
 
+def score_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in the precision scores are computed in: float32, or float64 for a float64 model
+    (perturbation methods difference scores, and large logits lose the difference in float32)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def scores_from_logits(logits: torch.Tensor, targets: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
     """``(R,)`` score of each row's target class: the logit, or the softmax probability."""
     if kind == "logit":
         return class_scores(logits, targets)
     if kind == "probability":
-        return class_scores(logits.float().softmax(dim=1), targets)
+        return class_scores(score_precision(logits).softmax(dim=1), targets)
     raise ValueError(f"Unknown score {kind!r}; use 'logit' or 'probability'.")
 
 
@@ -96,7 +102,7 @@ class ExplainedModel:
         parts = []
         with torch.no_grad():
             for rows in self.slices(total):
-                logits = self.logits(make_rows(rows)).float()
+                logits = score_precision(self.logits(make_rows(rows)))
                 parts.append(scores_from_logits(logits, row_targets[rows], kind))
         return torch.cat(parts) if parts else row_targets.new_zeros(0, dtype=torch.float32)
 
