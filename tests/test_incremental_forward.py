@@ -230,3 +230,38 @@ def test_the_comparison_can_fail(monkeypatch):
     inputs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     _, ours, plain = incremental_and_plain(small_cnn(), inputs, (3, 8, 8), (3, 4, 4))
     assert (ours - plain).abs().max() > 1e-3
+
+
+def test_auto_keeps_the_plain_path_when_the_saving_is_small():
+    model = resnet()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    masks = occlusion_windows((3, 32, 32), (3, 8, 8), (3, 4, 4))
+    incremental, why = IncrementalForward.build(model, x, window_boxes(masks), min_saving=0.3)
+    assert incremental is None and "would save 9%" in why  # the stem of this small ResNet (ResNet-20: 1%)
+    options = dict(window=8, stride=4, score="logit")
+    torch.testing.assert_close(attribute(model, x, 0, "occlusion", incremental="auto", **options),
+                               attribute(model, x, 0, "occlusion", incremental=False, **options), atol=0, rtol=0)
+    incremental, _ = IncrementalForward.build(small_cnn(), x, window_boxes(masks), min_saving=0.3)
+    assert incremental is not None
+
+
+class ViewsItsInput(nn.Module):
+    """``.view()`` needs a contiguous NCHW tensor: the channels-last CPU layout must step aside."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(x.view(x.shape[0], -1))
+
+
+def test_models_that_need_the_standard_layout_get_it():
+    captum_attr = pytest.importorskip("captum.attr")
+    torch.manual_seed(0)
+    model = ViewsItsInput().eval()
+    x = torch.rand(2, 3, 8, 8)
+    ours = attribute(model, x, 1, "occlusion", window=2, stride=2, baseline=0.0, score="logit")
+    theirs = captum_attr.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2))
+    assert theirs.abs().max() > 1e-2
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)

@@ -121,6 +121,8 @@ class LeadingChain:
     input_shape: tuple[int, ...]
     layers: list[ChainLayer] = field(default_factory=list)
     reason: str = ""
+    #: multiply-adds per example of every Conv2d and Linear call of the traced forward pass.
+    model_macs: int = 0
 
     def activations(self, x: torch.Tensor, count: int) -> list[torch.Tensor]:
         """Outputs of the first ``count`` chain layers on ``x`` (each layer's own forward)."""
@@ -170,6 +172,8 @@ def trace_leading_chain(model: nn.Module, sample: torch.Tensor, output_key: str 
 
     def record(module, args, output):
         calls.append((module, args[0] if args else None, output))
+        if isinstance(output, torch.Tensor) and isinstance(module, (nn.Conv2d, nn.Linear)):
+            chain.model_macs += _macs_per_output(module) * output[0].numel()
 
     handles = [module.register_forward_hook(record) for module in leaves]
     try:
@@ -208,6 +212,13 @@ def trace_leading_chain(model: nn.Module, sample: torch.Tensor, output_key: str 
                 break
     del chain.layers[end:]
     return chain
+
+
+def _macs_per_output(module: nn.Module) -> int:
+    """Multiply-adds per output element of a Conv2d or Linear layer."""
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels // module.groups * math.prod(_pair(module.kernel_size))
+    return module.in_features
 
 
 @dataclass
@@ -324,6 +335,7 @@ class IncrementalForward:
         boxes: torch.Tensor,
         output_key: str | int | None = None,
         max_patch_fraction: float = 0.5,
+        min_saving: float = 0.0,
         reference_logits: torch.Tensor | None = None,
     ) -> tuple["IncrementalForward | None", str]:
         """``(incremental forward, "")``, or ``(None, why not)`` for a model or windows it cannot speed up.
@@ -335,6 +347,9 @@ class IncrementalForward:
                 region each window changes.
             max_patch_fraction: the incremental part ends before the first conv/pool layer whose
                 patch would cover more than this fraction of its output map.
+            min_saving: decline when the patches would save less than this fraction of the model's
+                multiply-adds (its Conv2d and Linear layers): gathering and pasting patches costs
+                memory traffic that a small saving does not repay (a CIFAR ResNet's stem: ~1%).
             reference_logits: plain logits of ``inputs[:2]`` for the check pass (computed if None).
         """
         if inputs.dim() != 4:
@@ -359,6 +374,14 @@ class IncrementalForward:
             count, previous = index + 1, plan
         if not any(layer.geometry is not None for layer in chain.layers[:count]):
             return None, f"no convolution or pooling can be computed incrementally ({why})"
+        saved = sum(
+            _macs_per_output(layer.module) * layer.output_shape[0]
+            * (layer.output_shape[1] * layer.output_shape[2] - plan.size[0] * plan.size[1])
+            for layer, plan in zip(chain.layers[:count], plans) if layer.kind == "conv"
+        )
+        if saved < min_saving * chain.model_macs:
+            return None, (f"the patches would save {saved / max(chain.model_macs, 1):.0%} of the model's multiply-adds "
+                          f"(less than {min_saving:.0%}; {why})")
         incremental = cls(chain, count, plans, input_plan, inputs)
         with torch.no_grad():
             if reference_logits is None:

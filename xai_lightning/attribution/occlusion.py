@@ -10,6 +10,21 @@ Window positions follow Captum's ``Occlusion``: along each dimension they start 
 border, so every element is covered. Model-agnostic: images ``(B, C, H, W)`` and features
 ``(B, D)`` alike. All ``B × W`` occluded inputs (W window positions) are generated slice by slice
 and evaluated as batches of at most ``max_batch`` rows — no Python loop per window or example.
+
+Speed. Evaluating windows in batches does not reduce the work of a forward pass; two things do:
+
+* the **incremental forward** (Krishnan & Kumar, SIGMOD 2019, "Krypton";
+  :mod:`~xai_lightning.attribution.incremental_forward`): a window changes only a patch of the
+  first layers' outputs, so the unoccluded activations are computed once and each occluded
+  image recomputes only its patches through the model's leading Conv2d/BatchNorm2d/ReLU/MaxPool2d
+  chain before the rest of the network runs on the pasted activation. Exact (equal to the plain
+  path up to float reassociation). SmallCNN(width=16), 8×8 windows, stride 4: 48% of the
+  multiply-adds saved, ~1.5× faster on a CPU. A CIFAR ResNet's chain is its stem (the first
+  block's shortcut reads the stem's output): 1% saved, so ``"auto"`` keeps the plain path there.
+* on a **CPU**, occluded images are laid out channels-last (CPU convolutions run ~1.4× faster in
+  that layout; a model that cannot take it, e.g. one that ``.view()``s its input, gets NCHW) and
+  evaluated in passes of at most 2¹⁸ input elements (85 images of 3×32×32), ``max_batch`` still
+  capping it: bigger CPU batches run slower per image once activations outgrow the caches.
 """
 
 from __future__ import annotations
@@ -30,6 +45,11 @@ __all__ = ["Occlusion", "occlusion_windows", "window_boxes"]
 
 #: On a CPU, occluded inputs are evaluated in passes of at most this many input elements.
 CPU_INPUT_ELEMENTS_PER_PASS = 2**18
+#: ``incremental="auto"`` takes the incremental path when it saves at least this fraction of the
+#: model's multiply-adds. Measured on SmallCNN(width=16), 64 images, 1 CPU thread: 48% saved
+#: (8×8 windows, stride 4) ran 1.5× faster; 18% saved (16×16, stride 8) 1.1× slower, as did a
+#: CIFAR ResNet's stem (1%): gathering and pasting patches costs memory traffic.
+AUTO_INCREMENTAL_MIN_SAVING = 0.3
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -101,9 +121,14 @@ class Occlusion(AttributionMethod):
             ``(C,)``), see :mod:`~xai_lightning.attribution.baselines`.
         score: ``"probability"`` (default, the paper's drop in the class probability) or ``"logit"``
             (what Captum's ``Occlusion`` measures on a model returning logits).
+        incremental: ``"auto"`` (default): the incremental forward when the model's leading chain
+            allows it and it saves at least 30% of the model's multiply-adds, else plain forward
+            passes; ``True``: always incremental (raises a ValueError naming why when the model or
+            inputs do not allow it); ``False``: always plain. Results are the same either way.
 
     Output ``(B, C, H, W)`` (or ``(B, D)``); map: the mean over channels. One forward pass per
-    ``max_batch`` occluded inputs; ``B × W + B`` forward rows in total.
+    ``max_batch`` occluded inputs; ``B × W + B`` forward rows in total (the incremental path adds
+    a few rows to analyse the model and one pass of the ``B`` inputs through its leading chain).
     """
 
     name = "occlusion"
@@ -216,8 +241,9 @@ class Occlusion(AttributionMethod):
         if self.incremental is False:
             return None
         if inputs.dim() == 4:
-            incremental, why = IncrementalForward.build(explained.model, inputs, window_boxes(masks),
-                                                        explained.output_key)
+            incremental, why = IncrementalForward.build(
+                explained.model, inputs, window_boxes(masks), explained.output_key,
+                min_saving=AUTO_INCREMENTAL_MIN_SAVING if self.incremental == "auto" else 0.0)
         else:
             incremental, why = None, f"inputs of shape {tuple(inputs.shape)} are not images (B, C, H, W)"
         if incremental is None and self.incremental is True:
