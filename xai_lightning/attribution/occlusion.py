@@ -21,10 +21,11 @@ Speed. Evaluating windows in batches does not reduce the work of a forward pass;
   path up to float reassociation). SmallCNN(width=16), 8×8 windows, stride 4: 48% of the
   multiply-adds saved, ~1.5× faster on a CPU. A CIFAR ResNet's chain is its stem (the first
   block's shortcut reads the stem's output): 1% saved, so ``"auto"`` keeps the plain path there.
-* on a **CPU**, occluded images are laid out channels-last (CPU convolutions run ~1.4× faster in
-  that layout; a model that cannot take it, e.g. one that ``.view()``s its input, gets NCHW) and
-  evaluated in passes of at most 2¹⁸ input elements (85 images of 3×32×32), ``max_batch`` still
-  capping it: bigger CPU batches run slower per image once activations outgrow the caches.
+* on a **CPU** (``ExplainedModel.scores(..., cpu_tuned=True)``), original and occluded images
+  are laid out channels-last (CPU convolutions run ~1.4× faster in that layout; a model that
+  cannot take it, e.g. one that ``.view()``s its input, gets NCHW) and evaluated in passes of at
+  most 2¹⁸ input elements (85 images of 3×32×32), ``max_batch`` still capping it: bigger CPU
+  batches run slower per image once activations outgrow the caches.
 """
 
 from __future__ import annotations
@@ -39,12 +40,10 @@ from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind, score_precision, scores_from_logits
 from xai_lightning.attribution.incremental_forward import IncrementalForward
 from xai_lightning.attribution.method import AttributionMethod
-from xai_lightning.core import ObserverGuard, TargetSpec
+from xai_lightning.core import ObserverGuard, TargetSpec, batch_slices
 
 __all__ = ["Occlusion", "occlusion_windows", "window_boxes"]
 
-#: On a CPU, occluded inputs are evaluated in passes of at most this many input elements.
-CPU_INPUT_ELEMENTS_PER_PASS = 2**18
 #: ``incremental="auto"`` takes the incremental path when it saves at least this fraction of the
 #: model's multiply-adds. Measured on SmallCNN(width=16), 64 images, 1 CPU thread: 48% saved
 #: (8×8 windows, stride 4) ran 1.5× faster; 18% saved (16×16, stride 8) 1.1× slower, as did a
@@ -183,16 +182,7 @@ class Occlusion(AttributionMethod):
         batch = inputs.shape[0]
         baselines = make_baseline(self.baseline, inputs)
         targets, _ = explained.resolve(inputs, target, labels)
-        explained = self._cpu_friendly(explained, inputs)
-        layout = torch.channels_last if inputs.dim() == 4 and inputs.device.type == "cpu" else torch.contiguous_format
-        try:
-            original = explained.scores(batch, lambda rows: inputs[rows].contiguous(memory_format=layout), targets,
-                                        self.score)
-        except RuntimeError:  # e.g. a model that .view()s its input needs the standard layout
-            if layout == torch.contiguous_format:
-                raise
-            layout = torch.contiguous_format
-            original = explained.scores(batch, lambda rows: inputs[rows], targets, self.score)
+        original = explained.scores(batch, lambda rows: inputs[rows], targets, self.score, cpu_tuned=True)
         row_targets = targets.repeat_interleave(count)
         incremental = self._incremental_forward(explained, inputs, masks)
 
@@ -203,13 +193,13 @@ class Occlusion(AttributionMethod):
         if incremental is None:
             def occluded(rows: slice) -> torch.Tensor:
                 example, position = example_and_window(rows)
-                return torch.where(masks[position], baselines[example], inputs[example]).contiguous(memory_format=layout)
+                return torch.where(masks[position], baselines[example], inputs[example])
 
-            scores = explained.scores(batch * count, occluded, row_targets, self.score)
+            scores = explained.scores(batch * count, occluded, row_targets, self.score, cpu_tuned=True)
         else:
             parts = []
             with torch.no_grad():
-                for rows in explained.slices(batch * count):
+                for rows in batch_slices(batch * count, explained.rows_per_pass(inputs[:1])):
                     example, position = example_and_window(rows)
                     patch = torch.where(incremental.crop(masks, position, position),
                                         incremental.crop(baselines, example, position),
@@ -222,19 +212,6 @@ class Occlusion(AttributionMethod):
         covered = weights.sum(0)  # every element lies in at least one window
         attribution = (drops @ weights) / covered
         return attribution.view(batch, *sample_shape).to(inputs.dtype), None
-
-    @staticmethod
-    def _cpu_friendly(explained: ExplainedModel, inputs: torch.Tensor) -> ExplainedModel:
-        """The same model with at most ~2¹⁸ input elements per forward pass on a CPU (85 rows of
-        3×32×32): there, bigger batches run slower per row once activations outgrow the caches
-        (SmallCNN, 1 thread: 64 rows 0.63 ms/row, 1,024 rows 0.99, 3,136 rows 1.13). ``max_batch``
-        still caps it; other devices use ``max_batch`` as given."""
-        if inputs.device.type != "cpu":
-            return explained
-        rows = max(1, CPU_INPUT_ELEMENTS_PER_PASS // inputs[0].numel())
-        if explained.max_batch is not None and explained.max_batch <= rows:
-            return explained
-        return ExplainedModel(explained.model, explained.output_key, rows, explained.want_delta)
 
     def _incremental_forward(self, explained: ExplainedModel, inputs: torch.Tensor,
                              masks: torch.Tensor) -> IncrementalForward | None:
