@@ -14,7 +14,9 @@ forward pass):
 * **default** — ``perturbations_per_eval=1``: one forward pass of one image per coalition, what
   a Captum user gets;
 * **tuned** — all coalitions of an image in one forward pass (``--samples`` rows, the most a
-  per-image call can batch; on this CPU it is also the fastest).
+  per-image call can batch; on this CPU it is also the fastest), with the faster of the NCHW
+  and channels-last input layouts (found in a first pass: Captum's perturbed copies keep the
+  caller's layout, and our CPU scoring uses channels-last, so Captum may use it too).
 
 The issue's target, our time / Captum's <= 0.5 "thanks to batching", is about the **tuned**
 column: batching must win against Captum batching as well as it can, not against its default.
@@ -53,8 +55,10 @@ def lime_similarity(kernel_width: float):
     return similarity
 
 
-def run_captum(captum_method, explanation, images, baselines, target, perturbations_per_eval: int | None = None):
+def run_captum(captum_method, explanation, images, baselines, target, perturbations_per_eval: int | None = None,
+               layout: torch.memory_format = torch.contiguous_format):
     """Captum's attributions replaying our coalitions; ``perturbations_per_eval`` None: all of an image's."""
+    images, baselines = images.contiguous(memory_format=layout), baselines.contiguous(memory_format=layout)
     rows = []
     for b in range(images.shape[0]):
         coalitions = explanation.coalitions[b, :, : int(explanation.num_features[b])]
@@ -122,10 +126,16 @@ def main() -> None:
     ]:
         explanation = ours_method.explain(model, images, target)
         # Our timing includes the superpixel segmentation; Captum gets the masks for free.
+        first_pass = {}
+        for layout in (torch.contiguous_format, torch.channels_last):
+            start = time.perf_counter()
+            run_captum(captum_method, explanation, images, baselines, target, layout=layout)
+            first_pass[layout] = time.perf_counter() - start
+        tuned_layout = min(first_pass, key=first_pass.get)
         timed = timed_interleaved({
             "ours": lambda: ours_method.explain(model, images, target),
             "default": lambda: run_captum(captum_method, explanation, images, baselines, target, 1),
-            "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target),
+            "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target, layout=tuned_layout),
         }, args.repeats)
         ours_time, default_time, tuned_time = (timed[key][0] for key in ("ours", "default", "tuned"))
         difference = max(
@@ -133,7 +143,8 @@ def main() -> None:
             for rows in (timed["default"][1], timed["tuned"][1]) for b, row in enumerate(rows)
         )
         print(f"{name:<12} {ours_time:8.3f} {default_time:17.3f} {tuned_time:15.3f} {ours_time / default_time:11.3f} "
-              f"{ours_time / tuned_time:9.3f} {difference:11.2e}")
+              f"{ours_time / tuned_time:9.3f} {difference:11.2e}  (tuned layout: "
+              f"{'channels-last' if tuned_layout == torch.channels_last else 'NCHW'})")
 
     print("\nwithout a Captum counterpart (our time only):")
     for name, options in [("rise", dict(num_masks=1000)), ("prediction_difference", dict(stride=2, num_samples=10)),
