@@ -265,3 +265,21 @@ def test_models_that_need_the_standard_layout_get_it():
     theirs = captum_attr.Occlusion(model).attribute(x, target=1, sliding_window_shapes=(3, 2, 2), strides=(3, 2, 2))
     assert theirs.abs().max() > 1e-2
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_training_with_incremental_occlusion_gives_bit_identical_weights(tmp_path, monkeypatch):
+    """The chain's forwards are replaced only for the explanation's own calls (and restored)."""
+    from conftest import assert_bit_identical, train_weights
+    from xai_lightning import AttributionCallback
+
+    calls = []
+    logits = IncrementalForward.logits
+    monkeypatch.setattr(IncrementalForward, "logits", lambda self, *args: calls.append(1) or logits(self, *args))
+
+    data = dict(num_train=96, num_val=32)
+    callback = AttributionCallback(methods=["occlusion"], num_probe=4,
+                                   method_options={"occlusion": {"window": 8, "stride": 4, "incremental": True}})
+    reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
+    observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
+    assert calls, "the callback did not take the incremental path"
+    assert_bit_identical(reference, observed)
