@@ -283,9 +283,12 @@ class IncrementalForward:
         outputs = [inputs] + chain.activations(inputs, count)
         previous = input_plan
         for index, (layer, plan) in enumerate(zip(self.layers, plans)):
-            if layer.geometry is None:
-                self._sources.append(None), self._read.append(None), self._paste.append(None)
-                self._paste_everywhere.append(True), self._canvas.append((0, 0, 0, 0))
+            if layer.geometry is None:  # pointwise: works on the patch alone, nothing cached
+                self._sources.append(None)
+                self._read.append(None)
+                self._paste.append(None)
+                self._paste_everywhere.append(True)
+                self._canvas.append((0, 0, 0, 0))
                 previous = plan
                 continue
             reads, pads, spans = [], [], []
@@ -305,7 +308,7 @@ class IncrementalForward:
             self._sources.append(padded.view(-1, padded.shape[-1]))
             rows = (reads[0] + pads[0][0])[:, None] + torch.arange(spans[0], device=device)  # (W, Qh)
             cols = (reads[1] + pads[1][0])[:, None] + torch.arange(spans[1], device=device)  # (W, Qw)
-            self._read.append((rows[:, :, None] * width + cols[:, None, :]).flatten(1).to(device))
+            self._read.append((rows[:, :, None] * width + cols[:, None, :]).flatten(1))
             # Where the previous layer's patch lands in this canvas (parts outside it are not read).
             inside_rows = (previous.start[0] - reads[0])[:, None] + torch.arange(previous.size[0], device=device)
             inside_cols = (previous.start[1] - reads[1])[:, None] + torch.arange(previous.size[1], device=device)
