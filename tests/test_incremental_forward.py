@@ -279,7 +279,11 @@ def test_training_with_incremental_occlusion_gives_bit_identical_weights(tmp_pat
     data = dict(num_train=96, num_val=32)
     callback = AttributionCallback(methods=["occlusion"], num_probe=4,
                                    method_options={"occlusion": {"window": 8, "stride": 4, "incremental": True}})
-    reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
-    observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
+        observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
+    finally:  # Trainer(deterministic=True) switches it on for the whole process
+        torch.use_deterministic_algorithms(deterministic)
     assert calls, "the callback did not take the incremental path"
     assert_bit_identical(reference, observed)

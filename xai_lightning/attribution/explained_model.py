@@ -103,12 +103,12 @@ class ExplainedModel:
         return resolve_targets(target, batch_shaped, labels), None
 
     # ------------------------------------------------------------------ batched evaluation
-    def rows_per_pass(self, row: torch.Tensor) -> int | None:
+    def rows_per_pass(self, row: torch.Tensor, cpu_elements: int = CPU_INPUT_ELEMENTS_PER_PASS) -> int | None:
         """Rows per no-grad forward pass of inputs shaped like ``row`` (``(1, ...)``): ``max_batch``,
-        and on a CPU at most :data:`CPU_INPUT_ELEMENTS_PER_PASS` input elements."""
+        and on a CPU at most ``cpu_elements`` input elements."""
         if row.device.type != "cpu":
             return self.max_batch
-        rows = max(1, CPU_INPUT_ELEMENTS_PER_PASS // max(1, row[0].numel()))
+        rows = max(1, cpu_elements // max(1, row[0].numel()))
         return rows if self.max_batch is None else min(rows, self.max_batch)
 
     def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:

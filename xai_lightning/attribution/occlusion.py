@@ -37,7 +37,13 @@ from typing import Literal
 import torch
 
 from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
-from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind, score_precision, scores_from_logits
+from xai_lightning.attribution.explained_model import (
+    CPU_INPUT_ELEMENTS_PER_PASS,
+    ExplainedModel,
+    ScoreKind,
+    score_precision,
+    scores_from_logits,
+)
 from xai_lightning.attribution.incremental_forward import IncrementalForward
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec, batch_slices
@@ -199,7 +205,11 @@ class Occlusion(AttributionMethod):
         else:
             parts = []
             with torch.no_grad():
-                for rows in batch_slices(batch * count, explained.rows_per_pass(inputs[:1])):
+                # Twice the plain path's CPU passes: the per-layer gathers have fixed costs, and an
+                # incremental row holds less than a whole image's activations (SmallCNN, 8×8 windows,
+                # stride 4: 2¹⁹ elements 6-7% faster than 2¹⁸ on 1 and 2 threads; 2²⁰ 20-40% slower).
+                step = explained.rows_per_pass(inputs[:1], cpu_elements=2 * CPU_INPUT_ELEMENTS_PER_PASS)
+                for rows in batch_slices(batch * count, step):
                     example, position = example_and_window(rows)
                     patch = torch.where(incremental.crop(masks, position, position),
                                         incremental.crop(baselines, example, position),
