@@ -7,6 +7,7 @@ one: an absolute tolerance of 1e-5 is then a relative agreement of about 1e-5.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -218,15 +219,22 @@ def test_deeplift_shap(request, inputs, which):
 
 
 # Few windows on two images: Captum evaluates them one forward pass each (slow on a shared CPU).
+# In float64: the model's logits are ~1e4 and occlusion differences them, so float32 results of
+# any two convolution orders (NCHW vs channels-last, whole images vs incremental patches) differ
+# by ~1e-3; in float64 by ~1e-12, and the 1e-5 tolerance then tests the method, not the rounding.
+@pytest.mark.parametrize("incremental", [False, True])
 @pytest.mark.parametrize("window,stride", [((3, 8, 8), (3, 8, 8)), ((3, 11, 11), (3, 10, 10)), ((1, 16, 12), (1, 8, 10))])
-def test_occlusion(model, inputs, window, stride):
-    x, t = inputs[0][:2], inputs[1][:2]
-    ours = attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=0.0, score="logit", max_batch=50)
+def test_occlusion(model, inputs, window, stride, incremental):
+    model = copy.deepcopy(model).double()
+    x, t = inputs[0][:2].double(), inputs[1][:2]
+    ours = attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=0.0, score="logit", max_batch=50,
+                     incremental=incremental)
     theirs = captum_attr.Occlusion(model).attribute(x, target=t, sliding_window_shapes=window, strides=stride,
                                                     perturbations_per_eval=16)
     close(ours, theirs)
     baseline = 0.3
-    close(attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=baseline, score="logit"),
+    close(attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=baseline, score="logit",
+                    incremental=incremental),
           captum_attr.Occlusion(model).attribute(x, target=t, sliding_window_shapes=window, strides=stride,
                                                  baselines=baseline, perturbations_per_eval=16))
 

@@ -3,9 +3,25 @@
     PYTHONPATH=. python experiments/benchmarks/attribution_vs_captum.py [--batch 64] [--repeats 3]
 
 For every method both libraries implement, prints the median wall time of each, the ratio
-ours / Captum (target: ≤ 1.0; ≤ 0.5 for occlusion, thanks to batching its windows) and the
-largest absolute difference of the attributions. Timings on a shared CPU are noisy; compare
-ratios measured in the same run only. Captum is a test/benchmark-only dependency.
+ours / Captum (target: ≤ 1.0) and the largest absolute difference of the attributions. Timings
+on a shared CPU are noisy; compare ratios measured in the same run only, where the runs of all
+variants are interleaved. Captum is a test/benchmark-only dependency.
+
+Occlusion gets its own table, because Captum's speed there depends on a setting: Captum's
+``Occlusion`` evaluates ``perturbations_per_eval`` windows (× the batch) per forward pass, 1 by
+default. Two Captum columns:
+
+* **default** — ``perturbations_per_eval=1`` on the caller's NCHW batch: what a Captum user gets;
+* **tuned** — the fastest of ``perturbations_per_eval`` ∈ {1, 2, 4, 16} × input layout {NCHW,
+  channels-last} found in a first pass (a Captum user may pass a channels-last batch; its
+  occluded copies keep that layout and CPU convolutions run faster in it — our plain path uses
+  that layout on a CPU, so the tuned column gives Captum the same advantage).
+
+The issue's target "≤ 0.5 thanks to batching" is about the **tuned** column: ours must win by
+its algorithm, not by Captum's defaults. On a CPU, batching windows does not reduce FLOPs (and
+batches beyond ~100 rows of 32×32 images run slower per row), so the plain path can at best
+match a tuned Captum; the incremental forward (Krypton: recompute only the patch of each layer
+an occluding window changes) is what reduces the work. Both of our paths are printed.
 """
 
 from __future__ import annotations
@@ -24,17 +40,64 @@ from xai_lightning.attribution import attribute
 warnings.filterwarnings("ignore")
 
 
-def timed_pair(ours_fn, captum_fn, repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Median wall times of both, with their runs interleaved so that load drifting on a shared
-    machine hits both alike (timing one fully and then the other biases the ratio)."""
-    ours, theirs = ours_fn(), captum_fn()  # warm-up
-    ours_times, captum_times = [], []
+def timed_interleaved(functions: dict, repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
+    """``{name: (median wall time, result)}`` with the runs of all functions interleaved, so that
+    load drifting on a shared machine hits all alike (timing one fully, then the next, biases ratios)."""
+    results = {name: fn() for name, fn in functions.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        for fn, times in ((ours_fn, ours_times), (captum_fn, captum_times)):
+        for name, fn in functions.items():
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(ours_times), statistics.median(captum_times), ours, theirs
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), results[name]) for name in functions}
+
+
+def timed_pair(ours_fn, captum_fn, repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Median wall times of both (interleaved runs) and their results."""
+    timed = timed_interleaved({"ours": ours_fn, "captum": captum_fn}, repeats)
+    return timed["ours"][0], timed["captum"][0], timed["ours"][1], timed["captum"][1]
+
+
+def occlusion_table(model, x, t, repeats: int) -> None:
+    """Ours (incremental and plain) against Captum's Occlusion at its default and at its tuned setting."""
+    from captum import attr as ca
+
+    window, stride = (3, 8, 8), (3, 4, 4)
+
+    def captum(perturbations_per_eval: int, layout: torch.memory_format):
+        inputs = x.contiguous(memory_format=layout)
+        return lambda: ca.Occlusion(model).attribute(inputs, target=t, sliding_window_shapes=window, strides=stride,
+                                                     perturbations_per_eval=perturbations_per_eval)
+
+    candidates = {(ppe, layout): captum(ppe, layout) for ppe in (1, 2, 4, 16)
+                  for layout in (torch.contiguous_format, torch.channels_last)}
+    first_pass = {}
+    for key, fn in candidates.items():
+        start = time.perf_counter()
+        fn()
+        first_pass[key] = time.perf_counter() - start
+    best_ppe, best_layout = min(first_pass, key=first_pass.get)
+    layout_name = "channels-last" if best_layout == torch.channels_last else "NCHW"
+    variants = {
+        "captum default (ppe=1, NCHW)": candidates[(1, torch.contiguous_format)],
+        f"captum tuned (ppe={best_ppe}, {layout_name})": candidates[(best_ppe, best_layout)],
+        "ours (incremental='auto')": lambda: attribute(model, x, t, "occlusion", window=8, stride=4, baseline=0.0,
+                                                       score="logit"),
+        "ours (incremental=False)": lambda: attribute(model, x, t, "occlusion", window=8, stride=4, baseline=0.0,
+                                                      score="logit", incremental=False),
+    }
+    timed = timed_interleaved(variants, repeats)
+    names = list(variants)
+    default_time, tuned_time = timed[names[0]][0], timed[names[1]][0]
+    reference = timed[names[0]][1].detach().float()
+    windows = x.shape[0] * 7 * 7
+    print(f"\nocclusion (8x8, stride 4): {windows:,} occluded images; ratios are time / Captum's")
+    print(f"{'variant':34s} {'time (s)':>9s} {'vs default':>10s} {'vs tuned':>9s} {'max |diff|':>11s}")
+    for name in names:
+        seconds, result = timed[name]
+        difference = (result.float() - reference).abs().max().item()
+        print(f"{name:34s} {seconds:9.3f} {seconds / default_time:10.2f} {seconds / tuned_time:9.2f} {difference:11.2e}")
 
 
 def main() -> None:
@@ -43,6 +106,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only-occlusion", action="store_true", help="print the occlusion table only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,18 +157,15 @@ def main() -> None:
         "deeplift": (lambda: attribute(model, x, t, "deeplift"), lambda: ca.DeepLift(model).attribute(x, target=t)),
         "deep_shap (8 baselines)": (lambda: attribute(model, x, t, "deep_shap", baselines=background),
                                     lambda: ca.DeepLiftShap(model).attribute(x, baselines=background, target=t)),
-        "occlusion (8x8, stride 4)": (
-            lambda: attribute(model, x, t, "occlusion", window=8, stride=4, baseline=0.0, score="logit",
-                              max_batch=1024),
-            lambda: ca.Occlusion(model).attribute(x, target=t, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))),
     }
     print(f"SmallCNN(width={args.width}), batch {tuple(x.shape)}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
     print(f"{'method':34s} {'ours (s)':>9s} {'captum (s)':>10s} {'ratio':>6s} {'max |diff|':>11s}")
-    for name, (ours_fn, captum_fn) in cases.items():
+    for name, (ours_fn, captum_fn) in ({} if args.only_occlusion else cases).items():
         ours_time, captum_time, ours, theirs = timed_pair(ours_fn, captum_fn, args.repeats)
         difference = (ours.float() - theirs.detach().float()).abs().max().item()
         print(f"{name:34s} {ours_time:9.3f} {captum_time:10.3f} {ours_time / captum_time:6.2f} {difference:11.2e}")
+    occlusion_table(model, x, t, args.repeats)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,26 @@ Same model (SmallCNN, 5 classes), same batch (default 64 × 3 × 32 × 32 Concep
 superpixels (our SLIC feature masks handed to Captum), same coalitions (Captum replays ours), same
 kernel settings (LIME: exp(−d²/σ²) on cosine distance, σ = 0.25, ridge α = 1; KernelSHAP:
 Shapley-kernel sampling). Captum explains one example per call (its Lime/KernelShap fit one
-surrogate per input) with all coalitions of an example in one forward; ours evaluates the whole
-batch's coalitions in ``max_batch`` slices and fits all surrogates in one batched solve. Timings
-are medians of ``--repeats`` alternating runs in this process.
+surrogate per input); ours evaluates the whole batch's coalitions in ``max_batch`` slices and
+fits all surrogates in one batched solve. Timings are medians of ``--repeats`` interleaved runs
+in this process (all variants' runs alternate, so load drift on a shared machine hits all alike).
+
+Captum is timed twice, because its speed depends on ``perturbations_per_eval`` (coalitions per
+forward pass):
+
+* **default** — ``perturbations_per_eval=1``: one forward pass of one image per coalition, what
+  a Captum user gets;
+* **tuned** — all coalitions of an image in one forward pass (``--samples`` rows, the most a
+  per-image call can batch; on this CPU it is also the fastest), with the faster of the NCHW
+  and channels-last input layouts (found in a first pass: Captum's perturbed copies keep the
+  caller's layout, and our CPU scoring uses channels-last, so Captum may use it too).
+
+The issue's target, our time / Captum's <= 0.5 "thanks to batching", is about the **tuned**
+column: batching must win against Captum batching as well as it can, not against its default.
 
     PYTHONPATH=. python experiments/benchmarks/attribution_vs_captum_perturbation.py [--batch 64] [--samples 200]
 
-Target (issue 3): our time / Captum's time <= 0.5. RISE, PDA and XRAI have no Captum counterpart;
-their own times are printed for reference.
+RISE, PDA and XRAI have no Captum counterpart; their own times are printed for reference.
 """
 
 from __future__ import annotations
@@ -43,7 +55,10 @@ def lime_similarity(kernel_width: float):
     return similarity
 
 
-def run_captum(captum_method, explanation, images, baselines, target):
+def run_captum(captum_method, explanation, images, baselines, target, perturbations_per_eval: int | None = None,
+               layout: torch.memory_format = torch.contiguous_format):
+    """Captum's attributions replaying our coalitions; ``perturbations_per_eval`` None: all of an image's."""
+    images, baselines = images.contiguous(memory_format=layout), baselines.contiguous(memory_format=layout)
     rows = []
     for b in range(images.shape[0]):
         coalitions = explanation.coalitions[b, :, : int(explanation.num_features[b])]
@@ -56,9 +71,21 @@ def run_captum(captum_method, explanation, images, baselines, target):
         rows.append(captum_method.attribute(
             images[b:b + 1], baselines=baselines[b:b + 1], target=target,
             feature_mask=explanation.feature_masks[b:b + 1].unsqueeze(1), n_samples=coalitions.shape[0],
-            perturbations_per_eval=coalitions.shape[0], return_input_shape=False,
+            perturbations_per_eval=perturbations_per_eval or coalitions.shape[0], return_input_shape=False,
         ).view(-1))
     return rows
+
+
+def timed_interleaved(functions: dict, repeats: int) -> dict[str, tuple[float, object]]:
+    """``{name: (median wall time, result)}`` with the runs of all functions interleaved."""
+    results = {name: fn() for name, fn in functions.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), results[name]) for name in functions}
 
 
 def median_time(fn, repeats: int) -> float:
@@ -89,7 +116,8 @@ def main() -> None:
     baselines = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     target = 1
     print(f"batch {tuple(images.shape)}, {args.samples} coalitions per image, max_batch {args.max_batch}")
-    print(f"{'method':<12} {'ours s':>8} {'captum s':>9} {'ratio':>7} {'max |diff|':>11}")
+    print(f"{'method':<12} {'ours s':>8} {'captum default s':>17} {'captum tuned s':>15} {'vs default':>11} "
+          f"{'vs tuned':>9} {'max |diff|':>11}")
     for name, ours_method, captum_method in [
         ("lime", Lime(num_samples=args.samples, baseline="mean", max_batch=args.max_batch, seed=0),
          CaptumLime(model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=lime_similarity(0.25))),
@@ -98,15 +126,25 @@ def main() -> None:
     ]:
         explanation = ours_method.explain(model, images, target)
         # Our timing includes the superpixel segmentation; Captum gets the masks for free.
-        ours_time = median_time(lambda: ours_method.explain(model, images, target), args.repeats)
-        captum_rows = run_captum(captum_method, explanation, images, baselines, target)
-        captum_time = median_time(lambda: run_captum(captum_method, explanation, images, baselines, target),
-                                  args.repeats)
+        first_pass = {}
+        for layout in (torch.contiguous_format, torch.channels_last):
+            start = time.perf_counter()
+            run_captum(captum_method, explanation, images, baselines, target, layout=layout)
+            first_pass[layout] = time.perf_counter() - start
+        tuned_layout = min(first_pass, key=first_pass.get)
+        timed = timed_interleaved({
+            "ours": lambda: ours_method.explain(model, images, target),
+            "default": lambda: run_captum(captum_method, explanation, images, baselines, target, 1),
+            "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target, layout=tuned_layout),
+        }, args.repeats)
+        ours_time, default_time, tuned_time = (timed[key][0] for key in ("ours", "default", "tuned"))
         difference = max(
             float((explanation.coefficients[b, : int(explanation.num_features[b])] - row.float()).abs().max())
-            for b, row in enumerate(captum_rows)
+            for rows in (timed["default"][1], timed["tuned"][1]) for b, row in enumerate(rows)
         )
-        print(f"{name:<12} {ours_time:8.3f} {captum_time:9.3f} {ours_time / captum_time:7.3f} {difference:11.2e}")
+        print(f"{name:<12} {ours_time:8.3f} {default_time:17.3f} {tuned_time:15.3f} {ours_time / default_time:11.3f} "
+              f"{ours_time / tuned_time:9.3f} {difference:11.2e}  (tuned layout: "
+              f"{'channels-last' if tuned_layout == torch.channels_last else 'NCHW'})")
 
     print("\nwithout a Captum counterpart (our time only):")
     for name, options in [("rise", dict(num_masks=1000)), ("prediction_difference", dict(stride=2, num_samples=10)),

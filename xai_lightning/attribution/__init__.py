@@ -23,6 +23,7 @@ from xai_lightning.attribution.deeplift import DeepLift
 from xai_lightning.attribution.deep_shap import DeepShap
 from xai_lightning.attribution.gradient_shap import GradientShap
 from xai_lightning.attribution.occlusion import Occlusion
+from xai_lightning.attribution.incremental_forward import IncrementalForward, trace_leading_chain
 
 # perturbation (model-agnostic) methods
 from xai_lightning.attribution.kernel_shap import KernelShap
@@ -45,6 +46,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "IncrementalForward",
     "InputXGradient",
     "IntegratedGradients",
     "KernelShap",
@@ -64,4 +66,5 @@ __all__ = [
     "grad_cam",
     "method_class",
     "rank_regions",
+    "trace_leading_chain",
 ]

@@ -10,21 +10,51 @@ Window positions follow Captum's ``Occlusion``: along each dimension they start 
 border, so every element is covered. Model-agnostic: images ``(B, C, H, W)`` and features
 ``(B, D)`` alike. All ``B × W`` occluded inputs (W window positions) are generated slice by slice
 and evaluated as batches of at most ``max_batch`` rows — no Python loop per window or example.
+
+Speed. Evaluating windows in batches does not reduce the work of a forward pass; two things do:
+
+* the **incremental forward** (Krishnan & Kumar, SIGMOD 2019, "Krypton";
+  :mod:`~xai_lightning.attribution.incremental_forward`): a window changes only a patch of the
+  first layers' outputs, so the unoccluded activations are computed once and each occluded
+  image recomputes only its patches through the model's leading Conv2d/BatchNorm2d/ReLU/MaxPool2d
+  chain before the rest of the network runs on the pasted activation. Exact (equal to the plain
+  path up to float reassociation). SmallCNN(width=16), 8×8 windows, stride 4: 48% of the
+  multiply-adds saved, ~1.5× faster on a CPU. A CIFAR ResNet's chain is its stem (the first
+  block's shortcut reads the stem's output): 1% saved, so ``"auto"`` keeps the plain path there.
+* on a **CPU** (``ExplainedModel.scores(..., cpu_tuned=True)``), original and occluded images
+  are laid out channels-last (CPU convolutions run ~1.4× faster in that layout; a model that
+  cannot take it, e.g. one that ``.view()``s its input, gets NCHW) and evaluated in passes of at
+  most 2¹⁸ input elements (85 images of 3×32×32), ``max_batch`` still capping it: bigger CPU
+  batches run slower per image once activations outgrow the caches.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
-from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind
+from xai_lightning.attribution.explained_model import (
+    CPU_INPUT_ELEMENTS_PER_PASS,
+    ExplainedModel,
+    ScoreKind,
+    score_precision,
+    scores_from_logits,
+)
+from xai_lightning.attribution.incremental_forward import IncrementalForward
 from xai_lightning.attribution.method import AttributionMethod
-from xai_lightning.core import ObserverGuard, TargetSpec
+from xai_lightning.core import ObserverGuard, TargetSpec, batch_slices
 
-__all__ = ["Occlusion", "occlusion_windows"]
+__all__ = ["Occlusion", "occlusion_windows", "window_boxes"]
+
+#: ``incremental="auto"`` takes the incremental path when it saves at least this fraction of the
+#: model's multiply-adds. Measured on SmallCNN(width=16), 64 images, 1 CPU thread: 48% saved
+#: (8×8 windows, stride 4) ran 1.5× faster; 18% saved (16×16, stride 8) 1.1× slower, as did a
+#: CIFAR ResNet's stem (1%): gathering and pasting patches costs memory traffic.
+AUTO_INCREMENTAL_MIN_SAVING = 0.3
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -69,6 +99,20 @@ def occlusion_windows(
     return masks
 
 
+def window_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """``(W, 4)`` spatial boxes ``(top, bottom, left, right)`` (exclusive ends) of image window masks ``(W, C, H, W)``."""
+    rows, cols = masks.any(dim=1).any(dim=2), masks.any(dim=1).any(dim=1)  # (W, H), (W, W')
+
+    def extent(covered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = covered.int().argmax(dim=1)
+        last = covered.shape[1] - covered.flip(1).int().argmax(dim=1)
+        return first, last
+
+    top, bottom = extent(rows)
+    left, right = extent(cols)
+    return torch.stack([top, bottom, left, right], dim=1)
+
+
 class Occlusion(AttributionMethod):
     """Mean score drop when a window around each element is replaced by the baseline; shaped like the inputs.
 
@@ -82,9 +126,14 @@ class Occlusion(AttributionMethod):
             ``(C,)``), see :mod:`~xai_lightning.attribution.baselines`.
         score: ``"probability"`` (default, the paper's drop in the class probability) or ``"logit"``
             (what Captum's ``Occlusion`` measures on a model returning logits).
+        incremental: ``"auto"`` (default): the incremental forward when the model's leading chain
+            allows it and it saves at least 30% of the model's multiply-adds, else plain forward
+            passes; ``True``: always incremental (raises a ValueError naming why when the model or
+            inputs do not allow it); ``False``: always plain. Results are the same either way.
 
     Output ``(B, C, H, W)`` (or ``(B, D)``); map: the mean over channels. One forward pass per
-    ``max_batch`` occluded inputs; ``B × W + B`` forward rows in total.
+    ``max_batch`` occluded inputs; ``B × W + B`` forward rows in total (the incremental path adds
+    a few rows to analyse the model and one pass of the ``B`` inputs through its leading chain).
     """
 
     name = "occlusion"
@@ -97,11 +146,15 @@ class Occlusion(AttributionMethod):
         stride: int | Sequence[int] = 4,
         baseline: BaselineSpec = "mean",
         score: ScoreKind = "probability",
+        incremental: bool | Literal["auto"] = "auto",
         **common,
     ) -> None:
         super().__init__(**common)
         if score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit'; got {score!r}")
+        if incremental not in (True, False, "auto"):
+            raise ValueError(f"incremental must be True, False or 'auto'; got {incremental!r}")
+        self.incremental = incremental
         self.window = window if isinstance(window, int) else tuple(window)
         self.stride = stride if isinstance(stride, int) else tuple(stride)
         self.baseline = baseline
@@ -135,16 +188,54 @@ class Occlusion(AttributionMethod):
         batch = inputs.shape[0]
         baselines = make_baseline(self.baseline, inputs)
         targets, _ = explained.resolve(inputs, target, labels)
-        original = explained.scores(batch, lambda rows: inputs[rows], targets, self.score)
+        original = explained.scores(batch, lambda rows: inputs[rows], targets, self.score, cpu_tuned=True)
+        row_targets = targets.repeat_interleave(count)
+        incremental = self._incremental_forward(explained, inputs, masks)
 
-        def occluded(rows: slice) -> torch.Tensor:
+        def example_and_window(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
             index = torch.arange(rows.start, rows.stop, device=inputs.device)
-            example, position = index // count, index % count  # example-major
-            return torch.where(masks[position], baselines[example], inputs[example])
+            return index // count, index % count  # example-major
 
-        scores = explained.scores(batch * count, occluded, targets.repeat_interleave(count), self.score)
+        if incremental is None:
+            def occluded(rows: slice) -> torch.Tensor:
+                example, position = example_and_window(rows)
+                return torch.where(masks[position], baselines[example], inputs[example])
+
+            scores = explained.scores(batch * count, occluded, row_targets, self.score, cpu_tuned=True)
+        else:
+            parts = []
+            with torch.no_grad():
+                # Twice the plain path's CPU passes: the per-layer gathers have fixed costs, and an
+                # incremental row holds less than a whole image's activations (SmallCNN, 8×8 windows,
+                # stride 4: 2¹⁹ elements 6-7% faster than 2¹⁸ on 1 and 2 threads; 2²⁰ 20-40% slower).
+                step = explained.rows_per_pass(inputs[:1], cpu_elements=2 * CPU_INPUT_ELEMENTS_PER_PASS)
+                for rows in batch_slices(batch * count, step):
+                    example, position = example_and_window(rows)
+                    patch = torch.where(incremental.crop(masks, position, position),
+                                        incremental.crop(baselines, example, position),
+                                        incremental.crop(inputs, example, position))
+                    logits = score_precision(incremental.logits(example, position, patch))
+                    parts.append(scores_from_logits(logits, row_targets[rows], self.score))
+            scores = torch.cat(parts)
         drops = original[:, None] - scores.view(batch, count)  # (B, W)
         weights = masks.flatten(1).to(drops.dtype)  # (W, N)
         covered = weights.sum(0)  # every element lies in at least one window
         attribution = (drops @ weights) / covered
         return attribution.view(batch, *sample_shape).to(inputs.dtype), None
+
+    def _incremental_forward(self, explained: ExplainedModel, inputs: torch.Tensor,
+                             masks: torch.Tensor) -> IncrementalForward | None:
+        if self.incremental is False:
+            return None
+        if inputs.dim() == 4:
+            incremental, why = IncrementalForward.build(
+                explained.model, inputs, window_boxes(masks), explained.output_key,
+                min_saving=AUTO_INCREMENTAL_MIN_SAVING if self.incremental == "auto" else 0.0)
+        else:
+            incremental, why = None, f"inputs of shape {tuple(inputs.shape)} are not images (B, C, H, W)"
+        if incremental is None and self.incremental is True:
+            raise ValueError(
+                f"Occlusion(incremental=True) cannot evaluate this model incrementally: {why}. Use "
+                "incremental='auto' to fall back to plain forward passes when it cannot, or incremental=False."
+            )
+        return incremental

@@ -100,7 +100,9 @@ def evaluate_coalitions(
         present = present.to(inputs.dtype)
         return inputs[example] * present + baselines[example] * (1 - present)
 
-    scores = explained.scores(batch * count, perturbed, targets.repeat_interleave(count), kind)
+    # CPU-tuned scoring (channels-last, cache-sized passes) is safe here: the surrogate only ever
+    # compares these scores with each other, all computed the same way.
+    scores = explained.scores(batch * count, perturbed, targets.repeat_interleave(count), kind, cpu_tuned=True)
     return scores.view(batch, count)
 
 
