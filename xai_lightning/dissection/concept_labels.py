@@ -11,7 +11,7 @@ of each category — the images that count for a concept of that category in net
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,8 @@ class ConceptLabels:
 
     layers: torch.Tensor
     labelled: torch.Tensor
+    # Per-image concept pixel counts, computed once per vocabulary (see :meth:`image_concept_pixels`).
+    _per_image: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.layers.dim() != 4:
@@ -57,6 +59,8 @@ class ConceptLabels:
         return ConceptLabels(self.layers[rows], self.labelled[rows])
 
     def to(self, device: torch.device | str) -> "ConceptLabels":
+        if self.layers.device == torch.device(device) and self.labelled.device == torch.device(device):
+            return self  # keeps the cached per-image counts
         return ConceptLabels(self.layers.to(device), self.labelled.to(device))
 
     @staticmethod
@@ -104,19 +108,32 @@ class ConceptLabels:
         masks.scatter_(1, self.layers.long(), True)
         return masks[:, 1:]
 
-    def concept_pixels(self, vocabulary: ConceptVocabulary) -> torch.Tensor:
-        """``(C,)`` long: pixels of each concept, over the images labelled in its category."""
-        category = vocabulary.category_index.to(self.layers.device)
-        width = len(vocabulary) + 1
-        batch = self.layers.shape[0]
-        if self.layers.numel() == 0:
-            return torch.zeros(len(vocabulary), dtype=torch.long, device=self.layers.device)
-        # Per image, how many pixels each label has: one histogram over (image, label) pairs.
-        offsets = torch.arange(batch, device=self.layers.device).view(-1, 1, 1, 1) * width
-        per_image = torch.bincount((self.layers.long() + offsets).flatten(), minlength=batch * width).view(batch, width)
-        # A label only counts in an image that carries its category.
-        allowed = self.labelled[:, category]  # (B, C)
-        return (per_image[:, 1:] * allowed).sum(0)
+    def concept_pixels(self, vocabulary: ConceptVocabulary, images: torch.Tensor | None = None) -> torch.Tensor:
+        """``(C,)`` long: pixels of each concept, over the images (all, or rows ``images``) labelled in
+        its category."""
+        per_image = self.image_concept_pixels(vocabulary)
+        return (per_image if images is None else per_image[images]).sum(0)
+
+    def image_concept_pixels(self, vocabulary: ConceptVocabulary, chunk: int = 256) -> torch.Tensor:
+        """``(B, C)`` long: pixels of each concept in each image, 0 where the image is not labelled in
+        the concept's category. Computed once per vocabulary, ``chunk`` images at a time, and cached."""
+        key = (vocabulary.names, vocabulary.categories)
+        if key not in self._per_image:
+            category = vocabulary.category_index.to(self.layers.device)
+            width = len(vocabulary) + 1
+            parts = []
+            for start in range(0, self.layers.shape[0], chunk):
+                layers = self.layers[start : start + chunk]
+                rows = layers.shape[0]
+                # Per image, how many pixels each label has: one histogram over (image, label) pairs.
+                offsets = torch.arange(rows, device=layers.device).view(-1, 1, 1, 1) * width
+                counts = torch.bincount((layers.long() + offsets).flatten(), minlength=rows * width).view(rows, width)
+                # A label only counts in an image that carries its category.
+                parts.append(counts[:, 1:] * self.labelled[start : start + chunk, category])
+            self._per_image[key] = (
+                torch.cat(parts) if parts else torch.zeros(0, len(vocabulary), dtype=torch.long, device=self.layers.device)
+            )
+        return self._per_image[key]
 
 
 def check_mask_resolution(images_shape: torch.Size | tuple[int, ...], masks_shape: torch.Size | tuple[int, ...]) -> None:

@@ -66,7 +66,7 @@ class DissectionIoU(Metric):
 
     ``update(pixels=..., labels=...)`` takes either or both of: the active pixels of the units (with
     the labels they index into), and the concept labels of a batch (for the concepts' own pixel
-    counts — each image exactly once).
+    counts — each image exactly once) or those counts themselves, ``concept_pixels (C,)``.
     ``compute()`` returns ``IoU (K, C)`` float64 (0 where the union is empty) with the counts behind it.
 
     Args:
@@ -90,7 +90,12 @@ class DissectionIoU(Metric):
         self.add_state("unit_total", default=torch.zeros(num_units, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("concept_pixels", default=torch.zeros(concepts, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pixels: ActivePixels | None = None, labels: ConceptLabels | None = None) -> None:
+    def update(
+        self,
+        pixels: ActivePixels | None = None,
+        labels: ConceptLabels | None = None,
+        concept_pixels: torch.Tensor | None = None,
+    ) -> None:
         if pixels is not None and len(pixels):
             units, images = pixels.units.long(), pixels.images.long()
             table = pixels.labels
@@ -108,6 +113,8 @@ class DissectionIoU(Metric):
             self.unit_total += torch.bincount(units, minlength=self.num_units)
         if labels is not None:
             self.concept_pixels += labels.concept_pixels(self.vocabulary).to(self.concept_pixels.device)
+        if concept_pixels is not None:
+            self.concept_pixels += concept_pixels.to(self.concept_pixels.device)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"iou": (K, C) float64, "intersection": (K, C), "union": (K, C), "unit_pixels": (K,),

@@ -120,7 +120,7 @@ class LayerDissection:
             raise RuntimeError(f"Layer {self.layer!r} was already counted; start a new LayerDissection.")
         activations = activations.detach().float().cpu()
         self.top.update(activations, image_ids)
-        self.iou.update(labels=self.labels.select(image_ids))  # the concepts' own pixels: each image once
+        self.iou.update(concept_pixels=self.labels.concept_pixels(self.vocabulary, image_ids))  # each image once
         if self.given is not None:
             self._count_batch(activations, image_ids, *self.given)  # thresholds known: nothing to keep
             return

@@ -50,7 +50,7 @@ class TopActivatingImages(Metric):
         """``activations (B, K, h, w)``, ``image_ids (B,)`` (probe positions)."""
         if activations.shape[0] == 0:
             return
-        scores = activations.detach().double().flatten(2).amax(2).transpose(0, 1)  # (K, B)
+        scores = activations.detach().flatten(2).amax(2).double().transpose(0, 1)  # (K, B)
         ids = image_ids.to(scores.device).double().view(1, -1).expand_as(scores)
         fresh = torch.stack([scores, ids], dim=2)
         self.best = self._best_of(torch.cat([self.best, fresh], dim=1))
