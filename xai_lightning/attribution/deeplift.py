@@ -8,7 +8,7 @@ from the class logit ``f_c`` to the input, and ``x̄`` a reference input (zeros 
 Captum). Handles convolutions, linear layers, ReLUs and other element-wise activations, max and
 average pooling, BatchNorm in eval mode and residual additions — every piece of our reference
 networks (SmallCNN, CifarResNet). The input and its reference run in one forward pass, so a
-slice holds ``max_batch // 2`` examples.
+slice holds ``max_batch // 2`` examples (fewer on a CPU: see ``ExplainedModel.rows_per_pass``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def deeplift_contributions(
     ``delta = Σ C − (f_c(x) − f_c(x̄))`` comes from the same forward pass at no extra cost.
     """
     apply_rescale_rule(guard, explained.model, eps)
-    cap = None if explained.max_batch is None else max(1, explained.max_batch // 2)
+    # Each pass holds the rows and their references: half of the rows per pass (max_batch, and the
+    # CPU's cache-friendly pass size, see ExplainedModel.rows_per_pass).
+    per_pass = explained.rows_per_pass(inputs[:1]) if inputs.shape[0] else None
+    cap = None if per_pass is None else max(1, per_pass // 2)
     contributions, deltas = [], []
     for rows in batch_slices(inputs.shape[0], cap):
         x = inputs[rows].detach().requires_grad_(True)
