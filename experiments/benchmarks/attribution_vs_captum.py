@@ -34,7 +34,6 @@ an occluding window changes) is what reduces the work. Both of our paths are pri
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -44,20 +43,9 @@ import torch.nn.functional as F
 from xai_lightning import SmallCNN
 from xai_lightning.attribution import attribute
 
+from interleaved_timing import timed_interleaved  # this folder is on sys.path when run as a script
+
 warnings.filterwarnings("ignore")
-
-
-def timed_interleaved(functions: dict, repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
-    """``{name: (median wall time, result)}`` with the runs of all functions interleaved, so that
-    load drifting on a shared machine hits all alike (timing one fully, then the next, biases ratios)."""
-    results = {name: fn() for name, fn in functions.items()}  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(times[name]), results[name]) for name in functions}
 
 
 def timed_pair(ours_fn, captum_fn, repeats: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:

@@ -42,6 +42,8 @@ from xai_lightning.attribution.registry import get_method
 from xai_lightning.data import ConceptWorld
 from xai_lightning.models import SmallCNN
 
+from interleaved_timing import timed_interleaved  # this folder is on sys.path when run as a script
+
 warnings.filterwarnings("ignore")
 
 
@@ -74,18 +76,6 @@ def run_captum(captum_method, explanation, images, baselines, target, perturbati
             perturbations_per_eval=perturbations_per_eval or coalitions.shape[0], return_input_shape=False,
         ).view(-1))
     return rows
-
-
-def timed_interleaved(functions: dict, repeats: int) -> dict[str, tuple[float, object]]:
-    """``{name: (median wall time, result)}`` with the runs of all functions interleaved."""
-    results = {name: fn() for name, fn in functions.items()}  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(times[name]), results[name]) for name in functions}
 
 
 def median_time(fn, repeats: int) -> float:
