@@ -21,7 +21,6 @@ from xai_lightning.dissection import (
     export_broden,
     quantile_position,
     strict_thresholds,
-    threshold_mask,
     unit_mask_pixels,
     upsample_activations,
     vocabulary_from_dataset,
@@ -195,7 +194,10 @@ def test_unit_mask_pixels_equal_thresholding_the_whole_upsampled_maps(source, ta
     level = strict_thresholds(thresholds, minima)
     for max_values in (1 << 22, 300):
         found = torch.stack(unit_mask_pixels(activations, level, target, max_values=max_values), 1)
-        expected = threshold_mask(upsample_activations(activations, target), thresholds, minima).nonzero()
+        upsampled = upsample_activations(activations, target)
+        strict = (thresholds <= minima).view(1, -1, 1, 1)
+        t = thresholds.view(1, -1, 1, 1)
+        expected = torch.where(strict, upsampled > t, upsampled >= t).nonzero()
         assert len(found) == len(torch.unique(found, dim=0))  # every pixel once
         assert torch.equal(torch.unique(found, dim=0), expected)
         assert len(expected) > 20 and (expected[:, 1] == 2).any()

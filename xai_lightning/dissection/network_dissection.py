@@ -38,11 +38,11 @@ from torch import nn
 from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
-from xai_lightning.dissection.quantile import TopQuantile
+from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
 from xai_lightning.dissection.results import DissectionResult
 from xai_lightning.dissection.top_images import TopActivatingImages
-from xai_lightning.dissection.unit_mask_pixels import strict_thresholds, unit_mask_pixels
+from xai_lightning.dissection.unit_mask_pixels import unit_mask_pixels
 from xai_lightning.dissection.vocabulary import ConceptVocabulary
 
 __all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect"]

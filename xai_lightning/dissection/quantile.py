@@ -24,7 +24,7 @@ import math
 import torch
 from torchmetrics import Metric
 
-__all__ = ["TopQuantile", "float32_ceiling", "quantile_position", "threshold_mask"]
+__all__ = ["TopQuantile", "float32_ceiling", "quantile_position", "strict_thresholds", "threshold_mask"]
 
 
 def quantile_position(num_values: int, quantile: float) -> tuple[int, float]:
@@ -57,19 +57,25 @@ def float32_ceiling(values: torch.Tensor) -> torch.Tensor:
     return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
 
 
-def threshold_mask(values: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor, unit_dim: int = 1) -> torch.Tensor:
-    """Where ``values >= thresholds`` along ``unit_dim`` — strictly above where a threshold equals the
-    unit's minimum over the probe.
+def strict_thresholds(thresholds: torch.Tensor, minima: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(K,)`` thresholds ``t'`` in ``dtype`` such that, for activations ``a`` of that dtype, ``a >= t'``
+    is network dissection's unit mask: ``a >= T_k``, or ``a > T_k`` (the next representable value
+    above ``T_k``) where ``T_k`` equals the unit's minimum.
 
     The exception keeps the paper's ``S_k(x) >= T_k`` from selecting *every* pixel of a unit that is
     constant over the top quantile (a dead ReLU: more than 99.5 % zeros gives ``T_k = 0``); such a
     unit's mask is then the pixels where it fires at all, possibly none.
     """
+    t = thresholds.to(dtype)
+    return torch.where(thresholds <= minima, torch.nextafter(t, torch.full_like(t, math.inf)), t)
+
+
+def threshold_mask(values: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor, unit_dim: int = 1) -> torch.Tensor:
+    """Network dissection's unit masks: where ``values >= thresholds`` along ``unit_dim`` — strictly
+    above where a threshold equals the unit's minimum (see :func:`strict_thresholds`)."""
     shape = [1] * values.dim()
     shape[unit_dim] = -1
-    t = thresholds.to(values.dtype).view(shape)
-    strict = (thresholds <= minima).view(shape)
-    return torch.where(strict, values > t, values >= t)
+    return values >= strict_thresholds(thresholds, minima, values.dtype).view(shape)
 
 
 class TopQuantile(Metric):

@@ -21,12 +21,10 @@ peak can reach their threshold.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_activations", "unit_mask_pixels", "strict_thresholds"]
+__all__ = ["upsample_activations", "unit_mask_pixels"]
 
 
 def upsample_activations(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -36,15 +34,6 @@ def upsample_activations(activations: torch.Tensor, size: tuple[int, int]) -> to
     if tuple(activations.shape[-2:]) == tuple(size):
         return activations
     return F.interpolate(activations, size=size, mode="bilinear", align_corners=False)
-
-
-def strict_thresholds(thresholds: torch.Tensor, minima: torch.Tensor) -> torch.Tensor:
-    """``(K,)`` float32 thresholds ``t'`` such that ``a >= t'`` is network dissection's unit mask
-    (:func:`~xai_lightning.dissection.threshold_mask`) for float32 activations ``a``: ``T_k``, or the
-    next float32 above it where the mask is strictly above (``T_k`` equal to the unit's minimum)."""
-    t = thresholds.float()
-    strict = thresholds <= minima
-    return torch.where(strict, torch.nextafter(t, torch.full_like(t, math.inf)), t)
 
 
 def _reaching(values: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
@@ -78,7 +67,7 @@ def unit_mask_pixels(
 
     Args:
         activations: ``(B, K, h, w)``.
-        thresholds: ``(K,)`` float32, compared with ``>=`` (see :func:`strict_thresholds`).
+        thresholds: ``(K,)`` float32, compared with ``>=`` (see :func:`~xai_lightning.dissection.strict_thresholds`).
         size: ``(H, W)`` of the concept masks.
         max_values: upsampled values computed at once (a memory cap: 16 MiB by default).
 
