@@ -18,8 +18,9 @@ from xai_lightning.dissection import (
     DissectionResult,
     LayerActivations,
     LayerDissection,
-    QuantileSketch,
     check_spatial,
+    dissect_batches,
+    sketch_batches,
     upsample_activations,
     vocabulary_from_dataset,
 )
@@ -240,63 +241,40 @@ class DissectionCallback(ObserverCallback):
 
         # Every rank takes the same branch: the method depends on the (padded, equal) shard size.
         method = self.method_for(len(rows))
-        given = self._sketched_thresholds(trainer, batches()) if method == "sketch" else {}
-        self._local = {}
-        for outputs, batch_ids in batches():
-            for name in self.layer_names:
-                activation = outputs[name]
-                if name not in self._local:
-                    self._local[name] = LayerDissection(
-                        name, activation.shape[1], tuple(activation.shape[-2:]), self._labels, self.vocabulary,
-                        self.quantile, self.iou_threshold, self.top_images, thresholds=given.get(name), method=method,
-                    )
-                self._local[name].update(activation, batch_ids)
+        given = {}
+        if method == "sketch":
+            sketches = sketch_batches(batches(), self.layer_names, self.quantile, self.sketch_accuracy)
+            for sketch in sketches.values():  # the sketches of every rank: counts add up
+                sketch.counts = self._all_gather(trainer, sketch.counts).sum(0)
+                sketch.minimum = self._all_gather(trainer, sketch.minimum).amin(0)
+                sketch.maximum = self._all_gather(trainer, sketch.maximum).amax(0)
+                sketch.count = self._all_gather(trainer, sketch.count).sum(0)
+            given = {name: sketch.thresholds() for name, sketch in sketches.items()}
+        self._local = dissect_batches(batches(), self.layer_names, self._labels, self.vocabulary, self.quantile,
+                                      self.iou_threshold, self.top_images, given, method)
         return {}
 
-    def _sketched_thresholds(self, trainer: pl.Trainer, batches) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """First pass of the sketch method: per-layer quantile sketches of this rank's shard, their
-        counts summed (and minima/maxima reduced) over the ranks, then each layer's thresholds."""
-        sketches: dict[str, QuantileSketch] = {}
-        for outputs, _ in batches:
-            for name in self.layer_names:
-                activation = outputs[name]
-                if name not in sketches:
-                    sketches[name] = QuantileSketch(activation.shape[1], self.quantile,
-                                                    relative_accuracy=self.sketch_accuracy)
-                sketches[name].update(activation.cpu())
-        if trainer.world_size > 1:
-            strategy, device = trainer.strategy, trainer.strategy.root_device
-
-            def gathered(tensor: torch.Tensor) -> torch.Tensor:
-                return strategy.all_gather(tensor.to(device)).cpu()
-
-            for sketch in sketches.values():
-                sketch.counts = gathered(sketch.counts).sum(0)
-                sketch.minimum = gathered(sketch.minimum).amin(0)
-                sketch.maximum = gathered(sketch.maximum).amax(0)
-                sketch.count = gathered(sketch.count).sum(0)
-        return {name: sketch.thresholds() for name, sketch in sketches.items()}
+    @staticmethod
+    def _all_gather(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
+        """``(world, *tensor.shape)`` on the CPU; ``(1, …)`` without DDP."""
+        if trainer.world_size == 1:
+            return tensor.unsqueeze(0)
+        return trainer.strategy.all_gather(tensor.to(trainer.strategy.root_device)).cpu()
 
     def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
         """Reduce counts, not activations: all-gather each unit's kept top values (``q·n`` per unit) to
         fix the global thresholds, then sum the ``O(K × C)`` intersection/union counts."""
         if trainer.world_size > 1:
-            strategy = trainer.strategy
-            device = trainer.strategy.root_device
-
-            def gathered(tensor: torch.Tensor) -> torch.Tensor:
-                return strategy.all_gather(tensor.to(device)).cpu()
-
             for name in self.layer_names:
                 dissection = self._local[name]
                 if dissection.given is None:  # exact thresholds: merge the ranks' top values
                     state = dissection.threshold_state()
-                    dissection.merge_thresholds(
-                        gathered(state["top"]), gathered(state["minimum"]).amin(0), gathered(state["count"]).sum(0)
-                    )
+                    dissection.merge_thresholds(self._all_gather(trainer, state["top"]),
+                                                self._all_gather(trainer, state["minimum"]).amin(0),
+                                                self._all_gather(trainer, state["count"]).sum(0))
                 counts = dissection.count_state()
-                summed = {key: gathered(value).sum(0) for key, value in counts.items() if key != "top"}
-                summed["top"] = gathered(counts["top"])
+                summed = {key: self._all_gather(trainer, value).sum(0) for key, value in counts.items() if key != "top"}
+                summed["top"] = self._all_gather(trainer, counts["top"])
                 dissection.load_count_state(summed)
         self.results = {name: self._local[name].compute() for name in self.layer_names}
         self._local = {}

@@ -14,6 +14,8 @@ from xai_lightning.dissection.network_dissection import (
     LayerDissection,
     check_spatial,
     dissect,
+    dissect_batches,
+    sketch_batches,
 )
 from xai_lightning.dissection.quantile import TopQuantile, quantile_position, strict_thresholds, threshold_mask
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
@@ -37,8 +39,10 @@ __all__ = [
     "check_mask_resolution",
     "check_spatial",
     "dissect",
+    "dissect_batches",
     "export_broden",
     "quantile_position",
+    "sketch_batches",
     "strict_thresholds",
     "threshold_mask",
     "unit_mask_pixels",

@@ -45,7 +45,7 @@ from xai_lightning.dissection.top_images import TopActivatingImages
 from xai_lightning.dissection.unit_mask_pixels import unit_mask_pixels
 from xai_lightning.dissection.vocabulary import ConceptVocabulary
 
-__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect"]
+__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect", "dissect_batches", "sketch_batches"]
 
 ThresholdMethod = Literal["exact", "sketch"]
 
@@ -259,6 +259,50 @@ def check_spatial(layer: str, activation: torch.Tensor) -> None:
         )
 
 
+Batches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (layer outputs, probe image ids)
+
+
+def sketch_batches(
+    batches: Batches, layers: Sequence[str], quantile: float, relative_accuracy: float
+) -> dict[str, QuantileSketch]:
+    """First pass of the sketch method: a :class:`QuantileSketch` per layer over every batch."""
+    sketches: dict[str, QuantileSketch] = {}
+    for outputs, _ in batches:
+        for name in layers:
+            check_spatial(name, outputs[name])
+            if name not in sketches:
+                sketches[name] = QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=relative_accuracy)
+            sketches[name].update(outputs[name].cpu())
+    return sketches
+
+
+def dissect_batches(
+    batches: Batches,
+    layers: Sequence[str],
+    labels: ConceptLabels,
+    vocabulary: ConceptVocabulary,
+    quantile: float,
+    iou_threshold: float,
+    top_count: int,
+    thresholds: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    method: ThresholdMethod,
+) -> dict[str, LayerDissection]:
+    """A :class:`LayerDissection` per layer, updated with every batch; ``thresholds`` per layer are
+    the sketch's (empty for exact thresholds)."""
+    dissections: dict[str, LayerDissection] = {}
+    for outputs, ids in batches:
+        for name in layers:
+            activation = outputs[name]
+            check_spatial(name, activation)
+            if name not in dissections:
+                dissections[name] = LayerDissection(
+                    name, activation.shape[1], tuple(activation.shape[-2:]), labels, vocabulary,
+                    quantile, iou_threshold, top_count, thresholds=thresholds.get(name), method=method,
+                )
+            dissections[name].update(activation, ids)
+    return dissections
+
+
 def dissect(
     model: nn.Module,
     layers: str | Sequence[str],
@@ -304,32 +348,16 @@ def dissect(
     forward = LayerActivations(model, names)
     slices = list(batch_slices(images.shape[0], max_batch))
 
-    def batches() -> Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def batches() -> Batches:
         for rows in slices:
             yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
 
-    given: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if method == "sketch":
-        sketches: dict[str, QuantileSketch] = {}
-        for outputs, _ in batches():
-            for name in forward.layers:
-                check_spatial(name, outputs[name])
-                if name not in sketches:
-                    sketches[name] = QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=sketch_accuracy)
-                sketches[name].update(outputs[name].cpu())
-        given = {name: sketch.thresholds() for name, sketch in sketches.items()}
-    elif method != "exact":
+    if method not in ("exact", "sketch"):
         raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
-
-    dissections: dict[str, LayerDissection] = {}
-    for outputs, ids in batches():
-        for name in forward.layers:
-            activation = outputs[name]
-            check_spatial(name, activation)
-            if name not in dissections:
-                dissections[name] = LayerDissection(
-                    name, activation.shape[1], tuple(activation.shape[-2:]), labels, vocabulary,
-                    quantile, iou_threshold, top_count, thresholds=given.get(name), method=method,
-                )
-            dissections[name].update(activation, ids)
+    given = {}
+    if method == "sketch":
+        sketches = sketch_batches(batches(), forward.layers, quantile, sketch_accuracy)
+        given = {name: sketch.thresholds() for name, sketch in sketches.items()}
+    dissections = dissect_batches(batches(), forward.layers, labels, vocabulary, quantile, iou_threshold, top_count,
+                                  given, method)
     return {name: dissection.compute() for name, dissection in dissections.items()}
