@@ -64,9 +64,9 @@ class ActivePixels:
 class DissectionIoU(Metric):
     """IoU of ``K`` units with the concepts of ``vocabulary``, accumulated over a probe set.
 
-    ``update(pixels=..., labels=...)`` takes either or both of: the active pixels of the units (with
-    the labels they index into), and the concept labels of a batch (for the concepts' own pixel
-    counts — each image exactly once) or those counts themselves, ``concept_pixels (C,)``.
+    ``update(pixels=..., concept_pixels=...)`` takes either or both of: the active pixels of the units
+    (with the labels they index into), and the concepts' own pixel counts ``(C,)`` of a batch of
+    images, each image exactly once (:meth:`ConceptLabels.concept_pixels`).
     ``compute()`` returns ``IoU (K, C)`` float64 (0 where the union is empty) with the counts behind it.
 
     Args:
@@ -93,7 +93,6 @@ class DissectionIoU(Metric):
     def update(
         self,
         pixels: ActivePixels | None = None,
-        labels: ConceptLabels | None = None,
         concept_pixels: torch.Tensor | None = None,
     ) -> None:
         if pixels is not None and len(pixels):
@@ -111,8 +110,6 @@ class DissectionIoU(Metric):
             self.intersection += counts[:, 1:]
             self.unit_pixels.index_add_(0, units, table.labelled[images].long())
             self.unit_total += torch.bincount(units, minlength=self.num_units)
-        if labels is not None:
-            self.concept_pixels += labels.concept_pixels(self.vocabulary).to(self.concept_pixels.device)
         if concept_pixels is not None:
             self.concept_pixels += concept_pixels.to(self.concept_pixels.device)
 
