@@ -137,18 +137,17 @@ class ExplainedModel:
         """
         parts = []
         with torch.no_grad():
-            step = self.rows_per_pass(make_rows(slice(0, 1))) if cpu_tuned and total else self.max_batch
             forward = self.scoring_logits if cpu_tuned else self.logits
-            for rows in batch_slices(total, step):
+            for rows in self.pass_slices(total, make_rows) if cpu_tuned else self.slices(total):
                 logits = score_precision(forward(make_rows(rows)))
                 parts.append(scores_from_logits(logits, row_targets[rows], kind))
         return torch.cat(parts) if parts else row_targets.new_zeros(0, dtype=torch.float32)
 
-    def gradient_slices(self, total: int, make_rows: RowMaker) -> Iterator[slice]:
-        """Slices for forward/backward passes: :meth:`rows_per_pass` rows (``max_batch``, and on a CPU at
-        most :data:`CPU_INPUT_ELEMENTS_PER_PASS` input elements: IG's 3,200 path points of 3×32×32
-        ran 1.5× faster per row in passes of 128-256 than all at once). Each row's gradient depends
-        on that row only, so the slicing changes nothing but float reassociation inside kernels."""
+    def pass_slices(self, total: int, make_rows: RowMaker) -> Iterator[slice]:
+        """Slices of :meth:`rows_per_pass` rows of the inputs ``make_rows`` produces (``max_batch``, and
+        on a CPU at most :data:`CPU_INPUT_ELEMENTS_PER_PASS` input elements: IG's 3,200 path points of
+        3×32×32 ran 1.5× faster per row in passes of 128-256 than all at once). Each row's score and
+        gradient depend on that row only: the slicing changes nothing but float reassociation."""
         if total == 0:
             return iter(())
         return batch_slices(total, self.rows_per_pass(make_rows(slice(0, 1))))
@@ -161,7 +160,7 @@ class ExplainedModel:
         Each slice is one forward and one ``torch.autograd.grad`` call; parameters' ``.grad`` is
         never touched.
         """
-        for rows in self.gradient_slices(total, make_rows):
+        for rows in self.pass_slices(total, make_rows):
             x = make_rows(rows).detach().requires_grad_(True)
             logits = self.logits(x)
             score = class_scores(logits, row_targets[rows])
@@ -182,7 +181,7 @@ class ExplainedModel:
             if per_example.numel() != inputs.shape[0]:
                 raise ValueError(f"Got {per_example.numel()} targets for a batch of {inputs.shape[0]} examples.")
         gradients, logits_parts, target_parts = [], [], []
-        for rows in self.gradient_slices(inputs.shape[0], lambda rows: inputs[rows]):
+        for rows in self.pass_slices(inputs.shape[0], lambda rows: inputs[rows]):
             x = inputs[rows].detach().requires_grad_(True)
             logits = self.logits(x)
             targets = resolve_targets(target if per_example is None else per_example[rows], logits,
