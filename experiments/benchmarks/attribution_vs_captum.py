@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from xai_lightning import SmallCNN
 from xai_lightning.attribution import attribute
 
-from interleaved_timing import timed_interleaved  # this folder is on sys.path when run as a script
+from timing import timed_interleaved  # this folder is on sys.path when run as a script
 
 warnings.filterwarnings("ignore")
 

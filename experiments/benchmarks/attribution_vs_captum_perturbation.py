@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 import warnings
 
@@ -42,7 +41,7 @@ from xai_lightning.attribution.registry import get_method
 from xai_lightning.data import ConceptWorld
 from xai_lightning.models import SmallCNN
 
-from interleaved_timing import timed_interleaved  # this folder is on sys.path when run as a script
+from timing import median_seconds, timed_interleaved  # this folder is on sys.path when run as a script
 
 warnings.filterwarnings("ignore")
 
@@ -76,15 +75,6 @@ def run_captum(captum_method, explanation, images, baselines, target, perturbati
             perturbations_per_eval=perturbations_per_eval or coalitions.shape[0], return_input_shape=False,
         ).view(-1))
     return rows
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -140,7 +130,7 @@ def main() -> None:
     for name, options in [("rise", dict(num_masks=1000)), ("prediction_difference", dict(stride=2, num_samples=10)),
                           ("xrai", dict(ig_steps=32, scales=(20, 50, 100, 200)))]:
         method = get_method(name, max_batch=args.max_batch, seed=0, **options)
-        print(f"{name:<22} {median_time(lambda: method.attribute(model, images, target), 1):8.3f} s  {options}")
+        print(f"{name:<22} {median_seconds(lambda: method.attribute(model, images, target), 1, warm_up=False):8.3f} s  {options}")
 
 
 if __name__ == "__main__":

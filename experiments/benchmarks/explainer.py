@@ -41,18 +41,12 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from xai_lightning import ConceptWorld, ConceptWorldDataModule, ExplainerNetworkCallback, ImageClassifier, SmallCNN
 from xai_lightning.explainer import evaluate_explainer, knowledge_consistency
 
+from timing import Stopwatch, median_seconds  # this folder is on sys.path when run as a script
+
 warnings.filterwarnings("ignore")
 for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
     logging.getLogger(name).setLevel(logging.ERROR)
 INPUT, TARGET = "network.features.13", "network.features.20"
-
-
-class Stopwatch(pl.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.elapsed = time.perf_counter() - self.start
 
 
 class TimedExplainer(ExplainerNetworkCallback):
@@ -97,16 +91,6 @@ def one_epoch(datamodule, steps_per_batch: int | None, logger_kind: str, root: s
     if logger_kind == "wandb":
         logger.experiment.finish()
     return watch.elapsed, explainer, trainer, model
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training(args, root: str):

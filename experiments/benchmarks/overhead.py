@@ -29,15 +29,9 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from xai_lightning import ConceptWorldDataModule, GradCAMCallback, ImageClassifier, SmallCNN
 
+from timing import Stopwatch  # this folder is on sys.path when run as a script
+
 warnings.filterwarnings("ignore")
-
-
-class Stopwatch(pl.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.elapsed = time.perf_counter() - self.start
 
 
 class TimedGradCAM(GradCAMCallback):
