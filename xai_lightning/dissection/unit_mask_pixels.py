@@ -76,7 +76,7 @@ def unit_mask_pixels(
         ``upsample(A)[b, k] >= thresholds[k]`` at ``H × W``, every pixel once.
     """
     activations = activations.float()
-    _, _, height, width = activations.shape
+    _, units, height, width = activations.shape
     out_h, out_w = int(size[0]), int(size[1])
     thresholds = thresholds.to(activations.device, torch.float32)
     if (height, width) == (out_h, out_w):
@@ -93,7 +93,6 @@ def unit_mask_pixels(
     rows = source_reaches[..., :-1, :] | source_reaches[..., 1:, :]
     cell_reaches = rows[..., :-1] | rows[..., 1:]  # (B, K, h - 1, w - 1)
     b, k, cy, cx = cell_reaches.nonzero(as_tuple=True)
-    units = activations.shape[1]
     flat = activations.contiguous().view(-1)
     corner = torch.tensor([0, 1, width, width + 1], device=b.device)  # a cell's 2×2 sources, flat offsets
     rows_owned, columns_owned = _ownership(scale_h, b.device), _ownership(scale_w, b.device)
@@ -108,10 +107,7 @@ def unit_mask_pixels(
         owned = (rows_owned[_cell_kind(ccy[cell], height - 1), py] & columns_owned[_cell_kind(ccx[cell], width - 1), px])
         cell, py, px = cell[owned], py[owned], px[owned]
         found.append((cb[cell], ck[cell], ccy[cell] * scale_h + py, ccx[cell] * scale_w + px))
-    if not found:
-        empty = b.new_zeros(0)
-        return empty, empty, empty, empty
-    return tuple(torch.cat(parts) for parts in zip(*found))  # type: ignore[return-value]
+    return _concatenated(found, activations.device)
 
 
 def _whole_map_pixels(
@@ -125,7 +121,15 @@ def _whole_map_pixels(
         maps = upsample_activations(activations[images[chunk], units[chunk]].unsqueeze(1), size).squeeze(1)
         n, y, x = (maps >= thresholds[units[chunk]].view(-1, 1, 1)).nonzero(as_tuple=True)
         found.append((images[chunk][n], units[chunk][n], y, x))
+    return _concatenated(found, activations.device)
+
+
+PixelIndices = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _concatenated(found: list[PixelIndices], device: torch.device) -> PixelIndices:
+    """The ``(images, units, rows, columns)`` of every chunk, joined (empty long tensors for no chunk)."""
     if not found:
-        empty = images.new_zeros(0)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, empty, empty
     return tuple(torch.cat(parts) for parts in zip(*found))  # type: ignore[return-value]
