@@ -152,3 +152,16 @@ def standard_and_robust_models():
         trainer.fit(model, small_datamodule(num_train=512, num_val=64, batch_size=32))
         models[name] = model.eval()
     return models
+
+
+#: PyTorch's deterministic mode as the test session found it.
+_DETERMINISTIC_AT_START = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+@pytest.fixture(autouse=True)
+def restore_deterministic_algorithms():
+    """``Trainer(deterministic=True)`` switches PyTorch's deterministic mode on for the whole process and
+    leaves it on (also from module- and session-scoped fixtures); tests after it (Captum's DeepLift
+    max-unpools, which has no deterministic kernel) must not depend on which tests ran first."""
+    torch.use_deterministic_algorithms(_DETERMINISTIC_AT_START[0], warn_only=_DETERMINISTIC_AT_START[1])
+    yield

@@ -151,6 +151,44 @@ def test_smoothgrad_of_a_linear_model_is_the_gradient_and_vargrad_is_zero(linear
     assert attribute(model, x, targets, "smoothgrad", variant="vargrad", n_samples=8, seed=0).abs().max() < 1e-10
 
 
+class LinearOnViewedImages(nn.Module):
+    """A linear model of images that ``.view()``s them: it needs the NCHW layout, so the CPU's
+    channels-last gradient passes must step aside for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x):
+        return self.head(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("saliency", lambda x, w: w.abs()),
+    ("input_x_gradient", lambda x, w: x * w),
+    ("integrated_gradients", lambda x, w: x * w),
+    ("deeplift", lambda x, w: x * w),
+])
+def test_image_models_that_need_the_standard_layout_get_closed_form_gradients(method, expected):
+    torch.manual_seed(0)
+    model = LinearOnViewedImages()
+    x = torch.randn(3, 3, 6, 6)
+    targets = torch.tensor([0, 3, 1])
+    w = model.head.weight.detach()[targets].view(3, 3, 6, 6)
+    attribution = attribute(model, x, targets, method)
+    torch.testing.assert_close(attribution, expected(x, w), atol=1e-6, rtol=1e-5)
+    assert attribution.is_contiguous()
+
+
+@pytest.mark.parametrize("method", ["saliency", "guided_backprop", "deeplift", "guided_gradcam", "integrated_gradients"])
+def test_attributions_come_back_in_the_standard_layout(method):
+    """CPU gradient passes run channels-last; what a caller gets is contiguous NCHW (``.view`` works)."""
+    torch.manual_seed(0)
+    attribution = attribute(SmallCNN(num_classes=5, width=4).eval(), torch.rand(2, 3, 32, 32), 1, method)
+    assert attribution.shape == (2, 3, 32, 32) and attribution.is_contiguous()
+    assert attribution.view(2, -1).abs().sum() > 0
+
+
 # ------------------------------------------------------------------ CAM identities on a GAP→linear head
 @pytest.fixture(scope="module")
 def gap_network():

@@ -46,7 +46,7 @@ def deeplift_contributions(
     for rows in batch_slices(inputs.shape[0], cap):
         x = inputs[rows].detach().requires_grad_(True)
         reference = references[rows].detach()
-        logits = explained.logits(torch.cat([x, reference]))
+        logits = explained.fast_logits(torch.cat([x, reference]))
         count = x.shape[0]
         scores = class_scores(logits, targets[rows].repeat(2))
         # Both halves carry the gradient (as in Captum): the max-pool rule needs the reference

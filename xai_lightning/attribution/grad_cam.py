@@ -27,12 +27,10 @@ from xai_lightning.core import (
     LayerCapture,
     ObserverGuard,
     TargetSpec,
-    batch_slices,
     class_scores,
     observe,
     resolve_layers,
     resolve_targets,
-    select_logits,
 )
 
 __all__ = ["GradCAM", "GradCAMResult", "grad_cam"]
@@ -90,10 +88,12 @@ def grad_cam(
     with observe(model, trainer=trainer) as guard:
         names = resolve_layers(model, layers, forward=lambda: model(guard.input(inputs[:1], requires_grad=False)))
         maps = {name: [] for name in names}
-        for rows in batch_slices(inputs.shape[0], max_batch):
-            x = guard.input(inputs[rows])
+        explained = ExplainedModel(model, output_key, max_batch)
+        for rows in explained.slices(inputs.shape[0]):
+            # Gradients flow to the layers only: the input needs none.
+            x = guard.input(inputs[rows], requires_grad=False)
             with LayerCapture(model, names) as capture:
-                logits = select_logits(model(x), output_key)
+                logits = explained.fast_logits(x)
             targets = resolve_targets(target, logits, None if labels is None else labels[rows])
             activations = [capture.activations[name] for name in names]
             gradients = torch.autograd.grad(class_scores(logits, targets).sum(), activations)

@@ -52,7 +52,7 @@ class GuidedGradCAM(AttributionMethod):
             x = inputs[rows].detach().requires_grad_(True)
             switch.rule = "gradient"
             with LayerCapture(explained.model, layer) as capture:
-                logits = explained.logits(x)
+                logits = explained.fast_logits(x)
             activation = capture.activations[layer]
             if activation.dim() != 4:
                 raise ValueError(

@@ -58,7 +58,7 @@ def layer_slices(
     for rows in explained.slices(inputs.shape[0]):
         x = inputs[rows].detach().requires_grad_(gradients)
         with LayerCapture(explained.model, layer) as capture:
-            logits = explained.logits(x)
+            logits = explained.fast_logits(x)
         activation = capture.activations[layer]
         if activation.dim() != 4:
             raise ValueError(

@@ -89,7 +89,7 @@ class AttributionMethod:
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
             explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta)
             attribution, delta = self._attribute(explained, x, target, label_copy, guard)
-        attribution = attribution.detach()
+        attribution = attribution.detach().contiguous()  # gradient passes may leave a channels-last layout
         if return_convergence_delta:
             assert delta is not None
             return attribution, delta.detach()
