@@ -263,3 +263,24 @@ def test_slicing_into_passes_leaves_attributions_unchanged(method):
     sliced = attribute(network, x, targets, method, max_batch=3, **options)
     torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-5)
     assert whole.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad",
+                                    "guided_backprop", "deconvnet", "cam", "gradcam", "gradcam_plus_plus", "hirescam",
+                                    "score_cam", "guided_gradcam", "deeplift", "deep_shap", "gradient_shap"])
+def test_a_frozen_network_gets_the_same_attributions(method):
+    """Parameters with ``requires_grad=False`` (a frozen backbone) must not cut the graph a method
+    differentiates (Grad-CAM differentiates to a layer, not to the input)."""
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(SmallCNN(num_classes=5, width=4)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    options = {"seed": 1} if method in ("smoothgrad", "gradient_shap") else {}
+    if method in ("deep_shap", "gradient_shap"):
+        options["baselines"] = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    target = 3  # a class whose Grad-CAM maps are not all zero on this untrained network
+    trainable = attribute(network, x, target, method, **options)
+    network.requires_grad_(False)
+    frozen = attribute(network, x, target, method, **options)
+    torch.testing.assert_close(frozen, trainable, atol=1e-6, rtol=1e-5)
+    assert trainable.abs().sum() > 0
+    assert not any(p.requires_grad for p in network.parameters())

@@ -90,8 +90,9 @@ def grad_cam(
         maps = {name: [] for name in names}
         explained = ExplainedModel(model, output_key, max_batch)
         for rows in explained.slices(inputs.shape[0]):
-            # Gradients flow to the layers only: the input needs none.
-            x = guard.input(inputs[rows], requires_grad=False)
+            # The input's own gradient is never computed, but requiring it keeps a graph to the
+            # layers of a frozen network (parameters with requires_grad=False).
+            x = guard.input(inputs[rows])
             with LayerCapture(model, names) as capture:
                 logits = explained.fast_logits(x)
             targets = resolve_targets(target, logits, None if labels is None else labels[rows])
