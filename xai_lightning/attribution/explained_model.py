@@ -25,9 +25,10 @@ ScoreKind = Literal["logit", "probability"]
 
 RowMaker = Callable[[slice], torch.Tensor]
 
-#: On a CPU, :meth:`ExplainedModel.scores` (``cpu_tuned=True``) runs forward passes of at most this many input
-#: elements (85 images of 3×32×32): there, bigger batches run slower per image once activations
-#: outgrow the caches (SmallCNN, 1 thread: 64 images 0.63 ms each, 1,024 images 0.99, 3,136 1.13).
+#: On a CPU, gradient passes and :meth:`ExplainedModel.scores` (``cpu_tuned=True``) take at most
+#: this many input elements per pass (85 images of 3×32×32): there, bigger batches run slower per
+#: image once activations outgrow the caches (SmallCNN, 1 thread: 64 images 0.63 ms each, 1,024
+#: images 0.99, 3,136 1.13).
 CPU_INPUT_ELEMENTS_PER_PASS = 2**18
 
 
@@ -116,9 +117,10 @@ class ExplainedModel:
 
         PyTorch's CPU convolutions run faster in that layout (SmallCNN, 64 images: forward ~1.4×,
         forward + input gradient 1.25×); the numbers are the same up to float reassociation. The
-        copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x`` (in the layout
-        the backward pass chose: callers make results contiguous). A model that cannot take that
-        layout (one that ``.view()``s its input) gets NCHW from then on.
+        copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x``, in the layout
+        the backward pass chose (``AttributionMethod.attribute`` returns results contiguous, in one
+        place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
+        from then on.
         """
         if x.dim() == 4 and x.device.type == "cpu" and self._channels_last is not False:
             try:
@@ -170,7 +172,7 @@ class ExplainedModel:
             logits = self.fast_logits(x)
             score = class_scores(logits, row_targets[rows])
             (gradient,) = torch.autograd.grad(score.sum(), x)
-            yield rows, gradient.contiguous(), score.detach().float()
+            yield rows, gradient, score.detach().float()
 
     def input_gradients(
         self, inputs: torch.Tensor, target: TargetSpec, labels: torch.Tensor | None = None
@@ -192,7 +194,7 @@ class ExplainedModel:
             targets = resolve_targets(target if per_example is None else per_example[rows], logits,
                                       None if labels is None else labels[rows])
             (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), x)
-            gradients.append(gradient.contiguous())
+            gradients.append(gradient)
             logits_parts.append(logits.detach().float())
             target_parts.append(targets)
         return torch.cat(gradients), torch.cat(logits_parts), torch.cat(target_parts)
