@@ -15,6 +15,7 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from xai_lightning import ConceptWorldDataModule, ImageClassifier, SmallCNN
 
@@ -38,6 +39,18 @@ class ReleaseProcessGroup(pl.Callback):
             # A rank that never arrives fails the test within two minutes instead of hanging CI.
             torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=120))
             torch.distributed.destroy_process_group()
+
+
+class ViewsItsInput(nn.Module):
+    """A linear classifier of ``(B, C, side, side)`` images that ``.view()``s them: it needs the
+    NCHW layout, so the CPU's channels-last passes must step aside for it."""
+
+    def __init__(self, channels: int = 3, side: int = 8, num_classes: int = 3) -> None:
+        super().__init__()
+        self.head = nn.Linear(channels * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.view(x.shape[0], -1))
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:
@@ -157,7 +170,10 @@ def standard_and_robust_models():
 
 
 #: PyTorch's deterministic mode as the test session found it.
-_DETERMINISTIC_AT_START = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+_DETERMINISTIC_AT_START = (
+    torch.are_deterministic_algorithms_enabled(),
+    torch.is_deterministic_algorithms_warn_only_enabled(),
+)
 
 
 @pytest.fixture(autouse=True)

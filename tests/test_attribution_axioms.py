@@ -16,6 +16,8 @@ from xai_lightning.attribution import attribute, available_methods, get_method
 from xai_lightning.attribution.registry import _PERTURBATION_METHODS
 from xai_lightning.evaluation import energy_in_mask, uniform_energy_in_mask
 
+from conftest import ViewsItsInput
+
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
@@ -151,18 +153,6 @@ def test_smoothgrad_of_a_linear_model_is_the_gradient_and_vargrad_is_zero(linear
     assert attribute(model, x, targets, "smoothgrad", variant="vargrad", n_samples=8, seed=0).abs().max() < 1e-10
 
 
-class LinearOnViewedImages(nn.Module):
-    """A linear model of images that ``.view()``s them: it needs the NCHW layout, so the CPU's
-    channels-last gradient passes must step aside for it."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(3 * 6 * 6, 4)
-
-    def forward(self, x):
-        return self.head(x.view(x.shape[0], -1))
-
-
 @pytest.mark.parametrize("method,expected", [
     ("saliency", lambda x, w: w.abs()),
     ("input_x_gradient", lambda x, w: x * w),
@@ -171,7 +161,7 @@ class LinearOnViewedImages(nn.Module):
 ])
 def test_image_models_that_need_the_standard_layout_get_closed_form_gradients(method, expected):
     torch.manual_seed(0)
-    model = LinearOnViewedImages()
+    model = ViewsItsInput(side=6, num_classes=4)
     x = torch.randn(3, 3, 6, 6)
     targets = torch.tensor([0, 3, 1])
     w = model.head.weight.detach()[targets].view(3, 3, 6, 6)

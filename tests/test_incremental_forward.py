@@ -19,6 +19,8 @@ from xai_lightning.attribution.incremental_forward import IncrementalForward, tr
 from xai_lightning.attribution.occlusion import occlusion_windows, window_boxes
 from xai_lightning.models import Normalize
 
+from conftest import ViewsItsInput
+
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
@@ -245,17 +247,6 @@ def test_auto_keeps_the_plain_path_when_the_saving_is_small():
     assert incremental is not None
 
 
-class ViewsItsInput(nn.Module):
-    """``.view()`` needs a contiguous NCHW tensor: the channels-last CPU layout must step aside."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Linear(3 * 8 * 8, 3)
-
-    def forward(self, x):
-        return self.head(x.view(x.shape[0], -1))
-
-
 def test_models_that_need_the_standard_layout_get_it():
     captum_attr = pytest.importorskip("captum.attr")
     torch.manual_seed(0)
@@ -279,11 +270,7 @@ def test_training_with_incremental_occlusion_gives_bit_identical_weights(tmp_pat
     data = dict(num_train=96, num_val=32)
     callback = AttributionCallback(methods=["occlusion"], num_probe=4,
                                    method_options={"occlusion": {"window": 8, "stride": 4, "incremental": True}})
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
-        observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
-    finally:  # Trainer(deterministic=True) switches it on for the whole process
-        torch.use_deterministic_algorithms(deterministic)
+    reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
+    observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
     assert calls, "the callback did not take the incremental path"
     assert_bit_identical(reference, observed)
