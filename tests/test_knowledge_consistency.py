@@ -6,28 +6,33 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import quiet_trainer, small_classifier, small_datamodule
+from conftest import small_classifier, small_datamodule, train_until_accurate
 from xai_lightning import ConceptWorld
 from xai_lightning.explainer import ConsistencyNetwork, fit_knowledge_consistency, knowledge_consistency
 
-LAYER = "network.features.13"
+LAYER = "network.features.13"  # the middle stage's output
+LAST = "network.features.20"  # the last stage's output, before pooling
 
 
-def trained(seed: int, epochs: int = 6):
-    """A SmallCNN trained to ≥ 95 % on ConceptWorld shapes (about 5 s); ``epochs=0``: random init."""
+def trained(seed: int, train: bool = True):
+    """A SmallCNN trained to ≥ 98 % on ConceptWorld shapes (4-8 epochs, a few seconds); else random init.
+
+    Training stops at an accuracy, not after a fixed number of epochs: 6 fixed epochs left some seeds
+    (and, on another CPU, the seeds used here) at 0.80-0.91.
+    """
     pl.seed_everything(seed)
     model = small_classifier(width=8, lr=3e-3)
-    if epochs:
-        trainer = quiet_trainer(max_epochs=epochs, logger=False, enable_checkpointing=False)
-        trainer.fit(model, small_datamodule(num_train=1024, num_val=128, batch_size=64))
+    if train:
+        accuracy = train_until_accurate(model, small_datamodule(num_train=1024, num_val=128, batch_size=64),
+                                        accuracy=0.98, max_epochs=20)
         # Comparing two barely trained models says nothing about shared knowledge: fail loudly.
-        assert float(trainer.callback_metrics["val/acc"]) > 0.95, "the compared model did not train"
+        assert accuracy > 0.95, "the compared model did not train"
     return model.eval()
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {"a": trained(0), "b": trained(1), "random": trained(2, epochs=0)}
+    return {"a": trained(0), "b": trained(1), "random": trained(2, train=False)}
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +72,16 @@ def test_self_is_fully_consistent_other_seed_less_random_init_least(models, imag
     kwargs = dict(eval_images=held_out, order=2, steps=250)
     itself = knowledge_consistency(models["a"], LAYER, models["a"], LAYER, fit, **kwargs)
     other_seed = knowledge_consistency(models["a"], LAYER, models["b"], LAYER, fit, **kwargs)
-    random_init = knowledge_consistency(models["a"], LAYER, models["random"], LAYER, fit, **kwargs)
-    # Measured 1.000 / 0.58 / 0.26 (linear path alone); the margins leave room for seeds and platforms.
+    # Self vs another seed is widest in the middle stage: 1.000 vs 0.37-0.58 over seed pairs 0/1, 2/3,
+    # 3/2, 1/0. Another seed vs random init is widest at the last stage, where a random network's
+    # features explain almost nothing of a trained one's: 0.71-0.77 vs -0.14-(-0.01) (in the middle
+    # stage that gap was only 0.17-0.33, too close to 0.15 for some seeds).
+    other_seed_last = knowledge_consistency(models["a"], LAST, models["b"], LAST, fit, **kwargs)
+    random_init_last = knowledge_consistency(models["a"], LAST, models["random"], LAST, fit, **kwargs)
     assert itself.consistency > 0.99
     assert itself.order_fraction[0] > 0.99  # a model explains itself linearly: all in order 0
     assert itself.consistency > other_seed.consistency + 0.2
-    assert other_seed.consistency > random_init.consistency + 0.15
+    assert other_seed_last.consistency > random_init_last.consistency + 0.15
     assert itself.order_variance.shape == (3,) and itself.p.shape == (2,)
 
 
