@@ -8,14 +8,18 @@ from xai_lightning.evaluation.localisation import (
 )
 from xai_lightning.evaluation.map_scores import nanmean, score_maps
 from xai_lightning.evaluation.stability import average_ranks, spearman_correlation
+from xai_lightning.evaluation.token_localisation import chance_precision, mass_on_relevant, top_k_precision
 
 __all__ = [
     "average_ranks",
+    "chance_precision",
     "check_mask_shape",
     "energy_in_mask",
+    "mass_on_relevant",
     "nanmean",
     "pointing_game",
     "score_maps",
     "spearman_correlation",
+    "top_k_precision",
     "uniform_energy_in_mask",
 ]
