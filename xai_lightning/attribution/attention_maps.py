@@ -36,6 +36,7 @@ from xai_lightning.core import (
     observe,
     output_scores,
     resolve_targets,
+    select_logits,
     special_tokens,
     split_target,
     unwrap_model,
@@ -65,8 +66,10 @@ class AttentionMaps:
             goes to the special tokens). None if not asked for.
         rollout: ``(B, h, w)`` attention rollout, CLS row over the patches. None if not asked for.
         relevance: ``(B, h, w)`` Chefer relevance of the explained score. None if not asked for.
-        logits: ``(B, K)`` logits of the forward pass (``(B, 1)`` scores for a callable target).
-        targets: ``(B,)`` explained class.
+        logits: ``(B, K)`` logits of the forward pass (for a callable target too, when the output
+            has logits; otherwise its ``(B, 1)`` scores).
+        targets: ``(B,)`` explained class (0 for a callable target).
+        scores: ``(B,)`` the explained score: the target's logit, or the callable's value.
         layers: names of the attention modules (``source="hooks"``) or ``layer<i>``.
         special_tokens: tokens before the patches.
     """
@@ -76,6 +79,7 @@ class AttentionMaps:
     relevance: torch.Tensor | None
     logits: torch.Tensor
     targets: torch.Tensor
+    scores: torch.Tensor
     layers: tuple[str, ...]
     special_tokens: int
 
@@ -139,7 +143,7 @@ def attention_maps(
     network = unwrap_model(model)
     score_fn, target = split_target(target)
     specials = special_tokens(network) if special_tokens_count is None else special_tokens_count
-    raw_parts, rollout_parts, relevance_parts, logit_parts, target_parts = [], [], [], [], []
+    raw_parts, rollout_parts, relevance_parts, logit_parts, target_parts, score_parts = [], [], [], [], [], []
     with observe(network, trainer=trainer) as guard:
         layers = None
         if source == "hooks":
@@ -170,15 +174,23 @@ def attention_maps(
                 gradients = torch.autograd.grad(class_scores(logits, targets).sum(), attentions)
                 relevance = attention_relevance(attentions, gradients)
                 relevance_parts.append(relevance[:, query_token, specials:].reshape(-1, *grid))
-            logit_parts.append(logits.detach().float())
+            shown = logits
+            if score_fn is not None:
+                try:
+                    shown = select_logits(output, output_key)
+                except (TypeError, ValueError):
+                    pass  # an output without logits: report the scores
+            logit_parts.append(shown.detach().float())
             target_parts.append(targets)
+            score_parts.append(class_scores(logits, targets).detach().float())
     names = tuple(name for name, _ in layers) if layers is not None else tuple(
         f"layer{i}" for i in range(len(attentions)))
     return AttentionMaps(
         raw=torch.cat(raw_parts) if raw_parts else None,
         rollout=torch.cat(rollout_parts) if rollout_parts else None,
         relevance=torch.cat(relevance_parts) if relevance_parts else None,
-        logits=torch.cat(logit_parts), targets=torch.cat(target_parts), layers=names, special_tokens=specials,
+        logits=torch.cat(logit_parts), targets=torch.cat(target_parts), scores=torch.cat(score_parts), layers=names,
+        special_tokens=specials,
     )
 
 

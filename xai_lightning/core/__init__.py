@@ -24,6 +24,7 @@ from xai_lightning.core.layers import (
 from xai_lightning.core.reshape import TokenGrid, get_reshape, register_reshape
 from xai_lightning.core.targets import (
     TargetSpec,
+    check_target,
     class_scores,
     output_scores,
     resolve_targets,
@@ -41,6 +42,7 @@ __all__ = [
     "TokenGrid",
     "auto_layer",
     "batch_slices",
+    "check_target",
     "class_scores",
     "embedding_layer",
     "get_layer",

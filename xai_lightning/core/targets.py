@@ -20,6 +20,7 @@ import torch
 __all__ = [
     "ScoreFunction",
     "TargetSpec",
+    "check_target",
     "class_scores",
     "output_scores",
     "resolve_targets",
@@ -155,3 +156,28 @@ def resolve_targets(
 def class_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The ``(B,)`` logits of each example's target class."""
     return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def check_target(target: TargetSpec, output: object, output_key: str | int | None = None,
+                 labels: torch.Tensor | None = None, batch: int | None = None) -> None:
+    """Validate a target against one forward pass's ``output`` (e.g. at a callback's setup).
+
+    Raises the errors the explanation would raise later: a missing ``output_key`` (listing the
+    available keys), a class out of range, a callable returning the wrong shape. ``batch``: the
+    number of inputs behind ``output`` (found from its logits when not given).
+    """
+    score_fn, class_target = split_target(target)
+    if batch is None:
+        batch = _batch_of(output, output_key)
+    scores = output_scores(output, output_key, score_fn, batch=batch)
+    if score_fn is None and not (isinstance(class_target, str) and class_target == "label" and labels is None):
+        if isinstance(class_target, (int, str)):
+            resolve_targets(class_target, scores, labels)
+
+
+def _batch_of(output: object, output_key: str | int | None) -> int | None:
+    """The batch size of a model output, when its logits reveal it (for checking a callable's result)."""
+    try:
+        return select_logits(output, output_key).shape[0]
+    except (TypeError, ValueError):
+        return None
