@@ -185,7 +185,7 @@ def restore_deterministic_algorithms():
     yield
 
 
-def hf_vit(num_labels: int = 5, layers: int = 2, eager: bool = True, seed: int = 0):
+def hf_vit(num_labels: int = 5, layers: int = 2, eager: bool = True, seed: int = 0, dropout: float = 0.0):
     """A tiny Hugging Face ``ViTForImageClassification`` built from a config (no download): 32×32
     inputs, 8×8 patches (a 4×4 grid + CLS), eager attention unless ``eager=False`` (then sdpa)."""
     from transformers import ViTConfig, ViTForImageClassification
@@ -193,17 +193,17 @@ def hf_vit(num_labels: int = 5, layers: int = 2, eager: bool = True, seed: int =
     torch.manual_seed(seed)
     config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=layers,
                        num_attention_heads=4, intermediate_size=64, num_labels=num_labels,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                        attn_implementation="eager" if eager else "sdpa")
     return ViTForImageClassification(config).eval()
 
 
-def hf_bert(vocab_size: int, num_labels: int = 2, layers: int = 1, seed: int = 0):
+def hf_bert(vocab_size: int, num_labels: int = 2, layers: int = 1, seed: int = 0, dropout: float = 0.0):
     """A tiny Hugging Face ``BertForSequenceClassification`` built from a config (no download)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, attn_implementation="eager")
     return BertForSequenceClassification(config).eval()

@@ -58,8 +58,8 @@ def _probabilities_in(output: object) -> tuple[int | None, torch.Tensor] | None:
 
 
 def _sdpa_hint(model: nn.Module) -> str:
-    config = getattr(unwrap_model(model), "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
+    implementation = next((getattr(module.config, "_attn_implementation", None) for module in unwrap_model(model).modules()
+                           if hasattr(module, "config")), None)  # a Hugging Face model, perhaps inside a wrapper
     if implementation is not None and implementation != "eager":
         return (
             f" The model computes attention with {implementation!r}, which never materialises the attention "

@@ -150,6 +150,10 @@ class TokenOcclusion(AttributionMethod):
     def _check_inputs(self, inputs: torch.Tensor) -> None:
         token_ids(inputs, type(self).__name__)
 
+    def to_map(self, attribution: torch.Tensor) -> torch.Tensor:
+        """Token attributions ``(B, T)`` are already one score per token."""
+        return attribution.float()
+
     # ------------------------------------------------------------------ public API
     def explain(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted", *,
                 labels: torch.Tensor | None = None, word_ids: torch.Tensor | None = None,

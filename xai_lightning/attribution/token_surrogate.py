@@ -57,6 +57,10 @@ class _TokenSurrogate(SurrogateMethod):
     def _check_inputs(self, inputs: torch.Tensor) -> None:
         token_ids(inputs, type(self).__name__)
 
+    def to_map(self, attribution: torch.Tensor) -> torch.Tensor:
+        """Token attributions ``(B, T)`` are already one score per token."""
+        return attribution.float()
+
     def attribute(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted", **kwargs: Any):
         return super().attribute(_IdsFromFloats(model), token_ids(inputs).float(), target, **kwargs)
 

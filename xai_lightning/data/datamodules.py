@@ -210,7 +210,6 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.batch_format: BatchFormat = "tuple"
         self.train_set: TriggerText | None = None
         self.val_set: TriggerText | None = None
 
@@ -236,4 +235,6 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') or setup('validate') first"
-        return self._loader(self.val_set, shuffle=False)
+        # Dict batches (inputs, label, trigger_mask, …), collated by PyTorch's default.
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

@@ -53,9 +53,10 @@ class SequenceClassifier(ImageClassifier):
     """
 
     def __init__(self, network: nn.Module, pad_id: int = 0, num_classes: int | None = None, **options) -> None:
-        classes = num_classes or getattr(network, "num_classes", None) or getattr(
+        # Reassigned here because save_hyperparameters reads this frame's num_classes.
+        num_classes = num_classes or getattr(network, "num_classes", None) or getattr(
             getattr(network, "config", None), "num_labels", None)
-        super().__init__(network, num_classes=classes, **options)
+        super().__init__(network, num_classes=num_classes, **options)
         self.pad_id = pad_id
         self._pass_mask = accepts_attention_mask(network)
 
