@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import hf_vit, quiet_trainer, read_wandb_history, small_datamodule, wandb_run_dir
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import nn
 
-from conftest import hf_vit, quiet_trainer, read_wandb_history, small_datamodule, wandb_run_dir
 from xai_lightning import AttentionCallback, ImageClassifier, VisionTransformer
 from xai_lightning.attribution import AttentionNotFoundError
 
@@ -79,7 +79,7 @@ def test_a_missing_output_key_lists_the_keys_at_setup(tmp_path):
     # The LightningModule returns the dict as the network does; the callback is told the wrong key.
     pl.seed_everything(0)
     model = ImageClassifier(DictOutput(), num_classes=5)
-    model.forward = lambda x: model.network(x)  # noqa: E731 - keep the dict output for the callback
+    model.forward = lambda x: model.network(x)
     trainer = quiet_trainer(max_epochs=1, callbacks=[AttentionCallback(num_probe=4, output_key="logit"), StepCounter()],
                             logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
     with pytest.raises(TypeError, match=r"output_key='logit' does not select anything.*available: keys \['logits', 'cls'\]"):
@@ -106,7 +106,8 @@ def logged_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
                             callbacks=[AttentionCallback(num_probe=7, grid_layers=[])], logger=logger,
                             enable_checkpointing=False, deterministic=False)
     trainer.fit(model, small_datamodule(num_train=64, num_val=16))
-    rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
     figures = [{k: float(v) for k, v in row.items() if k.startswith("attention/") and v} for row in rows]
     return [f for f in figures if f]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import hf_bert, quiet_trainer, read_wandb_history, wandb_run_dir
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import nn
 
-from conftest import hf_bert, quiet_trainer, read_wandb_history, wandb_run_dir
 from xai_lightning import LayerNotFoundError, SequenceClassifier, TextAttributionCallback, TextClassifier
 from xai_lightning.data import TriggerTextDataModule
 
@@ -125,3 +125,34 @@ def test_a_callable_target_explains_the_margin(tmp_path):
                                        target=lambda logits: logits[:, 1] - logits[:, 0])
     fit_text(tmp_path, TextClassifier(vocab, 2, max_length=16), [callback], epochs=1)
     assert callback.failures == [] and "text/gradient_x_input/top1_precision" in callback.history[-1]
+
+
+def logged_text_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
+    import csv
+
+    from conftest import quiet_trainer as trainer_for
+
+    pl.seed_everything(0)
+    torch.manual_seed(0)
+    vocab = datamodule()._make(0, 0).vocab_size
+    model = SequenceClassifier(TextClassifier(vocab, 2, dim=16, max_length=16), pad_id=0, lr=0.0, weight_decay=0.0)
+    logger = CSVLogger(str(tmp_path), name="run", version=0)
+    callback = TextAttributionCallback(methods=["integrated_gradients", "occlusion"], num_probe=7, steps=8)
+    trainer = trainer_for(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                          callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False)
+    trainer.fit(model, datamodule())
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    figures = [{k: float(v) for k, v in row.items() if k.startswith("text/") and v} for row in rows]
+    return [f for f in figures if f]
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_logs_the_same_text_figures_as_one_process(tmp_path):
+    single = logged_text_figures(tmp_path / "single", devices=1)
+    double = logged_text_figures(tmp_path / "ddp", devices=2)
+    assert len(single) == len(double) == 1
+    assert single[0].keys() == double[0].keys() and "text/occlusion/mass_on_triggers" in single[0]
+    for key in single[0]:
+        assert double[0][key] == pytest.approx(single[0][key], abs=1e-5), key
+    assert len(list((tmp_path / "ddp").glob("**/xai/text/tokens/step_*.html"))) == 1  # rank zero alone wrote it

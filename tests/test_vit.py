@@ -7,16 +7,25 @@ a hand-written hook, folded by hand); layer gradients for TCAV against autograd 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import hf_vit
 from torch import nn
 
-from conftest import hf_vit
 from xai_lightning import grad_cam
 from xai_lightning.attribution import GradCAMPlusPlus, HiResCAM, ScoreCAM
 from xai_lightning.concepts import TCAV, layer_activations, logit_gradients
-from xai_lightning.core import LayerCapture, LayerSpec, TokenGrid, parse_layer, register_reshape, resolve_layers
+from xai_lightning.core import (
+    LayerCapture,
+    LayerSpec,
+    TokenGrid,
+    parse_layer,
+    register_reshape,
+    resolve_layers,
+)
 from xai_lightning.dissection import ConceptVocabulary, LayerActivations, dissect
 from xai_lightning.models import VisionTransformer
 
@@ -42,7 +51,7 @@ def hand_tokens_and_gradient(model: nn.Module, module: nn.Module, x: torch.Tenso
 
 def fold_by_hand(tokens: torch.Tensor, special: int) -> torch.Tensor:
     batch, count, dim = tokens.shape
-    side = int(round((count - special) ** 0.5))
+    side = math.isqrt(count - special)
     grid = torch.empty(batch, dim, side, side)
     for row in range(side):
         for col in range(side):
@@ -151,7 +160,7 @@ def test_tcav_activations_and_gradients_on_a_transformer_layer_are_the_folded_gr
     x = torch.rand(6, 3, 32, 32)
     layer = "blocks.1.norm1:input@vit"
     activations = layer_activations(vit, x, [layer])[layer]
-    gradients, _, targets = logit_gradients(vit, x, 1, [layer])
+    gradients, _, _ = logit_gradients(vit, x, 1, [layer])
     tokens, gradient = hand_tokens_and_gradient(vit, vit.blocks[1].norm1, x, 1)
     torch.testing.assert_close(activations, fold_by_hand(tokens, 1).flatten(1))
     torch.testing.assert_close(gradients[layer], fold_by_hand(gradient, 1).flatten(1), atol=1e-7, rtol=1e-5)
@@ -175,3 +184,39 @@ def test_network_dissection_of_a_folded_transformer_layer(vit):
     vocabulary = ConceptVocabulary.from_names(world.concept_names)
     results = dissect(vit, layer, world.images, world.masks(slice(None)), vocabulary)
     assert results[layer].iou.shape[0] == 32  # one row per unit: the 32 channels of the token width
+
+
+def test_the_image_callbacks_run_on_a_vit_through_auto_and_layer_specs(tmp_path):
+    """GradCAMCallback, AttributionCallback (with attention methods), TCAVCallback and DissectionCallback
+    on a ViT in one Trainer: 'auto' and '@vit' specs flow through setup, explanation and logging."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    from conftest import quiet_trainer, small_datamodule
+    from xai_lightning import (
+        AttributionCallback,
+        DissectionCallback,
+        GradCAMCallback,
+        ImageClassifier,
+        TCAVCallback,
+    )
+
+    pl.seed_everything(0)
+    model = ImageClassifier(VisionTransformer(dim=16, depth=2, heads=2, num_classes=5))
+    spec = "network.blocks.0.norm1:input@vit"
+    callbacks = [
+        GradCAMCallback(layers="auto", num_probe=8),
+        AttributionCallback(methods=["gradcam", "attention_rollout", "attention_relevance"], num_probe=8),
+        TCAVCallback(layers="auto", concepts=["striped"], classes=[0, 1], num_random=2, examples_per_concept=10,
+                     num_probe=16, num_similar=0),
+        DissectionCallback(layers=[spec], num_probe=32, top_units=1, top_images=2),
+    ]
+    trainer = quiet_trainer(max_epochs=1, callbacks=callbacks, logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
+    trainer.fit(model, small_datamodule(num_train=64, num_val=48))
+    auto = "network.blocks.1.norm1:input@vit"
+    assert all(not callback.failures for callback in callbacks), [c.failures for c in callbacks]
+    assert callbacks[0].layer_names == [auto]
+    assert 0 <= callbacks[0].history[-1][f"gradcam/{auto}/energy_in_mask"] <= 1
+    assert "attribution/attention_rollout/energy_in_mask" in callbacks[1].history[-1]
+    assert f"tcav/{auto}/striped/cav_accuracy" in callbacks[2].history[-1]
+    assert f"dissection/{spec}/interpretable" in callbacks[3].history[-1]

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from typing import Self
 
 from xai_lightning.core import get_layer, unwrap_model
 
@@ -84,13 +88,14 @@ def find_attention_layers(model: nn.Module, forward: Callable[[], object]) -> li
     """
     root = unwrap_model(model)
     found: list[tuple[str, int | None]] = []
-    seen: set[int] = set()
+    # The tensors themselves are kept: an id() of a freed tensor can be reused by the next layer's.
+    seen: list[torch.Tensor] = []
 
     def record(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
             located = _probabilities_in(output)
-            if located is not None and id(located[1]) not in seen:
-                seen.add(id(located[1]))
+            if located is not None and not any(located[1] is tensor for tensor in seen):
+                seen.append(located[1])
                 found.append((name, located[0]))
 
         return hook
@@ -142,7 +147,7 @@ class AttentionCapture:
 
         return hook
 
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> Self:
         self._captured.clear()
         self._handles = [module.register_forward_hook(self._hook(i, index))
                          for i, (module, (_, index)) in enumerate(zip(self._modules, self.layers))]

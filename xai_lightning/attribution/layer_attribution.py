@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ from xai_lightning.core import (
 
 __all__ = ["LayerBaseline", "LayerGradientXActivation", "LayerIntegratedGradients", "replaced_layer", "token_scores"]
 
-LayerBaseline = Union[str, float, int, torch.Tensor]
+LayerBaseline = str | float | int | torch.Tensor
 
 
 def token_scores(attribution: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ Batched across tokens *and* sentences: all ``Σ_b W_b`` occluded sentences are b
 by length and evaluated in passes of at most ``tokens_per_pass`` tokens (and ``max_batch`` rows);
 each pass is cut to its longest row (``trim_padding``), so a short sentence does not pay for the
 longest one's padding. Trimming is exact for a model that ignores trailing padding (attention
-mask from the padding, masked pooling); ``trim_padding="auto"`` checks that on the unoccluded
-sentences first and keeps full width otherwise.
+mask from the padding, masked pooling); ``trim_padding="auto"`` checks that on the most padded
+unoccluded sentences first and keeps full width otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind, score_precision, scores_from_logits
+from xai_lightning.attribution.explained_model import (
+    ExplainedModel,
+    ScoreKind,
+    score_precision,
+    scores_from_logits,
+)
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.token_inputs import explainable_tokens, token_ids
 from xai_lightning.core import ObserverGuard, TargetSpec, observe, split_target, unwrap_model
@@ -37,9 +42,12 @@ __all__ = ["OcclusionMode", "TokenOcclusion", "TokenOcclusionResult", "word_attr
 
 OcclusionMode = Literal["remove", "pad", "mask"]
 
-#: Tokens per forward pass of occluded sentences on a CPU (TextClassifier(dim=32), 1 thread: passes of
-#: 2¹³–2¹⁵ tokens ran within 5 % of each other; see experiments/benchmarks/transformers.py).
-TOKENS_PER_PASS = 2**14
+#: Tokens per forward pass of occluded sentences (TextClassifier(dim=32, depth=2), 64 sentences, 1 CPU
+#: thread: 2¹¹–2¹² tokens per pass fastest; 2¹⁰ 15 % and 2¹⁴ 17 % slower; see
+#: experiments/benchmarks/transformers_and_text.py).
+TOKENS_PER_PASS = 2**12
+#: ``trim_padding="auto"`` compares full and trimmed scores on this many of the most padded sentences.
+TRIM_CHECK_SENTENCES = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class TokenOcclusion(AttributionMethod):
         mask_id: the replacement of ``mode="mask"`` (e.g. BERT's [MASK]).
         protected_ids: ids never occluded (e.g. [CLS], [SEP]).
         score: ``"probability"`` (default: the drop in the target's probability) or ``"logit"``.
-        trim_padding: ``"auto"`` (default; checked on the unoccluded sentences), True or False.
+        trim_padding: ``"auto"`` (default; checked on the 8 most padded sentences), True or False.
         tokens_per_pass: most tokens per forward pass (rows × longest row).
         max_batch: most occluded sentences per forward pass.
 
@@ -258,13 +266,14 @@ class TokenOcclusion(AttributionMethod):
 
     def _original_scores(self, explained: ExplainedModel, ids: torch.Tensor, lengths: torch.Tensor,
                          targets: torch.Tensor) -> tuple[bool, torch.Tensor]:
-        """``(trim, scores of the unoccluded sentences)``; ``"auto"`` trims when trimming changes no score."""
+        """``(trim, scores of the unoccluded sentences)``. ``"auto"`` trims when cutting the padding of the
+        most padded sentences changes none of their scores (one small extra pass)."""
         width = ids.shape[1]
-        if self.trim_padding is True or self.trim_padding is False:
-            trim = bool(self.trim_padding)
-            return trim, self._score_rows(explained, lambda rows: ids[rows], lengths, targets, width, trim)
-        full = self._score_rows(explained, lambda rows: ids[rows], lengths, targets, width, trim=False)
-        cut = self._score_rows(explained, lambda rows: ids[rows], lengths, targets, width, trim=True)
-        if torch.allclose(full, cut, rtol=1e-4, atol=1e-6):
-            return True, cut
-        return False, full
+        trim = self.trim_padding
+        if trim == "auto":
+            padded = torch.argsort(lengths, stable=True)[:TRIM_CHECK_SENTENCES]
+            sample, sample_lengths, sample_targets = ids[padded], lengths[padded], targets[padded]
+            full = self._score_rows(explained, lambda rows: sample[rows], sample_lengths, sample_targets, width, False)
+            cut = self._score_rows(explained, lambda rows: sample[rows], sample_lengths, sample_targets, width, True)
+            trim = bool(torch.allclose(full, cut, rtol=1e-4, atol=1e-6))
+        return bool(trim), self._score_rows(explained, lambda rows: ids[rows], lengths, targets, width, bool(trim))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,13 +16,13 @@ from xai_lightning.attribution.attention_rollout import HeadFusion
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.probe_captions import probe_captions
-from xai_lightning.core import TokenGrid, check_target, special_tokens
+from xai_lightning.core import check_target
 from xai_lightning.evaluation import mass_in_mask_on_grid, nanmean, uniform_energy_in_mask
 from xai_lightning.logging import display_images, labelled_grid, overlay, to_uint8_hwc
 
 __all__ = ["AttentionCallback"]
 
-AttentionTarget = Union[Literal["label", "predicted"], int, Callable[[Any], torch.Tensor]]
+AttentionTarget = Literal["label", "predicted"] | int | Callable[[Any], torch.Tensor]
 
 
 class AttentionCallback(ObserverCallback):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -16,13 +16,20 @@ from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
 from xai_lightning.callbacks.probe_captions import probe_captions
-from xai_lightning.core import check_target, embedding_layer, get_layer, output_scores, resolve_targets, split_target
+from xai_lightning.core import (
+    check_target,
+    embedding_layer,
+    get_layer,
+    output_scores,
+    resolve_targets,
+    split_target,
+)
 from xai_lightning.evaluation import chance_precision, mass_on_relevant, nanmean, top_k_precision
 from xai_lightning.logging import log_html, token_html
 
 __all__ = ["TEXT_METHODS", "TextAttributionCallback"]
 
-TextTarget = Union[Literal["label", "predicted"], int, Callable[[Any], torch.Tensor]]
+TextTarget = Literal["label", "predicted"] | int | Callable[[Any], torch.Tensor]
 TextMethod = Literal["integrated_gradients", "gradient_x_input", "occlusion", "lime", "kernel_shap"]
 
 #: The methods, and whether each needs the embedding layer.
@@ -169,7 +176,7 @@ class TextAttributionCallback(ObserverCallback):
         return getattr(source, "dataset", source)
 
     def _build(self, name: str) -> AttributionMethod:
-        common = dict(output_key=self.output_key, max_batch=self.max_batch, seed=self.probe_seed)
+        common = {"output_key": self.output_key, "max_batch": self.max_batch, "seed": self.probe_seed}
         if name == "integrated_gradients":
             return LayerIntegratedGradients(layer=self.layer_name, steps=self.steps, baseline="pad", pad_id=self._pad,
                                             protected_ids=self.protected_ids, **common)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from typing import Self
 
 from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
 from xai_lightning.core.reshape import Reshape
@@ -105,7 +109,7 @@ class LayerCapture:
 
         return hook
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> Self:
         self.raw.clear()
         self._raw_gradients.clear()
         for key, module in self._modules.items():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -115,7 +115,7 @@ class LayerSpec:
     def reshape_fn(self) -> Reshape | None:
         return None if self.reshape is None else get_reshape(self.reshape)
 
-    def with_reshape(self, reshape: str | Reshape | None) -> "LayerSpec":
+    def with_reshape(self, reshape: str | Reshape | None) -> LayerSpec:
         return LayerSpec(self.name, self.capture, reshape)
 
     def __str__(self) -> str:
@@ -124,7 +124,7 @@ class LayerSpec:
 
 #: What functions accept as a layer: a spec string, a :class:`LayerSpec`, or a mapping with
 #: ``name`` and optionally ``capture`` and ``reshape`` (the form a YAML file gives).
-LayerSpecLike = Union[str, LayerSpec, Mapping[str, Any]]
+LayerSpecLike = str | LayerSpec | Mapping[str, Any]
 
 
 def parse_layer(spec: LayerSpecLike, reshape: str | Reshape | None = None) -> LayerSpec:

@@ -13,7 +13,7 @@ of "logits", so every method explains "class 0" of it unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 
@@ -34,7 +34,7 @@ ScoreFunction = Callable[[Any], torch.Tensor]
 #: ``"label"``: the ground-truth class; ``"predicted"``: the model's arg-max; an ``int``: that
 #: class for every example; a sequence/tensor of length B: one class per example; a callable on
 #: the model output returning ``(B,)`` scores.
-TargetSpec = Union[Literal["label", "predicted"], int, Sequence[int], torch.Tensor, ScoreFunction]
+TargetSpec = Literal["label", "predicted"] | int | Sequence[int] | torch.Tensor | ScoreFunction
 
 
 def _available(output: object) -> str:
@@ -170,9 +170,9 @@ def check_target(target: TargetSpec, output: object, output_key: str | int | Non
     if batch is None:
         batch = _batch_of(output, output_key)
     scores = output_scores(output, output_key, score_fn, batch=batch)
-    if score_fn is None and not (isinstance(class_target, str) and class_target == "label" and labels is None):
-        if isinstance(class_target, (int, str)):
-            resolve_targets(class_target, scores, labels)
+    label_without_labels = isinstance(class_target, str) and class_target == "label" and labels is None
+    if score_fn is None and not label_without_labels and isinstance(class_target, (int, str)):
+        resolve_targets(class_target, scores, labels)
 
 
 def _batch_of(output: object, output_key: str | int | None) -> int | None:

@@ -8,6 +8,7 @@ tooltip. Ground-truth tokens (e.g. TriggerText's trigger words) can be underline
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,11 +28,11 @@ def tokens_row_html(tokens: Sequence[str], scores: torch.Tensor, relevant: Seque
     values = [float(v) for v in torch.as_tensor(scores).detach().double().cpu().reshape(-1)]
     if len(values) != len(tokens):
         raise ValueError(f"{len(values)} scores for {len(tokens)} tokens")
-    finite = [abs(v) for v in values if v == v]
+    finite = [abs(v) for v in values if not math.isnan(v)]
     scale = max(finite) if finite and max(finite) > 0 else 1.0
     spans = []
     for index, (token, value) in enumerate(zip(tokens, values)):
-        strength = 0.0 if value != value else min(abs(value) / scale, 1.0)
+        strength = 0.0 if math.isnan(value) else min(abs(value) / scale, 1.0)
         rgb = "220,40,40" if value >= 0 else "40,90,220"
         classes = "xai-tok xai-gt" if relevant is not None and relevant[index] else "xai-tok"
         spans.append(
