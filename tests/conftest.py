@@ -207,3 +207,13 @@ def hf_bert(vocab_size: int, num_labels: int = 2, layers: int = 1, seed: int = 0
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, attn_implementation="eager")
     return BertForSequenceClassification(config).eval()
+
+
+def logged_csv_figures(log_dir: Path, prefix: str) -> list[dict[str, float]]:
+    """The non-empty rows of a CSVLogger's ``metrics.csv`` restricted to keys starting with ``prefix``."""
+    import csv
+
+    with open(Path(log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    figures = [{key: float(value) for key, value in row.items() if key.startswith(prefix) and value} for row in rows]
+    return [figure for figure in figures if figure]

@@ -3,13 +3,19 @@ training, errors at setup, and 2-process DDP against 1 process."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import hf_vit, quiet_trainer, read_wandb_history, small_datamodule, wandb_run_dir
+from conftest import (
+    hf_vit,
+    logged_csv_figures,
+    quiet_trainer,
+    read_wandb_history,
+    small_datamodule,
+    wandb_run_dir,
+)
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import nn
 
@@ -106,10 +112,7 @@ def logged_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
                             callbacks=[AttentionCallback(num_probe=7, grid_layers=[])], logger=logger,
                             enable_checkpointing=False, deterministic=False)
     trainer.fit(model, small_datamodule(num_train=64, num_val=16))
-    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    figures = [{k: float(v) for k, v in row.items() if k.startswith("attention/") and v} for row in rows]
-    return [f for f in figures if f]
+    return logged_csv_figures(tmp_path / "run" / "version_0", "attention/")
 
 
 @pytest.mark.ddp

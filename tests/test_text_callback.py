@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import hf_bert, quiet_trainer, read_wandb_history, wandb_run_dir
+from conftest import hf_bert, logged_csv_figures, quiet_trainer, read_wandb_history, wandb_run_dir
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import nn
 
@@ -128,23 +128,16 @@ def test_a_callable_target_explains_the_margin(tmp_path):
 
 
 def logged_text_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
-    import csv
-
-    from conftest import quiet_trainer as trainer_for
-
     pl.seed_everything(0)
     torch.manual_seed(0)
     vocab = datamodule()._make(0, 0).vocab_size
     model = SequenceClassifier(TextClassifier(vocab, 2, dim=16, max_length=16), pad_id=0, lr=0.0, weight_decay=0.0)
     logger = CSVLogger(str(tmp_path), name="run", version=0)
     callback = TextAttributionCallback(methods=["integrated_gradients", "occlusion"], num_probe=7, steps=8)
-    trainer = trainer_for(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                          callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False)
+    trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                            callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False)
     trainer.fit(model, datamodule())
-    with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    figures = [{k: float(v) for k, v in row.items() if k.startswith("text/") and v} for row in rows]
-    return [f for f in figures if f]
+    return logged_csv_figures(tmp_path / "run" / "version_0", "text/")
 
 
 @pytest.mark.ddp

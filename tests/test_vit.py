@@ -190,9 +190,9 @@ def test_the_image_callbacks_run_on_a_vit_through_auto_and_layer_specs(tmp_path)
     """GradCAMCallback, AttributionCallback (with attention methods), TCAVCallback and DissectionCallback
     on a ViT in one Trainer: 'auto' and '@vit' specs flow through setup, explanation and logging."""
     import pytorch_lightning as pl
+    from conftest import quiet_trainer, small_datamodule
     from pytorch_lightning.loggers import CSVLogger
 
-    from conftest import quiet_trainer, small_datamodule
     from xai_lightning import (
         AttributionCallback,
         DissectionCallback,

@@ -16,9 +16,10 @@ all bilinearly upsampled to the image and scored against ConceptWorld's object m
   which another branch (issue 15) adds. Until it is merged the column is empty; see
   :func:`deletion_auc_or_none`, the marked hook.
 
-Several seeds train independently; the final epoch's scores are reported as mean ± 95 % t-interval
-and every method is compared with the random reference by a paired t-test over seeds (a method is
-called better only when the interval of the paired difference excludes 0). Outputs in
+Several seeds train independently; the final epoch's scores are reported as mean ± 95 % t-interval;
+every method is compared with the random reference, with every other method, and with itself at
+the first epoch, by paired t-tests over seeds with Holm–Bonferroni within each family ("higher" /
+"lower" only when the corrected p < 0.05 and the interval of the paired difference excludes 0). Outputs in
 ``runs/vit_attention/`` (or ``--out``): ``results.csv`` (seed × epoch × method), ``summary.json``,
 ``energy_over_epochs.png``, ``maps.png`` and a self-contained ``report.html``; with ``wandb: true``
 each seed's training also carries :class:`~xai_lightning.AttentionCallback` into an offline W&B run.
@@ -154,16 +155,48 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(stats.t.ppf(0.975, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final-epoch scores per method (mean ± 95 % CI over seeds) and paired comparisons with random maps."""
+def paired(differences: list[float]) -> dict[str, Any]:
+    """Mean paired difference over seeds, its 95 % t-interval, the paired t-test's p and the verdict
+    (REFERENCE.md: "higher"/"lower" only when p < 0.05 and the interval excludes 0)."""
     from scipy import stats
 
-    last = max(row["epoch"] for row in rows)
+    mean, half = t_interval(differences)
+    p = float(stats.ttest_1samp(differences, 0.0).pvalue) if len(differences) >= 2 else float("nan")
+    if len(differences) < 3:
+        verdict = "too few seeds"
+    elif p < 0.05 and mean - half > 0:
+        verdict = "higher"
+    elif p < 0.05 and mean + half < 0:
+        verdict = "lower"
+    else:
+        verdict = "no significant difference"
+    return {"difference": mean, "ci95": half, "p": p, "verdict": verdict}
+
+
+def holm(family: dict[str, dict[str, Any]]) -> None:
+    """Holm–Bonferroni over a family of paired comparisons (REFERENCE.md): adds ``p_holm`` and redoes
+    each verdict with it, in place."""
+    ranked = sorted((entry["p"], name) for name, entry in family.items() if not math.isnan(entry["p"]))
+    running = 0.0
+    for rank, (p, name) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * p))  # step-down, kept monotone
+        entry = family[name]
+        entry["p_holm"] = running
+        if entry["verdict"] in ("higher", "lower") and running >= 0.05:
+            entry["verdict"] = "no significant difference"
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final-epoch scores per method (mean ± 95 % CI over seeds), paired comparisons with the random
+    maps and between methods, and each method's change from the first to the last epoch."""
+    first_epoch, last = min(row["epoch"] for row in rows), max(row["epoch"] for row in rows)
     final = [row for row in rows if row["epoch"] == last]
     seeds = sorted({row["seed"] for row in final})
     methods = list(dict.fromkeys(row["method"] for row in final))
     by = {(row["method"], row["seed"]): row for row in final}
-    summary: dict[str, Any] = {"epoch": last, "seeds": seeds, "methods": {}}
+    start = {(row["method"], row["seed"]): row for row in rows if row["epoch"] == first_epoch}
+    summary: dict[str, Any] = {"epoch": last, "seeds": seeds, "methods": {}, "vs_random": {}, "pairs": {},
+                               "over_training": {}}
     for method in methods:
         energy = [by[(method, s)]["energy_in_mask"] for s in seeds]
         mean, half = t_interval(energy)
@@ -171,21 +204,24 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         deletion = [by[(method, s)]["deletion_auc"] for s in seeds if by[(method, s)]["deletion_auc"] is not None]
         if deletion:
             entry["deletion_auc"], entry["deletion_auc_ci95"] = t_interval(deletion)
-        if method != "random":
-            differences = [by[(method, s)]["energy_in_mask"] - by[("random", s)]["energy_in_mask"] for s in seeds]
-            diff_mean, diff_half = t_interval(differences)
-            p = float(stats.ttest_1samp(differences, 0.0).pvalue) if len(seeds) >= 2 else float("nan")
-            if len(seeds) < 3:
-                verdict = "too few seeds"
-            elif p < 0.05 and diff_mean - diff_half > 0:
-                verdict = "higher than random"
-            elif p < 0.05 and diff_mean + diff_half < 0:
-                verdict = "lower than random"
-            else:
-                verdict = "no significant difference from random"
-            entry.update({"vs_random_difference": diff_mean, "vs_random_ci95": diff_half, "vs_random_p": p,
-                          "verdict": verdict})
         summary["methods"][method] = entry
+        if method != "random":
+            summary["vs_random"][method] = paired(
+                [by[(method, s)]["energy_in_mask"] - by[("random", s)]["energy_in_mask"] for s in seeds])
+        summary["over_training"][method] = paired(
+            [by[(method, s)]["energy_in_mask"] - start[(method, s)]["energy_in_mask"] for s in seeds])
+    compared = [m for m in methods if m != "random"]
+    for i, one in enumerate(compared):
+        for other in compared[i + 1:]:
+            summary["pairs"][f"{one} - {other}"] = paired(
+                [by[(one, s)]["energy_in_mask"] - by[(other, s)]["energy_in_mask"] for s in seeds])
+    for family in ("vs_random", "pairs", "over_training"):
+        holm(summary[family])
+    for method, versus in summary["vs_random"].items():
+        verdict = versus["verdict"] if versus["verdict"] in ("too few seeds", "no significant difference") \
+            else f"{versus['verdict']} than random"
+        summary["methods"][method].update({"vs_random_difference": versus["difference"], "vs_random_ci95": versus["ci95"],
+                                           "vs_random_p": versus.get("p_holm", versus["p"]), "verdict": verdict})
     summary["val_acc"] = t_interval([by[(methods[0], s)]["val_acc"] for s in seeds])
     summary["energy_in_mask_uniform"] = final[0]["energy_in_mask_uniform"]
     return summary
@@ -221,40 +257,65 @@ def maps_grid(study: MapStudy, shown: int = 6) -> np.ndarray:
     return labelled_grid(to_uint8_hwc(torch.stack(panels, dim=1)), column_titles=["image", *methods])
 
 
-def run(config: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """``results.csv`` back as rows with numbers (for re-summarising without retraining)."""
+    rows = []
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            rows.append({"seed": int(row["seed"]), "epoch": int(row["epoch"]), "val_acc": float(row["val_acc"]),
+                         "method": row["method"], "energy_in_mask": float(row["energy_in_mask"]),
+                         "energy_in_mask_uniform": float(row["energy_in_mask_uniform"]),
+                         "deletion_auc": float(row["deletion_auc"]) if row["deletion_auc"] else None})
+    return rows
+
+
+def run(config: dict[str, Any], out_dir: Path, from_results: bool = False) -> dict[str, Path]:
+    """Train and score every seed (or, ``from_results``, re-summarise an earlier run's results.csv)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    study = None
-    for seed in config["seeds"]:
-        study = train_seed(config, int(seed), out_dir)
-        rows.extend(study.rows)
     paths = {"csv": out_dir / "results.csv", "summary": out_dir / "summary.json",
              "plot": out_dir / "energy_over_epochs.png", "maps": out_dir / "maps.png", "report": out_dir / "report.html"}
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows: list[dict[str, Any]] = []
+    study = None
+    if from_results:
+        rows = read_results(paths["csv"])
+    else:
+        for seed in config["seeds"]:
+            study = train_seed(config, int(seed), out_dir)
+            rows.extend(study.rows)
+        with paths["csv"].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
     summary = summarise(rows)
     paths["summary"].write_text(json.dumps(summary, indent=2))
     figure = plot(rows, paths["plot"])
     from PIL import Image
 
-    assert study is not None
-    grid = maps_grid(study)
-    Image.fromarray(grid).save(paths["maps"])
+    if study is not None:
+        Image.fromarray(maps_grid(study)).save(paths["maps"])
+    grid = np.asarray(Image.open(paths["maps"]).convert("RGB")) if paths["maps"].exists() else None
     report = HtmlReport("ViT: Grad-CAM on blocks vs attention rollout vs Chefer relevance")
     report.text(f"ConceptWorld shapes, {len(config['seeds'])} seed(s), {config['epochs']} epochs; validation accuracy "
                 f"at the end {summary['val_acc'][0]:.3f} ± {summary['val_acc'][1]:.3f} (95 % CI). Energy in the object "
                 f"mask on {config['num_probe']} probe images; a uniform map scores {summary['energy_in_mask_uniform']:.3f}.")
     report.figure(figure, caption="energy in mask over epochs (mean, 95 % CI band over seeds)")
-    columns = ["method", "energy in mask", "± 95 % CI", "minus random", "± 95 % CI", "p", "verdict", "deletion AUC"]
+    columns = ["method", "energy in mask", "± 95 % CI", "minus random", "± 95 % CI", "p (Holm)", "verdict", "deletion AUC"]
     table = []
     for method, entry in summary["methods"].items():
         table.append([method, entry["energy_in_mask"], entry["energy_in_mask_ci95"], entry.get("vs_random_difference", ""),
                       entry.get("vs_random_ci95", ""), entry.get("vs_random_p", ""), entry.get("verdict", "reference"),
                       entry.get("deletion_auc", "n/a (evaluation branch not merged)")])
     report.table(columns, table, caption=f"final epoch ({summary['epoch']}), paired over seeds")
-    report.image(grid, caption="last seed, final epoch: maps of the true class")
+    pair_columns = ["comparison", "difference", "± 95 % CI", "p", "p (Holm)", "verdict"]
+    report.table(pair_columns, [[name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
+                                for name, e in summary["pairs"].items()],
+                 caption="energy in mask, method vs method at the final epoch (paired over seeds)")
+    report.table(pair_columns, [[name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
+                                for name, e in summary["over_training"].items()],
+                 caption="energy in mask, last epoch minus first epoch (paired over seeds): does the map become "
+                         "object-aligned while the ViT trains?")
+    if grid is not None:
+        report.image(grid, caption="last seed, final epoch: maps of the true class")
     report.preformatted(yaml.safe_dump(config))
     report.write(paths["report"])
     return paths
@@ -264,8 +325,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(Path(__file__).with_name("small.yaml")))
     parser.add_argument("--out", default=str(ROOT / "runs" / "vit_attention"))
+    parser.add_argument("--from-results", action="store_true", help="re-summarise <out>/results.csv, no training")
     args = parser.parse_args(argv)
-    paths = run(yaml.safe_load(Path(args.config).read_text()), Path(args.out))
+    paths = run(yaml.safe_load(Path(args.config).read_text()), Path(args.out), from_results=args.from_results)
     summary = json.loads(paths["summary"].read_text())
     for method, entry in summary["methods"].items():
         print(f"{method:16s} energy in mask {entry['energy_in_mask']:.3f} ± {entry['energy_in_mask_ci95']:.3f}  "
