@@ -149,3 +149,24 @@ def test_two_process_ddp_logs_the_same_text_figures_as_one_process(tmp_path):
     for key in single[0]:
         assert double[0][key] == pytest.approx(single[0][key], abs=1e-5), key
     assert len(list((tmp_path / "ddp").glob("**/xai/text/tokens/step_*.html"))) == 1  # rank zero alone wrote it
+
+
+def test_html_goes_to_files_for_file_and_tensorboard_sinks_and_through_a_sinks_own_html_method(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from xai_lightning.logging import FileSink, SinkSet, TensorBoardSink, log_html, token_html
+
+    received = []
+
+    class HtmlAware(FileSink):
+        def html(self, key, html, step):
+            received.append((key, step))
+
+    document = token_html([["a", "<b>"]], {"ig": [torch.tensor([0.5, -1.0])]}, relevant=[[True, False]])
+    assert "&lt;b&gt;" in document and "xai-gt" in document and "rgba(40,90,220,1.000)" in document
+    sinks = SinkSet([FileSink(directory=tmp_path / "files"), TensorBoardSink(TensorBoardLogger(str(tmp_path / "tb"))),
+                     HtmlAware(directory=tmp_path / "aware")])
+    written = log_html(sinks, "text/tokens", document, 7)
+    assert len(written) == 2 and all(path.name == "step_00000007.html" for path in written)
+    assert all(path.read_text() == document for path in written)
+    assert received == [("text/tokens", 7)]
