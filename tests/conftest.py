@@ -205,3 +205,37 @@ def restore_deterministic_algorithms():
     max-unpools, which has no deterministic kernel) must not depend on which tests ran first."""
     torch.use_deterministic_algorithms(_DETERMINISTIC_AT_START[0], warn_only=_DETERMINISTIC_AT_START[1])
     yield
+
+
+def hf_vit(num_labels: int = 5, layers: int = 2, eager: bool = True, seed: int = 0, dropout: float = 0.0):
+    """A tiny Hugging Face ``ViTForImageClassification`` built from a config (no download): 32×32
+    inputs, 8×8 patches (a 4×4 grid + CLS), eager attention unless ``eager=False`` (then sdpa)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=layers,
+                       num_attention_heads=4, intermediate_size=64, num_labels=num_labels,
+                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                       attn_implementation="eager" if eager else "sdpa")
+    return ViTForImageClassification(config).eval()
+
+
+def hf_bert(vocab_size: int, num_labels: int = 2, layers: int = 1, seed: int = 0, dropout: float = 0.0):
+    """A tiny Hugging Face ``BertForSequenceClassification`` built from a config (no download)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, attn_implementation="eager")
+    return BertForSequenceClassification(config).eval()
+
+
+def logged_csv_figures(log_dir: Path, prefix: str) -> list[dict[str, float]]:
+    """The non-empty rows of a CSVLogger's ``metrics.csv`` restricted to keys starting with ``prefix``."""
+    import csv
+
+    with open(Path(log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    figures = [{key: float(value) for key, value in row.items() if key.startswith(prefix) and value} for row in rows]
+    return [figure for figure in figures if figure]

@@ -63,10 +63,27 @@ from xai_lightning.explainer import (
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
+# transformers and text (issue 20)
+from xai_lightning.attribution import (
+    AttentionRelevance,
+    AttentionRollout,
+    LayerIntegratedGradients,
+    TokenOcclusion,
+    attention_maps,
+)
+from xai_lightning.callbacks import AttentionCallback, TextAttributionCallback
+from xai_lightning.core import LayerSpec
+from xai_lightning.data import TriggerText, TriggerTextDataModule
+from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AdversarialTrainingCallback",
+    "AttentionCallback",
+    "AttentionRelevance",
+    "AttentionRollout",
+    "attention_maps",
     "attribute",
     "AttributionCallback",
     "available_methods",
@@ -102,6 +119,8 @@ __all__ = [
     "ImageClassifier",
     "IntegratedGradients",
     "KernelShap",
+    "LayerIntegratedGradients",
+    "LayerSpec",
     "knowledge_consistency",
     "LayerCapture",
     "LayerNotFoundError",
@@ -111,6 +130,7 @@ __all__ = [
     "ObserverCallback",
     "ObserverGuard",
     "Occlusion",
+    "PaddingMasked",
     "pgd",
     "PGD",
     "PredictionDifferenceAnalysis",
@@ -118,11 +138,18 @@ __all__ = [
     "Rise",
     "RobustnessCallback",
     "Saliency",
+    "SequenceClassifier",
     "SmallCNN",
     "SmoothGrad",
     "TCAV",
     "TCAVCallback",
     "TCAVResult",
+    "TextAttributionCallback",
+    "TextClassifier",
+    "TokenOcclusion",
     "train_cavs",
+    "TriggerText",
+    "TriggerTextDataModule",
+    "VisionTransformer",
     "Xrai",
 ]

@@ -33,7 +33,27 @@ from xai_lightning.attribution.rise import Rise
 from xai_lightning.attribution.surrogate import SurrogateExplanation
 from xai_lightning.attribution.xrai import RegionRanking, Xrai, rank_regions
 
+# transformers: attention maps; text: layer attribution, token occlusion, surrogates over tokens
+from xai_lightning.attribution.attention_capture import AttentionCapture, AttentionNotFoundError, find_attention_layers
+from xai_lightning.attribution.attention_maps import (
+    AttentionMaps,
+    AttentionRelevance,
+    AttentionRollout,
+    RawAttention,
+    attention_maps,
+)
+from xai_lightning.attribution.attention_relevance import attention_relevance
+from xai_lightning.attribution.attention_rollout import attention_rollout
+from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients, token_scores
+from xai_lightning.attribution.token_occlusion import TokenOcclusion, TokenOcclusionResult, word_attribution
+from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime
+
 __all__ = [
+    "AttentionCapture",
+    "AttentionMaps",
+    "AttentionNotFoundError",
+    "AttentionRelevance",
+    "AttentionRollout",
     "AttributionMethod",
     "CAM",
     "Deconvnet",
@@ -50,21 +70,34 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "KernelShap",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
     "Lime",
     "Occlusion",
     "PredictionDifferenceAnalysis",
+    "RawAttention",
     "RegionRanking",
     "Rise",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "SurrogateExplanation",
+    "TokenKernelShap",
+    "TokenLime",
+    "TokenOcclusion",
+    "TokenOcclusionResult",
     "Xrai",
+    "attention_maps",
+    "attention_relevance",
+    "attention_rollout",
     "attribute",
     "available_methods",
     "get_method",
     "grad_cam",
+    "find_attention_layers",
     "method_class",
     "rank_regions",
+    "token_scores",
     "trace_leading_chain",
+    "word_attribution",
 ]

@@ -44,6 +44,7 @@ class CAM(AttributionMethod):
         linear_layer: the classifier whose rows are ``w_c`` (``"auto"``: the last ``nn.Linear``).
         relu: keep only positive evidence (the paper shows the raw map; off by default).
         upsample: bilinear upsampling to the input size.
+        reshape: fold transformer tokens into a grid (e.g. ``"vit"``) when ``layer`` names no reshape.
 
     Raises (at call time) a ValueError naming both sizes when the layer's channels do not match
     the classifier's inputs — CAM only applies to GAP→linear heads.
@@ -55,8 +56,9 @@ class CAM(AttributionMethod):
     map_reduction = "none"
 
     def __init__(self, layer: str = "auto", linear_layer: str = "auto", relu: bool = False, upsample: bool = True,
-                 **common) -> None:
+                 reshape: str | None = None, **common) -> None:
         super().__init__(**common)
+        self.reshape = reshape
         self.layer = layer
         self.linear_layer = linear_layer
         self.relu = relu
@@ -64,7 +66,7 @@ class CAM(AttributionMethod):
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
-        layer = resolve_layer(explained, inputs, self.layer, "CAM")
+        layer = resolve_layer(explained, inputs, self.layer, "CAM", self.reshape)
         linear_name, linear = _final_linear(explained.model, self.linear_layer)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, gradients=False, method="CAM"):

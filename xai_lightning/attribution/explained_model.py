@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from xai_lightning.core import TargetSpec, batch_slices, class_scores, resolve_targets, select_logits
+from xai_lightning.core import TargetSpec, batch_slices, class_scores, output_scores, resolve_targets
+from xai_lightning.core.targets import ScoreFunction
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
 
@@ -55,6 +56,8 @@ class ExplainedModel:
         output_key: dict key or tuple index of the logits when the network returns several outputs.
         max_batch: most rows per forward/backward pass (None: everything at once).
         want_delta: the caller asked for a convergence delta (methods skip computing it otherwise).
+        score_fn: a callable target (:func:`~xai_lightning.core.split_target`): the network's output
+            is explained through ``score_fn(output)``, presented as one-column logits (class 0).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class ExplainedModel:
         output_key: str | int | None = None,
         max_batch: int | None = None,
         want_delta: bool = False,
+        score_fn: ScoreFunction | None = None,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
@@ -70,11 +74,13 @@ class ExplainedModel:
         self.output_key = output_key
         self.max_batch = max_batch
         self.want_delta = want_delta
+        self.score_fn = score_fn
         self._channels_last: bool | None = None  # whether the model takes channels-last images (None: not tried)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected)."""
-        return select_logits(self.model(x), self.output_key)
+        """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected); ``(R, 1)`` scores
+        for a callable target."""
+        return output_scores(self.model(x), self.output_key, self.score_fn, batch=x.shape[0])
 
     def slices(self, total: int) -> Iterator[slice]:
         return batch_slices(total, self.max_batch)
@@ -142,6 +148,7 @@ class ExplainedModel:
         (faster on a CPU; the scores then differ from :meth:`logits`' by float reassociation, so a
         method must score every row it compares this way). Otherwise slices of ``max_batch`` rows.
         """
+        self.check_score_kind(kind)
         parts = []
         with torch.no_grad():
             forward = self.fast_logits if cpu_tuned else self.logits
@@ -149,6 +156,14 @@ class ExplainedModel:
                 logits = score_precision(forward(make_rows(rows)))
                 parts.append(scores_from_logits(logits, row_targets[rows], kind))
         return torch.cat(parts) if parts else row_targets.new_zeros(0, dtype=torch.float32)
+
+    def check_score_kind(self, kind: ScoreKind) -> None:
+        """A callable target yields one score, not class logits: its softmax "probability" is always 1."""
+        if self.score_fn is not None and kind == "probability":
+            raise ValueError(
+                "A callable target gives one score per example, not class logits, so its softmax probability is "
+                "constant; use score='logit' with a callable target."
+            )
 
     def pass_slices(self, total: int, make_rows: RowMaker) -> Iterator[slice]:
         """Slices of :meth:`rows_per_pass` rows of the inputs ``make_rows`` produces (``max_batch``, and

@@ -9,6 +9,11 @@ For a layer with activations ``A ∈ (B, K, h, w)`` and the target class logit `
 then bilinearly upsampled (``align_corners=False``) to the input resolution. The gradient is
 that of the class *logit*, not of the softmax or the loss (REFERENCE.md). Several layers are
 explained from the same forward pass and a single ``torch.autograd.grad`` call.
+
+Transformers: a layer spec with a reshape (``"blocks.3.norm1:input@vit"``, or ``reshape="vit"``)
+folds the tokens ``(B, 1 + N, D)`` into ``A ∈ (B, D, h, w)`` (CLS dropped, ``N = h·w`` patches), and
+the same formula runs on the patch grid; ``"auto"`` on a ViT picks the input of the last block's
+first LayerNorm (see :func:`~xai_lightning.core.auto_layer`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from xai_lightning.core import (
     TargetSpec,
     class_scores,
     observe,
-    resolve_layers,
+    resolve_layer_specs,
     resolve_targets,
+    split_target,
 )
+from xai_lightning.core.layers import LayerSpecLike
+from xai_lightning.core.reshape import Reshape
 
 __all__ = ["GradCAM", "GradCAMResult", "grad_cam"]
 
@@ -41,7 +49,7 @@ class GradCAMResult:
     """Grad-CAM maps for one batch.
 
     Attributes:
-        maps: layer name → ``(B, H, W)`` float32 maps (input resolution unless ``upsample=False``,
+        maps: layer key → ``(B, H, W)`` float32 maps (input resolution unless ``upsample=False``,
             then the layer's ``(B, h, w)``); non-negative when ``relu=True``.
         logits: ``(B, num_classes)`` logits of the explained forward pass (detached).
         targets: ``(B,)`` the class explained for each example.
@@ -61,7 +69,7 @@ def grad_cam(
     model: nn.Module,
     inputs: torch.Tensor,
     target: TargetSpec = "predicted",
-    layers: str | Sequence[str] = "auto",
+    layers: LayerSpecLike | Sequence[LayerSpecLike] = "auto",
     *,
     labels: torch.Tensor | None = None,
     output_key: str | int | None = None,
@@ -69,39 +77,48 @@ def grad_cam(
     upsample: bool = True,
     max_batch: int | None = None,
     trainer: Any | None = None,
+    reshape: str | Reshape | None = None,
 ) -> GradCAMResult:
     """Grad-CAM of ``model`` on ``inputs (B, C, H, W)`` for one or several layers.
 
     Args:
-        target: class to explain per example (``"label"`` needs ``labels``).
-        layers: dotted module name(s) or ``"auto"`` (last module with a spatial 4-D output).
+        target: class to explain per example (``"label"`` needs ``labels``), or a callable on the
+            model output returning ``(B,)`` scores.
+        layers: dotted module name(s) or layer specs (``"blocks.3.norm1:input@vit"``), or ``"auto"``
+            (last module with a spatial 4-D output; for a ViT, the last block's residual stream).
         relu: apply the ReLU of the paper (off gives the signed map, as Captum's default).
         upsample: bilinear upsampling to ``(H, W)``.
         max_batch: largest number of examples per forward/backward pass.
         trainer: a Lightning trainer, for its precision context (optional).
+        reshape: fold every layer without its own reshape, e.g. ``"vit"`` for transformer blocks.
     """
     if inputs.dim() != 4:
         raise ValueError(f"Grad-CAM explains images (B, C, H, W); got inputs of shape {tuple(inputs.shape)}")
     maps: dict[str, list[torch.Tensor]] = {}
     logits_parts: list[torch.Tensor] = []
     target_parts: list[torch.Tensor] = []
+    score_fn, target = split_target(target)
     with observe(model, trainer=trainer) as guard:
-        names = resolve_layers(model, layers, forward=lambda: model(guard.input(inputs[:1], requires_grad=False)))
+        specs = resolve_layer_specs(model, layers, lambda: model(guard.input(inputs[:1], requires_grad=False)),
+                                    reshape)
+        names = [spec.key for spec in specs]
         maps = {name: [] for name in names}
-        explained = ExplainedModel(model, output_key, max_batch)
+        explained = ExplainedModel(model, output_key, max_batch, score_fn=score_fn)
         for rows in explained.slices(inputs.shape[0]):
             # The input's own gradient is never computed, but requiring it keeps a graph to the
             # layers of a frozen network (parameters with requires_grad=False).
             x = guard.input(inputs[rows])
-            with LayerCapture(model, names) as capture:
+            with LayerCapture(model, specs) as capture:
                 logits = explained.fast_logits(x)
             targets = resolve_targets(target, logits, None if labels is None else labels[rows])
-            activations = [capture.activations[name] for name in names]
-            gradients = torch.autograd.grad(class_scores(logits, targets).sum(), activations)
+            activations = capture.activations
+            activations = [activations[name] for name in names]
+            gradients = capture.gradients_of(class_scores(logits, targets).sum(), names)
             for name, activation, gradient in zip(names, activations, gradients):
                 if activation.dim() != 4:
                     raise ValueError(
-                        f"Grad-CAM needs a layer with (B, C, h, w) output; {name!r} gives {tuple(activation.shape)}"
+                        f"Grad-CAM needs a layer with (B, C, h, w) output; {name!r} gives {tuple(activation.shape)}. "
+                        "For transformer tokens (B, tokens, dim) add a reshape: f'{name}@vit' or reshape='vit'."
                     )
                 weights = gradient.float().mean(dim=(2, 3), keepdim=True)
                 cam = (weights * activation.float()).sum(dim=1, keepdim=True)
@@ -127,6 +144,9 @@ class GradCAM(AttributionMethod):
     Example::
 
         maps = GradCAM(layer="features.10").attribute(model, images, target=labels)   # (B, H, W)
+        maps = GradCAM(layer="blocks.3.norm1:input", reshape="vit").attribute(vit, images)  # a ViT
+
+    ``reshape`` folds transformer tokens into a grid when ``layer`` names no reshape itself.
     """
 
     name = "gradcam"
@@ -142,23 +162,26 @@ class GradCAM(AttributionMethod):
         output_key: str | int | None = None,
         max_batch: int | None = None,
         seed: int | None = None,
+        reshape: str | None = None,
     ) -> None:
         super().__init__(output_key=output_key, max_batch=max_batch, seed=seed)
         self.layer = layer
         self.relu = relu
         self.upsample = upsample
+        self.reshape = reshape
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
         result = grad_cam(
             explained.model,
             inputs,
-            target,
+            target if explained.score_fn is None else explained.score_fn,
             self.layer,
             labels=labels,
             output_key=explained.output_key,
             relu=self.relu,
             upsample=self.upsample,
             max_batch=explained.max_batch,
+            reshape=self.reshape,
         )
         return next(iter(result.maps.values())), None

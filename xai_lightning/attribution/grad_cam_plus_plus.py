@@ -45,6 +45,7 @@ class GradCAMPlusPlus(AttributionMethod):
     Args:
         layer: dotted module name or ``"auto"``.
         upsample: bilinear upsampling to the input size.
+        reshape: fold transformer tokens into a grid (e.g. ``"vit"``) when ``layer`` names no reshape.
     """
 
     name = "gradcam_plus_plus"
@@ -52,14 +53,15 @@ class GradCAMPlusPlus(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", upsample: bool = True, **common) -> None:
+    def __init__(self, layer: str = "auto", upsample: bool = True, reshape: str | None = None, **common) -> None:
         super().__init__(**common)
+        self.reshape = reshape
         self.layer = layer
         self.upsample = upsample
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
-        layer = resolve_layer(explained, inputs, self.layer, "Grad-CAM++")
+        layer = resolve_layer(explained, inputs, self.layer, "Grad-CAM++", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="Grad-CAM++"):
             weights = grad_cam_plus_plus_weights(part.activation, part.gradient)

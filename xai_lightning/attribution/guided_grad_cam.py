@@ -30,14 +30,17 @@ class GuidedGradCAM(AttributionMethod):
         layer: Grad-CAM layer (dotted module name or ``"auto"``).
         interpolate_mode: ``"bilinear"`` (default, the paper's upsampling) or ``"nearest"``
             (Captum's ``GuidedGradCam`` default).
+        reshape: fold transformer tokens into a grid (e.g. ``"vit"``) when ``layer`` names no reshape.
     """
 
     name = "guided_gradcam"
     title = "Guided Grad-CAM"
     image_only = True
 
-    def __init__(self, layer: str = "auto", interpolate_mode: str = "bilinear", **common) -> None:
+    def __init__(self, layer: str = "auto", interpolate_mode: str = "bilinear", reshape: str | None = None,
+                 **common) -> None:
         super().__init__(**common)
+        self.reshape = reshape
         if interpolate_mode not in ("bilinear", "nearest", "bicubic", "area"):
             raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest', 'bicubic' or 'area'; got {interpolate_mode!r}")
         self.layer = layer
@@ -45,7 +48,7 @@ class GuidedGradCAM(AttributionMethod):
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
-        layer = resolve_layer(explained, inputs, self.layer, "Guided Grad-CAM")
+        layer = resolve_layer(explained, inputs, self.layer, "Guided Grad-CAM", self.reshape)
         switch = apply_relu_rule(guard, explained.model, "gradient")
         parts = []
         for rows in explained.slices(inputs.shape[0]):
@@ -61,7 +64,7 @@ class GuidedGradCAM(AttributionMethod):
                 )
             targets = resolve_targets(target, logits, None if labels is None else labels[rows])
             score = class_scores(logits, targets).sum()
-            (layer_gradient,) = torch.autograd.grad(score, activation, retain_graph=True)
+            (layer_gradient,) = capture.gradients_of(score, [layer], retain_graph=True)
             weights = layer_gradient.float().mean(dim=(2, 3), keepdim=True)
             cam = F.relu((weights * activation.detach().float()).sum(dim=1))
             switch.rule = "guided"

@@ -28,6 +28,7 @@ class HiResCAM(AttributionMethod):
         layer: dotted module name or ``"auto"`` (the last module with a spatial 4-D output).
         relu: apply the ReLU (default, as the paper).
         upsample: bilinear upsampling to the input size.
+        reshape: fold transformer tokens into a grid (e.g. ``"vit"``) when ``layer`` names no reshape.
     """
 
     name = "hirescam"
@@ -35,15 +36,17 @@ class HiResCAM(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", relu: bool = True, upsample: bool = True, **common) -> None:
+    def __init__(self, layer: str = "auto", relu: bool = True, upsample: bool = True, reshape: str | None = None,
+                 **common) -> None:
         super().__init__(**common)
+        self.reshape = reshape
         self.layer = layer
         self.relu = relu
         self.upsample = upsample
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
-        layer = resolve_layer(explained, inputs, self.layer, "HiResCAM")
+        layer = resolve_layer(explained, inputs, self.layer, "HiResCAM", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="HiResCAM"):
             cam = (part.gradient.float() * part.activation.float()).sum(dim=1)

@@ -2,9 +2,10 @@
 
 The class-activation-map family (CAM, Grad-CAM, Grad-CAM++, HiResCAM, Score-CAM, Guided
 Grad-CAM) weighs the feature maps ``A ∈ (B, K, h, w)`` of one layer; they differ only in the
-weights. This module resolves the layer (a dotted name or ``"auto"``: the last module with a
-spatial 4-D output), captures ``A`` (and ``∂y_c/∂A``) during forward passes of at most
-``max_batch`` inputs, and upsamples maps to the input resolution.
+weights. This module resolves the layer (a dotted name or spec — ``"blocks.3.norm1:input@vit"``
+folds a transformer's tokens to its patch grid — or ``"auto"``: the last module with a spatial
+4-D output, or a ViT's last residual stream), captures ``A`` (and ``∂y_c/∂A``) during forward
+passes of at most ``max_batch`` inputs, and upsamples maps to the input resolution.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.core import LayerCapture, TargetSpec, class_scores, resolve_layers, resolve_targets
+from xai_lightning.core import LayerCapture, TargetSpec, class_scores, resolve_layer_specs, resolve_targets
+from xai_lightning.core.reshape import Reshape
 
 __all__ = ["LayerSlice", "layer_slices", "resolve_layer", "upsample_maps"]
 
@@ -33,12 +35,12 @@ class LayerSlice:
     targets: torch.Tensor
 
 
-def resolve_layer(explained: ExplainedModel, inputs: torch.Tensor, layer: str, method: str) -> str:
-    """The normalised dotted name of ``layer`` (``"auto"`` resolved with a forward pass on one input)."""
-    (name,) = resolve_layers(
-        explained.model, layer, forward=lambda: explained.model(inputs[:1].detach())
-    )
-    return name
+def resolve_layer(explained: ExplainedModel, inputs: torch.Tensor, layer: str, method: str,
+                  reshape: str | Reshape | None = None) -> str:
+    """The spec key of ``layer`` (``"auto"`` resolved with a forward pass on one input); ``reshape``
+    applies when the layer names none."""
+    (spec,) = resolve_layer_specs(explained.model, layer, lambda: explained.model(inputs[:1].detach()), reshape)
+    return spec.key
 
 
 def layer_slices(
@@ -63,12 +65,13 @@ def layer_slices(
         if activation.dim() != 4:
             raise ValueError(
                 f"{method} needs a layer with (B, C, h, w) feature maps; {layer!r} outputs {tuple(activation.shape)}. "
-                "Choose a convolutional layer or 'auto'."
+                "Choose a convolutional layer or 'auto'; for transformer tokens (B, tokens, dim) add a reshape "
+                f"('{layer}@vit' or reshape='vit')."
             )
         targets = resolve_targets(target, logits, None if labels is None else labels[rows])
         gradient = None
         if gradients:
-            (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), activation)
+            (gradient,) = capture.gradients_of(class_scores(logits, targets).sum(), [layer])
         yield LayerSlice(rows, x.detach(), activation.detach(), gradient, logits.detach().float(), targets)
 
 

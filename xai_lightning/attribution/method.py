@@ -18,7 +18,7 @@ from torch import nn
 
 from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.maps import MapReduction, reduce_to_map
-from xai_lightning.core import ObserverGuard, TargetSpec, observe, unwrap_model
+from xai_lightning.core import ObserverGuard, TargetSpec, observe, split_target, unwrap_model
 
 __all__ = ["AttributionMethod"]
 
@@ -73,7 +73,8 @@ class AttributionMethod:
             model: any ``nn.Module`` returning logits ``(B, K)`` (or a dict/tuple, with ``output_key``);
                 DDP and ``torch.compile`` wrappers are looked through.
             inputs: ``(B, C, H, W)`` images, or ``(B, D)`` features for methods that accept them.
-            target: ``"predicted"``, ``"label"`` (needs ``labels``), a class index, or one per example.
+            target: ``"predicted"``, ``"label"`` (needs ``labels``), a class index, one per example, or a
+                callable on the model output returning ``(B,)`` scores to explain.
             trainer: a Lightning trainer, for its precision context (optional).
             return_convergence_delta: also return the per-example ``(B,)`` delta of methods with
                 a completeness axiom (IG, DeepLIFT, DeepSHAP, GradientSHAP, SmoothGrad over them).
@@ -82,12 +83,14 @@ class AttributionMethod:
         if return_convergence_delta and not self.has_convergence_delta:
             raise TypeError(f"{type(self).__name__} has no convergence delta; call it without return_convergence_delta.")
         network = unwrap_model(model)
+        score_fn, target = split_target(target)
         with observe(network, trainer=trainer, seed=self.seed) as guard:
             # Copies made inside the guard are ordinary tensors even when the caller is under
             # torch.inference_mode, and they are detached from any training graph.
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta,
+                                       score_fn=score_fn)
             attribution, delta = self._attribute(explained, x, target, label_copy, guard)
         attribution = attribution.detach().contiguous()  # gradient passes may leave a channels-last layout
         if return_convergence_delta:

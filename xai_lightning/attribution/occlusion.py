@@ -227,7 +227,10 @@ class Occlusion(AttributionMethod):
                              masks: torch.Tensor) -> IncrementalForward | None:
         if self.incremental is False:
             return None
-        if inputs.dim() == 4:
+        if explained.score_fn is not None:
+            # The incremental path scores class logits of the network; a callable target scores its whole output.
+            incremental, why = None, "the target is a callable on the model output"
+        elif inputs.dim() == 4:
             incremental, why = IncrementalForward.build(
                 explained.model, inputs, window_boxes(masks), explained.output_key,
                 min_saving=AUTO_INCREMENTAL_MIN_SAVING if self.incremental == "auto" else 0.0)

@@ -8,7 +8,7 @@ list of valid ones.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -54,6 +54,37 @@ _PERTURBATION_ALIASES: dict[str, str] = {
 }
 # -------------------------------------------------------------------------------------------------
 
+# --- transformers and text: issue 20 --------------------------------------------------------------
+from xai_lightning.attribution.attention_maps import AttentionRelevance, AttentionRollout, RawAttention
+from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients
+from xai_lightning.attribution.token_occlusion import TokenOcclusion
+from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime
+
+_TRANSFORMER_AND_TEXT_METHODS: tuple[type[AttributionMethod], ...] = (
+    AttentionRollout,
+    AttentionRelevance,
+    RawAttention,
+    LayerIntegratedGradients,
+    LayerGradientXActivation,
+    TokenOcclusion,
+    TokenLime,
+    TokenKernelShap,
+)
+_TRANSFORMER_AND_TEXT_ALIASES: dict[str, str] = {
+    "rollout": "attention_rollout",
+    "chefer": "attention_relevance",
+    "transformer_attribution": "attention_relevance",
+    "attention": "raw_attention",
+    "layer_ig": "layer_integrated_gradients",
+    "embedding_ig": "layer_integrated_gradients",
+    "layer_gradient_x_input": "layer_gradient_x_activation",
+    "embedding_gradient_x_input": "layer_gradient_x_activation",
+    "text_occlusion": "token_occlusion",
+    "lime_tokens": "token_lime",
+    "kernel_shap_tokens": "token_kernel_shap",
+}
+# -------------------------------------------------------------------------------------------------
+
 __all__ = ["attribute", "available_methods", "get_method", "method_class"]
 
 _METHODS: dict[str, type[AttributionMethod]] = {
@@ -78,6 +109,7 @@ _METHODS: dict[str, type[AttributionMethod]] = {
     )
 }
 _METHODS.update({cls.name: cls for cls in _PERTURBATION_METHODS})
+_METHODS.update({cls.name: cls for cls in _TRANSFORMER_AND_TEXT_METHODS})
 
 #: Other spellings users reach for (Captum's class names, the papers' names).
 _ALIASES: dict[str, str] = {
@@ -100,11 +132,35 @@ _ALIASES: dict[str, str] = {
     "expected_gradients": "gradient_shap",
 }
 _ALIASES.update(_PERTURBATION_ALIASES)
+_ALIASES.update(_TRANSFORMER_AND_TEXT_ALIASES)
 
 
-def available_methods() -> list[str]:
-    """Names of every attribution method, in the order of the README table."""
-    return list(_METHODS)
+#: Families of methods. ``"general"`` methods explain any image (or table) model; the others need
+#: a particular model or input: attention maps a vision transformer, layer attributions a layer,
+#: text methods token ids.
+MethodFamily = Literal["general", "layer", "transformer", "text", "all"]
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "transformer": (AttentionRollout.name, AttentionRelevance.name, RawAttention.name),
+    "layer": (LayerIntegratedGradients.name, LayerGradientXActivation.name),
+    "text": (TokenOcclusion.name, TokenLime.name, TokenKernelShap.name),
+}
+
+
+def available_methods(family: MethodFamily = "general") -> list[str]:
+    """Names of the attribution methods of a family, in the order of the README table.
+
+    ``"general"`` (default): the methods for any image or table model; ``"transformer"``: attention
+    maps of ViTs; ``"layer"``: attributions to a layer's tensor (embedding IG for text);
+    ``"text"``: token occlusion and LIME/KernelSHAP over tokens; ``"all"``: every method.
+    """
+    if family == "all":
+        return list(_METHODS)
+    if family == "general":
+        special = {name for names in _FAMILIES.values() for name in names}
+        return [name for name in _METHODS if name not in special]
+    if family not in _FAMILIES:
+        raise ValueError(f"Unknown method family {family!r}; use 'general', 'layer', 'transformer', 'text' or 'all'.")
+    return list(_FAMILIES[family])
 
 
 def _canonical(name: str) -> str:

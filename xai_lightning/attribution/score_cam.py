@@ -30,6 +30,7 @@ class ScoreCAM(AttributionMethod):
     Args:
         layer: dotted module name or ``"auto"``.
         score: ``"probability"`` (default, the paper) or ``"logit"`` of the masked inputs.
+        reshape: fold transformer tokens into a grid (e.g. ``"vit"``) when ``layer`` names no reshape.
     """
 
     name = "score_cam"
@@ -37,8 +38,9 @@ class ScoreCAM(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", score: str = "probability", **common) -> None:
+    def __init__(self, layer: str = "auto", score: str = "probability", reshape: str | None = None, **common) -> None:
         super().__init__(**common)
+        self.reshape = reshape
         if score not in ("probability", "logit"):
             raise ValueError(f"score must be 'probability' or 'logit'; got {score!r}")
         self.layer = layer
@@ -46,7 +48,7 @@ class ScoreCAM(AttributionMethod):
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):
-        layer = resolve_layer(explained, inputs, self.layer, "Score-CAM")
+        layer = resolve_layer(explained, inputs, self.layer, "Score-CAM", self.reshape)
         size = tuple(inputs.shape[-2:])
         activations, targets = [], []
         for part in layer_slices(explained, inputs, target, labels, layer, gradients=False, method="Score-CAM"):

@@ -29,7 +29,7 @@ from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.superpixels import Segmentation, feature_masks
-from xai_lightning.core import ObserverGuard, TargetSpec, observe, unwrap_model
+from xai_lightning.core import ObserverGuard, TargetSpec, observe, split_target, unwrap_model
 
 __all__ = [
     "SurrogateExplanation",
@@ -194,10 +194,11 @@ class SurrogateMethod(AttributionMethod):
         largest feature count)."""
         self._check_inputs(inputs)
         network = unwrap_model(model)
+        score_fn, target = split_target(target)
         with observe(network, trainer=trainer, seed=self.seed) as guard:
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn)
             result = self._explain(explained, x, target, label_copy, guard, feature_mask, coalitions)
         return result
 
@@ -214,7 +215,9 @@ class SurrogateMethod(AttributionMethod):
         guard: ObserverGuard,
         feature_mask: torch.Tensor | None,
         coalitions: torch.Tensor | None,
+        baselines: torch.Tensor | None = None,
     ) -> SurrogateExplanation:
+        """The fit; ``baselines`` (shaped like ``inputs``) overrides the ``baseline`` option."""
         masks, counts = feature_masks(inputs, feature_mask, self.segmentation, self.segmentation_options)
         width = int(counts.max())
         valid = feature_validity(counts, width)
@@ -225,7 +228,8 @@ class SurrogateMethod(AttributionMethod):
             weights = self._weights(coalitions, counts, valid)
         coalitions = coalitions.to(inputs.device) * valid.unsqueeze(1)
         targets, _ = explained.resolve(inputs, target, labels)
-        baselines = make_baseline(self.baseline, inputs)
+        if baselines is None:
+            baselines = make_baseline(self.baseline, inputs)
         scores = evaluate_coalitions(explained, inputs, baselines, masks, coalitions, targets, self.score)
         coefficients, intercept = self._fit(coalitions, scores, weights.to(inputs.device), valid)
         attributions = scatter_to_inputs(coefficients.to(inputs.dtype), masks)

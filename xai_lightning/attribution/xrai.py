@@ -140,7 +140,8 @@ class Xrai(AttributionMethod):
             ig = get_method("integrated_gradients", steps=self.ig_steps, baseline=baseline,
                             output_key=self.output_key, max_batch=self.max_batch)
             # Already inside this method's guard: the nested guard only re-asserts eval/grad mode.
-            total += ig.attribute(explained.model, inputs, targets).sum(1).double()
+            explained_target = targets if explained.score_fn is None else explained.score_fn
+            total += ig.attribute(explained.model, inputs, explained_target).sum(1).double()
         return total / len(self.baselines)
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,

@@ -1,5 +1,6 @@
 """Lightning callbacks: thin schedulers over the algorithms, logging through the sinks."""
 
+from xai_lightning.callbacks.attention import AttentionCallback
 from xai_lightning.callbacks.attribution import AttributionCallback
 from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
 from xai_lightning.callbacks.base import ObserverCallback
@@ -9,9 +10,11 @@ from xai_lightning.callbacks.grad_cam import GradCAMCallback
 from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
+from xai_lightning.callbacks.text_attribution import TextAttributionCallback
 
 __all__ = [
     "AdversarialTrainingCallback",
+    "AttentionCallback",
     "AttributionCallback",
     "DissectionCallback",
     "ExplainerNetworkCallback",
@@ -20,6 +23,7 @@ __all__ = [
     "ProbeSet",
     "RobustnessCallback",
     "TCAVCallback",
+    "TextAttributionCallback",
     "draw_probe",
     "find_probe_dataset",
 ]

@@ -4,6 +4,9 @@ Both functions capture every requested layer in *one* forward pass per slice of 
 ``max_batch`` examples; :func:`logit_gradients` differentiates the target class **logit** (not
 the loss, whose gradient has the opposite sign — REFERENCE.md) with respect to all layers in one
 ``torch.autograd.grad`` call. Results are flattened to ``(N, D_layer)``, the space CAVs live in.
+
+Layers are spec keys: a transformer layer read through a reshape (``"blocks.3.norm1:input@vit"``)
+is flattened from its folded grid ``(N, D, h, w)``, the same space as a CNN's feature maps.
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_lightning.core import LayerCapture, TargetSpec, batch_slices, class_scores, observe, resolve_targets, select_logits
+from xai_lightning.core import (
+    LayerCapture,
+    TargetSpec,
+    batch_slices,
+    class_scores,
+    observe,
+    output_scores,
+    resolve_targets,
+    select_logits,
+    split_target,
+)
 
 __all__ = ["layer_activations", "logit_gradients"]
 
@@ -34,8 +47,9 @@ def layer_activations(
         for rows in batch_slices(images.shape[0], max_batch):
             with LayerCapture(model, list(layers)) as capture:
                 select_logits(model(guard.input(images[rows], requires_grad=False)), output_key)
+            activations = capture.activations
             for name in layers:
-                parts[name].append(capture.activations[name].detach().flatten(1).float())
+                parts[name].append(activations[name].detach().flatten(1).float())
     return {name: torch.cat(chunks) if chunks else torch.zeros(0, 0) for name, chunks in parts.items()}
 
 
@@ -54,7 +68,8 @@ def logit_gradients(
 
     Args:
         inputs: ``(N, C, H, W)``.
-        target: class per example: an index, ``(N,)`` indices, ``"label"`` or ``"predicted"``.
+        target: class per example: an index, ``(N,)`` indices, ``"label"`` or ``"predicted"``; or a
+            callable on the model output returning ``(N,)`` scores (logits are then ``(N, 1)``).
         layers: dotted layer names (already resolved).
 
     Returns:
@@ -64,19 +79,19 @@ def logit_gradients(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logit_parts: list[torch.Tensor] = []
     target_parts: list[torch.Tensor] = []
+    score_fn, target = split_target(target)
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
             # requires_grad on the input: a layer with no parameters below it must still be differentiable.
             x = guard.input(inputs[rows])
             with LayerCapture(model, list(layers)) as capture:
-                logits = select_logits(model(x), output_key)
+                logits = output_scores(model(x), output_key, score_fn, batch=x.shape[0])
             if isinstance(target, torch.Tensor) or isinstance(target, (list, tuple)):
                 chosen: TargetSpec = torch.as_tensor(target)[rows]
             else:
                 chosen = target
             targets = resolve_targets(chosen, logits, None if labels is None else labels[rows])
-            activations = [capture.activations[name] for name in layers]
-            gradients = torch.autograd.grad(class_scores(logits, targets).sum(), activations)
+            gradients = capture.gradients_of(class_scores(logits, targets).sum(), list(layers))
             for name, gradient in zip(layers, gradients):
                 parts[name].append(gradient.detach().flatten(1).float())
             logit_parts.append(logits.detach().float())

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from xai_lightning.core.layers import get_layer, normalize_layer_name
+if TYPE_CHECKING:
+    from typing import Self
+
+from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
+from xai_lightning.core.reshape import Reshape
 
 __all__ = ["LayerCapture"]
 
 
 class LayerCapture:
-    """Record the outputs of named layers, as autograd-connected tensors.
+    """Record the outputs (or inputs) of named layers, as autograd-connected tensors.
 
     The forward hook stores the layer's output and hands a *clone* of it to the rest of the
     network. An in-place module downstream (``ReLU(inplace=True)``, ``x += residual``) then
@@ -24,6 +29,13 @@ class LayerCapture:
     the layer's output as computed. With ``gradients=True`` a tensor hook (registered inside the
     forward hook) also records that gradient whenever a backward pass or ``autograd.grad`` call
     flows through the layer, for methods that differentiate with respect to something else.
+
+    Layers are spec strings or :class:`~xai_lightning.core.layers.LayerSpec` s: ``":input"``
+    records the tensor the module receives (a forward pre-hook, nothing replaced); ``"@<reshape>"``
+    presents it folded to ``(B, C, h, w)``. Results are keyed by the spec's ``key`` (for a plain
+    module name, the normalised name). For a reshaped layer, differentiate with
+    :meth:`gradients_of`: the folded view is not on the forward path, so its gradient is the
+    folded gradient of the raw tensor (exact, as reshapes only rearrange elements).
 
     Hooks are removed on exit, also when the forward raises.
 
@@ -34,32 +46,78 @@ class LayerCapture:
         activation = capture.activations["features.6"]      # (B, C, h, w)
     """
 
-    def __init__(self, model: nn.Module, layers: str | Sequence[str], gradients: bool = False) -> None:
-        names = [layers] if isinstance(layers, str) else list(layers)
-        self._modules = {normalize_layer_name(name): get_layer(model, name) for name in names}
+    def __init__(self, model: nn.Module, layers: LayerSpecLike | Sequence[LayerSpecLike], gradients: bool = False,
+                 reshape: str | Reshape | None = None) -> None:
+        entries = [layers] if isinstance(layers, (str, LayerSpec, dict)) else list(layers)
+        self.specs: dict[str, LayerSpec] = {}
+        for entry in entries:
+            spec = parse_layer(entry, reshape)
+            self.specs[spec.key] = spec
+        self._modules = {key: get_layer(model, spec.name) for key, spec in self.specs.items()}
         self.gradients_enabled = gradients
-        self.activations: dict[str, torch.Tensor] = {}
-        self.gradients: dict[str, torch.Tensor] = {}
+        self.raw: dict[str, torch.Tensor] = {}
+        self._raw_gradients: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
 
-    def _hook(self, name: str):
+    # ------------------------------------------------------------------ results
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        """key → the recorded tensor, reshaped per its spec (the raw tensor itself without a reshape)."""
+        return {key: self.specs[key].apply(raw) for key, raw in self.raw.items()}
+
+    @property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """key → gradient recorded by the tensor hooks (``gradients=True``), reshaped like the activation."""
+        return {key: self.specs[key].apply(grad) for key, grad in self._raw_gradients.items()}
+
+    def gradients_of(self, score: torch.Tensor, keys: Sequence[str] | None = None, *,
+                     retain_graph: bool | None = None, create_graph: bool = False) -> list[torch.Tensor]:
+        """``∂score/∂activation`` for ``keys`` (default: all, in spec order), each shaped like its activation.
+
+        One ``torch.autograd.grad`` call; parameters' ``.grad`` is never touched.
+        """
+        keys = list(self.specs) if keys is None else [parse_layer(key).key for key in keys]
+        missing = [key for key in keys if key not in self.raw]
+        if missing:
+            raise RuntimeError(f"Layers {missing} did not run in the captured forward pass.")
+        raw_gradients = torch.autograd.grad(score, [self.raw[key] for key in keys], retain_graph=retain_graph,
+                                            create_graph=create_graph)
+        return [self.specs[key].apply(gradient) for key, gradient in zip(keys, raw_gradients)]
+
+    # ------------------------------------------------------------------ hooks
+    def _store(self, key: str, module: nn.Module, tensor: object, what: str) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"Layer {key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor; "
+                "choose a layer whose output is a single tensor."
+            )
+        self.raw[key] = tensor
+        if self.gradients_enabled and tensor.requires_grad:
+            tensor.register_hook(lambda grad: self._raw_gradients.__setitem__(key, grad))
+
+    def _output_hook(self, key: str):
         def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"Layer {name!r} ({type(module).__name__}) returns {type(output).__name__}, not a tensor; "
-                    "choose a layer whose output is a single tensor."
-                )
-            self.activations[name] = output
-            if self.gradients_enabled and output.requires_grad:
-                output.register_hook(lambda grad: self.gradients.__setitem__(name, grad))
-            return output.clone()
+            self._store(key, module, output, "returns")
+            return output.clone()  # type: ignore[union-attr]
 
         return hook
 
-    def __enter__(self) -> "LayerCapture":
-        self.activations.clear()
-        self.gradients.clear()
-        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in self._modules.items()]
+    def _input_hook(self, key: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            tensor = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            self._store(key, module, tensor, "receives")
+
+        return hook
+
+    def __enter__(self) -> Self:
+        self.raw.clear()
+        self._raw_gradients.clear()
+        for key, module in self._modules.items():
+            if self.specs[key].capture == "input":
+                handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
+            else:
+                handle = module.register_forward_hook(self._output_hook(key))
+            self._handles.append(handle)
         return self
 
     def __exit__(

@@ -12,8 +12,9 @@ from xai_lightning.data.concept_world import (
     ConceptWorldLatent,
     ConceptWorldRender,
 )
-from xai_lightning.data.datamodules import ConceptWorldDataModule, DigitsDataModule
+from xai_lightning.data.datamodules import ConceptWorldDataModule, DigitsDataModule, TriggerTextDataModule
 from xai_lightning.data.digits import HandwrittenDigits
+from xai_lightning.data.trigger_text import TriggerText
 
 __all__ = [
     "BACKGROUNDS",
@@ -33,6 +34,8 @@ __all__ = [
     "HandwrittenDigits",
     "SHAPES",
     "TEXTURES",
+    "TriggerText",
+    "TriggerTextDataModule",
     "replace_inputs",
     "unpack_batch",
 ]

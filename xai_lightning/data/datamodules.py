@@ -1,4 +1,4 @@
-"""LightningDataModules over ConceptWorld and scikit-learn's handwritten digits."""
+"""LightningDataModules over ConceptWorld, scikit-learn's handwritten digits and TriggerText sentences."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xai_lightning.data.concept_world import ConceptWorld, LabelBy, SpuriousConcept
 from xai_lightning.data.digits import HandwrittenDigits
+from xai_lightning.data.trigger_text import TriggerText
 
-__all__ = ["ConceptWorldDataModule", "DigitsDataModule"]
+__all__ = ["ConceptWorldDataModule", "DigitsDataModule", "TriggerTextDataModule"]
 
 BatchFormat = Literal["tuple", "dict"]
 
@@ -180,3 +181,60 @@ class DigitsDataModule(_Loaders, pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') first"
         return self._loader(self.val_set, shuffle=False)
+
+
+class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
+    """TriggerText train/val splits (seeds ``seed * 1000 + split``): ``(ids, labels)`` batches.
+
+    The validation *dataset* is the :class:`~xai_lightning.data.TriggerText` itself (its items carry
+    ``trigger_mask``), which is where :class:`~xai_lightning.TextAttributionCallback` finds the
+    vocabulary and the ground truth. Arguments after the split sizes are TriggerText's.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 500,
+        seed: int = 0,
+        num_classes: int = 2,
+        min_length: int = 8,
+        max_length: int = 24,
+        max_triggers: int = 2,
+        num_distractors: int = 40,
+        spurious_p: float = 0.0,
+        spurious_word: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: TriggerText | None = None
+        self.val_set: TriggerText | None = None
+
+    def _make(self, num_samples: int, split: int) -> TriggerText:
+        h = self.hparams
+        return TriggerText(num_samples, seed=h.seed * 1000 + split, num_classes=h.num_classes, min_length=h.min_length,
+                           max_length=h.max_length, max_triggers=h.max_triggers, num_distractors=h.num_distractors,
+                           spurious_p=h.spurious_p, spurious_word=h.spurious_word)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._make(0, 0).vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.hparams.num_classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._make(self.hparams.num_train, 0)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            self.val_set = self._make(self.hparams.num_val, 1)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup('fit') or setup('validate') first"
+        # Dict batches (inputs, label, trigger_mask, …), collated by PyTorch's default.
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

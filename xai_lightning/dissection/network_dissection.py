@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
+from xai_lightning.core import batch_slices, get_layer, parse_layer
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
 from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
@@ -213,28 +213,44 @@ class LayerActivations:
 
     ``LayerActivations(model, ["features.6", "features.13"])(images)`` →
     ``{"features.6": (B, K, h, w), ...}`` detached, computed under ``torch.no_grad``.
-    Hooks live only during the call.
+    Layers may be specs: ``"blocks.3.norm1:input@vit"`` reads the module's input and folds a
+    transformer's patch tokens to ``(B, D, h, w)``, so its units (channels) are dissected like a
+    CNN's. Results are keyed by the spec key. Hooks live only during the call.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         self.model = model
-        self.layers = [normalize_layer_name(name) for name in layers]
-        self.modules = {name: get_layer(model, name) for name in self.layers}
+        self.specs = {spec.key: spec for spec in (parse_layer(name) for name in layers)}
+        self.layers = list(self.specs)
+        self.modules = {key: get_layer(model, spec.name) for key, spec in self.specs.items()}
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
 
+        def record(name: str, module: nn.Module, tensor: object, what: str) -> None:
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"Layer {name!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor.")
+            outputs[name] = self.specs[name].apply(tensor.detach())
+            if len(outputs) == len(self.modules):
+                raise _StopForward
+
         def hook_for(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, _inputs: object, output: object) -> None:
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(f"Layer {name!r} ({type(module).__name__}) returns {type(output).__name__}, not a tensor.")
-                outputs[name] = output.detach()
-                if len(outputs) == len(self.modules):
-                    raise _StopForward
+                record(name, module, output, "returns")
 
             return hook
 
-        handles = [module.register_forward_hook(hook_for(name)) for name, module in self.modules.items()]
+        def pre_hook_for(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, inputs: tuple) -> None:
+                record(name, module, inputs[0] if inputs else None, "receives")
+
+            return hook
+
+        handles = [
+            module.register_forward_pre_hook(pre_hook_for(name)) if self.specs[name].capture == "input"
+            else module.register_forward_hook(hook_for(name))
+            for name, module in self.modules.items()
+        ]
         try:
             with torch.no_grad():
                 self.model(images)
@@ -255,7 +271,8 @@ def check_spatial(layer: str, activation: torch.Tensor) -> None:
         raise ValueError(
             f"Layer {layer!r} outputs shape {tuple(activation.shape)}, which has no spatial dimensions: network "
             "dissection needs a convolutional layer with (B, channels, height, width) output, whose units can be "
-            "thresholded into masks. Choose a conv/ReLU layer before global pooling."
+            "thresholded into masks. Choose a conv/ReLU layer before global pooling, or for a transformer fold its "
+            f"tokens to the patch grid with a reshape ('{layer}@vit')."
         )
 
 

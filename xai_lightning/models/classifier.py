@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from xai_lightning.core.targets import select_logits
 from xai_lightning.data.batch import unpack_batch
 
 __all__ = ["ImageClassifier"]
@@ -19,7 +20,8 @@ class ImageClassifier(pl.LightningModule):
     """Cross-entropy classifier around ``network`` (logits out), with accuracy on train and val.
 
     Batches follow :mod:`xai_lightning.data.batch`. Logged keys: ``train/loss``, ``train/acc``,
-    ``val/loss``, ``val/acc``.
+    ``val/loss``, ``val/acc``. The network may return logits or a Hugging Face ``ModelOutput``
+    (its ``.logits`` are trained; ``forward`` returns the network's output as it is).
 
     TRADES: when :class:`~xai_lightning.AdversarialTrainingCallback` (``method="trades"``) sets
     ``self.trades_batch``, the training loss is ``trades_batch.loss(clean logits, logits of
@@ -61,10 +63,10 @@ class ImageClassifier(pl.LightningModule):
         data = unpack_batch(batch)
         if data.labels is None:
             raise ValueError("ImageClassifier needs labels in every batch (see xai_lightning.data.batch).")
-        logits = self(data.inputs)
+        logits = select_logits(self(data.inputs))
         trades = self.trades_batch if stage == "train" else None
         if trades is not None:
-            loss = trades.loss(logits, self(trades.inputs), data.labels)
+            loss = trades.loss(logits, select_logits(self(trades.inputs)), data.labels)
         else:
             loss = F.cross_entropy(logits, data.labels)
         accuracy(logits, data.labels)
