@@ -141,14 +141,19 @@ def max_sensitivity(
 
 
 class _RandomExplainer:
-    """A fresh U[0, 1) map for every explained input (seeded): the chance level of max-sensitivity."""
+    """A fresh U[0, 1) map for every perturbation sample (seeded): the chance level of max-sensitivity.
+
+    Rows come sample-major (``S·B``); one map per sample is shared by the ``B`` examples, so an
+    example's value does not depend on its batch-mates."""
 
     def __init__(self, like: torch.Tensor, seed: int) -> None:
-        self.shape = tuple(like.shape[1:])
+        self.batch, self.shape = like.shape[0], tuple(like.shape[1:])
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.rand((inputs.shape[0], *self.shape), generator=self.generator).to(inputs.device)
+        samples = inputs.shape[0] // self.batch
+        draws = torch.rand((samples, 1, *self.shape), generator=self.generator).to(inputs.device)
+        return draws.expand(samples, self.batch, *self.shape).reshape(inputs.shape[0], *self.shape)
 
 
 class MaxSensitivity(ExplanationMetric):
