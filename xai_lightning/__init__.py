@@ -62,6 +62,7 @@ from xai_lightning.explainer import (
 )
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
+from xai_lightning.callbacks import ExplanationQualityCallback, SanityCheckCallback
 
 __version__ = "0.1.0"
 
@@ -125,4 +126,6 @@ __all__ = [
     "TCAVResult",
     "train_cavs",
     "Xrai",
+    "ExplanationQualityCallback",
+    "SanityCheckCallback",
 ]

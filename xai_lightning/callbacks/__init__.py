@@ -9,16 +9,20 @@ from xai_lightning.callbacks.grad_cam import GradCAMCallback
 from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
+from xai_lightning.callbacks.explanation_quality import ExplanationQualityCallback
+from xai_lightning.callbacks.sanity_check import SanityCheckCallback
 
 __all__ = [
     "AdversarialTrainingCallback",
     "AttributionCallback",
     "DissectionCallback",
     "ExplainerNetworkCallback",
+    "ExplanationQualityCallback",
     "GradCAMCallback",
     "ObserverCallback",
     "ProbeSet",
     "RobustnessCallback",
+    "SanityCheckCallback",
     "TCAVCallback",
     "draw_probe",
     "find_probe_dataset",

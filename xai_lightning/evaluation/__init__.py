@@ -46,6 +46,7 @@ from xai_lightning.evaluation.max_sensitivity import MaxSensitivity, max_sensiti
 from xai_lightning.evaluation.metric_registry import (
     available_metrics,
     build_metric,
+    metric_direction,
     metric_needs_masks,
     metric_option_names,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "infidelity",
     "insertion_auc",
     "max_sensitivity",
+    "metric_direction",
     "metric_needs_masks",
     "metric_option_names",
     "nanmean",

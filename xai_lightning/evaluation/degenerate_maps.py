@@ -33,10 +33,10 @@ def finite_maps(maps: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(maps.detach(), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def degenerate_warning(count: int, total: int, what: str, fallback: str) -> str:
+def degenerate_warning(count: int, total: int, what: str, handling: str) -> str:
     """The one message every caller emits: how many maps of ``what`` were degenerate and how they were scored."""
     return (
-        f"{count} of {total} maps of {what} are all zero, constant or contain NaN/inf; they are scored as "
-        f"{fallback} instead of NaN. An untrained or randomised network often gives such maps (Grad-CAM's "
-        "ReLU removes everything); if it persists, check the method's layer and target."
+        f"{count} of {total} maps of {what} are all zero, constant or contain NaN/inf; {handling}. An untrained "
+        "or randomised network often gives such maps (Grad-CAM's ReLU removes everything); if it persists, "
+        "check the method's layer and target."
     )

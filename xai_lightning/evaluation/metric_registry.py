@@ -33,7 +33,7 @@ from xai_lightning.evaluation.localisation_metrics import PointingGame, Relevanc
 from xai_lightning.evaluation.max_sensitivity import MaxSensitivity
 from xai_lightning.evaluation.road import ROAD
 
-__all__ = ["available_metrics", "build_metric", "metric_needs_masks", "metric_option_names"]
+__all__ = ["available_metrics", "build_metric", "metric_direction", "metric_needs_masks", "metric_option_names"]
 
 _METRICS: dict[str, Callable[..., ExplanationMetric]] = {
     "deletion_auc": DeletionAUC,
@@ -74,6 +74,12 @@ def metric_needs_masks(name: str) -> bool:
     factory = _factory(name)
     cls = factory.func if isinstance(factory, functools.partial) else factory
     return bool(cls.needs_masks)
+
+
+def metric_direction(name: str) -> str:
+    """``"lower"`` or ``"higher"``: which values mean a better explanation."""
+    _factory(name)
+    return "lower" if name in ("deletion_auc", "infidelity", "max_sensitivity", "road_morf") else "higher"
 
 
 def build_metric(name: str, model: nn.Module, **options: Any) -> ExplanationMetric:
