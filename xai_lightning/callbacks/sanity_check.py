@@ -256,7 +256,7 @@ class SanityCheckCallback(ObserverCallback):
                          for index, layer, value in zip(positions, self.randomised_layers, values)]
             axis.axhline(0.0, color="grey", linewidth=0.6)
             axis.set_xticks(positions, self.randomised_layers, rotation=90, fontsize=6)
-            axis.set_ylim(-0.5, 1.05)
+            axis.set_ylim(-1.05, 1.05)
             axis.set_title(similarity, fontsize=9)
         axes[0].set_ylabel(f"similarity to trained ({self.mode})")
         axes[-1].legend(fontsize=7)
