@@ -196,6 +196,20 @@ def test_every_metric_is_the_same_in_any_batch_and_slice():
         torch.testing.assert_close(chance_halves, chance, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_random_maps_per_example_depend_on_the_example_seed_only():
+    from xai_lightning.evaluation import random_maps
+
+    like = torch.zeros(4, 6, 6)
+    shared = random_maps(like, 2, seed=3)
+    assert torch.equal(shared[:, 0], shared[:, 3]) and not torch.equal(shared[0], shared[1])
+    own = random_maps(like, 2, seed=3, example_seeds=torch.tensor([10, 11, 12, 13]))
+    assert not torch.equal(own[:, 0], own[:, 1])
+    alone = random_maps(like[:1], 2, seed=3, example_seeds=torch.tensor([12]))
+    assert torch.equal(alone[:, 0], own[:, 2])
+    assert torch.equal(random_maps(like, 2, seed=3, example_seeds=torch.tensor([10, 11, 12, 13])), own)
+    assert not torch.equal(random_maps(like, 2, seed=4, example_seeds=torch.tensor([10, 11, 12, 13])), own)
+
+
 def test_torchmetric_accumulates_the_function_mean_and_never_owns_the_model():
     model = trained_like_model()
     x = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(1))

@@ -36,8 +36,8 @@ class ExplanationQualityCallback(ObserverCallback):
 
     Every scheduled epoch, each method explains the probe set (its heatmap, ``method.to_map``), and
     each metric of :mod:`xai_lightning.evaluation` scores the maps on the same images; the same
-    metric scores seeded random maps (mean over ``random_maps`` draws) — the level a method must
-    beat for its number to mean anything. All work runs inside the observer guard, batched, so
+    metric scores seeded random maps (each probe image its own) — the level a method must beat for
+    its number to mean anything. All work runs inside the observer guard, batched, so
     the trained weights stay bit-identical. Logged (scalars, mean over the probe set):
 
     ============================================  =================================================
@@ -65,7 +65,8 @@ class ExplanationQualityCallback(ObserverCallback):
         method_options: per-method options, e.g. ``{"integrated_gradients": {"steps": 16}}``.
         metric_options: per-metric options, e.g. ``{"deletion_auc": {"steps": 32, "baseline": "blur"}}``;
             unknown names and options fail at construction with the valid ones.
-        random_maps: random maps averaged for the chance level.
+        random_maps: random maps per probe image for the chance level; each image gets its own,
+            seeded by its dataset index, so the logged mean is over ``random_maps × num_probe`` maps.
         seed: seed of the random maps and of the metrics' draws (the same every epoch).
         output_key, max_batch: where the logits are; cap on inputs per forward pass.
         probe_split, probe_seed, on_error: see :class:`~xai_lightning.callbacks.ObserverCallback`.
@@ -88,7 +89,7 @@ class ExplanationQualityCallback(ObserverCallback):
         layer: str = "auto",
         method_options: dict[str, dict[str, Any]] | None = None,
         metric_options: dict[str, dict[str, Any]] | None = None,
-        random_maps: int = 2,
+        random_maps: int = 1,
         seed: int = 0,
         output_key: str | int | None = None,
         max_batch: int | None = 256,
@@ -212,7 +213,7 @@ class ExplanationQualityCallback(ObserverCallback):
                 out[f"{name}/{metric_name}"] = metric.values(probe.images, maps[name], targets, masks)
             chance = shared[metric_name] if metric_name in shared else self._metric(metric_name, pl_module)
             out[f"random/{metric_name}"] = chance.random_values(probe.images, maps[self.methods[0]], targets,
-                                                                 self.random_maps, self.seed, masks)
+                                                                 self.random_maps, self.seed, masks, probe.indices)
         return out
 
     def report(

@@ -54,7 +54,8 @@ class ExplanationMetric(torchmetrics.Metric):
         raise NotImplementedError
 
     def random_values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec, num_maps: int,
-                      seed: int, masks: torch.Tensor | None = None) -> torch.Tensor:
+                      seed: int, masks: torch.Tensor | None = None,
+                      example_seeds: torch.Tensor | None = None) -> torch.Tensor:
         """``(B,)`` the value of random maps shaped like ``maps`` on the same examples (mean over ``num_maps``).
 
         See :func:`~xai_lightning.evaluation.random_reference.random_maps`; metrics whose chance level
@@ -62,7 +63,7 @@ class ExplanationMetric(torchmetrics.Metric):
         """
         from xai_lightning.evaluation.random_reference import random_maps
 
-        draws = random_maps(maps, num_maps, seed)
+        draws = random_maps(maps, num_maps, seed, example_seeds)
         return torch.stack([self.values(inputs, draw, targets, masks) for draw in draws]).mean(0)
 
     def update(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",

@@ -182,11 +182,11 @@ class MaxSensitivity(ExplanationMetric):
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return max_sensitivity(self.model, inputs, maps, targets, explain=self.explainer, **self.options)
 
-    def random_values(self, inputs, maps, targets, num_maps, seed, masks=None) -> torch.Tensor:
+    def random_values(self, inputs, maps, targets, num_maps, seed, masks=None, example_seeds=None) -> torch.Tensor:
         from xai_lightning.evaluation.random_reference import random_maps
 
         values = []
-        for draw, random_map in enumerate(random_maps(maps, num_maps, seed)):
+        for draw, random_map in enumerate(random_maps(maps, num_maps, seed, example_seeds)):
             explainer = _RandomExplainer(maps, seed * 7919 + draw + 1)
             values.append(max_sensitivity(self.model, inputs, random_map, targets, explain=explainer, **self.options))
         return torch.stack(values).mean(0)

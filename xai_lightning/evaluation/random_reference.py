@@ -5,9 +5,11 @@ ranking of the same pixels gets on the same images with the same model. Every me
 that reference (REFERENCE.md, "Random-map reference"): the mean of the metric over ``num_maps``
 seeded random maps, each i.i.d. uniform on [0, 1) per map entry.
 
-One random map is drawn per draw and shared by all examples of the batch, so an example's
-reference does not depend on which examples share its batch (``max_batch`` slicing and DDP
-sharding leave it unchanged).
+By default one random map is drawn per draw and shared by all examples of the batch, so an
+example's reference does not depend on which examples share its batch (``max_batch`` slicing and
+DDP sharding leave it unchanged). With ``example_seeds`` (e.g. the probe images' dataset indices)
+every example gets its own maps, seeded by ``(seed, example_seed)`` — just as independent of the
+batching, and a mean over a probe set is then a mean over that many different random maps.
 """
 
 from __future__ import annotations
@@ -20,20 +22,29 @@ from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 __all__ = ["RandomMapReference", "random_map_reference", "random_maps"]
 
 
-def random_maps(like: torch.Tensor, num_maps: int, seed: int) -> torch.Tensor:
-    """``(num_maps, *like.shape)`` i.i.d. U[0, 1) maps from a private generator seeded with ``seed``."""
+def random_maps(like: torch.Tensor, num_maps: int, seed: int, example_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """``(num_maps, *like.shape)`` i.i.d. U[0, 1) maps from private generators seeded with ``seed``
+    (and, per example, ``example_seeds`` ``(B,)``)."""
     if num_maps < 1:
         raise ValueError(f"num_maps must be >= 1; got {num_maps}")
-    generator = torch.Generator().manual_seed(int(seed))
-    draws = torch.rand((num_maps, 1, *like.shape[1:]), generator=generator, dtype=torch.float32)
-    return draws.to(like.device).expand(num_maps, *like.shape)
+    if example_seeds is None:
+        generator = torch.Generator().manual_seed(int(seed))
+        draws = torch.rand((num_maps, 1, *like.shape[1:]), generator=generator, dtype=torch.float32)
+        return draws.to(like.device).expand(num_maps, *like.shape)
+    seeds = torch.as_tensor(example_seeds).reshape(-1).tolist()
+    if len(seeds) != like.shape[0]:
+        raise ValueError(f"example_seeds has {len(seeds)} entries for {like.shape[0]} maps")
+    per_example = [torch.rand((num_maps, *like.shape[1:]), dtype=torch.float32,
+                              generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(value)))
+                   for value in seeds]
+    return torch.stack(per_example, dim=1).to(like.device)
 
 
 def random_map_reference(metric: ExplanationMetric, inputs: torch.Tensor, maps: torch.Tensor,
                          targets: TargetSpec = "predicted", num_maps: int = 3, seed: int = 0,
-                         masks: torch.Tensor | None = None) -> torch.Tensor:
+                         masks: torch.Tensor | None = None, example_seeds: torch.Tensor | None = None) -> torch.Tensor:
     """``(B,)`` the value of ``metric`` for random maps shaped like ``maps`` (mean over ``num_maps``)."""
-    return metric.random_values(inputs, maps, targets, num_maps, seed, masks)
+    return metric.random_values(inputs, maps, targets, num_maps, seed, masks, example_seeds)
 
 
 class RandomMapReference(ExplanationMetric):
