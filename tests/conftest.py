@@ -183,3 +183,22 @@ def restore_deterministic_algorithms():
     max-unpools, which has no deterministic kernel) must not depend on which tests ran first."""
     torch.use_deterministic_algorithms(_DETERMINISTIC_AT_START[0], warn_only=_DETERMINISTIC_AT_START[1])
     yield
+
+
+def load_experiment(path: Path):
+    """Import an experiment script (``experiments/<name>/run.py``) as a module, by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"experiment_{Path(path).parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread (tiny models only thrash with more), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

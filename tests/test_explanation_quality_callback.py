@@ -128,6 +128,27 @@ def test_all_zero_gradcam_maps_get_defined_values_and_one_warning_naming_method_
     assert issubclass(DegenerateMapWarning, UserWarning)
 
 
+def test_history_survives_a_checkpoint_resume(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    first = fast_quality(methods=["saliency"], metrics=["deletion_auc"], num_probe=3)
+    sanity = SanityCheckCallback(methods=["saliency"], similarities=["spearman_abs"], num_probe=2,
+                                 layers=["network.classifier"])
+    pl.seed_everything(0)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[first, sanity, ModelCheckpoint(dirpath=tmp_path / "ckpt",
+                            save_last=True)], logger=CSVLogger(str(tmp_path)), limit_train_batches=1)
+    trainer.fit(small_classifier(width=4), small_datamodule(num_train=32, num_val=8))
+    resumed = fast_quality(methods=["saliency"], metrics=["deletion_auc"], num_probe=3)
+    resumed_sanity = SanityCheckCallback(methods=["saliency"], similarities=["spearman_abs"], num_probe=2,
+                                         layers=["network.classifier"])
+    trainer = quiet_trainer(max_epochs=2, callbacks=[resumed, resumed_sanity], logger=CSVLogger(str(tmp_path)),
+                            limit_train_batches=1, enable_checkpointing=False)
+    trainer.fit(small_classifier(width=4), small_datamodule(num_train=32, num_val=8),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [h["epoch"] for h in resumed.history] == [0.0, 1.0]
+    assert [h["epoch"] for h in resumed_sanity.history] == [0.0, 1.0]
+
+
 class CountingClassifier(ImageClassifier):
     steps = 0
 

@@ -3,31 +3,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "roar"
 
 
 def load_run():
-    spec = importlib.util.spec_from_file_location("roar_run", EXPERIMENT / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return load_experiment(EXPERIMENT / "run.py")
 
 
 def test_remove_top_replaces_exactly_the_top_fraction_by_the_fill():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import statistics
@@ -29,17 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import yaml
 from matplotlib.figure import Figure
-from torch.utils.data import DataLoader, TensorDataset
 
-from xai_lightning import ConceptWorld, ImageClassifier, SmallCNN
+from xai_lightning import ConceptWorld
 from xai_lightning.attribution import get_method
 from xai_lightning.logging import HtmlReport, display_images, labelled_grid, to_uint8_hwc
 
 ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("concept_world_training", Path(__file__).with_name("concept_world_training.py"))
+_training = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_training)
+train, accuracy, confidence_interval = _training.train, _training.accuracy, _training.confidence_interval
 #: method name in the study → (registry name, options); "random" and "ground_truth" are not methods.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gradient": ("saliency", {}),
@@ -48,24 +51,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gradcam": ("gradcam", {}),
 }
 ORACLES = ("random", "ground_truth")
-
-
-def train(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, Any], seed: int) -> ImageClassifier:
-    """A SmallCNN trained on the given tensors (cross-entropy, Adam), returned in eval mode."""
-    pl.seed_everything(seed, workers=True, verbose=False)
-    model = ImageClassifier(SmallCNN(num_classes=int(labels.max()) + 1, width=settings["width"]), lr=settings["lr"])
-    loader = DataLoader(TensorDataset(images, labels), batch_size=settings["batch_size"], shuffle=True)
-    trainer = pl.Trainer(max_epochs=settings["epochs"], accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=True)
-    trainer.fit(model, loader)
-    return model.eval()
-
-
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> float:
-    with torch.no_grad():
-        predictions = torch.cat([model(images[i : i + chunk]).argmax(1) for i in range(0, len(images), chunk)])
-    return float((predictions == labels).float().mean())
 
 
 def ranking_scores(name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -89,15 +74,6 @@ def remove_top(images: torch.Tensor, scores: torch.Tensor, fraction: float, fill
     order = scores.flatten(1).argsort(dim=1, descending=True, stable=True)
     removed = torch.zeros_like(order, dtype=torch.bool).scatter_(1, order[:, :count], True).view_as(scores)
     return torch.where(removed.unsqueeze(1), fill.view(1, -1, 1, 1), images)
-
-
-def confidence_interval(values: list[float]) -> float:
-    """Half-width of the 95 % t-interval of the mean (0 for one value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
 def run(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -21,27 +21,31 @@ grids, tables):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import yaml
 from matplotlib.figure import Figure
-from torch.utils.data import DataLoader, TensorDataset
 
-from xai_lightning import ConceptWorld, ImageClassifier, SmallCNN
+from xai_lightning import ConceptWorld
 from xai_lightning.attribution import get_method
 from xai_lightning.attribution.maps import reduce_to_map
 from xai_lightning.evaluation.sanity import map_similarity, model_parameter_randomisation, randomisable_layers
 from xai_lightning.logging import HtmlReport, display_images, heatmaps, labelled_grid, to_uint8_hwc
 
 ROOT = Path(__file__).resolve().parents[2]
+# Training and the t-interval live with the ROAR experiment: one home for both studies.
+_spec = importlib.util.spec_from_file_location("concept_world_training",
+                                               ROOT / "experiments" / "roar" / "concept_world_training.py")
+_training = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_training)
+train, accuracy, interval = _training.train, _training.accuracy, _training.confidence_interval
 #: study name → (registry name, options for signed maps)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gradient": ("saliency", {"abs": False}),
@@ -53,23 +57,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 TITLES = {"gradient": "Gradient", "smoothgrad": "SmoothGrad", "integrated_gradients": "Integrated Gradients",
           "guided_backprop": "Guided Backprop", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM"}
-
-
-def train(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, Any], seed: int) -> ImageClassifier:
-    """A SmallCNN trained on the given tensors (cross-entropy, Adam), returned in eval mode."""
-    pl.seed_everything(seed, workers=True, verbose=False)
-    model = ImageClassifier(SmallCNN(num_classes=int(labels.max()) + 1, width=settings["width"]), lr=settings["lr"])
-    loader = DataLoader(TensorDataset(images, labels), batch_size=settings["batch_size"], shuffle=True)
-    trainer = pl.Trainer(max_epochs=settings["epochs"], accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=True)
-    trainer.fit(model, loader)
-    return model.eval()
-
-
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(images).argmax(1) == labels).float().mean())
 
 
 class Explainer:
@@ -86,15 +73,6 @@ class Explainer:
         if self.signed and attribution.dim() == 4:
             return reduce_to_map(attribution, "sum")
         return self.method.to_map(attribution)
-
-
-def interval(values: list[float]) -> float:
-    """Half-width of the 95 % t-interval of the mean (0 for one value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
 
 
 def run(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -9,10 +9,16 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.attribution.method import AttributionMethod
-from xai_lightning.attribution.registry import get_method, method_class
+from xai_lightning.attribution.registry import get_method
 from xai_lightning.callbacks.base import ObserverCallback
+from xai_lightning.callbacks.configured_methods import (
+    canonical_method_options,
+    canonical_methods,
+    configured_options,
+    method_layer,
+)
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.core import resolve_layers, resolve_targets, select_logits
+from xai_lightning.core import resolve_targets, select_logits
 from xai_lightning.evaluation import (
     ExplanationMetric,
     available_metrics,
@@ -99,14 +105,13 @@ class ExplanationQualityCallback(ObserverCallback):
     ) -> None:
         super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
                          probe_seed=probe_seed, on_error=on_error)
-        methods = [methods] if isinstance(methods, str) else list(methods)
+        names = canonical_methods(methods, "ExplanationQualityCallback")
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        if not methods or not metrics:
-            raise ValueError("ExplanationQualityCallback needs at least one method and one metric; see "
-                             "xai_lightning.attribution.available_methods() and xai_lightning.evaluation.available_metrics().")
-        names = [method_class(name).name for name in methods]  # unknown names fail listing the valid ones
-        if len(set(names)) != len(names) or len(set(metrics)) != len(metrics):
-            raise ValueError(f"Each method and metric may appear once; got methods={methods}, metrics={metrics}")
+        if not metrics:
+            raise ValueError("ExplanationQualityCallback needs at least one metric; see "
+                             "xai_lightning.evaluation.available_metrics().")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"Each metric may appear once; got {metrics}")
         if "random" in names:
             raise ValueError("'random' is the name of the chance level; it cannot be a method.")
         valid_metrics = available_metrics()
@@ -122,12 +127,6 @@ class ExplanationQualityCallback(ObserverCallback):
                 raise ValueError(f"{metric} has no option(s) {unknown}; valid options: "
                                  f"{', '.join(metric_option_names(metric))}.")
             options[metric] = dict(values)
-        canonical_method_options = {}
-        for key, value in dict(method_options or {}).items():
-            canonical = method_class(key).name
-            if canonical not in names:
-                raise ValueError(f"method_options names {key!r}, which is not among methods={names}")
-            canonical_method_options[canonical] = dict(value)
         if isinstance(target, str) and target not in ("label", "predicted"):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
         if random_maps < 1:
@@ -136,7 +135,7 @@ class ExplanationQualityCallback(ObserverCallback):
         self.metrics = metrics
         self.target = target
         self.layer = layer
-        self.method_options = canonical_method_options
+        self.method_options = canonical_method_options(method_options, names)
         self.metric_options = options
         self.random_maps = random_maps
         self.seed = seed
@@ -155,13 +154,8 @@ class ExplanationQualityCallback(ObserverCallback):
         return "predicted" if self.target == "label" and probe.labels is None else self.target
 
     def _method_options(self, name: str) -> dict[str, Any]:
-        options = dict(self.method_options.get(name, {}))
-        if "layer" in method_class(name).option_names():
-            options.setdefault("layer", self.layer)
-        options.setdefault("output_key", self.output_key)
-        options.setdefault("max_batch", self.max_batch)
-        options.setdefault("seed", self.probe_seed)
-        return options
+        return configured_options(name, self.method_options.get(name, {}), layer=self.layer,
+                                  output_key=self.output_key, max_batch=self.max_batch, seed=self.probe_seed)
 
     def _metric(self, name: str, model: torch.nn.Module, method: str | None = None) -> ExplanationMetric:
         options = dict(self.metric_options.get(name, {}))
@@ -170,7 +164,8 @@ class ExplanationQualityCallback(ObserverCallback):
             if key in valid:
                 options.setdefault(key, value)
         if name == "max_sensitivity":
-            options.update(method=method or self.methods[0], method_options=self._method_options(method or self.methods[0]))
+            name_of_method = method or self.methods[0]
+            options.update(method=name_of_method, method_options=self._method_options(name_of_method))
         return build_metric(name, model, **options)
 
     # ------------------------------------------------------------------ ObserverCallback API
@@ -186,11 +181,8 @@ class ExplanationQualityCallback(ObserverCallback):
             raise ValueError(f"ROAD imputes pixels of images (N, C, H, W); the probe is {tuple(probe.images.shape)}")
         self.explainers = {name: get_method(name, **self._method_options(name)) for name in self.methods}
         one = probe.images[:1].to(pl_module.device)
-        for name, explainer in self.explainers.items():
-            explainer._check_inputs(one)  # image-only methods on non-image probes fail now
-            layer = getattr(explainer, "layer", None)
-            self.method_layers[name] = resolve_layers(pl_module, layer, forward=lambda: pl_module(one))[0] \
-                if isinstance(layer, str) else "input"
+        # image-only methods on non-image probes and unknown layers fail now
+        self.method_layers = {name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()}
         for name in self.metrics:
             self._metric(name, pl_module, self.methods[0])  # invalid option values fail now
         if isinstance(self.target, int):

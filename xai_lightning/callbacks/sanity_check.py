@@ -12,10 +12,15 @@ from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.attribution.method import AttributionMethod
-from xai_lightning.attribution.registry import get_method, method_class
 from xai_lightning.callbacks.base import ObserverCallback
+from xai_lightning.callbacks.configured_methods import (
+    build_method,
+    canonical_method_options,
+    canonical_methods,
+    method_layer,
+)
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.core import resolve_layers, resolve_targets, select_logits
+from xai_lightning.core import resolve_targets, select_logits
 from xai_lightning.evaluation import degenerate_maps, degenerate_warning
 from xai_lightning.evaluation.sanity import (
     SIMILARITIES,
@@ -107,12 +112,7 @@ class SanityCheckCallback(ObserverCallback):
     ) -> None:
         super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
                          probe_seed=probe_seed, on_error=on_error)
-        methods = [methods] if isinstance(methods, str) else list(methods)
-        if not methods:
-            raise ValueError("SanityCheckCallback needs at least one method; see xai_lightning.attribution.available_methods().")
-        names = [method_class(name).name for name in methods]
-        if len(set(names)) != len(names):
-            raise ValueError(f"Each method may appear once; got {methods}")
+        names = canonical_methods(methods, "SanityCheckCallback")
         if mode not in ("cascading", "independent"):
             raise ValueError(f"mode must be 'cascading' or 'independent'; got {mode!r}")
         similarities = [similarities] if isinstance(similarities, str) else list(similarities)
@@ -125,12 +125,6 @@ class SanityCheckCallback(ObserverCallback):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1; got {max_images}")
-        canonical_options = {}
-        for key, value in dict(method_options or {}).items():
-            canonical = method_class(key).name
-            if canonical not in names:
-                raise ValueError(f"method_options names {key!r}, which is not among methods={names}")
-            canonical_options[canonical] = dict(value)
         self.methods = names
         self.mode = mode
         self.similarities = similarities
@@ -138,7 +132,7 @@ class SanityCheckCallback(ObserverCallback):
         self.at_epochs = sorted({int(epoch) for epoch in at_epochs}) if at_epochs is not None else None
         self.target = target
         self.layer = layer
-        self.method_options = canonical_options
+        self.method_options = canonical_method_options(method_options, names)
         self.seed = seed
         self.max_images = max_images
         self.colormap = colormap
@@ -176,19 +170,10 @@ class SanityCheckCallback(ObserverCallback):
                              f"with parameters and reset_parameters(). Randomisable layers, top first: {valid}")
         self.randomised_layers = list(layers)
         one = probe.images[:1].to(pl_module.device)
-        for name in self.methods:
-            options = dict(self.method_options.get(name, {}))
-            if "layer" in method_class(name).option_names():
-                options.setdefault("layer", self.layer)
-            options.setdefault("output_key", self.output_key)
-            options.setdefault("max_batch", self.max_batch)
-            options.setdefault("seed", self.probe_seed)
-            explainer = get_method(name, **options)
-            explainer._check_inputs(one)
-            layer = getattr(explainer, "layer", None)
-            self.method_layers[name] = resolve_layers(pl_module, layer, forward=lambda: pl_module(one))[0] \
-                if isinstance(layer, str) else "input"
-            self.explainers[name] = explainer
+        self.explainers = {name: build_method(name, self.method_options.get(name, {}), layer=self.layer,
+                                              output_key=self.output_key, max_batch=self.max_batch,
+                                              seed=self.probe_seed) for name in self.methods}
+        self.method_layers = {name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()}
         if isinstance(self.target, int):
             resolve_targets(self.target, select_logits(pl_module(one), self.output_key))
 
