@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,11 +251,17 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
 def test_metric_states_sync_across_two_gloo_processes():
     import torch.multiprocessing as mp
 
-    # fork: the workers inherit the imported modules instead of importing Lightning and W&B again
-    context = mp.get_context("fork")
+    # spawn, not fork: a child forked from a parent whose OpenMP pool is running can hang in it
+    context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     port = 29500 + os.getpid() % 1000
-    mp.start_processes(_ddp_worker, args=(2, port, queue), nprocs=2, join=True, start_method="fork")
+    workers = mp.start_processes(_ddp_worker, args=(2, port, queue), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 600
+    while not workers.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the 2-process metric sync did not finish within 10 minutes")
     synced = queue.get()
     model = trained_like_model()
     x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(1))

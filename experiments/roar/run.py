@@ -142,17 +142,19 @@ def _write(result: dict[str, Any], examples: dict[str, torch.Tensor], out_dir: P
                     "intervals": {m: {str(f): v for f, v in per.items()} for m, per in intervals.items()}}
     (out_dir / "results.json").write_text(json.dumps(serialisable, indent=2))
 
-    figure = Figure(figsize=(5.5, 3.6))
+    figure = Figure(figsize=(6.5, 3.8))
     axis = figure.subplots()
-    for name, per in means.items():
+    for index, (name, per) in enumerate(means.items()):
         fractions = sorted(per)
-        axis.errorbar([100 * f for f in fractions], [per[f] for f in fractions],
-                      yerr=[intervals[name][f] for f in fractions], marker="o", capsize=3, label=name)
+        colour = f"C{index}"
+        axis.plot([100 * f for f in fractions], [per[f] for f in fractions], marker="o", color=colour, label=name)
+        seeds = [(100 * row["fraction"], row["accuracy"]) for row in rows if row["method"] == name]
+        axis.scatter(*zip(*seeds), s=9, color=colour, alpha=0.45)  # every retraining seed
     axis.axhline(result["base_accuracy"], color="grey", linestyle="--", linewidth=0.8, label="no removal")
     axis.set_xlabel("pixels removed and retrained (t, %)")
     axis.set_ylabel("test accuracy after retraining")
     axis.set_ylim(0, 1.02)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(out_dir / "accuracy_vs_removed.png", dpi=110)
 
@@ -160,8 +162,9 @@ def _write(result: dict[str, Any], examples: dict[str, torch.Tensor], out_dir: P
     report.text("Hooker et al. (2019): rank each image's pixels by an attribution map of the trained model, replace "
                 "the top t % by the per-channel training mean in the training and the test images, retrain from "
                 "scratch, and measure test accuracy. A ranking that finds what the model needs makes accuracy fall "
-                "fastest; 'random' is chance, 'ground_truth' removes the object first (an oracle). Error bars: 95 % "
-                "t-intervals over retraining seeds (none with one seed).")
+                "fastest; 'random' is chance, 'ground_truth' removes the object first (an oracle). Lines: means over "
+                "retraining seeds; dots: single seeds. Table: mean ± half-width of the 95 % t-interval over the seeds "
+                "(0 with one seed).")
     report.figure(figure, "test accuracy vs removed fraction")
     fractions = sorted({row["fraction"] for row in rows})
     table = [[name, *[f"{means[name][f]:.3f} ± {intervals[name][f]:.3f}" for f in fractions]] for name in means]
