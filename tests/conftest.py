@@ -239,3 +239,20 @@ def logged_csv_figures(log_dir: Path, prefix: str) -> list[dict[str, float]]:
         rows = list(csv.DictReader(handle))
     figures = [{key: float(value) for key, value in row.items() if key.startswith(prefix) and value} for row in rows]
     return [figure for figure in figures if figure]
+def load_experiment(path: Path):
+    """Import an experiment script (``experiments/<name>/run.py``) as a module, by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"experiment_{Path(path).parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread (tiny models only thrash with more), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

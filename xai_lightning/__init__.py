@@ -62,6 +62,7 @@ from xai_lightning.explainer import (
 )
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
+from xai_lightning.callbacks import ExplanationQualityCallback, SanityCheckCallback
 
 # transformers and text (issue 20)
 from xai_lightning.attribution import (
@@ -152,4 +153,6 @@ __all__ = [
     "TriggerTextDataModule",
     "VisionTransformer",
     "Xrai",
+    "ExplanationQualityCallback",
+    "SanityCheckCallback",
 ]

@@ -11,6 +11,8 @@ from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
 from xai_lightning.callbacks.text_attribution import TextAttributionCallback
+from xai_lightning.callbacks.explanation_quality import ExplanationQualityCallback
+from xai_lightning.callbacks.sanity_check import SanityCheckCallback
 
 __all__ = [
     "AdversarialTrainingCallback",
@@ -18,10 +20,12 @@ __all__ = [
     "AttributionCallback",
     "DissectionCallback",
     "ExplainerNetworkCallback",
+    "ExplanationQualityCallback",
     "GradCAMCallback",
     "ObserverCallback",
     "ProbeSet",
     "RobustnessCallback",
+    "SanityCheckCallback",
     "TCAVCallback",
     "TextAttributionCallback",
     "draw_probe",

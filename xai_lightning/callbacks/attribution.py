@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.registry import get_method, method_class
@@ -14,7 +15,7 @@ from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.probe_captions import probe_captions
 from xai_lightning.core import resolve_targets, select_logits
-from xai_lightning.evaluation import score_maps
+from xai_lightning.evaluation import degenerate_warning, score_maps
 from xai_lightning.logging import display_images, labelled_grid, overlay, to_uint8_hwc
 
 __all__ = ["AttributionCallback", "DEFAULT_METHODS"]
@@ -118,6 +119,7 @@ class AttributionCallback(ObserverCallback):
         self.max_batch = max_batch
         self.explainers: dict[str, AttributionMethod] = {}
         self._previous: dict[str, torch.Tensor] = {}
+        self._warned: set[str] = set()  # methods whose empty maps were reported (once per run)
 
     @property
     def state_key(self) -> str:
@@ -173,6 +175,13 @@ class AttributionCallback(ObserverCallback):
             maps = results[f"map/{name}"]
             scores = score_maps(maps, probe.object_masks, self._previous.get(name))
             scalars.update({f"{self.namespace}/{name}/{key}": value for key, value in scores.items()})
+            if scores["empty_maps"] > 0 and name not in self._warned:
+                self._warned.add(name)
+                layer = getattr(self.explainers.get(name), "layer", "input")
+                rank_zero_warn(f"AttributionCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
+                    round(scores["empty_maps"] * len(maps)), len(maps), f"method {name!r} (layer {layer!r})",
+                    "their scores are left out of the means, which are a uniform map's (chance) when no map is "
+                    "left"))
             self._previous[name] = maps.clone()
         if trainer.is_global_zero:
             self._log_grid(trainer, probe, results)

@@ -7,13 +7,14 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.attribution.grad_cam import grad_cam
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.probe_captions import probe_captions
 from xai_lightning.core import resolve_layers
-from xai_lightning.evaluation import score_maps
+from xai_lightning.evaluation import degenerate_warning, score_maps
 from xai_lightning.logging import display_images, heatmaps, labelled_grid, overlay, to_uint8_hwc
 
 __all__ = ["GradCAMCallback"]
@@ -88,6 +89,7 @@ class GradCAMCallback(ObserverCallback):
         self.max_batch = max_batch
         self.layer_names: list[str] = []
         self._previous: dict[str, torch.Tensor] = {}
+        self._warned: set[str] = set()  # layers whose empty maps were reported (once per run)
 
     @property
     def state_key(self) -> str:
@@ -130,6 +132,12 @@ class GradCAMCallback(ObserverCallback):
             prefix = f"{self.namespace}/{name}"
             scores = score_maps(maps, probe.object_masks, self._previous.get(name))
             scalars.update({f"{prefix}/{key}": value for key, value in scores.items()})
+            if scores["empty_maps"] > 0 and name not in self._warned:
+                self._warned.add(name)
+                rank_zero_warn(f"GradCAMCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
+                    round(scores["empty_maps"] * len(maps)), len(maps), f"Grad-CAM at layer {name!r}",
+                    "their scores are left out of the means, which are a uniform map's (chance) when no map is "
+                    "left"))
             self._previous[name] = maps.clone()
         if trainer.is_global_zero:
             self._log_grid(trainer, probe, results)

@@ -47,7 +47,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -
     Constant maps have no peak and score NaN.
     """
     check_mask_shape(maps, masks)
-    batch, height, width = maps.shape
+    batch, _height, width = maps.shape
     flat = maps.flatten(1)
     peak = flat.argmax(1)
     row, col = peak // width, peak % width
