@@ -183,3 +183,20 @@ def restore_deterministic_algorithms():
     max-unpools, which has no deterministic kernel) must not depend on which tests ran first."""
     torch.use_deterministic_algorithms(_DETERMINISTIC_AT_START[0], warn_only=_DETERMINISTIC_AT_START[1])
     yield
+
+
+def read_wandb_config(run_dir) -> dict:
+    """The configuration of an offline W&B run (its ``run.config`` updates, merged), read back with
+    ``wandb leet inspect --json``."""
+    import json
+    import subprocess
+
+    output = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
+    ).stdout
+    config: dict = {}
+    for line in output.splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("type") == "config":
+            config.update(record["config"].get("update", {}))
+    return config

@@ -3,126 +3,115 @@
 PyTorch Lightning callbacks that explain a training model every epoch — Grad-CAM and other
 attributions, concept vectors, network dissection, robustness — without changing its training,
 and log maps, scores and tables to Weights & Biases (offline by default), TensorBoard or files.
+
+The package root is lazy (PEP 562): ``import xai_lightning`` imports nothing else, and each name
+below is imported from its subpackage on first use, so ``from xai_lightning import grad_cam``
+never loads Lightning, and ``from xai_lightning import GradCAMCallback`` loads it only then.
 """
 
-from xai_lightning.attribution import (
-    GradCAM,
-    IntegratedGradients,
-    KernelShap,
-    Lime,
-    Occlusion,
-    PredictionDifferenceAnalysis,
-    Rise,
-    Saliency,
-    SmoothGrad,
-    Xrai,
-    attribute,
-    available_methods,
-    grad_cam,
-)
-from xai_lightning.callbacks import (
-    AdversarialTrainingCallback,
-    AttributionCallback,
-    DissectionCallback,
-    ExplainerNetworkCallback,
-    GradCAMCallback,
-    ObserverCallback,
-    ProbeSet,
-    RobustnessCallback,
-    TCAVCallback,
-)
-from xai_lightning.concepts import (
-    TCAV,
-    ConceptCAVs,
-    ConceptIntervention,
-    TCAVResult,
-    compare_cace_estimators,
-    conexp,
-    encdec_cace,
-    ground_truth_cace,
-    train_cavs,
-)
-from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
-from xai_lightning.data import (
-    Bars,
-    BarsDataModule,
-    ColouredDigits,
-    ColouredDigitsDataModule,
-    ConceptWorld,
-    ConceptWorldDataModule,
-    DigitsDataModule,
-)
-from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
-from xai_lightning.explainer import (
-    ExplainerNetwork,
-    evaluate_explainer,
-    fit_explainer,
-    knowledge_consistency,
-    location_instability,
-)
-from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
-from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xai_lightning.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdversarialTrainingCallback",
-    "attribute",
-    "AttributionCallback",
-    "available_methods",
-    "Bars",
-    "BarsDataModule",
-    "BrodenDataset",
-    "CifarResNet",
-    "ColouredDigits",
-    "ColouredDigitsDataModule",
-    "compare_cace_estimators",
-    "ConceptCAVs",
-    "ConceptIntervention",
-    "ConceptVocabulary",
-    "ConceptWorld",
-    "ConceptWorldDataModule",
-    "conexp",
-    "DigitsDataModule",
-    "dissect",
-    "DissectionCallback",
-    "DissectionResult",
-    "encdec_cace",
-    "evaluate_explainer",
-    "ExplainerNetwork",
-    "ExplainerNetworkCallback",
-    "export_broden",
-    "fgsm",
-    "FGSM",
-    "fit_explainer",
-    "grad_cam",
-    "GradCAM",
-    "GradCAMCallback",
-    "ground_truth_cace",
-    "ImageClassifier",
-    "IntegratedGradients",
-    "KernelShap",
-    "knowledge_consistency",
-    "LayerCapture",
-    "LayerNotFoundError",
-    "Lime",
-    "location_instability",
-    "observe",
-    "ObserverCallback",
-    "ObserverGuard",
-    "Occlusion",
-    "pgd",
-    "PGD",
-    "PredictionDifferenceAnalysis",
-    "ProbeSet",
-    "Rise",
-    "RobustnessCallback",
-    "Saliency",
-    "SmallCNN",
-    "SmoothGrad",
-    "TCAV",
-    "TCAVCallback",
-    "TCAVResult",
-    "train_cavs",
-    "Xrai",
-]
+#: Public name -> the subpackage that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("GradCAM", "IntegratedGradients", "KernelShap", "Lime", "Occlusion", "PredictionDifferenceAnalysis",
+         "Rise", "Saliency", "SmoothGrad", "Xrai", "attribute", "available_methods", "grad_cam"),
+        "xai_lightning.attribution",
+    ),
+    **dict.fromkeys(
+        ("AdversarialTrainingCallback", "AttributionCallback", "DissectionCallback", "ExplainerNetworkCallback",
+         "GradCAMCallback", "ObserverCallback", "ProbeSet", "RobustnessCallback", "TCAVCallback"),
+        "xai_lightning.callbacks",
+    ),
+    **dict.fromkeys(
+        ("TCAV", "ConceptCAVs", "ConceptIntervention", "TCAVResult", "compare_cace_estimators", "conexp",
+         "encdec_cace", "ground_truth_cace", "train_cavs"),
+        "xai_lightning.concepts",
+    ),
+    **dict.fromkeys(("LayerCapture", "LayerNotFoundError", "ObserverGuard", "observe"), "xai_lightning.core"),
+    **dict.fromkeys(
+        ("Bars", "BarsDataModule", "ColouredDigits", "ColouredDigitsDataModule", "ConceptWorld",
+         "ConceptWorldDataModule", "DigitsDataModule"),
+        "xai_lightning.data",
+    ),
+    **dict.fromkeys(
+        ("BrodenDataset", "ConceptVocabulary", "DissectionResult", "dissect", "export_broden"),
+        "xai_lightning.dissection",
+    ),
+    **dict.fromkeys(
+        ("ExplainerNetwork", "evaluate_explainer", "fit_explainer", "knowledge_consistency", "location_instability"),
+        "xai_lightning.explainer",
+    ),
+    **dict.fromkeys(("CifarResNet", "ImageClassifier", "SmallCNN"), "xai_lightning.models"),
+    **dict.fromkeys(("FGSM", "PGD", "fgsm", "pgd"), "xai_lightning.robustness"),
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
+    from xai_lightning.attribution import (
+        GradCAM,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        Occlusion,
+        PredictionDifferenceAnalysis,
+        Rise,
+        Saliency,
+        SmoothGrad,
+        Xrai,
+        attribute,
+        available_methods,
+        grad_cam,
+    )
+    from xai_lightning.callbacks import (
+        AdversarialTrainingCallback,
+        AttributionCallback,
+        DissectionCallback,
+        ExplainerNetworkCallback,
+        GradCAMCallback,
+        ObserverCallback,
+        ProbeSet,
+        RobustnessCallback,
+        TCAVCallback,
+    )
+    from xai_lightning.concepts import (
+        TCAV,
+        ConceptCAVs,
+        ConceptIntervention,
+        TCAVResult,
+        compare_cace_estimators,
+        conexp,
+        encdec_cace,
+        ground_truth_cace,
+        train_cavs,
+    )
+    from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+    from xai_lightning.data import (
+        Bars,
+        BarsDataModule,
+        ColouredDigits,
+        ColouredDigitsDataModule,
+        ConceptWorld,
+        ConceptWorldDataModule,
+        DigitsDataModule,
+    )
+    from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
+    from xai_lightning.explainer import (
+        ExplainerNetwork,
+        evaluate_explainer,
+        fit_explainer,
+        knowledge_consistency,
+        location_instability,
+    )
+    from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+    from xai_lightning.robustness import FGSM, PGD, fgsm, pgd

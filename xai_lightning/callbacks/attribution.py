@@ -12,10 +12,21 @@ from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.registry import get_method, method_class
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.callbacks.probe_captions import probe_captions
+from xai_lightning.callbacks.probe_captions import probe_captions, probe_table
 from xai_lightning.core import resolve_targets, select_logits
 from xai_lightning.evaluation import score_maps
-from xai_lightning.logging import display_images, labelled_grid, overlay, to_uint8_hwc
+from xai_lightning.logging import (
+    Colourbar,
+    NormaliseMode,
+    apply_colormap,
+    blend,
+    check_normalise,
+    colormap_table,
+    display_images,
+    labelled_grid,
+    scale_maps,
+    to_uint8_hwc,
+)
 
 __all__ = ["AttributionCallback", "DEFAULT_METHODS"]
 
@@ -42,6 +53,10 @@ class AttributionCallback(ObserverCallback):
     ``attribution/<method>/stability``                  mean Spearman ρ with the same image's map
                                                         at the previous observation
     ``attribution/<method>/empty_maps``                 fraction of maps without positive energy
+    ``attribution/probes``                              table, one row per shown probe image: its
+                                                        image, label, prediction, probability, and
+                                                        per method its energy in mask and
+                                                        pointing-game hit
     ==================================================  =======================================
 
     The scores are computed by :func:`xai_lightning.evaluation.score_maps`, the same code as
@@ -57,8 +72,11 @@ class AttributionCallback(ObserverCallback):
         layer: the layer of the CAM family (``"auto"``: the last spatial 4-D output), checked at setup.
         method_options: per-method options, e.g. ``{"integrated_gradients": {"steps": 32},
             "occlusion": {"window": 6}}``; unknown options fail at setup with the valid ones.
-        max_images: probe rows shown in the grid (all are scored).
-        colormap: matplotlib colormap of the overlays.
+        max_images: probe rows shown in the grid and the table (all are scored).
+        colormap: matplotlib colormap of the overlays (None: ``"jet"``, ``"RdBu_r"`` when signed).
+        normalise: ``"per_map"``, ``"per_epoch"``, ``"percentile"`` or ``"signed"``: how map values
+            become colours (see :class:`~xai_lightning.callbacks.GradCAMCallback`); each method's
+            column gets a colourbar with its scale.
         output_key: where the logits are when the model returns a dict/tuple.
         max_batch: cap on model inputs per forward/backward pass inside every method.
         probe_split, probe_seed, on_error: see :class:`~xai_lightning.callbacks.ObserverCallback`;
@@ -81,7 +99,8 @@ class AttributionCallback(ObserverCallback):
         layer: str = "auto",
         method_options: dict[str, dict[str, Any]] | None = None,
         max_images: int = 8,
-        colormap: str = "jet",
+        colormap: str | None = None,
+        normalise: NormaliseMode = "per_map",
         output_key: str | int | None = None,
         max_batch: int | None = 256,
         probe_split: ProbeSplit = "val",
@@ -113,7 +132,9 @@ class AttributionCallback(ObserverCallback):
         self.layer = layer
         self.method_options = canonical_options
         self.max_images = max_images
-        self.colormap = colormap
+        self.normalise = check_normalise(normalise)
+        self.colormap = colormap or ("RdBu_r" if normalise == "signed" else "jet")
+        colormap_table(self.colormap)  # an unknown colormap fails here, not after an epoch
         self.output_key = output_key
         self.max_batch = max_batch
         self.explainers: dict[str, AttributionMethod] = {}
@@ -139,9 +160,6 @@ class AttributionCallback(ObserverCallback):
         return get_method(name, **options)
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
-        from xai_lightning.logging.colormap import _lookup_table
-
-        _lookup_table(self.colormap)  # unknown colormap names fail now, not after an epoch
         self.explainers = {name: self._build(name) for name in self.methods}
         one = probe.images[:1].to(pl_module.device)
         for name, explainer in self.explainers.items():
@@ -162,7 +180,8 @@ class AttributionCallback(ObserverCallback):
         out = {"logits": logits, "targets": targets}
         for name, explainer in self.explainers.items():
             attribution = explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
-            out[f"map/{name}"] = explainer.to_map(attribution).float()
+            maps = explainer.to_map(attribution)
+            out[f"map/{name}"] = maps.to(torch.promote_types(maps.dtype, torch.float32))
         return out
 
     def report(
@@ -183,16 +202,23 @@ class AttributionCallback(ObserverCallback):
         images = probe.images[:shown]
         panels = [display_images(images)]
         titles = ["image"]
+        colourbars: list[Colourbar | None] = [None]
         for name in self.methods:
-            panels.append(overlay(images, results[f"map/{name}"][:shown], colormap=self.colormap))
+            scaled, scale = scale_maps(results[f"map/{name}"], self.normalise)  # over the whole probe set
+            panels.append(blend(images, apply_colormap(scaled[:shown], self.colormap)))
             titles.append(self.explainers[name].title or name)
+            colourbars.append(Colourbar.of(scale, self.colormap))
         grid = labelled_grid(
             to_uint8_hwc(torch.stack(panels, dim=1)),
             row_captions=probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained"),
             column_titles=titles,
+            column_colourbars=colourbars,
         )
-        caption = f"Attributions, epoch {trainer.current_epoch}, step {trainer.global_step}"
-        self.sinks.images(f"{self.namespace}/grid", [np.ascontiguousarray(grid)], [caption], trainer.global_step)
+        caption = f"Attributions, epoch {trainer.current_epoch}, step {self.step}"
+        self.sinks.images(f"{self.namespace}/grid", [np.ascontiguousarray(grid)], [caption], self.step)
+        maps = {name: results[f"map/{name}"] for name in self.methods}
+        columns, rows = probe_table(probe, results["logits"], results["targets"], shown, to_uint8_hwc(panels[0]), maps)
+        self.sinks.table(f"{self.namespace}/probes", columns, rows, self.step)
 
     def extra_state(self) -> dict[str, Any]:
         return {"previous_maps": {name: maps.clone() for name, maps in self._previous.items()}}

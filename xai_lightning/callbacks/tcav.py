@@ -294,15 +294,13 @@ class TCAVCallback(ObserverCallback):
         return scalars
 
     def _log_bars(self, layer: str, result: TCAVResult, step: int, epoch: int) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switch
 
         li = result.layers.index(layer)
         concepts, classes = result.concepts, result.classes
         width = 0.8 / (len(concepts) + 1)
-        figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2))
+        figure = Figure(figsize=(1.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2))
+        axis = figure.subplots()
         x = np.arange(len(classes))
         for ci, concept in enumerate(concepts):
             means = result.mean[li, ci].numpy()
@@ -321,10 +319,7 @@ class TCAVCallback(ObserverCallback):
         axis.set_title(f"{layer}, epoch {epoch}", fontsize=9)
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         figure.tight_layout()
-        try:
-            self.sinks.figure(f"{self.namespace}/{layer}/bars", figure, step)
-        finally:
-            plt.close(figure)
+        self.sinks.figure(f"{self.namespace}/{layer}/bars", figure, step)
 
     def _log_similar(self, layer: str, probe: ProbeSet, similarity: torch.Tensor, step: int) -> None:
         shown = min(self.num_similar, len(probe))
