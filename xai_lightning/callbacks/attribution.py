@@ -120,6 +120,8 @@ class AttributionCallback(ObserverCallback):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1; got {max_images}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None (no cap); got {max_batch}")
         options = dict(method_options or {})
         canonical_options = {}
         for key, value in options.items():

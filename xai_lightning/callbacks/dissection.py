@@ -24,7 +24,7 @@ from xai_lightning.dissection import (
     upsample_activations,
     vocabulary_from_dataset,
 )
-from xai_lightning.dissection.vocabulary import NON_CONCEPT_CATEGORIES
+from xai_lightning.dissection.vocabulary import NON_CONCEPT_CATEGORIES, _unwrap_dataset, check_names_match_masks
 from xai_lightning.logging import display_images, labelled_grid, to_uint8_hwc
 
 __all__ = ["DissectionCallback"]
@@ -171,17 +171,18 @@ class DissectionCallback(ObserverCallback):
 
     # ------------------------------------------------------------------ setup
     def _vocabulary(self, trainer: pl.Trainer, probe: ProbeSet) -> tuple[ConceptVocabulary, torch.Tensor]:
+        num_masks = None if probe.masks is None else int(probe.masks.shape[1])
         source = find_probe_dataset(trainer, self.probe_split) if self._given_probe is None else None
-        if source is not None and hasattr(getattr(source, "dataset", source), "__len__"):
-            try:
-                return vocabulary_from_dataset(getattr(source, "dataset", source), self.exclude_categories)
-            except ValueError:
-                pass
+        dataset = getattr(source, "dataset", source)
+        if source is not None and hasattr(dataset, "__len__") and hasattr(_unwrap_dataset(dataset), "concept_names"):
+            # A dataset that names its concepts: its names must match the masks (else a clear error).
+            return vocabulary_from_dataset(dataset, self.exclude_categories, num_masks=num_masks)
         if probe.concept_names is None:
             raise ValueError(
                 "DissectionCallback needs the names and categories of the concept masks: use a dataset with "
                 "`concept_names` and `concept_categories` (ConceptWorld, BrodenDataset)."
             )
+        check_names_match_masks(len(probe.concept_names), num_masks, "The probe data")
         full = ConceptVocabulary.from_names(probe.concept_names)
         keep = [i for i, c in enumerate(full.categories) if c not in self.exclude_categories]
         return ConceptVocabulary(tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep)), \

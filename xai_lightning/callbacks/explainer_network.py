@@ -305,8 +305,8 @@ class ExplainerNetworkCallback(ObserverCallback):
         except Exception as error:  # noqa: BLE001 - handled as on_error says; the performer's training goes on
             # Every rank raises together (train_step agrees on failures before its all-reduce).
             self._paused_epoch = trainer.current_epoch
-            self._fail(trainer, error, what=f"its training step {trainer.global_step}, and pauses the explainer's "
-                                            "training until the next epoch;")
+            self._fail(trainer, error, what=f"to train the explainer at batch {batch_idx}, and pauses its training "
+                                            "until the next epoch;")
 
     def train_step(self, trainer: pl.Trainer | None, features: torch.Tensor, target: torch.Tensor) -> None:
         """``steps_per_batch`` optimiser steps of the explainer on ``features`` → ``target`` (both detached)."""

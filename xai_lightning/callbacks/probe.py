@@ -44,9 +44,14 @@ class ProbeSet:
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        n = self.images.shape[0]
         if self.images.dim() < 2:
             raise ValueError(f"Probe images need a batch dimension; got shape {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        if n == 0:
+            raise ValueError(
+                f"The probe set is empty (images of shape {tuple(self.images.shape)}): an observing callback needs at "
+                "least one image to explain. Pass images (N, C, H, W) with N >= 1 to set_probe, or data with images."
+            )
         for name in ("labels", "object_masks", "masks", "indices"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:

@@ -36,6 +36,19 @@ TABLE_COLUMNS = (
 )
 
 
+def concept_folder(concept_dir: str, name: str) -> Path:
+    """``concept_dir/name``, refusing names that lead outside ``concept_dir`` (``../x``, absolute paths, links)."""
+    root = Path(concept_dir).expanduser().resolve()
+    folder = (root / name).resolve()
+    if folder == root or root not in folder.parents:
+        raise ValueError(
+            f"TCAVCallback: concept {name!r} is not a sub-folder of concept_dir={concept_dir!r} (it resolves to "
+            f"{str(folder)!r}). With concept_dir, concepts are the names of its sub-folders; give an absolute path "
+            "without concept_dir to use a folder elsewhere."
+        )
+    return folder
+
+
 def _is_path(entry: str) -> bool:
     return entry.startswith(("/", "./", "../", "~")) or os.path.isdir(entry)
 
@@ -129,6 +142,9 @@ class TCAVCallback(ObserverCallback):
             raise ValueError(f"num_similar must be >= 0; got {num_similar}")
         if random_pool_size is not None and random_pool_size < examples_per_concept:
             raise ValueError(f"random_pool_size must be >= examples_per_concept ({examples_per_concept}); got {random_pool_size}")
+        if concept_dir is not None:
+            for entry in concepts or []:
+                concept_folder(concept_dir, entry)  # a name that escapes concept_dir fails here
         self.layers = layers
         self.concepts = list(concepts) if concepts is not None else None
         self.classes = list(classes) if classes is not None else None
@@ -172,7 +188,7 @@ class TCAVCallback(ObserverCallback):
         world = None
         for entry in self.concepts:
             if self.concept_dir is not None or _is_path(entry):
-                folder = Path(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
+                folder = concept_folder(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
                 loaded[entry] = load_concept_folder(folder, image_size=size, channels=channels)
                 continue
             if world is None:

@@ -250,12 +250,18 @@ class LayerActivations:
 
 
 def check_spatial(layer: str, activation: torch.Tensor) -> None:
-    """Network dissection needs a ``(B, K, h, w)`` map per unit; raise naming the layer otherwise."""
+    """Network dissection needs a ``(B, K, h, w)`` map per unit with ``h·w > 1``; raise naming the layer otherwise."""
     if activation.dim() != 4:
         raise ValueError(
             f"Layer {layer!r} outputs shape {tuple(activation.shape)}, which has no spatial dimensions: network "
             "dissection needs a convolutional layer with (B, channels, height, width) output, whose units can be "
             "thresholded into masks. Choose a conv/ReLU layer before global pooling."
+        )
+    if activation.shape[-2] * activation.shape[-1] <= 1:
+        raise ValueError(
+            f"Layer {layer!r} outputs shape {tuple(activation.shape)}: one position per unit (after global pooling), "
+            "so every unit's mask would cover the whole image and its IoU would measure only how large a concept "
+            "is. Choose a layer before the pooling, with a spatial map of more than 1x1."
         )
 
 
