@@ -50,8 +50,14 @@ def _attribution() -> pl.Callback:
 def _tcav() -> pl.Callback:
     from xai_lightning import TCAVCallback
 
-    return TCAVCallback(layers=["network.features.13"], concepts=["striped"], num_random=2, examples_per_concept=6,
-                        num_probe=12, num_similar=0)
+    return TCAVCallback(
+        layers=["network.features.13"],
+        concepts=["striped"],
+        num_random=2,
+        examples_per_concept=6,
+        num_probe=12,
+        num_similar=0,
+    )
 
 
 def _dissection() -> pl.Callback:
@@ -63,15 +69,23 @@ def _dissection() -> pl.Callback:
 def _robustness() -> pl.Callback:
     from xai_lightning import RobustnessCallback
 
-    return RobustnessCallback(num_probe=4, steps=1, max_images=2, synthesis_epochs=[], morph_steps=1,
-                              inversion_steps=1, visualization_steps=1)
+    return RobustnessCallback(
+        num_probe=4, steps=1, max_images=2, synthesis_epochs=[], morph_steps=1, inversion_steps=1, visualization_steps=1
+    )
 
 
 def _explainer() -> pl.Callback:
     from xai_lightning import ExplainerNetworkCallback
 
-    return ExplainerNetworkCallback(input_layer="network.features.6", target_layer="network.features.13",
-                                    num_filters=2, num_probe=4, top_k=2, max_images=2, max_filters=2)
+    return ExplainerNetworkCallback(
+        input_layer="network.features.6",
+        target_layer="network.features.13",
+        num_filters=2,
+        num_probe=4,
+        top_k=2,
+        max_images=2,
+        max_filters=2,
+    )
 
 
 def _adversarial() -> pl.Callback:
@@ -84,8 +98,9 @@ def _adversarial() -> pl.Callback:
 CALLBACK_FACTORIES: list[CallbackCase] = [
     CallbackCase("gradcam", _gradcam, "gradcam", may_be_nan=("energy_in_mask", "pointing_game")),
     CallbackCase("attribution", _attribution, "attribution", may_be_nan=("energy_in_mask", "pointing_game")),
-    CallbackCase("tcav", _tcav, "tcav", may_be_nan=("p_value", "score", "significant"),
-                 datamodule={"label_by": "texture"}),
+    CallbackCase(
+        "tcav", _tcav, "tcav", may_be_nan=("p_value", "score", "significant"), datamodule={"label_by": "texture"}
+    ),
     CallbackCase("dissection", _dissection, "dissection"),
     CallbackCase("robustness", _robustness, "robustness", may_be_nan=("energy_in_mask",)),
     CallbackCase("explainer", _explainer, "explainer", may_be_nan=("location_instability",)),

@@ -102,7 +102,7 @@ def test_logged_scores_are_the_scores_of_the_methods_maps(tmp_path):
 def test_yaml_config_trains_and_logs(tmp_path, monkeypatch):
     from xai_lightning.cli import build_cli
 
-    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_attribution.yaml"
+    config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_attribution.yaml"
     monkeypatch.chdir(tmp_path)
     cli = build_cli([
         "fit", "--config", str(config),

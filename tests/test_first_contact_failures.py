@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import importlib
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ViewsItsInput, quiet_trainer, small_classifier, small_datamodule
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
-from conftest import ViewsItsInput, quiet_trainer, small_classifier, small_datamodule
 from xai_lightning import ConceptWorld, GradCAMCallback, ImageClassifier, SmallCNN, attribute, grad_cam
 
 TINY_DATA = dict(num_train=64, num_val=32, batch_size=16)
@@ -63,10 +62,13 @@ def test_explainer_training_errors_follow_on_error(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ExplainerNetwork, "loss", flaky_loss)
-    callback = ExplainerNetworkCallback(input_layer="network.features.6", target_layer="network.features.13",
-                                        num_filters=2, num_probe=4, top_k=2)
+    callback = ExplainerNetworkCallback(
+        input_layer="network.features.6", target_layer="network.features.13", num_filters=2, num_probe=4, top_k=2
+    )
     trainer = quiet_trainer(max_epochs=2, callbacks=[callback], logger=CSVLogger(str(tmp_path)))
-    with pytest.warns(UserWarning, match="ExplainerNetworkCallback failed at epoch 0 to train the explainer at batch 1"):
+    with pytest.warns(
+        UserWarning, match="ExplainerNetworkCallback failed at epoch 0 to train the explainer at batch 1"
+    ):
         trainer.fit(small_classifier(width=4), small_datamodule(**TINY_DATA))
     assert trainer.current_epoch == 2 and len(callback.failures) == 1
     assert "explainer loss exploded" in callback.failures[0]
@@ -74,8 +76,14 @@ def test_explainer_training_errors_follow_on_error(tmp_path, monkeypatch):
     assert len(callback.history) == 2
 
     calls["n"] = 0
-    strict = ExplainerNetworkCallback(input_layer="network.features.6", target_layer="network.features.13",
-                                      num_filters=2, num_probe=4, top_k=2, on_error="raise")
+    strict = ExplainerNetworkCallback(
+        input_layer="network.features.6",
+        target_layer="network.features.13",
+        num_filters=2,
+        num_probe=4,
+        top_k=2,
+        on_error="raise",
+    )
     trainer = quiet_trainer(max_epochs=1, callbacks=[strict], logger=CSVLogger(str(tmp_path)))
     with pytest.raises(RuntimeError, match="explainer loss exploded"):
         trainer.fit(small_classifier(width=4), small_datamodule(**TINY_DATA))
@@ -125,8 +133,12 @@ def test_a_dict_output_without_output_key_fails_at_setup_naming_the_keys(tmp_pat
 def test_a_wrong_output_key_fails_at_setup(tmp_path):
     CountingClassifier.steps = 0
     model = DictClassifier(DictOutput(), num_classes=5)
-    fails_at_setup(tmp_path, GradCAMCallback(layers="network.network.features.13", output_key="logit"),
-                   "output_key='logit'", model=model)
+    fails_at_setup(
+        tmp_path,
+        GradCAMCallback(layers="network.network.features.13", output_key="logit"),
+        "output_key='logit'",
+        model=model,
+    )
 
 
 def test_max_batch_zero_fails_at_construction():
@@ -223,8 +235,11 @@ def test_dissection_refuses_fewer_concept_names_than_masks(tmp_path):
     with pytest.raises(ValueError, match=f"names {named} concepts but its items carry {masks} concept masks"):
         vocabulary_from_dataset(MisnamedWorld(world), num_masks=masks)
     train = DataLoader(ConceptWorld(num_samples=32, seed=1), batch_size=16, collate_fn=_tuples)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[DissectionCallback(layers=["network.features.13"], num_probe=8)],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[DissectionCallback(layers=["network.features.13"], num_probe=8)],
+        logger=CSVLogger(str(tmp_path)),
+    )
     CountingClassifier.steps = 0
     with pytest.raises(ValueError, match=f"names {named} concepts but its items carry {masks}"):
         trainer.fit(counting(), train_dataloaders=train, val_dataloaders=DataLoader(MisnamedWorld(world), batch_size=8))
@@ -305,10 +320,14 @@ def test_no_package_attribute_hides_a_submodule():
 
     # Not renamed yet (other branches are editing these modules): the lead clears this list after merging.
     remaining = {
-        "xai_lightning.attribution.grad_cam", "xai_lightning.concepts.encdec_cace",
-        "xai_lightning.dissection.unit_mask_pixels", "xai_lightning.explainer.filter_loss",
-        "xai_lightning.explainer.fit_explainer", "xai_lightning.explainer.knowledge_consistency",
-        "xai_lightning.explainer.layer_features", "xai_lightning.explainer.location_instability",
+        "xai_lightning.attribution.grad_cam",
+        "xai_lightning.concepts.encdec_cace",
+        "xai_lightning.dissection.unit_mask_pixels",
+        "xai_lightning.explainer.filter_loss",
+        "xai_lightning.explainer.fit_explainer",
+        "xai_lightning.explainer.knowledge_consistency",
+        "xai_lightning.explainer.layer_features",
+        "xai_lightning.explainer.location_instability",
     }
     shadowed = set()
     for info in pkgutil.walk_packages(xai_lightning.__path__, "xai_lightning."):

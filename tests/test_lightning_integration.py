@@ -14,11 +14,18 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from callback_cases import CALLBACK_FACTORIES, CallbackCase
+from conftest import (
+    quiet_trainer,
+    read_wandb_config,
+    read_wandb_history,
+    small_classifier,
+    small_datamodule,
+    wandb_run_dir,
+)
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from callback_cases import CALLBACK_FACTORIES, CallbackCase
-from conftest import quiet_trainer, read_wandb_config, read_wandb_history, small_classifier, small_datamodule, wandb_run_dir
 from xai_lightning import GradCAMCallback
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet
@@ -30,8 +37,13 @@ TINY_DATA = dict(num_train=64, num_val=32, batch_size=16)  # 4 training steps an
 def tiny_fit(tmp_path, callbacks, epochs=1, logger=None, datamodule=None, model=None, **trainer_kwargs):
     pl.seed_everything(0)
     trainer_kwargs.setdefault("enable_checkpointing", False)
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, default_root_dir=str(tmp_path),
-                            logger=logger if logger is not None else CSVLogger(str(tmp_path)), **trainer_kwargs)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+        logger=logger if logger is not None else CSVLogger(str(tmp_path)),
+        **trainer_kwargs,
+    )
     model = model or small_classifier(width=4)
     trainer.fit(model, datamodule or small_datamodule(**TINY_DATA))
     return trainer, model
@@ -57,11 +69,16 @@ class Scripted(ObserverCallback):
 def test_early_stopping_and_checkpointing_follow_a_callback_metric(tmp_path):
     values = [0.5, 0.7, 0.65, 0.6, 0.9, 0.95]  # best at epoch 1; two epochs without improvement
     stop = EarlyStopping(monitor="scripted/value", mode="max", patience=2)
-    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="scripted/value", mode="max", save_top_k=1,
-                           filename="{epoch}")
+    best = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="scripted/value", mode="max", save_top_k=1, filename="{epoch}"
+    )
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=len(values), callbacks=[Scripted(values), stop, best],
-                            logger=CSVLogger(str(tmp_path)), default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(
+        max_epochs=len(values),
+        callbacks=[Scripted(values), stop, best],
+        logger=CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(small_classifier(width=4), small_datamodule(**TINY_DATA))
     assert trainer.current_epoch == 4 and stop.stopped_epoch == 3  # stopped after epochs 2 and 3 did not improve
     assert Path(best.best_model_path).name == "epoch=1.ckpt"
@@ -150,12 +167,20 @@ def test_every_precision_runs_an_epoch_and_logs_finite_values(tmp_path, case: Ca
     callback = case.make()
     if case.observes:
         callback.on_error = "raise"  # a failure must fail the test, not become a warning
-    trainer, _ = tiny_fit(tmp_path, [callback], precision=precision, limit_train_batches=2,
-                          datamodule=small_datamodule(**TINY_DATA, **case.datamodule))
+    trainer, _ = tiny_fit(
+        tmp_path,
+        [callback],
+        precision=precision,
+        limit_train_batches=2,
+        datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
+    )
     logged = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(case.namespace)}
     assert logged
-    bad = {key: value for key, value in logged.items()
-           if not math.isfinite(value) and not any(part in key for part in case.may_be_nan)}
+    bad = {
+        key: value
+        for key, value in logged.items()
+        if not math.isfinite(value) and not any(part in key for part in case.may_be_nan)
+    }
     assert not bad, f"non-finite values under {precision}: {bad}"
     assert sum(math.isfinite(value) for value in logged.values()) >= 1
     assert torch.get_default_dtype() == torch.float32
@@ -205,8 +230,9 @@ def test_a_compiled_submodule_is_explained_eagerly_with_clean_names(tmp_path):
     assert callback.layer_names == ["network.features.13"]
     assert isinstance(model.network, type(torch.compile(torch.nn.Linear(1, 1), backend="eager")))  # restored
     model.network = eager  # the same weights, uncompiled: the same maps
-    reference = grad_cam(model.eval(), callback.probe.images, "label", "network.features.13",
-                         labels=callback.probe.labels).maps["network.features.13"]
+    reference = grad_cam(
+        model.eval(), callback.probe.images, "label", "network.features.13", labels=callback.probe.labels
+    ).maps["network.features.13"]
     assert torch.allclose(callback._previous["network.features.13"], reference, atol=1e-6)
 
 
@@ -233,9 +259,11 @@ class InterruptAt(pl.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self.armed:
+
             def explode(module, inputs):
                 if not module.training:
                     raise Interrupt
+
             pl_module.network.features[0].register_forward_pre_hook(explode)
             self.armed = False
 
@@ -259,8 +287,13 @@ def test_nothing_is_left_on_the_model_after_an_interrupted_fit(tmp_path, case: C
     model = small_classifier(width=4)
     with pytest.raises(Interrupt):
         # The interrupting callback comes first: its hook on features.0 is the only one expected.
-        tiny_fit(tmp_path, [stopper, callback], epochs=3, model=model,
-                 datamodule=small_datamodule(**TINY_DATA, **case.datamodule))
+        tiny_fit(
+            tmp_path,
+            [stopper, callback],
+            epochs=3,
+            model=model,
+            datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
+        )
     left = hooks_left(model)
     if where == "observation":
         left.pop("network.features.0._forward_pre_hooks", None)

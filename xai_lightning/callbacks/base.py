@@ -133,12 +133,14 @@ class ObserverCallback(RecordsSettings, pl.Callback):
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         """Validate configuration against the model; runs inside the guard at ``setup``."""
 
-    def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
-        """Per-example results for ``probe`` (a shard), each tensor with ``len(probe)`` rows."""
+    def explain(self, trainer: pl.Trainer, pl_module: Any, probe: ProbeSet) -> dict[str, torch.Tensor]:
+        """Per-example results for ``probe`` (a shard), each tensor with ``len(probe)`` rows.
+
+        ``pl_module`` is the LightningModule with any DDP/compile wrapper removed."""
         raise NotImplementedError
 
     def report(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
+        self, trainer: pl.Trainer, pl_module: Any, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         """Scalars from the gathered results; log images and tables through :attr:`sinks`."""
         raise NotImplementedError
@@ -314,8 +316,15 @@ class ObserverCallback(RecordsSettings, pl.Callback):
             for key, value in scalars.items():
                 # Every rank holds the same gathered value; sync_dist only keeps Lightning's
                 # distributed bookkeeping consistent (the mean of equal values is the value).
-                pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, add_dataloader_idx=False,
-                              sync_dist=trainer.world_size > 1)
+                pl_module.log(
+                    key,
+                    value,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=1,
+                    add_dataloader_idx=False,
+                    sync_dist=trainer.world_size > 1,
+                )
             # Lightning writes the row right after this hook; W&B media logged meanwhile join it.
             if trainer.is_global_zero:
                 self.sinks.commit(lightning_writes_row=True)
@@ -340,13 +349,13 @@ class ObserverCallback(RecordsSettings, pl.Callback):
             gathered[key] = unshard(stacked, total).to(dtype).cpu()
         return gathered
 
-    def _fail(self, trainer: pl.Trainer, error: BaseException | None, what: str = "and skipped this observation;"
-              ) -> dict[str, float]:
+    def _fail(
+        self, trainer: pl.Trainer, error: BaseException | None, what: str = "and skipped this observation;"
+    ) -> dict[str, float]:
         """Record a failure; raise it (``on_error="raise"``) or warn and let training go on."""
         detail = "".join(traceback.format_exception(error)) if error is not None else "on another rank"
         message = (
-            f"{type(self).__name__} failed at epoch {trainer.current_epoch} {what} training continues. "
-            f"Cause:\n{detail}"
+            f"{type(self).__name__} failed at epoch {trainer.current_epoch} {what} training continues. Cause:\n{detail}"
         )
         self.failures.append(message)
         if self.on_error == "raise" and error is not None:
@@ -356,8 +365,11 @@ class ObserverCallback(RecordsSettings, pl.Callback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "observed_steps": sorted(step for _, step in self._done),
-                **self.extra_state()}
+        return {
+            "history": list(self.history),
+            "observed_steps": sorted(step for _, step in self._done),
+            **self.extra_state(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))

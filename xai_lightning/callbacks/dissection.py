@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
 from xai_lightning.core import observe, resolve_layers
+from xai_lightning.core.progress import progress
 from xai_lightning.dissection import (
     ConceptLabels,
     ConceptVocabulary,
@@ -237,7 +238,7 @@ class DissectionCallback(ObserverCallback):
         forward = LayerActivations(pl_module, self.layer_names)
 
         def batches():
-            for start in range(0, len(ids), self.max_batch):
+            for start in progress(range(0, len(ids), self.max_batch), f"dissection, epoch {trainer.current_epoch}"):
                 yield forward(images[start : start + self.max_batch]), ids[start : start + self.max_batch]
 
         # Every rank takes the same branch: the method depends on the (padded, equal) shard size.

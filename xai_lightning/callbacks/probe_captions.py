@@ -13,8 +13,9 @@ from xai_lightning.callbacks.probe import ProbeSet
 __all__ = ["probe_captions", "probe_table"]
 
 
-def probe_captions(probe: ProbeSet, logits: torch.Tensor, targets: torch.Tensor, shown: int,
-                   explained_tag: str = "cam") -> list[str]:
+def probe_captions(
+    probe: ProbeSet, logits: torch.Tensor, targets: torch.Tensor, shown: int, explained_tag: str = "cam"
+) -> list[str]:
     """``y=<label> pred=<class> p=<probability>`` per row, plus ``<tag>=<class>`` when the explained
     class is neither the label nor the prediction."""
     probabilities = logits.float().softmax(1)
@@ -71,8 +72,13 @@ def probe_table(
     for row in range(shown):
         label = name(int(probe.labels[row])) if probe.labels is not None else ""
         pred = int(predicted[row])
-        cells: list[Any] = [images[row], label, name(pred), round(float(probabilities[row, pred]), 4),
-                            name(int(targets[row]))]
+        cells: list[Any] = [
+            images[row],
+            label,
+            name(pred),
+            round(float(probabilities[row, pred]), 4),
+            name(int(targets[row])),
+        ]
         cells += [float(values[row]) for values in scores]
         rows.append(cells)
     return columns, rows

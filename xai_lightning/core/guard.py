@@ -26,15 +26,15 @@ for ``"16-mixed"``/``"bf16-mixed"``, exactly as the training forward runs. The *
 (``"bf16-true"``, ``"16-true"``, ``"64-true"``) convert the model's weights; for them the guard
 casts every floating-point input of the model's forward to the weights' dtype (in a pre-hook
 removed on exit; autograd flows through the cast, so gradients with respect to a float32 input
-come back in float32), and keeps the default dtype that was set outside, so the explanation's own bookkeeping (baselines, masks, running sums) stays float32
-instead of silently becoming bfloat16.
+come back in float32), and keeps the default dtype that was set outside, so the explanation's own
+bookkeeping (baselines, masks, running sums) stays float32 instead of silently becoming bfloat16.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
+from xai_lightning.core.progress import progress
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
 from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
@@ -355,7 +356,7 @@ def dissect(
     slices = list(batch_slices(images.shape[0], max_batch))
 
     def batches() -> Batches:
-        for rows in slices:
+        for rows in progress(slices, "dissecting"):
             yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
 
     if method not in ("exact", "sketch"):

@@ -24,8 +24,16 @@ from typing import Literal
 
 import torch
 
-__all__ = ["NORMALISE_MODES", "MapScale", "NormaliseMode", "apply_colormap", "check_normalise", "colormap_table",
-           "normalize_maps", "scale_maps"]
+__all__ = [
+    "NORMALISE_MODES",
+    "MapScale",
+    "NormaliseMode",
+    "apply_colormap",
+    "check_normalise",
+    "colormap_table",
+    "normalize_maps",
+    "scale_maps",
+]
 
 NormaliseMode = Literal["per_map", "per_epoch", "percentile", "signed"]
 NORMALISE_MODES: tuple[str, ...] = ("per_map", "per_epoch", "percentile", "signed")
@@ -47,7 +55,9 @@ def colormap_table(name: str) -> torch.Tensor:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        raise ValueError(f"Unknown colormap {name!r}; use a matplotlib name such as 'jet', 'turbo', 'inferno'.") from None
+        raise ValueError(
+            f"Unknown colormap {name!r}; use a matplotlib name such as 'jet', 'turbo', 'inferno'."
+        ) from None
     # NumPy, not torch: under a true-precision trainer the default torch dtype may be bfloat16.
     return torch.from_numpy(np.asarray(cmap(np.linspace(0.0, 1.0, 256))[:, :3], dtype=np.float32))
 
@@ -77,15 +87,15 @@ def scale_maps(maps: torch.Tensor, mode: str = "per_map", percentile: float = 99
     check_normalise(mode)
     flat = maps.detach().float().flatten(1)
     if mode == "per_map" or flat.numel() == 0:
-        low = flat.amin(1, keepdim=True) if flat.numel() else flat.new_zeros(flat.shape[0], 1)
-        span = (flat.amax(1, keepdim=True) - low) if flat.numel() else flat.new_zeros(flat.shape[0], 1)
-        scaled = torch.where(span > 0, (flat - low) / span.clamp_min(1e-12), torch.zeros_like(flat))
-        return scaled.view(maps.shape), MapScale(mode)
+        lows = flat.amin(1, keepdim=True) if flat.numel() else flat.new_zeros(flat.shape[0], 1)
+        spans = (flat.amax(1, keepdim=True) - lows) if flat.numel() else flat.new_zeros(flat.shape[0], 1)
+        per_map = torch.where(spans > 0, (flat - lows) / spans.clamp_min(1e-12), torch.zeros_like(flat))
+        return per_map.view(maps.shape), MapScale(mode)
     finite = flat[torch.isfinite(flat)]
     if mode == "signed":
         bound = float(finite.abs().max()) if finite.numel() else 0.0
-        scaled = 0.5 + 0.5 * flat / bound if bound > 0 else torch.full_like(flat, 0.5)
-        return scaled.clamp(0, 1).view(maps.shape), MapScale(mode, -bound, bound)
+        signed = 0.5 + 0.5 * flat / bound if bound > 0 else torch.full_like(flat, 0.5)
+        return signed.clamp(0, 1).view(maps.shape), MapScale(mode, -bound, bound)
     low = min(float(finite.min()), 0.0) if finite.numel() else 0.0
     if mode == "percentile" and finite.numel():
         rank = max(1, min(finite.numel(), int(round(percentile / 100.0 * finite.numel()))))

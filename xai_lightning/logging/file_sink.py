@@ -41,7 +41,9 @@ class FileSink(Sink):
         if self.logger is not None:
             self.logger.log_metrics(dict(metrics), step=step)
         else:
-            self._append_csv(self.root / "scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()])
+            self._append_csv(
+                self.root / "scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()]
+            )
 
     def images(self, key: str, images: Sequence[np.ndarray], captions: Sequence[str] | None, step: int) -> None:
         folder = _key_path(self.root, key)

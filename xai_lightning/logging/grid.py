@@ -12,7 +12,7 @@ from xai_lightning.logging.colourbar import Colourbar, colourbar_pixels
 __all__ = ["labelled_grid"]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -66,7 +66,7 @@ def labelled_grid(
         if captions[r]:
             draw.text((4, top + tile_h // 2 - font_size // 2), captions[r], fill=(0, 0, 0), font=font)
         for c in range(columns):
-            tile = Image.fromarray(panels[r, c]).resize((tile_w, tile_h), Image.NEAREST)
+            tile = Image.fromarray(panels[r, c]).resize((tile_w, tile_h), Image.Resampling.NEAREST)
             canvas.paste(tile, (caption_w + gap + c * (tile_w + gap), top))
     top = title_h + gap + rows * (tile_h + gap)
     for c, bar in enumerate(bars[:columns]):

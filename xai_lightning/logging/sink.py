@@ -52,17 +52,17 @@ class Sink(abc.ABC):
     def figure(self, key: str, figure: Any, step: int) -> None:
         """Log a matplotlib figure (the caller closes it)."""
 
-    def config(self, name: str, settings: Mapping[str, Any]) -> None:
+    def config(self, name: str, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional
         """Record a component's settings (e.g. a callback's constructor arguments) with the run."""
 
-    def commit(self, lightning_writes_row: bool = False) -> None:
+    def commit(self, lightning_writes_row: bool = False) -> None:  # noqa: B027 - optional
         """Write out a row whose media were held back for the logger's next metrics (W&B).
 
         ``lightning_writes_row``: Lightning is about to write that row (metrics were logged through
         ``LightningModule.log``); only stop holding.
         """
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - optional
         """Make what was logged visible on disk (called after each callback run)."""
 
     @property

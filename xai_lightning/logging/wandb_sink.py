@@ -53,7 +53,9 @@ class WandbSink(Sink):
     def images(self, key: str, images: Sequence[np.ndarray], captions: Sequence[str] | None, step: int) -> None:
         import wandb
 
-        shown = [wandb.Image(image, caption=None if captions is None else captions[i]) for i, image in enumerate(images)]
+        shown = [
+            wandb.Image(image, caption=None if captions is None else captions[i]) for i, image in enumerate(images)
+        ]
         self._log({key: shown}, step)
 
     def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
