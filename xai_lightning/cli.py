@@ -181,6 +181,15 @@ def _cli_class() -> type[LightningCLI]:
                         "  (browse offline runs with `wandb leet <run dir>`, upload later with `wandb sync <run dir>`)"
                     )
 
+        def before_fit(self) -> None:
+            from xai_lightning.console import without_anonymous_setting
+
+            for logger in self.trainer.loggers:  # before the W&B run starts (at fit's setup)
+                without_anonymous_setting(logger)
+
+        def before_validate(self) -> None:
+            self.before_fit()
+
         def after_fit(self) -> None:
             self._report()
 
@@ -199,13 +208,15 @@ def build_cli(args: list[str] | None = None) -> Any:
 
     os.environ.setdefault("WANDB_MODE", "offline")  # offline unless the user explicitly asks otherwise
     quiet_lightning_tips()
+    if args is None:  # from the command line: LightningCLI reads sys.argv (and warns if given both)
+        sys.argv[1:] = resolve_config(sys.argv[1:])
     return _cli_class()(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=resolve_config(sys.argv[1:] if args is None else args),
+        args=None if args is None else resolve_config(args),
     )
 
 
@@ -226,7 +237,7 @@ def main(args: list[str] | None = None) -> int | None:
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         print(f"xai-lightning: unknown command {argv[0]!r}\n\n{help_text()}", file=sys.stderr)
         return 2
-    build_cli(argv)
+    build_cli(None if args is None else argv)
     return None
 
 

@@ -33,11 +33,6 @@ class WandbSink(Sink):
         self.logger = logger
         self.deferred = deferred
         self._pending_step: int | None = None
-        # Lightning's WandbLogger passes anonymous=None to wandb.init, which makes wandb >= 0.23 print a
-        # deprecation warning at every run start; leave the (no-op) setting out if the run is not started.
-        init = getattr(logger, "_wandb_init", None)
-        if getattr(logger, "_experiment", True) is None and isinstance(init, dict) and init.get("anonymous") is None:
-            init.pop("anonymous", None)
 
     def _log(self, data: dict[str, Any], step: int) -> None:
         record = {**data, STEP_KEY: step}
