@@ -41,7 +41,8 @@ def test_the_root_is_lazy_and_exports_what_it_did():
     out = json.loads(
         run_python(
             "import json, sys; import xai_lightning as x; before = 'torch' in sys.modules; "
-            "from xai_lightning import grad_cam, SmallCNN, ConceptWorld; pl_early = 'pytorch_lightning' in sys.modules; "
+            "from xai_lightning import grad_cam, SmallCNN, ConceptWorld; "
+            "pl_early = 'pytorch_lightning' in sys.modules; "
             "from xai_lightning import GradCAMCallback; "
             "print(json.dumps([before, pl_early, 'pytorch_lightning' in sys.modules, 'xai_lightning.concepts.tcav' in "
             "sys.modules, sorted(x.__all__), all(hasattr(x, n) for n in x.__all__)]))"

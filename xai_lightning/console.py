@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 __all__ = ["quiet_lightning_tips", "without_anonymous_setting"]
