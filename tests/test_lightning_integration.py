@@ -44,7 +44,7 @@ def tiny_fit(tmp_path, callbacks, epochs=1, logger=None, datamodule=None, model=
         logger=logger if logger is not None else CSVLogger(str(tmp_path)),
         **trainer_kwargs,
     )
-    model = model or small_classifier(width=4)
+    model = model if model is not None else small_classifier(width=4)
     trainer.fit(model, datamodule or small_datamodule(**TINY_DATA))
     return trainer, model
 
@@ -301,3 +301,4 @@ def test_nothing_is_left_on_the_model_after_an_interrupted_fit(tmp_path, case: C
     assert getattr(model, "trades_batch", None) is None
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     assert torch.get_default_dtype() == torch.float32
+
