@@ -18,13 +18,11 @@ from xai_lightning.evaluation import score_maps
 from xai_lightning.logging import (
     Colourbar,
     NormaliseMode,
-    apply_colormap,
     blend,
-    check_normalise,
-    colormap_table,
+    display_colormap,
     display_images,
     labelled_grid,
-    scale_maps,
+    scaled_heatmaps,
     to_uint8_hwc,
 )
 
@@ -112,7 +110,9 @@ class AttributionCallback(ObserverCallback):
         if isinstance(methods, str):
             methods = [methods]
         if not methods:
-            raise ValueError("AttributionCallback needs at least one method; see xai_lightning.attribution.available_methods().")
+            raise ValueError(
+                "AttributionCallback needs at least one method; see xai_lightning.attribution.available_methods()."
+            )
         names = [method_class(name).name for name in methods]  # unknown names fail here, listing the valid ones
         if len(set(names)) != len(names):
             raise ValueError(f"Each method may appear once; got {list(methods)}")
@@ -134,9 +134,8 @@ class AttributionCallback(ObserverCallback):
         self.layer = layer
         self.method_options = canonical_options
         self.max_images = max_images
-        self.normalise = check_normalise(normalise)
-        self.colormap = colormap or ("RdBu_r" if normalise == "signed" else "jet")
-        colormap_table(self.colormap)  # an unknown colormap fails here, not after an epoch
+        self.colormap = display_colormap(colormap, normalise)  # unknown names fail here, not after an epoch
+        self.normalise = normalise
         self.output_key = output_key
         self.max_batch = max_batch
         self.explainers: dict[str, AttributionMethod] = {}
@@ -164,7 +163,7 @@ class AttributionCallback(ObserverCallback):
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         self.explainers = {name: self._build(name) for name in self.methods}
         one = probe.images[:1].to(pl_module.device)
-        for name, explainer in self.explainers.items():
+        for explainer in self.explainers.values():
             explainer._check_inputs(one)  # image-only methods on non-image probes fail now
             layer = getattr(explainer, "layer", None)
             if isinstance(layer, str):
@@ -206,10 +205,10 @@ class AttributionCallback(ObserverCallback):
         titles = ["image"]
         colourbars: list[Colourbar | None] = [None]
         for name in self.methods:
-            scaled, scale = scale_maps(results[f"map/{name}"], self.normalise)  # over the whole probe set
-            panels.append(blend(images, apply_colormap(scaled[:shown], self.colormap)))
+            colours, colourbar = scaled_heatmaps(results[f"map/{name}"], shown, self.colormap, self.normalise)
+            panels.append(blend(images, colours))
             titles.append(self.explainers[name].title or name)
-            colourbars.append(Colourbar.of(scale, self.colormap))
+            colourbars.append(colourbar)
         grid = labelled_grid(
             to_uint8_hwc(torch.stack(panels, dim=1)),
             row_captions=probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained"),

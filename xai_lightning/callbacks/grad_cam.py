@@ -17,13 +17,11 @@ from xai_lightning.evaluation import score_maps
 from xai_lightning.logging import (
     Colourbar,
     NormaliseMode,
-    apply_colormap,
     blend,
-    check_normalise,
-    colormap_table,
+    display_colormap,
     display_images,
     labelled_grid,
-    scale_maps,
+    scaled_heatmaps,
     to_uint8_hwc,
 )
 
@@ -109,9 +107,8 @@ class GradCAMCallback(ObserverCallback):
         self.layers = layers
         self.target = target
         self.max_images = max_images
-        self.normalise = check_normalise(normalise)
-        self.colormap = colormap or ("RdBu_r" if normalise == "signed" else "jet")
-        colormap_table(self.colormap)  # an unknown colormap fails here, not after an epoch
+        self.colormap = display_colormap(colormap, normalise)  # unknown names fail here, not after an epoch
+        self.normalise = normalise
         self.output_key = output_key
         self.max_batch = max_batch
         self.layer_names: list[str] = []
@@ -174,13 +171,11 @@ class GradCAMCallback(ObserverCallback):
         colourbars: list[Colourbar | None] = [None]
         overlays = []
         for name in self.layer_names:
-            # Scaled over the whole probe set, shown for its first rows.
-            scaled, scale = scale_maps(results[f"map/{name}"], self.normalise)
-            colours = apply_colormap(scaled[:shown], self.colormap)
+            colours, colourbar = scaled_heatmaps(results[f"map/{name}"], shown, self.colormap, self.normalise)
             overlays.append(blend(images, colours))
             panels += [colours, overlays[-1]]
             titles += [f"{name}", "overlay"]
-            colourbars += [Colourbar.of(scale, self.colormap), None]
+            colourbars += [colourbar, None]
         grid = labelled_grid(
             to_uint8_hwc(torch.stack(panels, dim=1)),
             row_captions=self._captions(probe, results, shown),
@@ -190,7 +185,8 @@ class GradCAMCallback(ObserverCallback):
         caption = f"Grad-CAM, epoch {trainer.current_epoch}, step {self.step}"
         self.sinks.images(f"{self.namespace}/grid", [np.ascontiguousarray(grid)], [caption], self.step)
         maps = {name: results[f"map/{name}"] for name in self.layer_names}
-        columns, rows = probe_table(probe, results["logits"], results["targets"], shown, to_uint8_hwc(overlays[0]), maps)
+        shown_images = to_uint8_hwc(overlays[0])
+        columns, rows = probe_table(probe, results["logits"], results["targets"], shown, shown_images, maps)
         self.sinks.table(f"{self.namespace}/probes", columns, rows, self.step)
 
     @staticmethod

@@ -11,10 +11,11 @@ from xai_lightning.logging.colormap import (
     apply_colormap,
     check_normalise,
     colormap_table,
+    display_colormap,
     normalize_maps,
     scale_maps,
 )
-from xai_lightning.logging.colourbar import Colourbar, colourbar_pixels
+from xai_lightning.logging.colourbar import Colourbar, colourbar_pixels, scaled_heatmaps
 from xai_lightning.logging.figure import figure_to_array
 from xai_lightning.logging.file_sink import FileSink
 from xai_lightning.logging.grid import labelled_grid
@@ -43,6 +44,7 @@ __all__ = [
     "check_normalise",
     "colormap_table",
     "colourbar_pixels",
+    "display_colormap",
     "display_images",
     "figure_to_array",
     "heatmaps",
@@ -52,6 +54,7 @@ __all__ = [
     "normalize_maps",
     "overlay",
     "scale_maps",
+    "scaled_heatmaps",
     "sink_for_logger",
     "sinks_for_trainer",
     "to_uint8_hwc",

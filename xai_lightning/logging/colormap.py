@@ -46,6 +46,15 @@ def check_normalise(mode: str) -> str:
     return mode
 
 
+def display_colormap(colormap: str | None, normalise: str) -> str:
+    """The colormap to draw maps with: ``colormap``, or by default ``"jet"`` (``"RdBu_r"``, diverging,
+    for ``normalise="signed"``). Checks both names now, so a typo fails at construction."""
+    check_normalise(normalise)
+    name = colormap or ("RdBu_r" if normalise == "signed" else "jet")
+    colormap_table(name)
+    return name
+
+
 @functools.lru_cache(maxsize=16)
 def colormap_table(name: str) -> torch.Tensor:
     """``(256, 3)`` float32 RGB in [0, 1] of a matplotlib colormap (a ValueError for unknown names)."""
