@@ -22,6 +22,7 @@ import yaml
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from xai_lightning.console import quiet_lightning_tips  # noqa: E402
 from xai_lightning.studies import run_comparison, write_comparison_report  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "robust_vs_standard_small.yaml"
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="overrides trainer.max_epochs")
     parser.add_argument("--no-wandb", action="store_true", help="file logs only (the report does not need W&B)")
     args = parser.parse_args(argv)
+    quiet_lightning_tips()
     results, report = run_study(args.config, args.output_dir, wandb=not args.no_wandb, max_epochs=args.max_epochs)
     print(f"\nReport: {report}")
     for name, result in results.items():

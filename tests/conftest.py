@@ -239,6 +239,8 @@ def logged_csv_figures(log_dir: Path, prefix: str) -> list[dict[str, float]]:
         rows = list(csv.DictReader(handle))
     figures = [{key: float(value) for key, value in row.items() if key.startswith(prefix) and value} for row in rows]
     return [figure for figure in figures if figure]
+
+
 def load_experiment(path: Path):
     """Import an experiment script (``experiments/<name>/run.py``) as a module, by its path."""
     import importlib.util
@@ -256,3 +258,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def read_wandb_config(run_dir) -> dict:
+    """The configuration of an offline W&B run (its ``run.config`` updates, merged), read back with
+    ``wandb leet inspect --json``."""
+    import json
+    import subprocess
+
+    output = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
+    ).stdout
+    config: dict = {}
+    for line in output.splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("type") == "config":
+            config.update(record["config"].get("update", {}))
+    return config

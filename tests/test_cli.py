@@ -10,7 +10,7 @@ import yaml
 from conftest import read_wandb_history, wandb_run_dir
 from xai_lightning.cli import build_cli, main
 
-CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_gradcam.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_gradcam.yaml"
 
 
 def test_fit_from_the_yaml_config_logs_to_wandb_offline(tmp_path, capsys, monkeypatch):

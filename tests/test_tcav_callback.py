@@ -125,7 +125,7 @@ def test_concept_folders_from_a_yaml_config(tmp_path, monkeypatch):
         for i, image in enumerate(concept_examples_from_world(world, name, 12)):
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             Image.fromarray(array).save(folder / f"{i:03d}.png")
-    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_gradcam.yaml"
+    config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_gradcam.yaml"
     monkeypatch.chdir(tmp_path)
     callbacks = (
         '[{"class_path": "xai_lightning.TCAVCallback", "init_args": {"layers": ["network.features.13"], '

@@ -3,156 +3,163 @@
 PyTorch Lightning callbacks that explain a training model every epoch — Grad-CAM and other
 attributions, concept vectors, network dissection, robustness — without changing its training,
 and log maps, scores and tables to Weights & Biases (offline by default), TensorBoard or files.
+
+The package root is lazy (PEP 562): ``import xai_lightning`` imports nothing else, and each name
+below is imported from its subpackage on first use, so ``from xai_lightning import grad_cam``
+never loads Lightning, and ``from xai_lightning import GradCAMCallback`` loads it only then.
 """
 
-from xai_lightning.attribution import (
-    GradCAM,
-    IntegratedGradients,
-    KernelShap,
-    Lime,
-    Occlusion,
-    PredictionDifferenceAnalysis,
-    Rise,
-    Saliency,
-    SmoothGrad,
-    Xrai,
-    attribute,
-    available_methods,
-    grad_cam,
-)
-from xai_lightning.callbacks import (
-    AdversarialTrainingCallback,
-    AttributionCallback,
-    DissectionCallback,
-    ExplainerNetworkCallback,
-    GradCAMCallback,
-    ObserverCallback,
-    ProbeSet,
-    RobustnessCallback,
-    TCAVCallback,
-)
-from xai_lightning.concepts import (
-    TCAV,
-    ConceptCAVs,
-    ConceptIntervention,
-    TCAVResult,
-    compare_cace_estimators,
-    conexp,
-    encdec_cace,
-    ground_truth_cace,
-    train_cavs,
-)
-from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
-from xai_lightning.data import (
-    Bars,
-    BarsDataModule,
-    ColouredDigits,
-    ColouredDigitsDataModule,
-    ConceptWorld,
-    ConceptWorldDataModule,
-    DigitsDataModule,
-)
-from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
-from xai_lightning.explainer import (
-    ExplainerNetwork,
-    evaluate_explainer,
-    fit_explainer,
-    knowledge_consistency,
-    location_instability,
-)
-from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
-from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
-from xai_lightning.callbacks import ExplanationQualityCallback, SanityCheckCallback
+from __future__ import annotations
 
-# transformers and text (issue 20)
-from xai_lightning.attribution import (
-    AttentionRelevance,
-    AttentionRollout,
-    LayerIntegratedGradients,
-    TokenOcclusion,
-    attention_maps,
-)
-from xai_lightning.callbacks import AttentionCallback, TextAttributionCallback
-from xai_lightning.core import LayerSpec
-from xai_lightning.data import TriggerText, TriggerTextDataModule
-from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer
+from typing import TYPE_CHECKING
+
+from xai_lightning.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdversarialTrainingCallback",
-    "AttentionCallback",
-    "AttentionRelevance",
-    "AttentionRollout",
-    "attention_maps",
-    "attribute",
-    "AttributionCallback",
-    "available_methods",
-    "Bars",
-    "BarsDataModule",
-    "BrodenDataset",
-    "CifarResNet",
-    "ColouredDigits",
-    "ColouredDigitsDataModule",
-    "compare_cace_estimators",
-    "ConceptCAVs",
-    "ConceptIntervention",
-    "ConceptVocabulary",
-    "ConceptWorld",
-    "ConceptWorldDataModule",
-    "conexp",
-    "DigitsDataModule",
-    "dissect",
-    "DissectionCallback",
-    "DissectionResult",
-    "encdec_cace",
-    "evaluate_explainer",
-    "ExplainerNetwork",
-    "ExplainerNetworkCallback",
-    "export_broden",
-    "fgsm",
-    "FGSM",
-    "fit_explainer",
-    "grad_cam",
-    "GradCAM",
-    "GradCAMCallback",
-    "ground_truth_cace",
-    "ImageClassifier",
-    "IntegratedGradients",
-    "KernelShap",
-    "LayerIntegratedGradients",
-    "LayerSpec",
-    "knowledge_consistency",
-    "LayerCapture",
-    "LayerNotFoundError",
-    "Lime",
-    "location_instability",
-    "observe",
-    "ObserverCallback",
-    "ObserverGuard",
-    "Occlusion",
-    "PaddingMasked",
-    "pgd",
-    "PGD",
-    "PredictionDifferenceAnalysis",
-    "ProbeSet",
-    "Rise",
-    "RobustnessCallback",
-    "Saliency",
-    "SequenceClassifier",
-    "SmallCNN",
-    "SmoothGrad",
-    "TCAV",
-    "TCAVCallback",
-    "TCAVResult",
-    "TextAttributionCallback",
-    "TextClassifier",
-    "TokenOcclusion",
-    "train_cavs",
-    "TriggerText",
-    "TriggerTextDataModule",
-    "VisionTransformer",
-    "Xrai",
-    "ExplanationQualityCallback",
-    "SanityCheckCallback",
-]
+#: Public name -> the subpackage that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "GradCAM",
+            "IntegratedGradients",
+            "KernelShap",
+            "Lime",
+            "Occlusion",
+            "PredictionDifferenceAnalysis",
+            "Rise",
+            "Saliency",
+            "SmoothGrad",
+            "Xrai",
+            "attribute",
+            "available_methods",
+            "grad_cam",
+        ),
+        "xai_lightning.attribution",
+    ),
+    **dict.fromkeys(
+        (
+            "AdversarialTrainingCallback",
+            "AttributionCallback",
+            "DissectionCallback",
+            "ExplainerNetworkCallback",
+            "GradCAMCallback",
+            "ObserverCallback",
+            "ProbeSet",
+            "RobustnessCallback",
+            "TCAVCallback",
+        ),
+        "xai_lightning.callbacks",
+    ),
+    **dict.fromkeys(
+        (
+            "TCAV",
+            "ConceptCAVs",
+            "ConceptIntervention",
+            "TCAVResult",
+            "compare_cace_estimators",
+            "conexp",
+            "encdec_cace",
+            "ground_truth_cace",
+            "train_cavs",
+        ),
+        "xai_lightning.concepts",
+    ),
+    **dict.fromkeys(("LayerCapture", "LayerNotFoundError", "ObserverGuard", "observe"), "xai_lightning.core"),
+    **dict.fromkeys(
+        (
+            "Bars",
+            "BarsDataModule",
+            "ColouredDigits",
+            "ColouredDigitsDataModule",
+            "ConceptWorld",
+            "ConceptWorldDataModule",
+            "DigitsDataModule",
+        ),
+        "xai_lightning.data",
+    ),
+    **dict.fromkeys(
+        ("BrodenDataset", "ConceptVocabulary", "DissectionResult", "dissect", "export_broden"),
+        "xai_lightning.dissection",
+    ),
+    **dict.fromkeys(
+        ("ExplainerNetwork", "evaluate_explainer", "fit_explainer", "knowledge_consistency", "location_instability"),
+        "xai_lightning.explainer",
+    ),
+    **dict.fromkeys(("CifarResNet", "ImageClassifier", "SmallCNN"), "xai_lightning.models"),
+    **dict.fromkeys(("FGSM", "PGD", "fgsm", "pgd"), "xai_lightning.robustness"),
+    **dict.fromkeys(("ExplanationQualityCallback", "SanityCheckCallback", "AttentionCallback", "TextAttributionCallback",), "xai_lightning.callbacks"),
+    **dict.fromkeys(("AttentionRelevance", "AttentionRollout", "LayerIntegratedGradients", "TokenOcclusion", "attention_maps",), "xai_lightning.attribution"),
+    **dict.fromkeys(("LayerSpec",), "xai_lightning.core"),
+    **dict.fromkeys(("TriggerText", "TriggerTextDataModule",), "xai_lightning.data"),
+    **dict.fromkeys(("PaddingMasked", "SequenceClassifier", "TextClassifier", "VisionTransformer",), "xai_lightning.models"),
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
+    from xai_lightning.attribution import (
+        GradCAM,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        Occlusion,
+        PredictionDifferenceAnalysis,
+        Rise,
+        Saliency,
+        SmoothGrad,
+        Xrai,
+        attribute,
+        available_methods,
+        grad_cam,
+    )
+    from xai_lightning.callbacks import (
+        AdversarialTrainingCallback,
+        AttributionCallback,
+        DissectionCallback,
+        ExplainerNetworkCallback,
+        GradCAMCallback,
+        ObserverCallback,
+        ProbeSet,
+        RobustnessCallback,
+        TCAVCallback,
+    )
+    from xai_lightning.concepts import (
+        TCAV,
+        ConceptCAVs,
+        ConceptIntervention,
+        TCAVResult,
+        compare_cace_estimators,
+        conexp,
+        encdec_cace,
+        ground_truth_cace,
+        train_cavs,
+    )
+    from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+    from xai_lightning.data import (
+        Bars,
+        BarsDataModule,
+        ColouredDigits,
+        ColouredDigitsDataModule,
+        ConceptWorld,
+        ConceptWorldDataModule,
+        DigitsDataModule,
+    )
+    from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
+    from xai_lightning.explainer import (
+        ExplainerNetwork,
+        evaluate_explainer,
+        fit_explainer,
+        knowledge_consistency,
+        location_instability,
+    )
+    from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+    from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
+    from xai_lightning.callbacks import ExplanationQualityCallback, SanityCheckCallback, AttentionCallback, TextAttributionCallback
+    from xai_lightning.attribution import AttentionRelevance, AttentionRollout, LayerIntegratedGradients, TokenOcclusion, attention_maps
+    from xai_lightning.core import LayerSpec
+    from xai_lightning.data import TriggerText, TriggerTextDataModule
+    from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer

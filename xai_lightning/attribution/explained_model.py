@@ -126,15 +126,23 @@ class ExplainedModel:
         copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x``, in the layout
         the backward pass chose (``AttributionMethod.attribute`` returns results contiguous, in one
         place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
-        from then on.
+        from then on; an error that channels-last does not cause (it succeeds on a second try) is
+        raised, never retried away.
         """
         if x.dim() == 4 and x.device.type == "cpu" and self._channels_last is not False:
             try:
                 logits = self.logits(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
+            except RuntimeError as first:
                 if self._channels_last:  # the layout worked before: this is a genuine error
                     raise
-                self._channels_last = False
+                logits = self.logits(x)  # NCHW; its own error, if any, is the one to see
+                with torch.no_grad():  # does channels-last fail again, i.e. is the layout the cause?
+                    try:
+                        self.logits(x.contiguous(memory_format=torch.channels_last))
+                    except RuntimeError:
+                        self._channels_last = False
+                        return logits
+                raise first  # a one-off failure of the model, not of the layout: never hide it
             else:
                 self._channels_last = True
                 return logits

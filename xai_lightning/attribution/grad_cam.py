@@ -49,8 +49,9 @@ class GradCAMResult:
     """Grad-CAM maps for one batch.
 
     Attributes:
-        maps: layer key → ``(B, H, W)`` float32 maps (input resolution unless ``upsample=False``,
-            then the layer's ``(B, h, w)``); non-negative when ``relu=True``.
+        maps: layer key → ``(B, H, W)`` maps (input resolution unless ``upsample=False``, then the
+            layer's ``(B, h, w)``); non-negative when ``relu=True``. float32, or float64 for a
+            float64 model (half-precision activations are summed in float32).
         logits: ``(B, num_classes)`` logits of the explained forward pass (detached).
         targets: ``(B,)`` the class explained for each example.
     """
@@ -120,8 +121,10 @@ def grad_cam(
                         f"Grad-CAM needs a layer with (B, C, h, w) output; {name!r} gives {tuple(activation.shape)}. "
                         "For transformer tokens (B, tokens, dim) add a reshape: f'{name}@vit' or reshape='vit'."
                     )
-                weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-                cam = (weights * activation.float()).sum(dim=1, keepdim=True)
+                # float32 at least (bfloat16/float16 sums lose the map), float64 models stay float64.
+                dtype = torch.promote_types(activation.dtype, torch.float32)
+                weights = gradient.to(dtype).mean(dim=(2, 3), keepdim=True)
+                cam = (weights * activation.to(dtype)).sum(dim=1, keepdim=True)
                 if relu:
                     cam = F.relu(cam)
                 if upsample:

@@ -91,7 +91,18 @@ class AttributionMethod:
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
             explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta,
                                        score_fn=score_fn)
-            attribution, delta = self._attribute(explained, x, target, label_copy, guard)
+            try:
+                attribution, delta = self._attribute(explained, x, target, label_copy, guard)
+            except Exception as error:
+                if inputs.dim() != 3:
+                    raise
+                # (C, H, W) is the usual slip: one image without its batch dimension. Say so; the
+                # model's own error follows as the cause.
+                raise ValueError(
+                    f"{type(self).__name__} failed on inputs of shape {tuple(inputs.shape)}. Methods take a batch: "
+                    f"images (B, C, H, W) or features (B, D). For one image, add the batch dimension: "
+                    f"inputs.unsqueeze(0) -> {(1, *inputs.shape)}."
+                ) from error
         attribution = attribution.detach().contiguous()  # gradient passes may leave a channels-last layout
         if return_convergence_delta:
             assert delta is not None
@@ -143,6 +154,15 @@ class AttributionMethod:
         if inputs.dim() < 2 or inputs.shape[0] == 0:
             raise ValueError(
                 f"{type(self).__name__} explains a non-empty batch (B, ...); got inputs of shape {tuple(inputs.shape)}"
+            )
+        finite = torch.isfinite(inputs.detach()).flatten(1).all(1)
+        if not bool(finite.all()):
+            rows = (~finite).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+            raise ValueError(
+                f"{type(self).__name__}: inputs contain NaN or Inf in {len(rows)} of {inputs.shape[0]} examples (rows "
+                f"{shown}); attributions of non-finite inputs are meaningless. Check the data pipeline, or drop those "
+                "rows: inputs[torch.isfinite(inputs).flatten(1).all(1)]."
             )
         if self.image_only and inputs.dim() != 4:
             from xai_lightning.attribution.registry import available_methods

@@ -58,7 +58,9 @@ def segment_image(image: torch.Tensor, method: Segmentation = "quickshift", **op
     height, width = image.shape[-2:]
     if method == "grid":
         return grid_segments(height, width, int(options.get("cell", max(1, min(height, width) // 4))))
-    from skimage import segmentation as skseg
+    from xai_lightning.extras import require
+
+    skseg = require("skimage.segmentation", f"Superpixels (segmentation={method!r})")
 
     rgb = _as_rgb_unit(image)
     if method == "quickshift":

@@ -49,7 +49,9 @@ class RegionRanking:
 def candidate_regions(image: torch.Tensor, scales: Sequence[float], sigma: float = 0.8,
                       min_size: int | None = None, dilation: int = 0) -> torch.Tensor:
     """``(R, H, W)`` bool segments of Felzenszwalb over-segmentations of ``image (C, H, W)`` at each scale."""
-    from skimage.segmentation import felzenszwalb
+    from xai_lightning.extras import require
+
+    felzenszwalb = require("skimage.segmentation", "XRAI's Felzenszwalb regions").felzenszwalb
 
     height, width = image.shape[-2:]
     rgb = _as_rgb_unit(image)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from xai_lightning.callbacks.probe import find_probe_dataset
+from xai_lightning.callbacks.settings import RecordsSettings
 from xai_lightning.core import isolated_rng, unwrap_model
 from xai_lightning.data.batch import ACCEPTED_FORMATS, unpack_batch
 from xai_lightning.robustness import (
@@ -31,7 +32,7 @@ AttackMethod = Literal["pgd", "fgsm", "trades"]
 SETUP_ITEMS = 8
 
 
-class AdversarialTrainingCallback(pl.Callback):
+class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
     """Adversarial training (Madry et al., ICLR 2018) for any classification LightningModule.
 
     **This callback intentionally changes training** — it is the one exception to xai_lightning's
@@ -82,7 +83,9 @@ class AdversarialTrainingCallback(pl.Callback):
     to the update); the ranks' weights stay synchronised (tested step by step against a hand-written
     reference with 2 processes).
 
-    Logged (with ``pl_module.log``, per epoch, averaged over the epoch's batches and the ranks):
+    Logged (with ``pl_module.log``, per epoch, averaged over the epoch's batches and the ranks; in
+    ``trainer.callback_metrics``, on the step of the epoch's metrics; the arguments go to the
+    loggers' configuration, e.g. W&B ``run.config``):
 
     ===========================================  ===========================================
     ``adversarial_training/attack_success_rate``  fraction of training examples the attack
@@ -171,6 +174,10 @@ class AdversarialTrainingCallback(pl.Callback):
         if stage != "fit":
             return
         name = type(self).__name__
+        if trainer.is_global_zero:
+            from xai_lightning.logging import sinks_for_trainer
+
+            sinks_for_trainer(trainer).config(self.namespace, {"class": name, **self.settings()})
         if self.method == "trades" and not hasattr(unwrap_model(pl_module), "trades_batch"):
             raise TypeError(
                 f"{name}(method='trades') needs the LightningModule to compute the TRADES loss, and "
@@ -262,6 +269,13 @@ class AdversarialTrainingCallback(pl.Callback):
             inputs = batch[0] if isinstance(batch, tuple) else batch
             with torch.no_grad():
                 inputs.copy_(adversarial)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """An interrupted ``fit``: leave no TRADES batch behind on the module."""
+        module = unwrap_model(pl_module)
+        if self._trades is not None and getattr(module, "trades_batch", None) is self._trades:
+            module.trades_batch = None
+        self._trades = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -13,10 +13,19 @@ from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.registry import get_method, method_class
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.callbacks.probe_captions import probe_captions
+from xai_lightning.callbacks.probe_captions import probe_captions, probe_table
 from xai_lightning.core import resolve_targets, select_logits
 from xai_lightning.evaluation import degenerate_warning, score_maps
-from xai_lightning.logging import display_images, labelled_grid, overlay, to_uint8_hwc
+from xai_lightning.logging import (
+    Colourbar,
+    NormaliseMode,
+    blend,
+    display_colormap,
+    display_images,
+    labelled_grid,
+    scaled_heatmaps,
+    to_uint8_hwc,
+)
 
 __all__ = ["AttributionCallback", "DEFAULT_METHODS"]
 
@@ -43,6 +52,10 @@ class AttributionCallback(ObserverCallback):
     ``attribution/<method>/stability``                  mean Spearman ρ with the same image's map
                                                         at the previous observation
     ``attribution/<method>/empty_maps``                 fraction of maps without positive energy
+    ``attribution/probes``                              table, one row per shown probe image: its
+                                                        image, label, prediction, probability, and
+                                                        per method its energy in mask and
+                                                        pointing-game hit
     ==================================================  =======================================
 
     The scores are computed by :func:`xai_lightning.evaluation.score_maps`, the same code as
@@ -58,8 +71,11 @@ class AttributionCallback(ObserverCallback):
         layer: the layer of the CAM family (``"auto"``: the last spatial 4-D output), checked at setup.
         method_options: per-method options, e.g. ``{"integrated_gradients": {"steps": 32},
             "occlusion": {"window": 6}}``; unknown options fail at setup with the valid ones.
-        max_images: probe rows shown in the grid (all are scored).
-        colormap: matplotlib colormap of the overlays.
+        max_images: probe rows shown in the grid and the table (all are scored).
+        colormap: matplotlib colormap of the overlays (None: ``"jet"``, ``"RdBu_r"`` when signed).
+        normalise: ``"per_map"``, ``"per_epoch"``, ``"percentile"`` or ``"signed"``: how map values
+            become colours (see :class:`~xai_lightning.callbacks.GradCAMCallback`); each method's
+            column gets a colourbar with its scale.
         output_key: where the logits are when the model returns a dict/tuple.
         max_batch: cap on model inputs per forward/backward pass inside every method.
         probe_split, probe_seed, on_error: see :class:`~xai_lightning.callbacks.ObserverCallback`;
@@ -82,7 +98,8 @@ class AttributionCallback(ObserverCallback):
         layer: str = "auto",
         method_options: dict[str, dict[str, Any]] | None = None,
         max_images: int = 8,
-        colormap: str = "jet",
+        colormap: str | None = None,
+        normalise: NormaliseMode = "per_map",
         output_key: str | int | None = None,
         max_batch: int | None = 256,
         probe_split: ProbeSplit = "val",
@@ -94,7 +111,9 @@ class AttributionCallback(ObserverCallback):
         if isinstance(methods, str):
             methods = [methods]
         if not methods:
-            raise ValueError("AttributionCallback needs at least one method; see xai_lightning.attribution.available_methods().")
+            raise ValueError(
+                "AttributionCallback needs at least one method; see xai_lightning.attribution.available_methods()."
+            )
         names = [method_class(name).name for name in methods]  # unknown names fail here, listing the valid ones
         if len(set(names)) != len(names):
             raise ValueError(f"Each method may appear once; got {list(methods)}")
@@ -102,6 +121,8 @@ class AttributionCallback(ObserverCallback):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1; got {max_images}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None (no cap); got {max_batch}")
         options = dict(method_options or {})
         canonical_options = {}
         for key, value in options.items():
@@ -114,7 +135,8 @@ class AttributionCallback(ObserverCallback):
         self.layer = layer
         self.method_options = canonical_options
         self.max_images = max_images
-        self.colormap = colormap
+        self.colormap = display_colormap(colormap, normalise)  # unknown names fail here, not after an epoch
+        self.normalise = normalise
         self.output_key = output_key
         self.max_batch = max_batch
         self.explainers: dict[str, AttributionMethod] = {}
@@ -141,12 +163,9 @@ class AttributionCallback(ObserverCallback):
         return get_method(name, **options)
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
-        from xai_lightning.logging.colormap import _lookup_table
-
-        _lookup_table(self.colormap)  # unknown colormap names fail now, not after an epoch
         self.explainers = {name: self._build(name) for name in self.methods}
         one = probe.images[:1].to(pl_module.device)
-        for name, explainer in self.explainers.items():
+        for explainer in self.explainers.values():
             explainer._check_inputs(one)  # image-only methods on non-image probes fail now
             layer = getattr(explainer, "layer", None)
             if isinstance(layer, str):
@@ -164,7 +183,8 @@ class AttributionCallback(ObserverCallback):
         out = {"logits": logits, "targets": targets}
         for name, explainer in self.explainers.items():
             attribution = explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
-            out[f"map/{name}"] = explainer.to_map(attribution).float()
+            maps = explainer.to_map(attribution)
+            out[f"map/{name}"] = maps.to(torch.promote_types(maps.dtype, torch.float32))
         return out
 
     def report(
@@ -192,16 +212,23 @@ class AttributionCallback(ObserverCallback):
         images = probe.images[:shown]
         panels = [display_images(images)]
         titles = ["image"]
+        colourbars: list[Colourbar | None] = [None]
         for name in self.methods:
-            panels.append(overlay(images, results[f"map/{name}"][:shown], colormap=self.colormap))
+            colours, colourbar = scaled_heatmaps(results[f"map/{name}"], shown, self.colormap, self.normalise)
+            panels.append(blend(images, colours))
             titles.append(self.explainers[name].title or name)
+            colourbars.append(colourbar)
         grid = labelled_grid(
             to_uint8_hwc(torch.stack(panels, dim=1)),
             row_captions=probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained"),
             column_titles=titles,
+            column_colourbars=colourbars,
         )
-        caption = f"Attributions, epoch {trainer.current_epoch}, step {trainer.global_step}"
-        self.sinks.images(f"{self.namespace}/grid", [np.ascontiguousarray(grid)], [caption], trainer.global_step)
+        caption = f"Attributions, epoch {trainer.current_epoch}, step {self.step}"
+        self.sinks.images(f"{self.namespace}/grid", [np.ascontiguousarray(grid)], [caption], self.step)
+        maps = {name: results[f"map/{name}"] for name in self.methods}
+        columns, rows = probe_table(probe, results["logits"], results["targets"], shown, to_uint8_hwc(panels[0]), maps)
+        self.sinks.table(f"{self.namespace}/probes", columns, rows, self.step)
 
     def extra_state(self) -> dict[str, Any]:
         return {"previous_maps": {name: maps.clone() for name, maps in self._previous.items()}}

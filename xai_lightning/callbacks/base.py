@@ -9,11 +9,29 @@ A subclass implements three small methods:
 * :meth:`ObserverCallback.report` — turn the full, gathered results into scalars and log
   images/tables through the sinks (called on every rank; only rank zero's sinks write).
 
-The base owns the rest: ``every_n_epochs``; skipping the sanity check; drawing the probe set
-once, seeded; running :func:`~xai_lightning.core.observe` with the trainer's precision;
-sharding the probe across DDP ranks and all-gathering the results; keeping a history that
-survives checkpoint resume; and never losing a run to a failing explanation
-(``on_error="warn"`` logs a warning and training continues).
+The base owns the rest: the schedule; skipping the sanity check; drawing the probe set once,
+seeded; running :func:`~xai_lightning.core.observe` with the trainer's precision; sharding the
+probe across DDP ranks and all-gathering the results; logging; keeping a history that survives
+checkpoint resume; and never losing a run to a failing explanation (``on_error="warn"`` logs a
+warning and training continues).
+
+**Schedule.** An observation follows every validation run of a scheduled epoch (``every_n_epochs``):
+at the end of each epoch's validation, and also at mid-epoch validations
+(``val_check_interval < 1`` or a number of steps). Epochs without validation
+(``check_val_every_n_epoch > 1``, no validation data, ``limit_val_batches=0``) are observed at the
+end of their training epoch. The final weights are always observed: when training ends (last
+epoch, ``max_steps``, or a callback such as ``EarlyStopping`` stopping it) on weights that no
+observation has seen yet, one more runs at the end of that training epoch. ``trainer.validate()``
+observes once per call. Sanity-check validation is never observed.
+
+**Logging.** The scalars :meth:`ObserverCallback.report` returns go through Lightning's own
+``LightningModule.log`` (epoch level), so they are in ``trainer.callback_metrics`` and
+``trainer.logged_metrics`` — ``EarlyStopping(monitor="gradcam/<layer>/energy_in_mask")`` and
+``ModelCheckpoint(monitor=...)`` work — and every logger writes them in the same row, at the same
+step and with the same ``epoch`` as the epoch's validation metrics. Images, tables and figures
+logged through :attr:`ObserverCallback.sinks` during an observation land on that step too; on
+W&B they join the same row (one row per observation). The callback's constructor arguments are
+logged once at ``setup`` (W&B ``run.config``, TensorBoard text, CSV ``hparams.yaml``).
 """
 
 from __future__ import annotations
@@ -27,21 +45,25 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find_probe_dataset, unshard
+from xai_lightning.callbacks.settings import RecordsSettings
 from xai_lightning.core import observe, unwrap_model
-from xai_lightning.logging import SinkSet, sinks_for_trainer
+from xai_lightning.logging import SinkSet, logging_step, sinks_for_trainer
 
 __all__ = ["ObserverCallback"]
+
+#: Hooks in which ``LightningModule.log`` accepts epoch-level values (Lightning's ``_FxValidator``).
+_LOGGING_HOOKS = ("on_validation_epoch_end", "on_train_epoch_end", "on_test_epoch_end")
 
 log = logging.getLogger(__name__)
 
 
-class ObserverCallback(pl.Callback):
+class ObserverCallback(RecordsSettings, pl.Callback):
     """Base class for callbacks that explain the model periodically without changing its training.
 
     Args:
         num_probe: number of probe images (drawn once, seeded, from ``probe_split``).
-        every_n_epochs: explain after every n-th training epoch (epochs n-1, 2n-1, …, 0-based)
-            and after the last one.
+        every_n_epochs: explain in every n-th training epoch (epochs n-1, 2n-1, …, 0-based) and
+            at the end of training (see *Schedule* in the module docstring).
         probe_split: ``"val"`` (default) or ``"train"`` data to draw the probe set from.
         probe_seed: seed of the probe draw and of the guard's generator for stochastic methods.
         on_error: ``"warn"`` (default): a failing explanation is reported as a warning and
@@ -77,7 +99,9 @@ class ObserverCallback(pl.Callback):
         self._given_probe: ProbeSet | None = None
         self.history: list[dict[str, float]] = []
         self.failures: list[str] = []
-        self._done: set[tuple[str, int]] = set()
+        self._done: set[tuple[str, int]] = set()  # (trainer function, global step) already observed
+        self._validated_epoch: int | None = None  # the last epoch in which a validation run was observed
+        self._step = 0
         self._sinks = SinkSet([])
 
     # ------------------------------------------------------------------ user API
@@ -109,19 +133,30 @@ class ObserverCallback(pl.Callback):
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         """Validate configuration against the model; runs inside the guard at ``setup``."""
 
-    def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
-        """Per-example results for ``probe`` (a shard), each tensor with ``len(probe)`` rows."""
+    def explain(self, trainer: pl.Trainer, pl_module: Any, probe: ProbeSet) -> dict[str, torch.Tensor]:
+        """Per-example results for ``probe`` (a shard), each tensor with ``len(probe)`` rows.
+
+        ``pl_module`` is the LightningModule with any DDP/compile wrapper removed."""
         raise NotImplementedError
 
     def report(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
+        self, trainer: pl.Trainer, pl_module: Any, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         """Scalars from the gathered results; log images and tables through :attr:`sinks`."""
         raise NotImplementedError
 
     @property
     def sinks(self) -> SinkSet:
+        """Where :meth:`report` logs images, tables and figures (rank zero only). During an
+        observation every call lands on :attr:`step`, whatever step it is given."""
         return self._sinks
+
+    @property
+    def step(self) -> int:
+        """The logging step of the current (or last) observation: the step of the epoch's
+        validation metrics in every logger (not ``trainer.global_step``, which is one ahead at an
+        epoch's end)."""
+        return self._step
 
     def extra_state(self) -> dict[str, Any]:
         """Subclass state to checkpoint besides the history."""
@@ -144,10 +179,12 @@ class ObserverCallback(pl.Callback):
                 f"{name} logs images and scalars, but the Trainer has no logger (logger=False). Attach one, e.g. "
                 "Trainer(logger=WandbLogger(offline=True)) or Trainer(logger=CSVLogger('logs'))."
             )
-        self._sinks = sinks_for_trainer(trainer)
+        self._sinks = sinks_for_trainer(trainer, deferred=True)
         self.probe = self._draw_probe(trainer, name)
         with observe(unwrap_model(pl_module), trainer=trainer, seed=self.probe_seed):
             self.prepare(trainer, pl_module, self.probe)
+        if trainer.is_global_zero:
+            self._sinks.config(self.namespace, {"class": type(self).__name__, **self.settings()})
 
     def _draw_probe(self, trainer: pl.Trainer, name: str) -> ProbeSet:
         if self._given_probe is not None:
@@ -169,36 +206,72 @@ class ObserverCallback(pl.Callback):
         return probe
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.probe is None:
             return
-        self._maybe_run(trainer, pl_module)
+        if trainer.state.fn == "fit":
+            self._validated_epoch = trainer.current_epoch
+            if not self._scheduled(trainer):
+                return
+        self._observe(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Covers epochs without a validation loop (no val data, check_val_every_n_epoch > 1).
-        self._maybe_run(trainer, pl_module)
-
-    def _scheduled(self, trainer: pl.Trainer) -> bool:
-        if trainer.state.fn != "fit":
-            return True  # trainer.validate(): explain once
-        epoch = trainer.current_epoch
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch == trainer.max_epochs - 1
-        return (epoch + 1) % self.every_n_epochs == 0 or last
-
-    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:
             return
-        key = (str(trainer.state.fn), trainer.current_epoch)
-        if key in self._done or not self._scheduled(trainer):
-            return
-        self._done.add(key)
+        if self._training_ends(trainer):  # the final weights are always observed (once)
+            self._observe(trainer, pl_module)
+        elif self._validated_epoch != trainer.current_epoch and self._scheduled(trainer):
+            self._observe(trainer, pl_module)  # an epoch without validation
+
+    def _scheduled(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._training_ends(trainer)
+
+    @staticmethod
+    def _training_ends(trainer: pl.Trainer) -> bool:
+        """Whether the epoch under way is the last one of this ``fit``."""
+        if trainer.state.fn != "fit":
+            return False
+        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+        return bool(
+            trainer.should_stop
+            or (max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs - 1)
+            or (max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps)
+        )
+
+    def _observe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run one observation unless these weights were already observed in this ``fit``."""
+        if trainer.state.fn == "fit":
+            key = ("fit", trainer.global_step)
+            if key in self._done:
+                return
+            self._done.add(key)
         self.run(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """An interrupted ``fit`` calls no ``teardown``: release everything held on the model now."""
+        self.release(trainer, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.release(trainer, pl_module)
+
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove whatever the callback attached to the model outside the guard (hooks, attributes).
+
+        Called at ``teardown`` and when ``fit`` is interrupted by an exception (``on_exception``).
+        Explanations need nothing here: the guard removes their hooks itself. Override it when a
+        subclass registers hooks for the training steps (and call ``super().release``).
+        """
 
     # ------------------------------------------------------------------ one observation
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Explain the probe set now, gather across ranks, report and log. Returns the scalars."""
+        """Explain the probe set now, gather across ranks, report and log. Returns the scalars.
+
+        Called by the schedule; may also be called by hand (scalars then go straight to the
+        loggers at :attr:`step`, since ``LightningModule.log`` only works inside Lightning's hooks).
+        """
         assert self.probe is not None, "run() before setup()"
         module = unwrap_model(pl_module)
         rank, world = trainer.global_rank, trainer.world_size
+        self._step = logging_step(trainer)
         local: dict[str, torch.Tensor] = {}
         error: BaseException | None = None
         try:
@@ -210,23 +283,55 @@ class ObserverCallback(pl.Callback):
         except Exception as exc:  # noqa: BLE001 - reported below; training must go on
             error = exc
         # Every rank learns whether any rank failed before anyone waits in a collective.
-        failed = float(error is not None)
-        if world > 1:
-            failed = float(trainer.strategy.reduce(torch.tensor(failed, device=pl_module.device), reduce_op="sum"))
-        if failed:
+        if self._any_rank(trainer, pl_module, error is not None):
             return self._fail(trainer, error)
+        scalars: dict[str, float] = {}
         try:
             results = self.gather(trainer, local, len(self.probe))
-            scalars = self.report(trainer, module, self.probe, results)
+            with self.sinks.at_step(self._step):
+                scalars = self.report(trainer, module, self.probe, results)
         except Exception as exc:  # noqa: BLE001
-            return self._fail(trainer, exc)
-        step = trainer.global_step
-        if trainer.is_global_zero and scalars:
-            self.sinks.scalars(scalars, step)
+            error = exc
+        # Logging below may synchronise the ranks: all of them log, or none.
+        if self._any_rank(trainer, pl_module, error is not None):
+            self.sinks.commit()  # whatever rank zero logged before failing stays at this step
+            return self._fail(trainer, error)
+        scalars = {key: float(value) for key, value in scalars.items()}
+        self._log_scalars(trainer, pl_module, scalars)
         if trainer.is_global_zero:
             self.sinks.flush()
-        self.history.append({"epoch": float(trainer.current_epoch), "step": float(step), **scalars})
+        self.history.append({"epoch": float(trainer.current_epoch), "step": float(self._step), **scalars})
         return scalars
+
+    @staticmethod
+    def _any_rank(trainer: pl.Trainer, pl_module: pl.LightningModule, flag: bool) -> bool:
+        if trainer.world_size == 1:
+            return flag
+        flags = torch.tensor(float(flag), device=pl_module.device)
+        return bool(trainer.strategy.reduce(flags, reduce_op="sum") > 0)
+
+    def _log_scalars(self, trainer: pl.Trainer, pl_module: pl.LightningModule, scalars: dict[str, float]) -> None:
+        """Through ``LightningModule.log`` inside Lightning's epoch-end hooks; else straight to the sinks."""
+        if scalars and getattr(pl_module, "_current_fx_name", None) in _LOGGING_HOOKS:
+            for key, value in scalars.items():
+                # Every rank holds the same gathered value; sync_dist only keeps Lightning's
+                # distributed bookkeeping consistent (the mean of equal values is the value).
+                pl_module.log(
+                    key,
+                    value,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=1,
+                    add_dataloader_idx=False,
+                    sync_dist=trainer.world_size > 1,
+                )
+            # Lightning writes the row right after this hook; W&B media logged meanwhile join it.
+            if trainer.is_global_zero:
+                self.sinks.commit(lightning_writes_row=True)
+        elif trainer.is_global_zero:
+            if scalars:
+                self.sinks.scalars(scalars, self._step)
+            self.sinks.commit()
 
     def gather(self, trainer: pl.Trainer, local: dict[str, torch.Tensor], total: int) -> dict[str, torch.Tensor]:
         """Combine every rank's :meth:`explain` output into full results, identical on all ranks.
@@ -244,11 +349,13 @@ class ObserverCallback(pl.Callback):
             gathered[key] = unshard(stacked, total).to(dtype).cpu()
         return gathered
 
-    def _fail(self, trainer: pl.Trainer, error: BaseException | None) -> dict[str, float]:
+    def _fail(
+        self, trainer: pl.Trainer, error: BaseException | None, what: str = "and skipped this observation;"
+    ) -> dict[str, float]:
+        """Record a failure; raise it (``on_error="raise"``) or warn and let training go on."""
         detail = "".join(traceback.format_exception(error)) if error is not None else "on another rank"
         message = (
-            f"{type(self).__name__} failed at epoch {trainer.current_epoch} and skipped this observation; "
-            f"training continues. Cause:\n{detail}"
+            f"{type(self).__name__} failed at epoch {trainer.current_epoch} {what} training continues. Cause:\n{detail}"
         )
         self.failures.append(message)
         if self.on_error == "raise" and error is not None:
@@ -258,9 +365,13 @@ class ObserverCallback(pl.Callback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "done": sorted(self._done), **self.extra_state()}
+        return {
+            "history": list(self.history),
+            "observed_steps": sorted(step for _, step in self._done),
+            **self.extra_state(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
-        self._done = {tuple(item) for item in state_dict.get("done", [])}
+        self._done = {("fit", int(step)) for step in state_dict.get("observed_steps", [])}
         self.load_extra_state(state_dict)

@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
 from xai_lightning.core import observe, resolve_layers
+from xai_lightning.core.progress import progress
 from xai_lightning.dissection import (
     ConceptLabels,
     ConceptVocabulary,
@@ -24,7 +25,7 @@ from xai_lightning.dissection import (
     upsample_activations,
     vocabulary_from_dataset,
 )
-from xai_lightning.dissection.vocabulary import NON_CONCEPT_CATEGORIES
+from xai_lightning.dissection.vocabulary import NON_CONCEPT_CATEGORIES, _unwrap_dataset, check_names_match_masks
 from xai_lightning.logging import display_images, labelled_grid, to_uint8_hwc
 
 __all__ = ["DissectionCallback"]
@@ -171,17 +172,18 @@ class DissectionCallback(ObserverCallback):
 
     # ------------------------------------------------------------------ setup
     def _vocabulary(self, trainer: pl.Trainer, probe: ProbeSet) -> tuple[ConceptVocabulary, torch.Tensor]:
+        num_masks = None if probe.masks is None else int(probe.masks.shape[1])
         source = find_probe_dataset(trainer, self.probe_split) if self._given_probe is None else None
-        if source is not None and hasattr(getattr(source, "dataset", source), "__len__"):
-            try:
-                return vocabulary_from_dataset(getattr(source, "dataset", source), self.exclude_categories)
-            except ValueError:
-                pass
+        dataset = getattr(source, "dataset", source)
+        if source is not None and hasattr(dataset, "__len__") and hasattr(_unwrap_dataset(dataset), "concept_names"):
+            # A dataset that names its concepts: its names must match the masks (else a clear error).
+            return vocabulary_from_dataset(dataset, self.exclude_categories, num_masks=num_masks)
         if probe.concept_names is None:
             raise ValueError(
                 "DissectionCallback needs the names and categories of the concept masks: use a dataset with "
                 "`concept_names` and `concept_categories` (ConceptWorld, BrodenDataset)."
             )
+        check_names_match_masks(len(probe.concept_names), num_masks, "The probe data")
         full = ConceptVocabulary.from_names(probe.concept_names)
         keep = [i for i, c in enumerate(full.categories) if c not in self.exclude_categories]
         return ConceptVocabulary(tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep)), \
@@ -236,7 +238,7 @@ class DissectionCallback(ObserverCallback):
         forward = LayerActivations(pl_module, self.layer_names)
 
         def batches():
-            for start in range(0, len(ids), self.max_batch):
+            for start in progress(range(0, len(ids), self.max_batch), f"dissection, epoch {trainer.current_epoch}"):
                 yield forward(images[start : start + self.max_batch]), ids[start : start + self.max_batch]
 
         # Every rank takes the same branch: the method depends on the (padded, equal) shard size.

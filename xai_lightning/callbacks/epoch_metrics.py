@@ -7,6 +7,8 @@ import re
 
 import pytorch_lightning as pl
 
+from xai_lightning.logging.steps import logging_step
+
 __all__ = ["EpochMetrics"]
 
 
@@ -14,7 +16,8 @@ class EpochMetrics(pl.Callback):
     """Record ``trainer.callback_metrics`` (e.g. ``val/acc``) at the end of every training epoch.
 
     Observing callbacks keep their own ``history``; this one gives studies the module's own
-    metrics on the same epoch axis. It reads metrics only, so training is unchanged.
+    metrics on the same epoch axis, and ``step`` is the step the loggers wrote them at (as in the
+    observers' histories). It reads metrics only, so training is unchanged.
 
     Args:
         label: prefix of the printed progress line (e.g. the study variant).
@@ -28,7 +31,7 @@ class EpochMetrics(pl.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step)}
+        record = {"epoch": float(trainer.current_epoch), "step": float(logging_step(trainer))}
         for key, value in trainer.callback_metrics.items():
             try:
                 record[key] = float(value)

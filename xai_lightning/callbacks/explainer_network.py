@@ -164,6 +164,7 @@ class ExplainerNetworkCallback(ObserverCallback):
         self._handles: list[RemovableHandle] = []
         self._captured: dict[str, torch.Tensor] = {}
         self._armed = False
+        self._paused_epoch: int | None = None  # training failed in this epoch: resume at the next one
 
     @property
     def state_key(self) -> str:
@@ -263,7 +264,19 @@ class ExplainerNetworkCallback(ObserverCallback):
     # ------------------------------------------------------------------ training alongside the performer
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
+        self._paused_epoch = None
         module = unwrap_model(pl_module)
+        compiled = [name for name, child in module.named_modules() if isinstance(getattr(child, "_orig_mod", None),
+                                                                                 torch.nn.Module)]
+        inside = [layer for layer in (self.input_layer, self.target_layer)
+                  if any(layer == c or layer.startswith(c + ".") for c in map(normalize_layer_name, compiled))]
+        if inside:
+            raise ValueError(
+                f"ExplainerNetworkCallback records {inside} during training steps with forward hooks, but "
+                f"{', '.join(repr(normalize_layer_name(c) or 'the model') for c in compiled)} is torch.compile'd, and "
+                "a compiled graph skips hooks added after it first ran. Train without compiling that module (or "
+                "compile only the layers above target_layer); the other observing callbacks handle compiled modules."
+            )
         for name in (self.input_layer, self.target_layer):
             self._handles.append(get_layer(module, name).register_forward_hook(self._recorder(name)))
 
@@ -278,7 +291,7 @@ class ExplainerNetworkCallback(ObserverCallback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._captured = {}
-        self._armed = self.explainer is not None
+        self._armed = self.explainer is not None and self._paused_epoch != trainer.current_epoch
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -287,7 +300,13 @@ class ExplainerNetworkCallback(ObserverCallback):
         captured, self._captured = self._captured, {}
         if self.explainer is None or self.input_layer not in captured or self.target_layer not in captured:
             return
-        self.train_step(trainer, captured[self.input_layer], captured[self.target_layer])
+        try:
+            self.train_step(trainer, captured[self.input_layer], captured[self.target_layer])
+        except Exception as error:  # noqa: BLE001 - handled as on_error says; the performer's training goes on
+            # Every rank raises together (train_step agrees on failures before its all-reduce).
+            self._paused_epoch = trainer.current_epoch
+            self._fail(trainer, error, what=f"to train the explainer at batch {batch_idx}, and pauses its training "
+                                            "until the next epoch;")
 
     def train_step(self, trainer: pl.Trainer | None, features: torch.Tensor, target: torch.Tensor) -> None:
         """``steps_per_batch`` optimiser steps of the explainer on ``features`` → ``target`` (both detached)."""
@@ -302,9 +321,18 @@ class ExplainerNetworkCallback(ObserverCallback):
             x, y = features.float().clone(), target.float().clone()
             self.explainer.train()
             for _ in range(self.steps_per_batch):
-                loss = self.explainer.loss(x, y, self.reconstruction_weight, self.filter_weight, self.eta)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
+                error: Exception | None = None
+                try:
+                    loss = self.explainer.loss(x, y, self.reconstruction_weight, self.filter_weight, self.eta)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.total.backward()
+                except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank alike
+                    error = exc
+                # A rank that failed must not leave the others waiting in the gradient all-reduce.
+                if world > 1 and _failed_on_any_rank(error is not None, features.device):
+                    raise error if error is not None else RuntimeError("the explainer's step failed on another rank")
+                if error is not None:
+                    raise error
                 if world > 1:
                     self._average_gradients()
                 self.optimizer.step()
@@ -335,7 +363,9 @@ class ExplainerNetworkCallback(ObserverCallback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the training-step hooks (also after an interrupted ``fit``)."""
+        super().release(trainer, pl_module)
         self._remove_hooks()
 
     def _remove_hooks(self) -> None:
@@ -427,6 +457,16 @@ class ExplainerNetworkCallback(ObserverCallback):
             self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state.get("steps", 0))
         self._train_sums = state.get("train_sums", torch.zeros_like(self._train_sums)).clone()
+
+
+def _failed_on_any_rank(failed: bool, device: torch.device) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return failed
+    flag = torch.tensor([float(failed)], device=device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
 
 
 def average_gradients(params: list[torch.nn.Parameter], world_size: int, all_reduce: Any) -> None:

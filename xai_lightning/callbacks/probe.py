@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
+from einops import rearrange
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from xai_lightning.core import isolated_rng
@@ -44,9 +45,14 @@ class ProbeSet:
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        n = self.images.shape[0]
         if self.images.dim() < 2:
             raise ValueError(f"Probe images need a batch dimension; got shape {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        if n == 0:
+            raise ValueError(
+                f"The probe set is empty (images of shape {tuple(self.images.shape)}): an observing callback needs at "
+                "least one image to explain. Pass images (N, C, H, W) with N >= 1 to set_probe, or data with images."
+            )
         for name in ("labels", "object_masks", "masks", "indices"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
@@ -93,9 +99,11 @@ class ProbeSet:
 
 
 def unshard(gathered: torch.Tensor, total: int) -> torch.Tensor:
-    """Invert :meth:`ProbeSet.shard`: ``(W, k, ...)`` from ``all_gather`` → ``(total, ...)`` in probe order."""
-    world, per_rank = gathered.shape[:2]
-    return gathered.transpose(0, 1).reshape(world * per_rank, *gathered.shape[2:])[:total]
+    """Invert :meth:`ProbeSet.shard`: ``(W, k, ...)`` from ``all_gather`` → ``(total, ...)`` in probe order.
+
+    Rank ``w`` holds rows ``w, w + W, …``, so row ``i·W + w`` of the probe is ``gathered[w, i]``.
+    """
+    return rearrange(gathered, "world row ... -> (row world) ...")[:total]
 
 
 def find_probe_dataset(trainer: Any, split: ProbeSplit = "val") -> Dataset | DataLoader | None:
@@ -106,7 +114,10 @@ def find_probe_dataset(trainer: Any, split: ProbeSplit = "val") -> Dataset | Dat
     """
     sources = []
     if split == "val":
-        for loop in (getattr(trainer, "validate_loop", None), getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)):
+        for loop in (
+            getattr(trainer, "validate_loop", None),
+            getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None),
+        ):
             if loop is not None:
                 loop = getattr(loop, "val_loop", loop)
                 sources.append(getattr(loop, "_data_source", None))
@@ -159,7 +170,7 @@ def draw_probe(source: Dataset | DataLoader, num: int, seed: int = 0) -> tuple[P
     with isolated_rng():
         if isinstance(source, DataLoader) or isinstance(source, IterableDataset) or not hasattr(source, "__len__"):
             items: list[Any] = []
-            for element in source:
+            for element in source:  # type: ignore[union-attr]  # iterable: checked above
                 if isinstance(source, DataLoader) and source.batch_size is not None:
                     unpacked = unpack_batch(element)
                     for row in range(unpacked.inputs.shape[0]):

@@ -36,6 +36,19 @@ TABLE_COLUMNS = (
 )
 
 
+def concept_folder(concept_dir: str, name: str) -> Path:
+    """``concept_dir/name``, refusing names that lead outside ``concept_dir`` (``../x``, absolute paths, links)."""
+    root = Path(concept_dir).expanduser().resolve()
+    folder = (root / name).resolve()
+    if folder == root or root not in folder.parents:
+        raise ValueError(
+            f"TCAVCallback: concept {name!r} is not a sub-folder of concept_dir={concept_dir!r} (it resolves to "
+            f"{str(folder)!r}). With concept_dir, concepts are the names of its sub-folders; give an absolute path "
+            "without concept_dir to use a folder elsewhere."
+        )
+    return folder
+
+
 def _is_path(entry: str) -> bool:
     return entry.startswith(("/", "./", "../", "~")) or os.path.isdir(entry)
 
@@ -129,6 +142,9 @@ class TCAVCallback(ObserverCallback):
             raise ValueError(f"num_similar must be >= 0; got {num_similar}")
         if random_pool_size is not None and random_pool_size < examples_per_concept:
             raise ValueError(f"random_pool_size must be >= examples_per_concept ({examples_per_concept}); got {random_pool_size}")
+        if concept_dir is not None:
+            for entry in concepts or []:
+                concept_folder(concept_dir, entry)  # a name that escapes concept_dir fails here
         self.layers = layers
         self.concepts = list(concepts) if concepts is not None else None
         self.classes = list(classes) if classes is not None else None
@@ -172,7 +188,7 @@ class TCAVCallback(ObserverCallback):
         world = None
         for entry in self.concepts:
             if self.concept_dir is not None or _is_path(entry):
-                folder = Path(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
+                folder = concept_folder(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
                 loaded[entry] = load_concept_folder(folder, image_size=size, channels=channels)
                 continue
             if world is None:
@@ -294,15 +310,13 @@ class TCAVCallback(ObserverCallback):
         return scalars
 
     def _log_bars(self, layer: str, result: TCAVResult, step: int, epoch: int) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switch
 
         li = result.layers.index(layer)
         concepts, classes = result.concepts, result.classes
         width = 0.8 / (len(concepts) + 1)
-        figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2))
+        figure = Figure(figsize=(1.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2))
+        axis = figure.subplots()
         x = np.arange(len(classes))
         for ci, concept in enumerate(concepts):
             means = result.mean[li, ci].numpy()
@@ -321,10 +335,7 @@ class TCAVCallback(ObserverCallback):
         axis.set_title(f"{layer}, epoch {epoch}", fontsize=9)
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         figure.tight_layout()
-        try:
-            self.sinks.figure(f"{self.namespace}/{layer}/bars", figure, step)
-        finally:
-            plt.close(figure)
+        self.sinks.figure(f"{self.namespace}/{layer}/bars", figure, step)
 
     def _log_similar(self, layer: str, probe: ProbeSet, similarity: torch.Tensor, step: int) -> None:
         shown = min(self.num_similar, len(probe))

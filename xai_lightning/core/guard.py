@@ -11,20 +11,30 @@ Every explanation in xai_lightning runs inside :func:`observe`. For its duration
 * enables autograd even inside Lightning's ``torch.no_grad`` validation loop and
   ``trainer.validate``'s ``torch.inference_mode`` (:meth:`ObserverGuard.input` clones
   inference tensors into ordinary ones);
-* runs under the trainer's precision context (autocast for ``"16-mixed"``/``"bf16-mixed"``)
-  when a trainer is given;
+* runs under the trainer's precision (see *Precision* below) when a trainer is given;
+* runs every compiled (``torch.compile``) submodule eagerly (its ``_orig_mod``): a compiled graph skips
+  hooks registered after its first call, so explanations would silently miss their layers;
 * removes every hook registered through :meth:`ObserverGuard.add_hook` in ``finally``,
   also when the explained forward raises.
 
 Gradients inside the guard are taken with ``torch.autograd.grad`` only, so parameters'
 ``.grad`` fields are never read or written. This module imports no Lightning: the trainer is
 duck-typed (anything with ``precision_plugin.forward_context()``).
+
+Precision. With a trainer, the guard enters its precision plugin's ``forward_context()``: autocast
+for ``"16-mixed"``/``"bf16-mixed"``, exactly as the training forward runs. The *true* precisions
+(``"bf16-true"``, ``"16-true"``, ``"64-true"``) convert the model's weights; for them the guard
+casts every floating-point input of the model's forward to the weights' dtype (in a pre-hook
+removed on exit; autograd flows through the cast, so gradients with respect to a float32 input
+come back in float32), and keeps the default dtype that was set outside, so the explanation's own
+bookkeeping (baselines, masks, running sums) stays float32 instead of silently becoming bfloat16.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -33,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["ObserverGuard", "isolated_rng", "observe"]
+__all__ = ["ObserverGuard", "compiled_submodules", "isolated_rng", "observe"]
 
 
 class _RNGSnapshot:
@@ -108,9 +118,15 @@ class ObserverGuard:
             # inference_mode(False) must come first: enable_grad alone cannot leave inference mode.
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
+            stack.enter_context(_eager_submodules(self.model))
             precision_plugin = getattr(self.trainer, "precision_plugin", None)
             if precision_plugin is not None and hasattr(precision_plugin, "forward_context"):
+                outside_dtype = torch.get_default_dtype()
                 stack.enter_context(precision_plugin.forward_context())
+                # True-precision plugins set the default dtype for the training forward; our own
+                # tensors keep the caller's (see "Precision" above).
+                stack.enter_context(_default_dtype(outside_dtype))
+                self.add_hook(self.model.register_forward_pre_hook(_cast_inputs_to_weights, with_kwargs=True))
             if self.seed is not None:
                 # Seed only generators the snapshot restores: torch.manual_seed would also queue a
                 # lazy seed for a not-yet-initialised CUDA, which would leak into training later.
@@ -167,6 +183,76 @@ class ObserverGuard:
         if requires_grad and copy.is_floating_point():
             copy.requires_grad_(True)
         return copy
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_floats(item, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _cast_floats(item, dtype) for key, item in value.items()}
+    return value
+
+
+def _cast_inputs_to_weights(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Forward pre-hook: floating-point inputs take the dtype of the module's (first floating) weights.
+
+    The weights' dtype, not the plugin's: Lightning converts the model after the callbacks' ``setup``.
+    """
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return None
+    return _cast_floats(args, dtype), _cast_floats(kwargs, dtype)
+
+
+def compiled_submodules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """``(parent, attribute, compiled)`` for every ``torch.compile`` wrapper below ``model``.
+
+    A compiled wrapper keeps the eager module as ``_orig_mod``; it is recognised by that attribute,
+    without importing ``torch._dynamo``.
+    """
+    found = []
+    for parent in model.modules():
+        for attribute, child in parent.named_children():
+            if isinstance(getattr(child, "_orig_mod", None), nn.Module):
+                found.append((parent, attribute, child))
+    return found
+
+
+@contextlib.contextmanager
+def _eager_submodules(model: nn.Module) -> Iterator[None]:
+    """Put each compiled submodule's eager module in its place for the duration (same parameters).
+
+    Hooks registered on a module after its compiled wrapper first ran are skipped by the compiled
+    graph; running the eager module makes every hook fire, and layer names read as the user wrote
+    them (no ``_orig_mod.``).
+    """
+    swapped = []
+    try:
+        while True:  # a compiled module may contain compiled modules
+            found = compiled_submodules(model)
+            if not found:
+                break
+            for parent, attribute, compiled in found:
+                setattr(parent, attribute, compiled._orig_mod)
+                swapped.append((parent, attribute, compiled))
+        yield
+    finally:
+        for parent, attribute, compiled in reversed(swapped):
+            setattr(parent, attribute, compiled)
 
 
 def observe(model: nn.Module, trainer: Any | None = None, seed: int | None = None) -> ObserverGuard:

@@ -1,41 +1,58 @@
-"""Datasets with ground truth (ConceptWorld), real data (digits), datamodules, the batch convention."""
+"""Datasets with ground truth (ConceptWorld, BARS, coloured digits), real data (digits), datamodules, the batch
+convention.
 
-from xai_lightning.data.bars import BAR_COLOURS, Bars, BarsDataModule, BarsLatent
-from xai_lightning.data.batch import Batch, replace_inputs, unpack_batch
-from xai_lightning.data.coloured_digits import ColouredDigits, ColouredDigitsDataModule
-from xai_lightning.data.concept_world import (
-    BACKGROUNDS,
-    COLOURS,
-    SHAPES,
-    TEXTURES,
-    ConceptWorld,
-    ConceptWorldLatent,
-    ConceptWorldRender,
-)
-from xai_lightning.data.datamodules import ConceptWorldDataModule, DigitsDataModule, TriggerTextDataModule
-from xai_lightning.data.digits import HandwrittenDigits
-from xai_lightning.data.trigger_text import TriggerText
+Lazy (PEP 562): the datasets import no Lightning, so the algorithm packages can use them; the
+datamodules (``datamodules.py``) load Lightning only when one of them is asked for.
+"""
 
-__all__ = [
-    "BACKGROUNDS",
-    "BAR_COLOURS",
-    "Bars",
-    "BarsDataModule",
-    "BarsLatent",
-    "ColouredDigits",
-    "ColouredDigitsDataModule",
-    "COLOURS",
-    "Batch",
-    "ConceptWorld",
-    "ConceptWorldDataModule",
-    "ConceptWorldLatent",
-    "ConceptWorldRender",
-    "DigitsDataModule",
-    "HandwrittenDigits",
-    "SHAPES",
-    "TEXTURES",
-    "TriggerText",
-    "TriggerTextDataModule",
-    "replace_inputs",
-    "unpack_batch",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xai_lightning.lazy_exports import lazy_exports
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("BAR_COLOURS", "Bars", "BarsLatent"), "xai_lightning.data.bars"),
+    **dict.fromkeys(("Batch", "replace_inputs", "unpack_batch"), "xai_lightning.data.batch"),
+    "ColouredDigits": "xai_lightning.data.coloured_digits",
+    **dict.fromkeys(
+        ("BACKGROUNDS", "COLOURS", "SHAPES", "TEXTURES", "ConceptWorld", "ConceptWorldLatent", "ConceptWorldRender"),
+        "xai_lightning.data.concept_world",
+    ),
+    **dict.fromkeys(
+        ("BarsDataModule", "ColouredDigitsDataModule", "ConceptWorldDataModule", "DigitsDataModule"),
+        "xai_lightning.data.datamodules",
+    ),
+    "HandwrittenDigits": "xai_lightning.data.digits",
+    "TriggerText": "xai_lightning.data.trigger_text",
+    "TriggerTextDataModule": "xai_lightning.data.datamodules",
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+if TYPE_CHECKING:
+    from xai_lightning.data.bars import BAR_COLOURS, Bars, BarsLatent
+    from xai_lightning.data.batch import Batch, replace_inputs, unpack_batch
+    from xai_lightning.data.coloured_digits import ColouredDigits
+    from xai_lightning.data.concept_world import (
+        BACKGROUNDS,
+        COLOURS,
+        SHAPES,
+        TEXTURES,
+        ConceptWorld,
+        ConceptWorldLatent,
+        ConceptWorldRender,
+    )
+    from xai_lightning.data.datamodules import (
+        BarsDataModule,
+        ColouredDigitsDataModule,
+        ConceptWorldDataModule,
+        DigitsDataModule,
+    )
+    from xai_lightning.data.digits import HandwrittenDigits
+    from xai_lightning.data.trigger_text import TriggerText
+    from xai_lightning.data.datamodules import TriggerTextDataModule

@@ -25,13 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
-from xai_lightning.data.datamodules import TensorSplitLoaders
 
-__all__ = ["BAR_COLOURS", "Bars", "BarsDataModule", "BarsLatent"]
+__all__ = ["BAR_COLOURS", "Bars", "BarsLatent"]
 
 #: RGB of the two bar colours, index 0 = red, 1 = green (R + G = 1 for both, see the module doc).
 BAR_COLOURS: dict[str, tuple[float, float, float]] = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.9, 0.1)}
@@ -217,24 +215,3 @@ class Bars(Dataset):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (N, 3, S, S), labels (N,))``."""
         return self.images, self.labels
-
-
-class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
-    """BARS train/val splits with the same ``confounding`` (seeds ``seed * 1000 + split``); batches ``(x, y)``."""
-
-    num_classes = 2
-
-    def __init__(self, num_train: int = 2000, num_val: int = 500, confounding: float = 0.0, image_size: int = 32,
-                 seed: int = 0, batch_size: int = 64, num_workers: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_set: Bars | None = None
-        self.val_set: Bars | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        h = self.hparams
-        if self.train_set is None:
-            self.train_set = Bars(h.num_train, h.confounding, h.image_size, seed=h.seed * 1000)
-            self.val_set = Bars(h.num_val, h.confounding, h.image_size, seed=h.seed * 1000 + 1)

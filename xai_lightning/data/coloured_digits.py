@@ -15,15 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
-from xai_lightning.data.datamodules import TensorSplitLoaders
 
 from xai_lightning.data.digits import HandwrittenDigits
 
-__all__ = ["ColouredDigits", "ColouredDigitsDataModule", "hue_to_rgb", "class_hues"]
+__all__ = ["ColouredDigits", "hue_to_rgb", "class_hues"]
 
 NUM_CLASSES = 10
 
@@ -120,24 +118,3 @@ class ColouredDigits(Dataset):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (N, 3, S, S), labels (N,))``."""
         return self.images, self.labels
-
-
-class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
-    """Coloured digits train/val splits (stratified split of the 1,797 digits); batches ``(x, y)``."""
-
-    num_classes = NUM_CLASSES
-
-    def __init__(self, sigma: float = 0.05, image_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
-                 batch_size: int = 64, num_workers: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_set: ColouredDigits | None = None
-        self.val_set: ColouredDigits | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        h = self.hparams
-        if self.train_set is None:
-            self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction)
-            self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction)

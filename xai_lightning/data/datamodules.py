@@ -1,4 +1,8 @@
-"""LightningDataModules over ConceptWorld, scikit-learn's handwritten digits and TriggerText sentences."""
+"""LightningDataModules over ConceptWorld, BARS, coloured digits, scikit-learn's handwritten digits and TriggerText
+sentences.
+
+The datasets themselves live beside (``concept_world.py``, ``bars.py``, ``coloured_digits.py``, ``trigger_text.py``)
+and import no Lightning, so the algorithm packages can use them without loading it."""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from xai_lightning.data.bars import Bars
+from xai_lightning.data.coloured_digits import NUM_CLASSES as DIGIT_CLASSES
+from xai_lightning.data.coloured_digits import ColouredDigits
 from xai_lightning.data.concept_world import ConceptWorld, LabelBy, SpuriousConcept
 from xai_lightning.data.digits import HandwrittenDigits
 from xai_lightning.data.trigger_text import TriggerText
 
-__all__ = ["ConceptWorldDataModule", "DigitsDataModule", "TriggerTextDataModule"]
+__all__ = ["BarsDataModule", "ColouredDigitsDataModule", "ConceptWorldDataModule", "DigitsDataModule", "TriggerTextDataModule"]
 
 BatchFormat = Literal["tuple", "dict"]
 
@@ -181,6 +188,54 @@ class DigitsDataModule(_Loaders, pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') first"
         return self._loader(self.val_set, shuffle=False)
+
+
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+
+class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
+    """BARS train/val splits with the same ``confounding`` (seeds ``seed * 1000 + split``); batches ``(x, y)``."""
+
+    num_classes = 2
+
+    def __init__(self, num_train: int = 2000, num_val: int = 500, confounding: float = 0.0, image_size: int = 32,
+                 seed: int = 0, batch_size: int = 64, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: Bars | None = None
+        self.val_set: Bars | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if self.train_set is None:
+            self.train_set = Bars(h.num_train, h.confounding, h.image_size, seed=h.seed * 1000)
+            self.val_set = Bars(h.num_val, h.confounding, h.image_size, seed=h.seed * 1000 + 1)
+
+
+class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
+    """Coloured digits train/val splits (stratified split of the 1,797 digits); batches ``(x, y)``."""
+
+    num_classes = DIGIT_CLASSES
+
+    def __init__(self, sigma: float = 0.05, image_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
+                 batch_size: int = 64, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: ColouredDigits | None = None
+        self.val_set: ColouredDigits | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if self.train_set is None:
+            self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction)
+            self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction)
 
 
 class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):

@@ -22,6 +22,7 @@ in the format, so the reader is tested on data whose masks are known.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,21 @@ BRODEN_CATEGORIES: tuple[str, ...] = ("color", "object", "material", "part", "sc
 #: ConceptWorld's category names that Broden spells differently.
 _TO_BRODEN = {"colour": "color"}
 _CATEGORY_COUNT = re.compile(r"([^;()]+)\((\d+)\)")
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """``root/relative``, refusing entries of ``index.csv`` that point outside ``root`` (``../``, absolute paths).
+
+    Lexical (no file system access), so the whole index is checked when the dataset is opened.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, relative))
+    if not path.startswith(base + os.sep):
+        raise ValueError(
+            f"{what} {relative!r} in {root.parent / 'index.csv'} points outside the dataset's images directory "
+            f"{base!r}; Broden paths are relative to images/. Fix index.csv."
+        )
+    return Path(path)
 
 
 def _decode_segmentation(path: Path) -> torch.Tensor:
@@ -112,6 +128,14 @@ class BrodenDataset(torch.utils.data.Dataset):
             reader = csv.DictReader(handle)
             columns = [c for c in (reader.fieldnames or []) if c in BRODEN_CATEGORIES]
             rows = [row for row in reader if split is None or row.get("split") == split]
+        images = self.root / "images"
+        for row in rows:  # every path must stay inside images/: checked now, not at the n-th item
+            _inside(images, row.get("image") or "", "Image")
+            for category in columns:
+                for entry in (row.get(category) or "").split(";"):
+                    entry = entry.strip()
+                    if entry and not entry.isdigit():
+                        _inside(images, entry, "Segmentation")
         self.rows = rows
         with open(self.root / "label.csv", newline="") as handle:
             labels = list(csv.DictReader(handle))
@@ -178,7 +202,7 @@ class BrodenDataset(torch.utils.data.Dataset):
                 if entry.isdigit():  # an image-level label: the whole image
                     layers.append(self._concepts(torch.full((height, width), int(entry), dtype=torch.long)))
                 else:
-                    segmentation = _decode_segmentation(self.root / "images" / entry)
+                    segmentation = _decode_segmentation(_inside(self.root / "images", entry, "Segmentation"))
                     if tuple(segmentation.shape) != (height, width):
                         raise ValueError(
                             f"Segmentation {self.root / 'images' / entry} has shape {tuple(segmentation.shape)} but "
@@ -190,7 +214,8 @@ class BrodenDataset(torch.utils.data.Dataset):
         return torch.stack(layers), labelled
 
     def _image(self, row: dict[str, str]) -> torch.Tensor:
-        array = np.asarray(Image.open(self.root / "images" / row["image"]).convert("RGB"), dtype=np.float32) / 255.0
+        path = _inside(self.root / "images", row["image"], "Image")
+        array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def _resize(self, layers: torch.Tensor, row: dict[str, str]) -> torch.Tensor:

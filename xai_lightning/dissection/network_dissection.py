@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from xai_lightning.core import batch_slices, get_layer, parse_layer
+from xai_lightning.core.progress import progress
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
 from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
@@ -266,13 +267,19 @@ class LayerActivations:
 
 
 def check_spatial(layer: str, activation: torch.Tensor) -> None:
-    """Network dissection needs a ``(B, K, h, w)`` map per unit; raise naming the layer otherwise."""
+    """Network dissection needs a ``(B, K, h, w)`` map per unit with ``h·w > 1``; raise naming the layer otherwise."""
     if activation.dim() != 4:
         raise ValueError(
             f"Layer {layer!r} outputs shape {tuple(activation.shape)}, which has no spatial dimensions: network "
             "dissection needs a convolutional layer with (B, channels, height, width) output, whose units can be "
             "thresholded into masks. Choose a conv/ReLU layer before global pooling, or for a transformer fold its "
             f"tokens to the patch grid with a reshape ('{layer}@vit')."
+        )
+    if activation.shape[-2] * activation.shape[-1] <= 1:
+        raise ValueError(
+            f"Layer {layer!r} outputs shape {tuple(activation.shape)}: one position per unit (after global pooling), "
+            "so every unit's mask would cover the whole image and its IoU would measure only how large a concept "
+            "is. Choose a layer before the pooling, with a spatial map of more than 1x1."
         )
 
 
@@ -366,7 +373,7 @@ def dissect(
     slices = list(batch_slices(images.shape[0], max_batch))
 
     def batches() -> Batches:
-        for rows in slices:
+        for rows in progress(slices, "dissecting"):
             yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
 
     if method not in ("exact", "sketch"):

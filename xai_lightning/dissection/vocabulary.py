@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ConceptVocabulary", "vocabulary_from_dataset"]
+__all__ = ["ConceptVocabulary", "check_names_match_masks", "vocabulary_from_dataset"]
 
 #: Categories of ConceptWorld's mask channels that are not concepts to dissect against (the
 #: object/distractor/background/caption regions).
@@ -94,21 +94,37 @@ def _unwrap_dataset(dataset: Any) -> Any:
     return dataset
 
 
+def check_names_match_masks(num_names: int, num_masks: int | None, source: str) -> None:
+    """Every mask channel needs exactly one concept name: a count mismatch silently mislabels concepts."""
+    if num_masks is not None and num_names != num_masks:
+        raise ValueError(
+            f"{source} names {num_names} concepts but its items carry {num_masks} concept masks: each mask channel "
+            "needs exactly one name (and category), in the same order, or the masks would be dissected under the "
+            "wrong names. Fix `concept_names`/`concept_categories` or the masks."
+        )
+
+
 def vocabulary_from_dataset(
-    dataset: Any, exclude_categories: Sequence[str] = NON_CONCEPT_CATEGORIES
+    dataset: Any, exclude_categories: Sequence[str] = NON_CONCEPT_CATEGORIES, num_masks: int | None = None
 ) -> tuple[ConceptVocabulary, torch.Tensor]:
     """The vocabulary of a dataset with ``concept_names`` (and optionally ``concept_categories``).
 
     Returns the vocabulary without the excluded categories, and ``channels (C,)`` long: the
     index of each vocabulary concept among the dataset's mask channels.
 
+    Args:
+        num_masks: the number of mask channels of the dataset's items, when known: the names must
+            match it one to one.
+
     Raises:
-        ValueError: when the dataset does not name its concepts, or every concept is excluded.
+        ValueError: when the dataset does not name its concepts, names a different number of
+            concepts than ``num_masks``, or every concept is excluded.
     """
     source = _unwrap_dataset(dataset)
     names = getattr(source, "concept_vocabulary", None)
     if isinstance(names, ConceptVocabulary):
         vocabulary = names
+        check_names_match_masks(len(vocabulary), num_masks, type(source).__name__)
         keep = [i for i, c in enumerate(vocabulary.categories) if c not in exclude_categories]
         return ConceptVocabulary(
             tuple(vocabulary.names[i] for i in keep), tuple(vocabulary.categories[i] for i in keep)
@@ -121,6 +137,7 @@ def vocabulary_from_dataset(
             "like ConceptWorld or BrodenDataset; or pass a ConceptVocabulary explicitly."
         )
     full = ConceptVocabulary.from_names(names, getattr(source, "concept_categories", None))
+    check_names_match_masks(len(full), num_masks, type(source).__name__)
     keep = [i for i, category in enumerate(full.categories) if category not in exclude_categories]
     if not keep:
         raise ValueError(f"Every concept of {type(source).__name__} is in an excluded category {list(exclude_categories)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from xai_lightning.logging.sink import Sink
+from xai_lightning.logging.sink import Sink, is_image
 
 __all__ = ["FileSink"]
 
@@ -22,10 +23,13 @@ def _key_path(root: Path, key: str) -> Path:
 
 
 class FileSink(Sink):
-    """Writes ``<dir>/xai/<key>/step_<global step>.png|.csv``; scalars go to the logger's ``log_metrics``.
+    """Writes ``<dir>/xai/<key>/step_<step>.png|.csv``; scalars go to the logger's ``log_metrics``.
 
     ``<dir>`` is the logger's ``log_dir`` (or ``save_dir``, or the given ``directory``). Image
-    captions are appended to ``<key>/captions.csv`` (file, step, caption).
+    captions are appended to ``<key>/captions.csv`` (file, step, caption). Image cells of a table
+    are saved as ``step_<step>_<row>_<column>.png`` beside its CSV, which names them. Settings go
+    to the logger's ``log_hyperparams`` (CSVLogger: ``hparams.yaml``), or to
+    ``xai/<name>/settings.json`` without a logger.
     """
 
     def __init__(self, logger: Any | None = None, directory: str | Path | None = None) -> None:
@@ -37,7 +41,9 @@ class FileSink(Sink):
         if self.logger is not None:
             self.logger.log_metrics(dict(metrics), step=step)
         else:
-            self._append_csv(self.root / "scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()])
+            self._append_csv(
+                self.root / "scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()]
+            )
 
     def images(self, key: str, images: Sequence[np.ndarray], captions: Sequence[str] | None, step: int) -> None:
         folder = _key_path(self.root, key)
@@ -54,10 +60,28 @@ class FileSink(Sink):
     def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
         folder = _key_path(self.root, key)
         folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for r, row in enumerate(rows):
+            cells = []
+            for c, cell in enumerate(row):
+                if is_image(cell):
+                    name = f"step_{step:08d}_{r:03d}_{c:02d}.png"
+                    Image.fromarray(cell).save(folder / name)
+                    cell = name
+                cells.append(cell)
+            written.append(cells)
         with open(folder / f"step_{step:08d}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(columns)
-            writer.writerows(rows)
+            writer.writerows(written)
+
+    def config(self, name: str, settings: Mapping[str, Any]) -> None:
+        if self.logger is not None and hasattr(self.logger, "log_hyperparams"):
+            self.logger.log_hyperparams({name: dict(settings)})
+            return
+        folder = _key_path(self.root, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "settings.json").write_text(json.dumps(dict(settings), indent=2, default=repr))
 
     def figure(self, key: str, figure: Any, step: int) -> None:
         folder = _key_path(self.root, key)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from xai_lightning.logging.sink import Sink
+from xai_lightning.logging.sink import Sink, is_image
 
 __all__ = ["TensorBoardSink"]
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; image cells read ``(image HxW)``."""
+
+    def text(cell: Any) -> str:
+        return f"(image {cell.shape[0]}x{cell.shape[1]})" if is_image(cell) else str(cell)
+
     lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    lines += ["| " + " | ".join(text(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -40,6 +46,11 @@ class TensorBoardSink(Sink):
 
     def figure(self, key: str, figure: Any, step: int) -> None:
         self.logger.experiment.add_figure(key, figure, global_step=step, close=False)
+
+    def config(self, name: str, settings: Mapping[str, Any]) -> None:
+        # As text rather than log_hyperparams: each hparams call would open another HParams session.
+        body = json.dumps(dict(settings), indent=2, default=repr)
+        self.logger.experiment.add_text(f"{name}/settings", f"```\n{body}\n```", global_step=0)
 
     def flush(self) -> None:
         self.logger.experiment.flush()

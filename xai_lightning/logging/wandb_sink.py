@@ -1,4 +1,4 @@
-"""Weights & Biases sink: ``wandb.Image`` with captions, fresh ``wandb.Table`` per call, scalars on the global step."""
+"""Weights & Biases sink: ``wandb.Image`` with captions, a fresh ``wandb.Table`` per call, config in ``run.config``."""
 
 from __future__ import annotations
 
@@ -9,32 +9,66 @@ from typing import Any
 import numpy as np
 
 from xai_lightning.logging.figure import figure_to_array
-from xai_lightning.logging.sink import Sink
+from xai_lightning.logging.sink import Sink, is_image
 
 __all__ = ["WandbSink"]
 
+STEP_KEY = "trainer/global_step"  # the step metric Lightning's WandbLogger defines
+
 
 class WandbSink(Sink):
-    """Logs through a Lightning ``WandbLogger`` so every record carries ``trainer/global_step``.
+    """Logs into a Lightning ``WandbLogger``'s run; every record carries ``trainer/global_step``.
 
-    Tables are rebuilt on every call: W&B ignores re-logging a mutated ``wandb.Table``.
+    ``deferred=True`` (observing callbacks): images, tables and figures are logged with
+    ``commit=False`` and join the row Lightning writes next — the epoch-end metrics at the same
+    step — so an observation is one row of the run's history, not one row per call.
+    :meth:`commit` writes them out when no metrics row follows. With ``deferred=False`` every
+    call is its own row.
+
+    Tables are rebuilt on every call: W&B ignores re-logging a mutated ``wandb.Table``. Image
+    cells (uint8 ``(H, W, 3)`` arrays) become ``wandb.Image`` cells.
     """
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, deferred: bool = False) -> None:
         self.logger = logger
+        self.deferred = deferred
+        self._pending_step: int | None = None
+
+    def _log(self, data: dict[str, Any], step: int) -> None:
+        record = {**data, STEP_KEY: step}
+        if self.deferred:
+            self.logger.experiment.log(record, commit=False)
+            self._pending_step = step
+        else:
+            self.logger.experiment.log(record)
 
     def scalars(self, metrics: Mapping[str, float], step: int) -> None:
-        self.logger.log_metrics(dict(metrics), step=step)
+        self._log(dict(metrics), step)
 
     def images(self, key: str, images: Sequence[np.ndarray], captions: Sequence[str] | None, step: int) -> None:
-        kwargs = {"caption": list(captions)} if captions is not None else {}
-        self.logger.log_image(key=key, images=list(images), step=step, **kwargs)
+        import wandb
+
+        shown = [
+            wandb.Image(image, caption=None if captions is None else captions[i]) for i, image in enumerate(images)
+        ]
+        self._log({key: shown}, step)
 
     def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
-        self.logger.log_table(key=key, columns=list(columns), data=[list(row) for row in rows], step=step)
+        import wandb
+
+        data = [[wandb.Image(cell) if is_image(cell) else cell for cell in row] for row in rows]
+        self._log({key: wandb.Table(columns=list(columns), data=data)}, step)
 
     def figure(self, key: str, figure: Any, step: int) -> None:
-        self.logger.log_image(key=key, images=[figure_to_array(figure)], step=step)
+        self.images(key, [figure_to_array(figure)], None, step)
+
+    def config(self, name: str, settings: Mapping[str, Any]) -> None:
+        self.logger.experiment.config.update({name: dict(settings)}, allow_val_change=True)
+
+    def commit(self, lightning_writes_row: bool = False) -> None:
+        if self._pending_step is not None and not lightning_writes_row:
+            self.logger.experiment.log({STEP_KEY: self._pending_step}, commit=True)
+        self._pending_step = None
 
     @property
     def location(self) -> str:

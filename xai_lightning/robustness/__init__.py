@@ -3,13 +3,13 @@ feature visualisation — pure torch, in ``[0, 1]`` pixel space, every forward p
 guard (eval mode, BatchNorm statistics untouched, parameters' ``.grad`` never written).
 """
 
+from xai_lightning.robustness.fast_gradient_sign import FGSM, fgsm
 from xai_lightning.robustness.feature_visualization import (
     PRIORS,
     FeatureVisualization,
     direction_objective,
     visualize_features,
 )
-from xai_lightning.robustness.fgsm import FGSM, fgsm
 from xai_lightning.robustness.fourier_image import IMAGENET_COLOUR_SQRT, FourierImage, colour_correlation_sqrt
 from xai_lightning.robustness.gradient_maps import (
     GradientMaps,
@@ -29,11 +29,11 @@ from xai_lightning.robustness.norm_ball import (
     random_point,
     steepest_direction,
 )
-from xai_lightning.robustness.pgd import PGD, AttackResult, default_eps, default_step_size, pgd
 from xai_lightning.robustness.pixel_space import PixelRangeError, PixelSpace
+from xai_lightning.robustness.projected_gradient_descent import PGD, AttackResult, default_eps, default_step_size, pgd
 from xai_lightning.robustness.random_transforms import random_affine
 from xai_lightning.robustness.representation import LOGITS, Representation
-from xai_lightning.robustness.targeted_morph import default_morph_eps, morph_to_every_class, targeted_morph
+from xai_lightning.robustness.targeted_morphing import default_morph_eps, morph_to_every_class, targeted_morph
 from xai_lightning.robustness.trades import TradesBatch, trades_adversarial, trades_kl, trades_loss
 from xai_lightning.robustness.vae import ConvVAE, train_vae, vae_loss
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from xai_lightning.core import batch_slices, observe
+from xai_lightning.core.progress import progress
 from xai_lightning.robustness.fourier_image import FourierImage
 from xai_lightning.robustness.image_regularizers import total_variation
 from xai_lightning.robustness.random_transforms import random_affine
@@ -258,7 +259,7 @@ def visualize_features(
             parameters = [p for name, p in image.named_parameters() if not name.startswith("vae.")]
             optimizer = torch.optim.Adam(parameters, lr=lr)
             trace = []
-            for _ in range(steps):
+            for _ in progress(range(steps), "visualising features"):
                 x = image()
                 seen = random_affine(x, jitter=jitter, scale=scale, degrees=degrees, generator=generator) if transforms else x
                 objective = direction_objective(phi(seen), targets)

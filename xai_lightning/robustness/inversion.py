@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from xai_lightning.core import batch_slices, observe
+from xai_lightning.core.progress import progress
 from xai_lightning.robustness.image_regularizers import alpha_norm, total_variation
 from xai_lightning.robustness.representation import LOGITS, Representation
 
@@ -116,7 +117,7 @@ def invert_representation(
             x = guard.input(init[rows], requires_grad=False).float()
             velocity = torch.zeros_like(x)
             trace = []
-            for step in range(steps):
+            for step in progress(range(steps), "inverting the representation"):
                 x.requires_grad_(True)
                 loss = _relative_error(phi(x), target)
                 if alpha_weight:

@@ -28,7 +28,7 @@ from torch import nn
 
 from xai_lightning.core import observe, select_logits
 from xai_lightning.robustness.norm_ball import Norm, check_eps, check_norm
-from xai_lightning.robustness.pgd import AttackResult, pgd
+from xai_lightning.robustness.projected_gradient_descent import AttackResult, pgd
 
 __all__ = ["TradesBatch", "trades_adversarial", "trades_kl", "trades_loss"]
 

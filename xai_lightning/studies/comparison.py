@@ -32,6 +32,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.epoch_metrics import EpochMetrics
+from xai_lightning.console import without_anonymous_setting
 from xai_lightning.studies.config import instantiate
 
 __all__ = ["VariantResult", "run_comparison"]
@@ -117,8 +118,9 @@ def _run_variant(config: Mapping[str, Any], variant: str, extra: list, root: Pat
     loggers: list[Any] = [CSVLogger(str(root), name=variant, version="")]
     if wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
-        loggers.insert(0, WandbLogger(project=config.get("wandb_project", "xai-lightning"), group=group, name=variant,
-                                      save_dir=str(root), offline=True))
+        wandb_logger = WandbLogger(project=config.get("wandb_project", "xai-lightning"), group=group, name=variant,
+                                   save_dir=str(root), offline=True)
+        loggers.insert(0, without_anonymous_setting(wandb_logger))  # no wandb deprecation notice per run
     trainer_kwargs = dict(config.get("trainer") or {})
     trainer_kwargs.setdefault("enable_model_summary", False)
     trainer_kwargs.setdefault("default_root_dir", str(root / variant))

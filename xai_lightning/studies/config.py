@@ -1,4 +1,9 @@
-"""Build objects from ``class_path``/``init_args`` mappings, as LightningCLI YAML files write them."""
+"""Build objects from ``class_path``/``init_args`` mappings, as LightningCLI YAML files write them.
+
+A study config is trusted code, exactly like a LightningCLI config: ``class_path`` may name any
+importable class or function, which is imported and called with ``init_args``. Run only configs
+you wrote or reviewed, as you would run only Python scripts you trust.
+"""
 
 from __future__ import annotations
 

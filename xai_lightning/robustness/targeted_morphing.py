@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from xai_lightning.robustness.norm_ball import Norm
-from xai_lightning.robustness.pgd import AttackResult, pgd
+from xai_lightning.robustness.projected_gradient_descent import AttackResult, pgd
 
 __all__ = ["default_morph_eps", "morph_to_every_class", "targeted_morph"]
 

@@ -7,7 +7,7 @@ One step of size ε along the sign of the input gradient of the loss, clipped to
 
 With ``norm="l2"`` the step is ``ε · g/‖g‖₂`` (the "fast gradient method" of Goodfellow et al.'s L2
 variant). FGSM is PGD with one step of size ε, no random start and the last iterate, and runs
-inside the observer guard the same way (:mod:`xai_lightning.robustness.pgd`). It matches Captum's
+inside the observer guard the same way (:mod:`xai_lightning.robustness.projected_gradient_descent`). It matches Captum's
 ``captum.robust.FGSM`` (tested) except for gradient coordinates below Captum's 1e-6 threshold.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from xai_lightning.robustness.norm_ball import Norm, check_eps, check_norm
-from xai_lightning.robustness.pgd import AttackResult, pgd
+from xai_lightning.robustness.projected_gradient_descent import AttackResult, pgd
 
 __all__ = ["FGSM", "fgsm"]
 
