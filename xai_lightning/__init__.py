@@ -30,6 +30,7 @@ from xai_lightning.callbacks import (
     ProbeSet,
     RobustnessCallback,
     TCAVCallback,
+    UncertaintyCallback,
 )
 from xai_lightning.concepts import (
     TCAV,
@@ -61,6 +62,7 @@ from xai_lightning.explainer import (
     location_instability,
 )
 from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+from xai_lightning.models import EnsembleClassifier, VariationalClassifier
 from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
 
 __version__ = "0.1.0"
@@ -88,6 +90,7 @@ __all__ = [
     "DissectionCallback",
     "DissectionResult",
     "encdec_cace",
+    "EnsembleClassifier",
     "evaluate_explainer",
     "ExplainerNetwork",
     "ExplainerNetworkCallback",
@@ -124,5 +127,7 @@ __all__ = [
     "TCAVCallback",
     "TCAVResult",
     "train_cavs",
+    "UncertaintyCallback",
+    "VariationalClassifier",
     "Xrai",
 ]

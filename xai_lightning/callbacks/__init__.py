@@ -9,6 +9,7 @@ from xai_lightning.callbacks.grad_cam import GradCAMCallback
 from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
+from xai_lightning.callbacks.uncertainty import UncertaintyCallback
 
 __all__ = [
     "AdversarialTrainingCallback",
@@ -20,6 +21,7 @@ __all__ = [
     "ProbeSet",
     "RobustnessCallback",
     "TCAVCallback",
+    "UncertaintyCallback",
     "draw_probe",
     "find_probe_dataset",
 ]

@@ -39,7 +39,7 @@ class VariationalClassifier(ImageClassifier):
         prior_sigma: σ_p of the N(0, σ_p²) prior.
         init_rho: initial ρ (σ = softplus(ρ)).
         kl_weight: multiplies the KL term (1 = the ELBO; < 1 tempers the prior).
-        num_train: training-set size N; default: the length of the training dataset.
+        dataset_size: training-set size N; default: the length of the training dataset.
         val_samples: if > 0, validation metrics use the mean prediction of this many weight samples
             (keyed noise, no global generator read) instead of the posterior-mean network.
         num_classes, optimizer, lr, weight_decay, cosine_epochs: see :class:`ImageClassifier`
@@ -53,7 +53,7 @@ class VariationalClassifier(ImageClassifier):
         prior_sigma: float = 1.0,
         init_rho: float = -5.0,
         kl_weight: float = 1.0,
-        num_train: int | None = None,
+        dataset_size: int | None = None,
         val_samples: int = 0,
         num_classes: int | None = None,
         optimizer: Literal["adam", "sgd"] = "adam",
@@ -65,19 +65,19 @@ class VariationalClassifier(ImageClassifier):
             raise ValueError(f"kl_weight must be >= 0; got {kl_weight}")
         if val_samples < 0 or val_samples == 1:
             raise ValueError(f"val_samples must be 0 (posterior means) or >= 2; got {val_samples}")
-        if num_train is not None and num_train < 1:
-            raise ValueError(f"num_train must be >= 1; got {num_train}")
+        if dataset_size is not None and dataset_size < 1:
+            raise ValueError(f"dataset_size must be >= 1; got {dataset_size}")
         if not _has_bayesian_layers(network):
             make_bayesian(network, bayesian_layers, prior_sigma=prior_sigma, init_rho=init_rho)
         super().__init__(network, num_classes=num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          cosine_epochs=cosine_epochs)
         self.kl_weight = kl_weight
-        self.num_train = num_train
+        self.dataset_size = dataset_size
         self.val_samples = val_samples
 
     def _dataset_size(self, batch_size: int) -> int:
-        if self.num_train is not None:
-            return self.num_train
+        if self.dataset_size is not None:
+            return self.dataset_size
         loader = getattr(self.trainer, "train_dataloader", None)
         dataset = getattr(loader, "dataset", None)
         try:
@@ -86,7 +86,7 @@ class VariationalClassifier(ImageClassifier):
             batches = self.trainer.num_training_batches
             if batches == float("inf"):
                 raise ValueError("VariationalClassifier cannot tell the training-set size of an iterable dataset; "
-                                 "pass num_train=") from None
+                                 "pass dataset_size=") from None
             return int(batches) * batch_size
 
     def predictive_logits(self, x: torch.Tensor, samples: int = 20, seed: int = 0) -> torch.Tensor:
