@@ -339,12 +339,14 @@ def test_summaries_decompose_total_uncertainty():
 def test_familiarity_autoencoder_scores_unfamiliar_inputs_higher():
     from xai_lightning.data import ConceptWorld
 
-    world = ConceptWorld(600, seed=0)
+    world = ConceptWorld(400, seed=0)
     rng = torch.get_rng_state()
-    autoencoder = fit_autoencoder(world.images[:500], steps=150, seed=0)
-    assert torch.equal(torch.get_rng_state(), rng)
-    familiar = reconstruction_error(autoencoder, world.images[500:])
+    untrained = fit_autoencoder(world.images[:300], steps=0, width=8, seed=0)
+    autoencoder = fit_autoencoder(world.images[:300], steps=80, batch_size=32, width=8, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng)  # private generator only
+    familiar = reconstruction_error(autoencoder, world.images[300:])
+    assert familiar.mean() < 0.5 * reconstruction_error(untrained, world.images[300:]).mean()
     noise = torch.rand(100, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert ood_auroc(familiar, reconstruction_error(autoencoder, noise)) > 0.95
-    flat = fit_autoencoder(torch.randn(256, 10), steps=50, seed=0)
+    assert ood_auroc(familiar, reconstruction_error(autoencoder, noise)) > 0.95  # 1.0 over 3 seeds
+    flat = fit_autoencoder(torch.randn(256, 10), steps=20, seed=0)
     assert reconstruction_error(flat, torch.randn(7, 10)).shape == (7,)

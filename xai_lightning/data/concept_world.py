@@ -56,10 +56,12 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise", "grid")
 
 # Out-of-distribution vocabularies (ConceptWorld.shifted): never used by the defaults above.
+# Hues between the training colours' (orange, between red and yellow, reads as one of them to a trained CNN,
+# so it is not used), and white.
 UNSEEN_COLOURS: dict[str, tuple[float, float, float]] = {
     "cyan": (0.10, 0.80, 0.85),
     "magenta": (0.86, 0.16, 0.78),
-    "orange": (0.98, 0.55, 0.10),
+    "purple": (0.50, 0.12, 0.62),
     "white": (0.96, 0.96, 0.96),
 }
 UNSEEN_TEXTURES: tuple[str, ...] = ("checked", "ringed")
@@ -398,7 +400,7 @@ class ConceptWorld(torch.utils.data.Dataset):
     def shifted(self, kind: ShiftKind, num_samples: int | None = None, seed: int | None = None) -> ConceptWorld:
         """The same world with one concept's vocabulary replaced by values it has never shown: OOD data.
 
-        ``kind="colour"`` draws objects in :data:`UNSEEN_COLOURS` (cyan, magenta, orange, white),
+        ``kind="colour"`` draws objects in :data:`UNSEEN_COLOURS` (cyan, magenta, purple, white),
         ``"texture"`` with :data:`UNSEEN_TEXTURES` (checked, ringed), ``"shape"`` as
         :data:`UNSEEN_SHAPES` (ring, semicircle, hourglass); everything else (image size,
         backgrounds, sizes, distractor and caption rates, the labelling rule) is this world's.

