@@ -129,7 +129,7 @@ def test_mc_dropout_equals_train_mode_dropout_in_expectation_and_is_batching_inv
     mc_dropout_logits(model, x, passes=50)
     for handle in handles:
         handle.remove()
-    inputs, outputs = before[0], after[0]
+    inputs, outputs = before[0].repeat(50, 1), after[0]  # the shared prefix ran once; its output is repeated
     kept = outputs != 0
     assert abs(float(kept.float().mean()) - 0.7) < 0.02
     assert torch.allclose(outputs[kept], inputs[kept] / 0.7)
@@ -140,6 +140,37 @@ def test_mc_dropout_equals_train_mode_dropout_in_expectation_and_is_batching_inv
     assert torch.allclose(mc_dropout_logits(model, x[3:], passes=6, seed=1, keys=torch.tensor([3, 4])), full[:, 3:],
                           atol=1e-6, rtol=0)
     assert not torch.equal(mc_dropout_logits(model, x, passes=6, seed=2), full)
+
+
+class KeepsItsBatchSize(nn.Module):
+    """A forward that reuses the input's batch size after dropout, and a residual around the dropout:
+    repeating rows at the dropout layer breaks it, so MC dropout must fall back to repeating the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.dropout, self.head = nn.Linear(6, 8), nn.Dropout(0.4), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.head(h + self.dropout(h)).view(x.shape[0], 3)
+
+
+def test_shared_prefix_gives_the_same_passes_and_falls_back_when_the_model_forbids_it():
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=5, width=4, dropout=0.5).eval()
+    x = torch.rand(7, 3, 32, 32)
+    calls = []
+    handle = model.features[1].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    shared = mc_dropout_logits(model, x, passes=9, max_batch=30)
+    assert calls[:3] == [3, 3, 1]  # 30 rows per forward = 3 examples x 9 passes; conv layers saw each image once
+    calls.clear()
+    repeated = mc_dropout_logits(model, x, passes=9, max_batch=30, share_prefix=False)
+    assert calls == [30, 30, 3]
+    handle.remove()
+    assert torch.allclose(shared, repeated, atol=1e-5, rtol=0)
+    odd = KeepsItsBatchSize()
+    x = torch.randn(5, 6)
+    assert torch.allclose(mc_dropout_logits(odd, x, passes=4), mc_dropout_logits(odd, x, passes=4, share_prefix=False))
 
 
 def test_channel_dropout_drops_whole_channels():

@@ -1,9 +1,10 @@
 """Speed of the sampling methods: batched MC dropout, and one training step of a vectorised ensemble.
 
-1. MC dropout, T = 20 passes over 256 probe images (SmallCNN, width 32, dropout 0.3):
-   ``mc_dropout_logits`` (all passes as one forward of 20 × 256 rows, and capped at ``max_batch``
-   rows) against the reference, 20 plain eval forwards of the 256 images (what the passes cost at
-   least if run one by one; a Python loop of train-mode dropout passes costs the same).
+1. MC dropout, T = 20 passes over 256 probe images (SmallCNN, width 32, dropout 0.3 before the
+   classifier): ``mc_dropout_logits`` — by default the layers before the dropout run once and only
+   their output is repeated 20 times; also with the input repeated (``share_prefix=False``: one
+   forward of 20 × 256 rows, or chunks of ``max_batch`` rows) — against the reference, 20 plain
+   eval forwards of the 256 images (what a Python loop of train-mode dropout passes costs).
    Target (issue 18): ratio ≤ 1.2.
 2. Deep ensemble, K = 5 SmallCNNs: one training step (forward, backward, Adam) of
    ``VectorisedEnsemble`` against five separate modules stepped one after the other (each with its
@@ -29,11 +30,11 @@ import torch.nn.functional as F
 from xai_lightning.models import SmallCNN
 from xai_lightning.uncertainty import VectorisedEnsemble, mc_dropout_logits
 
-from timing import timed_interleaved  # noqa: E402 - this folder is on sys.path when run as a script
 
 
 def spread(functions: dict, repeats: int) -> dict[str, tuple[float, float, float]]:
-    """``{name: (median, min, max)}`` seconds over interleaved repeats (one warm-up call each first)."""
+    """``{name: (median, min, max)}`` seconds over interleaved repeats (one warm-up call each first) — as
+    ``timing.timed_interleaved``, which reports medians only, plus the range."""
     for fn in functions.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -57,16 +58,20 @@ def mc_dropout_benchmark(repeats: int, passes: int = 20, probes: int = 256) -> N
     functions = {
         "20 plain eval forwards": plain,
         "mc_dropout_logits (one forward)": lambda: mc_dropout_logits(model, x, passes=passes),
-        "mc_dropout_logits (max_batch=1024)": lambda: mc_dropout_logits(model, x, passes=passes, max_batch=1024),
+        "  same, max_batch=1024": lambda: mc_dropout_logits(model, x, passes=passes, max_batch=1024),
+        "  input repeated (share_prefix=False)": lambda: mc_dropout_logits(model, x, passes=passes, share_prefix=False),
+        "  input repeated, max_batch=1024": lambda: mc_dropout_logits(model, x, passes=passes, share_prefix=False,
+                                                                      max_batch=1024),
     }
-    # Correctness of what is timed: the MC passes average to roughly the plain prediction.
-    check = timed_interleaved({"mc": functions["mc_dropout_logits (one forward)"]}, 0)["mc"][1]
-    assert check.shape == (passes, probes, 5)
+    # What is timed computes what it should: T passes, and the chunked passes equal the one-forward passes.
+    one_forward = functions["mc_dropout_logits (one forward)"]()
+    assert one_forward.shape == (passes, probes, 5)
+    assert torch.allclose(functions["  input repeated (share_prefix=False)"](), one_forward, atol=1e-4)
     results = spread(functions, repeats)
     reference = results["20 plain eval forwards"][0]
     print(f"\nMC dropout, T={passes}, {probes} probes, SmallCNN width 32 (median [min, max] of {repeats}):")
     for name, (median, low, high) in results.items():
-        print(f"  {name:<36} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}")
+        print(f"  {name:<40} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}")
 
 
 def ensemble_benchmark(repeats: int, members: int, configurations: list[tuple[int, int, int]]) -> None:

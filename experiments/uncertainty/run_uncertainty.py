@@ -91,7 +91,7 @@ def run_one(config: dict[str, Any], variant: str, seed: int, output_dir: Path, w
         num_probe=observer["num_probe"], num_ood=observer.get("num_ood"), ood="colour",
         mc_passes=observer.get("mc_passes", 20), bayesian_samples=observer.get("bayesian_samples", 20),
         familiarity=settings.get("familiarity"), max_batch=observer.get("max_batch"), probe_seed=seed,
-        on_error="raise",
+        every_n_epochs=observer.get("every_n_epochs", 1), on_error="raise",
     )
     name = f"{variant}_seed{seed}"
     logger = (WandbLogger(offline=True, save_dir=str(output_dir), project=config["name"], name=name,

@@ -50,6 +50,8 @@ from xai_lightning.uncertainty.predictive import (
     mutual_information,
     predictive_std,
     sample_passes,
+    sample_passes_sharing_prefix,
+    sampled_logits,
     summarise_samples,
 )
 from xai_lightning.uncertainty.temperature_scaling import TemperatureFit, cross_fitted_probs, fit_temperature
@@ -92,6 +94,8 @@ __all__ = [
     "reconstruction_error",
     "reinitialise",
     "sample_passes",
+    "sample_passes_sharing_prefix",
+    "sampled_logits",
     "summarise_samples",
     "training_step",
 ]

@@ -34,7 +34,7 @@ from torch.nn.modules.utils import _pair
 
 from xai_lightning.core import select_logits
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
-from xai_lightning.uncertainty.predictive import PredictiveSummary, sample_passes, summarise_samples
+from xai_lightning.uncertainty.predictive import PredictiveSummary, sampled_logits, summarise_samples
 
 __all__ = [
     "BayesianConv2d",
@@ -262,11 +262,13 @@ def keyed_weight_noise(model: nn.Module, noise: KeyedNoise) -> Iterator[list[tup
 
 def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: int = 0,
                     keys: torch.Tensor | None = None, max_batch: int | None = None,
-                    output_key: str | int | None = None) -> torch.Tensor:
+                    output_key: str | int | None = None, share_prefix: bool = True) -> torch.Tensor:
     """Logits of ``samples`` weight samples of ``x (N, ...)``: ``(samples, N, K)``, batched like MC dropout.
 
     The model runs in eval mode (BatchNorm, dropout off); only the Bayesian layers are stochastic,
-    with noise keyed by ``(seed, keys, sample, layer)``. Every module's mode is restored.
+    with noise keyed by ``(seed, keys, sample, layer)``. Every module's mode is restored. With
+    ``share_prefix`` the layers before the first Bayesian layer run once per example (a
+    "Bayesian last layer" costs about one forward; see :func:`~xai_lightning.uncertainty.mc_dropout_logits`).
     """
     if samples < 2:
         raise ValueError(f"A Bayesian predictive spread needs at least 2 weight samples; got {samples}")
@@ -283,8 +285,8 @@ def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: 
     modes = [(module, module.training) for module in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), keyed_weight_noise(model, noise):
-            return sample_passes(forward, x, samples, max_batch)
+        with torch.no_grad(), keyed_weight_noise(model, noise) as layers:
+            return sampled_logits(forward, x, samples, [layer for _, layer in layers], max_batch, share_prefix)
     finally:
         for module, training in modes:
             module.training = training
@@ -292,7 +294,7 @@ def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: 
 
 def bayesian_predict(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: int = 0,
                      keys: torch.Tensor | None = None, max_batch: int | None = None,
-                     output_key: str | int | None = None) -> PredictiveSummary:
+                     output_key: str | int | None = None, share_prefix: bool = True) -> PredictiveSummary:
     """Predictive mean ``(N, K)`` and uncertainty scores ``(N,)`` of a Bayesian network from weight samples."""
-    logits = bayesian_logits(model, x, samples, seed, keys, max_batch, output_key)
+    logits = bayesian_logits(model, x, samples, seed, keys, max_batch, output_key, share_prefix)
     return summarise_samples(logits.float().softmax(-1))

@@ -2,8 +2,10 @@
 
 ``T`` stochastic forward passes with dropout active and everything else in eval mode — BatchNorm
 uses its running statistics and never updates them — approximate samples from the posterior
-predictive. The passes are batched: the input is repeated ``T`` times along the batch and run as
-one forward (or a few, capped by ``max_batch``), not ``T`` Python-loop forwards.
+predictive. The passes are batched into one forward (or a few, capped by ``max_batch``), not
+``T`` Python-loop forwards; and since every pass computes the same thing before the first
+dropout layer, that part runs once per example and only its output is repeated ``T`` times
+(``share_prefix``; verified against repeating the input, which is the fallback).
 
 How dropout is made active: the whole model runs in eval mode, and a forward hook on every dropout
 module multiplies its output by a Bernoulli(1 − p) mask scaled by 1 / (1 − p) — exactly what the
@@ -25,7 +27,7 @@ from torch import nn
 
 from xai_lightning.core import select_logits
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
-from xai_lightning.uncertainty.predictive import PredictiveSummary, sample_passes, summarise_samples
+from xai_lightning.uncertainty.predictive import PredictiveSummary, sampled_logits, summarise_samples
 
 __all__ = ["MCDropoutError", "dropout_layers", "keyed_dropout", "mc_dropout_logits", "mc_dropout_predict"]
 
@@ -111,6 +113,7 @@ def mc_dropout_logits(
     keys: torch.Tensor | None = None,
     max_batch: int | None = None,
     output_key: str | int | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """Logits of ``passes`` MC-dropout passes of ``x (N, ...)``: ``(passes, N, K)``.
 
@@ -121,6 +124,11 @@ def mc_dropout_logits(
         keys: ``(N,)`` integer ids of the examples (e.g. their dataset index); default ``0..N-1``.
         max_batch: cap on rows (examples × passes) per forward; None: all passes in one forward.
         output_key: where the logits are when the model returns a dict/tuple.
+        share_prefix: run the layers before the first dropout layer once per example and repeat only
+            their output (see :func:`~xai_lightning.uncertainty.predictive.sample_passes_sharing_prefix`;
+            checked against the repeated-input passes on two examples, which are used instead when
+            the model's forward does not allow it). Same masks, same result, far less work when the
+            dropout sits near the output.
     """
     if passes < 2:
         raise ValueError(f"MC dropout needs at least 2 passes (T >= 2) to measure a spread; got {passes}")
@@ -135,7 +143,8 @@ def mc_dropout_logits(
         return select_logits(model(rows), output_key)
 
     with torch.no_grad(), keyed_dropout(model, noise) as calls:
-        logits = sample_passes(forward, x, passes, max_batch)
+        modules = [module for _, module in dropout_layers(model)] if share_prefix else []
+        logits = sampled_logits(forward, x, passes, modules, max_batch, share_prefix)
     if calls[0] == 0:
         raise MCDropoutError(
             "MC dropout: the model has dropout modules but none of them ran in the forward pass (e.g. a "
@@ -147,9 +156,9 @@ def mc_dropout_logits(
 
 def mc_dropout_predict(model: nn.Module, x: torch.Tensor, passes: int = 20, seed: int = 0,
                        keys: torch.Tensor | None = None, max_batch: int | None = None,
-                       output_key: str | int | None = None) -> PredictiveSummary:
+                       output_key: str | int | None = None, share_prefix: bool = True) -> PredictiveSummary:
     """MC-dropout predictive distribution of ``x``: mean probabilities ``(N, K)``, predictive entropy,
     expected entropy, mutual information (BALD) and predictive std, each ``(N,)`` (see
     :class:`~xai_lightning.uncertainty.PredictiveSummary`)."""
-    logits = mc_dropout_logits(model, x, passes, seed, keys, max_batch, output_key)
+    logits = mc_dropout_logits(model, x, passes, seed, keys, max_batch, output_key, share_prefix)
     return summarise_samples(logits.float().softmax(-1))

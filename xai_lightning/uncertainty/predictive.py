@@ -13,10 +13,11 @@ Entropies are in nats.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from xai_lightning.core import batch_slices
 
@@ -27,6 +28,8 @@ __all__ = [
     "mutual_information",
     "predictive_std",
     "sample_passes",
+    "sample_passes_sharing_prefix",
+    "sampled_logits",
     "summarise_samples",
 ]
 
@@ -124,3 +127,84 @@ def sample_passes(
         outputs.append(forward(x[example], example, pass_index))
     out = torch.cat(outputs)
     return out.view(passes, n, *out.shape[1:])
+
+
+class PrefixNotShareable(RuntimeError):
+    """The model's forward does not allow expanding the batch at its first stochastic module."""
+
+
+def sample_passes_sharing_prefix(
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    passes: int,
+    stochastic: Sequence[nn.Module],
+    max_batch: int | None = None,
+) -> torch.Tensor:
+    """Like :func:`sample_passes`, but everything before the first stochastic module runs once per example.
+
+    The network is fed ``x`` itself; a forward pre-hook on every module in ``stochastic`` repeats
+    its input ``passes`` times along the batch (pass-major) the first time the batch arrives
+    un-repeated, so the passes share the deterministic prefix — for a CNN with dropout before its
+    classifier, T passes then cost about one forward. ``forward(rows_x, example_index, pass_index)``
+    receives the indices of the *expanded* rows. Examples are chunked so that no forward sees
+    more than ``max_batch`` expanded rows. Raises :class:`PrefixNotShareable` when the output
+    does not come back with ``passes`` rows per example (callers fall back to :func:`sample_passes`).
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1; got {passes}")
+    n = x.shape[0]
+    per_chunk = n if max_batch is None else max(1, max_batch // passes)
+    outputs = []
+    for chunk in batch_slices(n, per_chunk):
+        size = chunk.stop - chunk.start
+
+        def expand(_module: nn.Module, args: tuple, size: int = size) -> tuple | None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise PrefixNotShareable("a stochastic module's first argument is not a tensor")
+            rows = args[0].shape[0] if args[0].dim() else -1
+            if rows == size:
+                return (args[0].repeat(passes, *([1] * (args[0].dim() - 1))), *args[1:])
+            if rows == size * passes:
+                return None
+            raise PrefixNotShareable(f"a stochastic module saw {rows} rows, expected {size} or {size * passes}")
+
+        handles = [module.register_forward_pre_hook(expand) for module in stochastic]
+        example = torch.arange(chunk.start, chunk.stop, device=x.device).repeat(passes)
+        pass_index = torch.arange(passes, device=x.device).repeat_interleave(size)
+        try:
+            out = forward(x[chunk], example, pass_index)
+        except RuntimeError as error:
+            if isinstance(error, PrefixNotShareable):
+                raise
+            raise PrefixNotShareable(f"the forward failed on an expanded batch: {error}") from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        if out.shape[0] != size * passes:
+            raise PrefixNotShareable(f"the output has {out.shape[0]} rows, not {size * passes}")
+        outputs.append(out.view(passes, size, *out.shape[1:]))
+    return torch.cat(outputs, dim=1)
+
+
+def sampled_logits(
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    passes: int,
+    stochastic: Sequence[nn.Module],
+    max_batch: int | None = None,
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """``(passes, N, ...)`` outputs of ``passes`` stochastic passes, sharing the deterministic prefix when the
+    model allows it (checked: the first two examples' first two passes must equal the repeated-input path,
+    else the repeated-input path is used for everything). ``forward`` must key its noise by
+    ``(example_index, pass_index)``, so that both paths draw the same noise."""
+    if share_prefix and stochastic:
+        try:
+            shared = sample_passes_sharing_prefix(forward, x, passes, stochastic, max_batch)
+            head = min(2, x.shape[0])
+            reference = sample_passes(forward, x[:head], 2, max_batch)
+            if torch.allclose(shared[:2, :head].float(), reference.float(), rtol=1e-4, atol=1e-5):
+                return shared
+        except PrefixNotShareable:
+            pass
+    return sample_passes(forward, x, passes, max_batch)
