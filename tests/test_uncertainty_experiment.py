@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import yaml
+from conftest import quiet_trainer
 from pytorch_lightning.loggers import CSVLogger
 
-from conftest import quiet_trainer
 from xai_lightning import ConceptWorldDataModule, EnsembleClassifier, SmallCNN, UncertaintyCallback
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "uncertainty"

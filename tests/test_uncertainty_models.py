@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer, small_datamodule
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import quiet_trainer, small_datamodule
 from xai_lightning import EnsembleClassifier, ImageClassifier, SmallCNN, VariationalClassifier
 from xai_lightning.uncertainty import BayesianConv2d, BayesianLinear, kl_divergence
 

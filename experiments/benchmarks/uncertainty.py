@@ -31,7 +31,6 @@ from xai_lightning.models import SmallCNN
 from xai_lightning.uncertainty import VectorisedEnsemble, mc_dropout_logits
 
 
-
 def spread(functions: dict, repeats: int) -> dict[str, tuple[float, float, float]]:
     """``{name: (median, min, max)}`` seconds over interleaved repeats (one warm-up call each first) — as
     ``timing.timed_interleaved``, which reports medians only, plus the range."""
@@ -71,7 +70,37 @@ def mc_dropout_benchmark(repeats: int, passes: int = 20, probes: int = 256) -> N
     reference = results["20 plain eval forwards"][0]
     print(f"\nMC dropout, T={passes}, {probes} probes, SmallCNN width 32 (median [min, max] of {repeats}):")
     for name, (median, low, high) in results.items():
-        print(f"  {name:<40} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}")
+        print(f"  {name:<40} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}",
+              flush=True)
+
+
+def ensemble_steps(members: int, width: int, size: int, batch: int) -> dict:
+    """One training step of K members, vectorised and as K separate modules (same weights, same batch)."""
+    torch.manual_seed(0)
+    separate = [SmallCNN(num_classes=5, width=width) for _ in range(members)]
+    ensemble = VectorisedEnsemble(separate)
+    ensemble.train()
+    for member in separate:
+        member.train()
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 5, (batch,))
+    stacked_optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
+    optimizers = [torch.optim.Adam(member.parameters(), lr=1e-3) for member in separate]
+
+    def vectorised() -> None:
+        logits = ensemble(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none").view(members, -1).mean(1).sum()
+        stacked_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stacked_optimizer.step()
+
+    def loop() -> None:
+        for member, optimizer in zip(separate, optimizers):
+            loss = F.cross_entropy(member(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return {"vectorised": vectorised, "separate": loop}
 
 
 def ensemble_benchmark(repeats: int, members: int, configurations: list[tuple[int, int, int]]) -> None:
@@ -79,34 +108,10 @@ def ensemble_benchmark(repeats: int, members: int, configurations: list[tuple[in
           f"median [min, max] of {repeats}:")
     print(f"  {'width':>5} {'image':>5} {'batch':>5}  {'vectorised':>12} {'5 separate':>12}  ratio")
     for width, size, batch in configurations:
-        torch.manual_seed(0)
-        separate = [SmallCNN(num_classes=5, width=width) for _ in range(members)]
-        ensemble = VectorisedEnsemble(separate)
-        ensemble.train()
-        for member in separate:
-            member.train()
-        x, y = torch.rand(batch, 3, size, size), torch.randint(0, 5, (batch,))
-        stacked_optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
-        optimizers = [torch.optim.Adam(member.parameters(), lr=1e-3) for member in separate]
-
-        def vectorised() -> None:
-            logits = ensemble(x)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none").view(members, -1).mean(1).sum()
-            stacked_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            stacked_optimizer.step()
-
-        def loop() -> None:
-            for member, optimizer in zip(separate, optimizers):
-                loss = F.cross_entropy(member(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-        results = spread({"vectorised": vectorised, "separate": loop}, repeats)
+        results = spread(ensemble_steps(members, width, size, batch), repeats)
         (v, v_low, v_high), (s, s_low, s_high) = results["vectorised"], results["separate"]
         print(f"  {width:>5} {size:>5} {batch:>5}  {v * 1e3:7.1f} ms [{v_low * 1e3:.0f}-{v_high * 1e3:.0f}] "
-              f"{s * 1e3:7.1f} ms [{s_low * 1e3:.0f}-{s_high * 1e3:.0f}]  {v / s:.2f}")
+              f"{s * 1e3:7.1f} ms [{s_low * 1e3:.0f}-{s_high * 1e3:.0f}]  {v / s:.2f}", flush=True)
 
 
 def main() -> None:

@@ -34,18 +34,18 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from pytorch_lightning.loggers import CSVLogger, WandbLogger  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import yaml
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from scipy import stats
 
-from xai_lightning.callbacks import UncertaintyCallback  # noqa: E402
-from xai_lightning.data import ConceptWorldDataModule  # noqa: E402
-from xai_lightning.logging import HtmlReport  # noqa: E402
-from xai_lightning.models import EnsembleClassifier, ImageClassifier, SmallCNN, VariationalClassifier  # noqa: E402
+from xai_lightning.callbacks import UncertaintyCallback
+from xai_lightning.data import ConceptWorldDataModule
+from xai_lightning.logging import HtmlReport
+from xai_lightning.models import EnsembleClassifier, ImageClassifier, SmallCNN, VariationalClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "small.yaml"
 #: The score that carries each variant's epistemic uncertainty; the standard network has one only through
