@@ -275,3 +275,20 @@ def test_other_bad_configurations_fail_at_setup_or_construction(tmp_path):
     assert isinstance(error, LayerNotFoundError)
     expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, rank_by="bayesian_std"),
                        "rank_by='bayesian_std' is not among the scores", datamodule=small_datamodule())
+
+
+def test_yaml_config_trains_an_ensemble_with_the_callback(tmp_path, monkeypatch):
+    from xai_lightning.cli import build_cli
+
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_uncertainty.yaml"
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli([
+        "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--data.init_args.num_train=128", "--data.init_args.num_val=32", "--model.init_args.num_members=2",
+        '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}',
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, UncertaintyCallback)]
+    assert callback.ood == "colour" and callback.familiarity == "input" and callback.num_probe == 256
+    assert callback.active_scores == ["max_softmax", "entropy", "ensemble_disagreement", "reconstruction_error"]
+    assert len(callback.history) == 1 and "uncertainty/ood/ensemble_disagreement/auroc" in callback.history[0]
