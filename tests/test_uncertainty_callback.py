@@ -292,3 +292,26 @@ def test_yaml_config_trains_an_ensemble_with_the_callback(tmp_path, monkeypatch)
     assert callback.ood == "colour" and callback.familiarity == "input" and callback.num_probe == 256
     assert callback.active_scores == ["max_softmax", "entropy", "ensemble_disagreement", "reconstruction_error"]
     assert len(callback.history) == 1 and "uncertainty/ood/ensemble_disagreement/auroc" in callback.history[0]
+
+
+class UnusedDropout(nn.Module):
+    """Registers a dropout module but never calls it (as when dropout is applied functionally)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = SmallCNN(num_classes=5, width=4)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_dropout_layers_that_never_run_are_left_out_of_auto_and_fail_when_requested(tmp_path):
+    callback = UncertaintyCallback(num_probe=8, mc_passes=3)
+    with pytest.warns(UserWarning, match="leaves out mc_dropout_mi.*none of them ran"):
+        fit(tmp_path, callback, model=ImageClassifier(UnusedDropout(), num_classes=5), epochs=1)
+    assert callback.active_scores == ["max_softmax", "entropy"]
+    Counting.steps = 0
+    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, scores=["mc_dropout_mi"], rank_by="mc_dropout_mi"),
+                       "none of them ran", model=Counting(UnusedDropout(), num_classes=5),
+                       datamodule=small_datamodule())

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 
 from xai_lightning.callbacks.base import ObserverCallback
@@ -365,7 +366,13 @@ class UncertaintyCallback(ObserverCallback):
                                  f"Use num_members >= 2.")
         if "mc_dropout_mi" in chosen:
             # Dropout modules that never run (functional dropout, unused modules) fail here, not after an epoch.
-            mc_dropout_logits(module, one, passes=2, seed=self.probe_seed, output_key=self.output_key)
+            try:
+                mc_dropout_logits(module, one, passes=2, seed=self.probe_seed, output_key=self.output_key)
+            except MCDropoutError as error:
+                if self.scores != "auto":
+                    raise
+                rank_zero_warn(f"UncertaintyCallback leaves out mc_dropout_mi: {error}")
+                chosen.remove("mc_dropout_mi")
         return chosen
 
     # ------------------------------------------------------------------ familiarity autoencoder
