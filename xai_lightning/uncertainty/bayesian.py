@@ -32,9 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from xai_lightning.core import select_logits
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
-from xai_lightning.uncertainty.predictive import PredictiveSummary, sampled_logits, summarise_samples
+from xai_lightning.uncertainty.predictive import (
+    PredictiveSummary,
+    keyed_forward,
+    sampled_logits,
+    summarise_samples,
+)
 
 __all__ = [
     "BayesianConv2d",
@@ -272,15 +276,7 @@ def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: 
     """
     if samples < 2:
         raise ValueError(f"A Bayesian predictive spread needs at least 2 weight samples; got {samples}")
-    keys = torch.arange(x.shape[0]) if keys is None else torch.as_tensor(keys).long()
-    if keys.shape != x.shape[:1]:
-        raise ValueError(f"keys must be (N,) = ({x.shape[0]},); got {tuple(keys.shape)}")
-    keys = keys.to(x.device)
-    noise = KeyedNoise(seed)
-
-    def forward(rows: torch.Tensor, example: torch.Tensor, pass_index: torch.Tensor) -> torch.Tensor:
-        noise.set_rows(keys[example], pass_index)
-        return select_logits(model(rows), output_key)
+    forward, noise = keyed_forward(model, x, keys, seed, output_key)
 
     modes = [(module, module.training) for module in model.modules()]
     try:

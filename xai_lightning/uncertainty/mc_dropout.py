@@ -25,9 +25,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from xai_lightning.core import select_logits
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
-from xai_lightning.uncertainty.predictive import PredictiveSummary, sampled_logits, summarise_samples
+from xai_lightning.uncertainty.predictive import (
+    PredictiveSummary,
+    keyed_forward,
+    sampled_logits,
+    summarise_samples,
+)
 
 __all__ = ["MCDropoutError", "dropout_layers", "keyed_dropout", "mc_dropout_logits", "mc_dropout_predict"]
 
@@ -132,15 +136,7 @@ def mc_dropout_logits(
     """
     if passes < 2:
         raise ValueError(f"MC dropout needs at least 2 passes (T >= 2) to measure a spread; got {passes}")
-    keys = torch.arange(x.shape[0]) if keys is None else torch.as_tensor(keys).long()
-    if keys.shape != x.shape[:1]:
-        raise ValueError(f"keys must be (N,) = ({x.shape[0]},); got {tuple(keys.shape)}")
-    keys = keys.to(x.device)
-    noise = KeyedNoise(seed)
-
-    def forward(rows: torch.Tensor, example: torch.Tensor, pass_index: torch.Tensor) -> torch.Tensor:
-        noise.set_rows(keys[example], pass_index)
-        return select_logits(model(rows), output_key)
+    forward, noise = keyed_forward(model, x, keys, seed, output_key)
 
     with torch.no_grad(), keyed_dropout(model, noise) as calls:
         modules = [module for _, module in dropout_layers(model)] if share_prefix else []

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xai_lightning.core import batch_slices
+from xai_lightning.core import batch_slices, select_logits
+from xai_lightning.uncertainty.keyed_noise import KeyedNoise
 
 __all__ = [
     "PredictiveSummary",
     "entropy",
     "expected_entropy",
+    "keyed_forward",
     "mutual_information",
     "predictive_std",
     "sample_passes",
@@ -208,3 +210,25 @@ def sampled_logits(
         except PrefixNotShareable:
             pass
     return sample_passes(forward, x, passes, max_batch)
+
+
+def keyed_forward(
+    model: nn.Module, x: torch.Tensor, keys: torch.Tensor | None, seed: int, output_key: str | int | None = None
+) -> tuple[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], KeyedNoise]:
+    """The ``forward(rows_x, example_index, pass_index)`` that the samplers above call, and its noise.
+
+    Before each forward it tells the :class:`KeyedNoise` which (example key, pass) every row is,
+    so that stochastic layers reading that noise draw per image and pass. ``keys (N,)`` identify
+    the examples of ``x`` (default ``0..N-1``).
+    """
+    keys = torch.arange(x.shape[0]) if keys is None else torch.as_tensor(keys).long()
+    if keys.shape != x.shape[:1]:
+        raise ValueError(f"keys must be (N,) = ({x.shape[0]},); got {tuple(keys.shape)}")
+    keys = keys.to(x.device)
+    noise = KeyedNoise(seed)
+
+    def forward(rows: torch.Tensor, example: torch.Tensor, pass_index: torch.Tensor) -> torch.Tensor:
+        noise.set_rows(keys[example], pass_index)
+        return select_logits(model(rows), output_key)
+
+    return forward, noise
