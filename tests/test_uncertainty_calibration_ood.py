@@ -141,3 +141,51 @@ def test_ood_extremes_and_errors():
     assert ood_auroc(torch.ones(5), torch.ones(7)) == 0.5  # all tied: chance
     with pytest.raises(ValueError, match="both sets"):
         ood_auroc(torch.ones(3), torch.ones(0))
+
+
+def test_reliability_diagram_draws_the_bins():
+    from xai_lightning.logging.reliability import reliability_diagram
+
+    probs, labels = two_class([0.95] * 10 + [0.55] * 10, ([True] * 5 + [False] * 5) * 2)
+    report = calibration_report(probs, labels)
+    figure = reliability_diagram(report.bin_edges, report.bin_accuracy, report.bin_confidence, report.bin_count,
+                                 title="test", ece=report.ece)
+    diagram, histogram = figure.axes
+    accuracy_bars = [patch for patch in diagram.patches if patch.get_facecolor()[2] > 0.5][:2]  # tab:blue bars
+    assert sorted(round(bar.get_height(), 6) for bar in accuracy_bars) == [0.5, 0.5]
+    assert sum(patch.get_height() for patch in histogram.patches) == pytest.approx(1.0)
+    assert any("ECE = 0.250" in text.get_text() for text in diagram.texts)
+    with pytest.raises(ValueError, match="B \\+ 1 edges"):
+        reliability_diagram([0, 0.5, 1], [0.1], [0.2], [3])
+
+
+def test_shifted_concept_world_shows_only_unseen_values_and_leaves_the_original_alone():
+    from xai_lightning.data import (
+        COLOURS,
+        SHAPES,
+        TEXTURES,
+        UNSEEN_COLOURS,
+        UNSEEN_SHAPES,
+        UNSEEN_TEXTURES,
+        ConceptWorld,
+    )
+
+    world = ConceptWorld(60, seed=3)
+    before = world.render(world.latent).images.clone()
+    colours = world.shifted("colour", num_samples=40)
+    assert colours.images.shape == (40, 3, 32, 32) and colours.shift == "colour" and colours.labels_meaningful
+    assert set(colours.colours) == set(UNSEEN_COLOURS) and not set(UNSEEN_COLOURS) & set(COLOURS)
+    assert colours.shapes == world.shapes and colours.class_names == world.class_names
+    # Every object pixel has an unseen colour (ink) or its dark shade: none has a training colour.
+    object_pixels = colours.images.permute(0, 2, 3, 1)[colours.regions == 1]
+    palette = torch.tensor(list(COLOURS.values()))
+    shades = torch.cat([palette, 0.38 * palette])
+    assert (torch.cdist(object_pixels, shades).min(1).values > 0.05).all()
+    textures = world.shifted("texture")
+    assert set(textures.textures) == set(UNSEEN_TEXTURES) and not set(UNSEEN_TEXTURES) & set(TEXTURES)
+    shapes = world.shifted("shape")
+    assert set(shapes.shapes) == set(UNSEEN_SHAPES) and not set(UNSEEN_SHAPES) & set(SHAPES)
+    assert not shapes.labels_meaningful  # the label is the shape, which is now unseen
+    assert torch.equal(world.render(world.latent).images, before) and world.shift is None
+    with pytest.raises(ValueError, match="shift kind"):
+        world.shifted("size")
