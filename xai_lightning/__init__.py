@@ -93,6 +93,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("LayerSpec",), "xai_lightning.core"),
     **dict.fromkeys(("TriggerText", "TriggerTextDataModule",), "xai_lightning.data"),
     **dict.fromkeys(("PaddingMasked", "SequenceClassifier", "TextClassifier", "VisionTransformer",), "xai_lightning.models"),
+    "UncertaintyCallback": "xai_lightning.callbacks",
+    **dict.fromkeys(("EnsembleClassifier", "VariationalClassifier",), "xai_lightning.models"),
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -163,3 +165,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from xai_lightning.core import LayerSpec
     from xai_lightning.data import TriggerText, TriggerTextDataModule
     from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer
+    from xai_lightning.callbacks import UncertaintyCallback
+    from xai_lightning.models import EnsembleClassifier, VariationalClassifier

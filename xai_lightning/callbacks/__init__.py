@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "TextAttributionCallback": "xai_lightning.callbacks.text_attribution",
     "ExplanationQualityCallback": "xai_lightning.callbacks.explanation_quality",
     "SanityCheckCallback": "xai_lightning.callbacks.sanity_check",
+    "UncertaintyCallback": "xai_lightning.callbacks.uncertainty",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,3 +51,4 @@ if TYPE_CHECKING:
     from xai_lightning.callbacks.text_attribution import TextAttributionCallback
     from xai_lightning.callbacks.explanation_quality import ExplanationQualityCallback
     from xai_lightning.callbacks.sanity_check import SanityCheckCallback
+    from xai_lightning.callbacks.uncertainty import UncertaintyCallback

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "HandwrittenDigits": "xai_lightning.data.digits",
     "TriggerText": "xai_lightning.data.trigger_text",
     "TriggerTextDataModule": "xai_lightning.data.datamodules",
+    **dict.fromkeys(("UNSEEN_COLOURS", "UNSEEN_SHAPES", "UNSEEN_TEXTURES",), "xai_lightning.data.concept_world"),
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -56,3 +57,4 @@ if TYPE_CHECKING:
     from xai_lightning.data.digits import HandwrittenDigits
     from xai_lightning.data.trigger_text import TriggerText
     from xai_lightning.data.datamodules import TriggerTextDataModule
+    from xai_lightning.data.concept_world import UNSEEN_COLOURS, UNSEEN_SHAPES, UNSEEN_TEXTURES

@@ -35,11 +35,14 @@ import torch
 __all__ = [
     "BACKGROUNDS",
     "COLOURS",
+    "SHAPES",
+    "TEXTURES",
+    "UNSEEN_COLOURS",
+    "UNSEEN_SHAPES",
+    "UNSEEN_TEXTURES",
     "ConceptWorld",
     "ConceptWorldLatent",
     "ConceptWorldRender",
-    "SHAPES",
-    "TEXTURES",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond")
@@ -51,6 +54,19 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.96, 0.86, 0.12),
 }
 BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "noise", "grid")
+
+# Out-of-distribution vocabularies (ConceptWorld.shifted): never used by the defaults above.
+# Hues between the training colours' (orange, between red and yellow, reads as one of them to a trained CNN,
+# so it is not used), and white.
+UNSEEN_COLOURS: dict[str, tuple[float, float, float]] = {
+    "cyan": (0.10, 0.80, 0.85),
+    "magenta": (0.86, 0.16, 0.78),
+    "purple": (0.50, 0.12, 0.62),
+    "white": (0.96, 0.96, 0.96),
+}
+UNSEEN_TEXTURES: tuple[str, ...] = ("checked", "ringed")
+UNSEEN_SHAPES: tuple[str, ...] = ("ring", "semicircle", "hourglass")
+ShiftKind = Literal["colour", "texture", "shape"]
 PARTS: tuple[str, ...] = ("edge", "interior", "corner")
 
 # Corner landmarks of each shape in units of its radius (x, y), y pointing down; circles have none.
@@ -61,6 +77,8 @@ _CORNERS: dict[str, tuple[tuple[float, float], ...]] = {
     "triangle": ((0.0, -1.0), (1.0, 0.75), (-1.0, 0.75)),
     "diamond": ((0.0, -1.1), (1.1, 0.0), (0.0, 1.1), (-1.1, 0.0)),
     "cross": ((0.0, -1.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0)),
+    "semicircle": ((-0.94, 0.35), (0.94, 0.35)),
+    "hourglass": ((-0.9, -0.9), (0.9, -0.9), (0.9, 0.9), (-0.9, 0.9)),
 }
 MAX_CORNERS = 4
 CORNER_RADIUS = 0.4  # part/corner: object pixels within this many radii of a corner landmark
@@ -195,6 +213,12 @@ def _shape_masks(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, names:
         elif name == "ring":
             radius = dx.square() + dy.square()
             member = (radius <= 1.0) & (radius >= 0.36)
+        elif name == "semicircle":
+            # A disc cut by a horizontal chord at dy = 0.35 (the flat side down).
+            member = (dx.square() + dy.square() <= 1.0) & (dy <= 0.35)
+        elif name == "hourglass":
+            # Two triangles meeting at the centre, apexes at dy = 0.
+            member = (ax <= ay) & (ay <= 0.9)
         else:  # pragma: no cover - names are validated in ConceptWorld.__init__
             raise ValueError(f"unknown shape {name!r}")
         inside |= member & (shape.view(-1, 1, 1) == index)
@@ -214,6 +238,10 @@ def _texture_ink(texture: torch.Tensor, u: torch.Tensor, v: torch.Tensor, names:
             du = u.remainder(period) - period / 2
             dv = v.remainder(period) - period / 2
             pattern = du.square() + dv.square() <= (0.8 * scale) ** 2
+        elif name == "checked":
+            pattern = (torch.floor(u / (1.5 * scale)) + torch.floor(v / (1.5 * scale))).remainder(2) == 0
+        elif name == "ringed":
+            pattern = torch.floor(torch.sqrt(u.square() + v.square()) / (1.5 * scale)).remainder(2) == 0
         else:  # pragma: no cover
             raise ValueError(f"unknown texture {name!r}")
         ink = torch.where(texture.view(-1, 1, 1) == index, pattern, ink)
@@ -277,8 +305,8 @@ class ConceptWorld(torch.utils.data.Dataset):
         if image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels; got {image_size}")
         for name, values, known in (
-            ("shapes", shapes, ("circle", "square", "triangle", "cross", "diamond", "ring")),
-            ("textures", textures, TEXTURES),
+            ("shapes", shapes, ("circle", "square", "triangle", "cross", "diamond") + UNSEEN_SHAPES),
+            ("textures", textures, TEXTURES + UNSEEN_TEXTURES),
             ("backgrounds", backgrounds, BACKGROUNDS),
         ):
             unknown = [value for value in values if value not in known]
@@ -304,6 +332,8 @@ class ConceptWorld(torch.utils.data.Dataset):
         self.caption_p = caption_p
         self.caption_agreement = caption_agreement
         self.chunk_size = chunk_size
+        #: The concept whose vocabulary :meth:`shifted` replaced by unseen values (None: in-distribution).
+        self.shift: str | None = None
         self._values = {
             "shape": len(self.shapes),
             "texture": len(self.textures),
@@ -365,6 +395,50 @@ class ConceptWorld(torch.utils.data.Dataset):
             "colour": tuple(self.colours),
             "background": self.backgrounds,
         }[self.label_by]
+
+    # ------------------------------------------------------------------ out-of-distribution data
+    def shifted(self, kind: ShiftKind, num_samples: int | None = None, seed: int | None = None) -> ConceptWorld:
+        """The same world with one concept's vocabulary replaced by values it has never shown: OOD data.
+
+        ``kind="colour"`` draws objects in :data:`UNSEEN_COLOURS` (cyan, magenta, purple, white),
+        ``"texture"`` with :data:`UNSEEN_TEXTURES` (checked, ringed), ``"shape"`` as
+        :data:`UNSEEN_SHAPES` (ring, semicircle, hourglass); everything else (image size,
+        backgrounds, sizes, distractor and caption rates, the labelling rule) is this world's.
+        The result has ``shift == kind``. Its labels keep their meaning when the shifted concept
+        is not the label (e.g. shapes with unseen colours); when it is, they index the unseen
+        vocabulary and mean nothing to a model trained here (:attr:`labels_meaningful` is False).
+
+        Args:
+            kind: ``"colour"``, ``"texture"`` or ``"shape"``.
+            num_samples: images to render (default: as many as this world has).
+            seed: seed of the shifted world (default: this world's seed + 7919, so its latents
+                do not repeat this world's).
+        """
+        vocabularies = {"colour": ("colours", dict(UNSEEN_COLOURS)), "texture": ("textures", UNSEEN_TEXTURES),
+                        "shape": ("shapes", UNSEEN_SHAPES)}
+        if kind not in vocabularies:
+            raise ValueError(f"shift kind must be one of {sorted(vocabularies)}; got {kind!r}")
+        settings: dict[str, object] = {
+            "num_samples": self.num_samples if num_samples is None else num_samples, "image_size": self.image_size,
+            "seed": self.seed + 7919 if seed is None else seed, "label_by": self.label_by,
+            "num_classes": self.num_classes if callable(self.label_by) else None, "shapes": self.shapes,
+            "textures": self.textures, "colours": self.colours, "backgrounds": self.backgrounds,
+            "size_range": self.size_range, "spurious_concept": self.spurious_concept, "spurious_p": self.spurious_p,
+            "distractor_p": self.distractor_p, "caption_p": self.caption_p,
+            "caption_agreement": self.caption_agreement, "chunk_size": self.chunk_size,
+        }
+        field, values = vocabularies[kind]
+        settings[field] = values
+        if settings["caption_p"] > 0 and kind == self.label_by and len(values) != self.num_classes:
+            settings["caption_p"] = 0.0  # captions show class digits, which an unseen vocabulary does not have
+        world = ConceptWorld(**settings)
+        world.shift = kind
+        return world
+
+    @property
+    def labels_meaningful(self) -> bool:
+        """False for a :meth:`shifted` world whose shifted concept is the label (its classes are unseen)."""
+        return self.shift is None or self.shift != self.label_by
 
     # ------------------------------------------------------------------ sampling
     def _chunks(self, total: int) -> list[slice]:

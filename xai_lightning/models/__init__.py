@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "TextClassifier": "xai_lightning.models.text_classifier",
     **dict.fromkeys(("MultiHeadSelfAttention", "TransformerBlock",), "xai_lightning.models.transformer_block"),
     "VisionTransformer": "xai_lightning.models.vit",
+    "EnsembleClassifier": "xai_lightning.models.ensemble_classifier",
+    "VariationalClassifier": "xai_lightning.models.variational_classifier",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -38,3 +40,5 @@ if TYPE_CHECKING:
     from xai_lightning.models.text_classifier import TextClassifier
     from xai_lightning.models.transformer_block import MultiHeadSelfAttention, TransformerBlock
     from xai_lightning.models.vit import VisionTransformer
+    from xai_lightning.models.ensemble_classifier import EnsembleClassifier
+    from xai_lightning.models.variational_classifier import VariationalClassifier
