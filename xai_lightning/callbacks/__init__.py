@@ -4,8 +4,12 @@ from xai_lightning.callbacks.attribution import AttributionCallback
 from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dissection import DissectionCallback
+from xai_lightning.callbacks.embedding import EmbeddingCallback
 from xai_lightning.callbacks.explainer_network import ExplainerNetworkCallback
+from xai_lightning.callbacks.frequency import FrequencyCallback
 from xai_lightning.callbacks.grad_cam import GradCAMCallback
+from xai_lightning.callbacks.information_plane import InformationPlaneCallback
+from xai_lightning.callbacks.margin import MarginCallback
 from xai_lightning.callbacks.tcav import TCAVCallback
 from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
 from xai_lightning.callbacks.robustness import RobustnessCallback
@@ -14,8 +18,12 @@ __all__ = [
     "AdversarialTrainingCallback",
     "AttributionCallback",
     "DissectionCallback",
+    "EmbeddingCallback",
     "ExplainerNetworkCallback",
+    "FrequencyCallback",
     "GradCAMCallback",
+    "InformationPlaneCallback",
+    "MarginCallback",
     "ObserverCallback",
     "ProbeSet",
     "RobustnessCallback",
