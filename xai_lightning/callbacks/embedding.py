@@ -135,6 +135,9 @@ class EmbeddingCallback(ObserverCallback):
         self.factor_codes: torch.Tensor | None = None
         self.factor_names: tuple[str, ...] = ()
         self.num_classes = 0
+        #: The latest embedding per layer (rank zero): ``{"pca": (N, 2), "tsne": (N, 2) or None,
+        #: "labels": (N,), "predictions": (N,), "factor": (N,) or None}`` — for reports and notebooks.
+        self.embeddings: dict[str, dict[str, torch.Tensor | None]] = {}
 
     @property
     def state_key(self) -> str:
@@ -235,6 +238,9 @@ class EmbeddingCallback(ObserverCallback):
     def _log_embedding(self, trainer: pl.Trainer, layer: str, projected: torch.Tensor, embedded: torch.Tensor | None,
                        labels: torch.Tensor, predictions: torch.Tensor, probe: ProbeSet) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
+        previous_tsne = self.embeddings.get(layer, {}).get("tsne")
+        self.embeddings[layer] = {"pca": projected.clone(), "tsne": embedded if embedded is not None else previous_tsne,
+                                  "labels": labels, "predictions": predictions, "factor": self.factor_codes}
         colourings = self._colourings(labels, probe)
         figure = scatter_figure(projected.numpy(), colourings, f"{layer}: PCA, epoch {epoch}", ("PC1", "PC2"))
         self.sinks.figure(f"{self.namespace}/{layer}/pca", figure, step)

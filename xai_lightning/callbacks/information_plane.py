@@ -50,7 +50,8 @@ class InformationPlaneCallback(ObserverCallback):
         layers: ``"penultimate"`` (default), dotted module names, ``"auto"``, or a list.
         num_probe: held-out probe images the bounds are evaluated on.
         decoder_images: training images the decoders are fitted on (drawn from ``decoder_split``).
-        decoder_split: ``"train"`` (default) or ``"val"``.
+        decoder_split: ``"train"`` (default) or ``"val"``; when it is the probe's split, the probe
+            images are left out of the decoder images (the bounds stay held-out).
         decoder_steps: Adam steps per scheduled epoch.
         decoder_hidden: 0 = linear decoders; > 0 = one hidden ReLU layer of this width.
         decoder_lr: the decoders' Adam learning rate.
@@ -121,8 +122,11 @@ class InformationPlaneCallback(ObserverCallback):
         one = probe.images[:1].to(pl_module.device)
         self.sites = resolve_feature_sites(pl_module, self.layers, forward=lambda: pl_module(one))
         features, logits = layer_features(pl_module, one, self.sites, pool=self.feature_pool, output_key=self.output_key)
+        # Held out: when decoders and probe share a split, the decoder images never include a probe image.
+        shared = self.decoder_split == self.probe_split and self._given_probe is None
         self.decoder_set = draw_reference(trainer, self.decoder_split, self.decoder_images, self.seed + 1,
-                                          type(self).__name__, "fitting the decoders (decoder_images)")
+                                          type(self).__name__, "fitting the decoders (decoder_images)",
+                                          exclude=probe.indices if shared else None)
         if self.decoder_set.labels is None:
             raise ValueError("InformationPlaneCallback: the decoder images need labels (q(y|h) is trained on them).")
         dims = {name: value.shape[1] for name, value in features.items()}

@@ -9,10 +9,12 @@ probe's rule, and gathered back into reference order by :func:`gather_in_parts`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find_probe_dataset
 
@@ -22,8 +24,15 @@ __all__ = ["REFERENCE_PREFIX", "draw_reference", "gather_in_parts"]
 REFERENCE_PREFIX = "reference/"
 
 
-def draw_reference(trainer: Any, split: ProbeSplit, size: int, seed: int, owner: str, purpose: str) -> ProbeSet:
-    """Draw ``size`` images (with labels, when the data has them) from ``split``; clear error without data."""
+def draw_reference(
+    trainer: Any, split: ProbeSplit, size: int, seed: int, owner: str, purpose: str,
+    exclude: torch.Tensor | None = None,
+) -> ProbeSet:
+    """Draw ``size`` images (with labels, when the data has them) from ``split``; clear error without data.
+
+    ``exclude``: dataset indices never to draw (e.g. the probe images, when the reference set must be
+    held out from them); honoured for map-style datasets. Returned ``indices`` are dataset indices.
+    """
     source = find_probe_dataset(trainer, split)
     if source is None:
         raise ValueError(
@@ -31,7 +40,15 @@ def draw_reference(trainer: Any, split: ProbeSplit, size: int, seed: int, owner:
             f"{'train_dataloaders' if split == 'train' else 'val_dataloaders'}= to trainer.fit() or change the "
             f"split argument."
         )
+    remaining = None
+    if exclude is not None and isinstance(source, Dataset) and not isinstance(source, IterableDataset):
+        keep = torch.ones(len(source), dtype=torch.bool)
+        keep[exclude.long()] = False
+        remaining = torch.nonzero(keep).flatten()
+        source = Subset(source, remaining.tolist())
     reference, available = draw_probe(source, size, seed)
+    if remaining is not None and reference.indices is not None:
+        reference = replace(reference, indices=remaining[reference.indices.long()])
     if available < size:
         rank_zero_warn(f"{owner}: {size} {split} images asked for {purpose}, but the data has only {available}; "
                        f"using all {available}.")
