@@ -10,10 +10,26 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["band_figure", "curves_figure", "history_series", "plane_figure", "scatter_figure"]
+__all__ = ["band_figure", "curves_figure", "history_series", "history_so_far", "plane_figure", "scatter_figure"]
 
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
             "tab:olive", "tab:cyan")
+
+
+def history_so_far(history: Sequence[Mapping[str, float]], epoch: int, scalars: Mapping[str, float]) -> list[dict]:
+    """An observer's history plus the record it is about to append (``report`` runs before the base appends)."""
+    return [*map(dict, history), {"epoch": float(epoch), **scalars}]
+
+
+def _finish_epoch_axis(figure: Figure, axis, title: str, ylabel: str, legend: bool) -> Figure:
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    if legend:
+        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    return figure
 
 
 def history_series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
@@ -33,16 +49,9 @@ def curves_figure(
     axis = figure.subplots()
     for label, epochs, values, colour, style in lines:
         axis.plot(epochs, values, style, color=_COLOURS[colour % len(_COLOURS)], marker="o", markersize=3, label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title, fontsize=9)
     if ylim is not None:
         axis.set_ylim(*ylim)
-    axis.grid(alpha=0.3)
-    if lines:
-        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.tight_layout()
-    return figure
+    return _finish_epoch_axis(figure, axis, title, ylabel, bool(lines))
 
 
 def band_figure(
@@ -57,14 +66,7 @@ def band_figure(
         colour = _COLOURS[index % len(_COLOURS)]
         axis.plot(epochs, median, "-o", color=colour, markersize=3, label=f"{label} (median)")
         axis.fill_between(epochs, low, high, color=colour, alpha=0.2, label=f"{label} (quartiles)")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    if bands:
-        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.tight_layout()
-    return figure
+    return _finish_epoch_axis(figure, axis, title, ylabel, bool(bands))
 
 
 def scatter_figure(

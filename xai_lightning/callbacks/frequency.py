@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from xai_lightning.callbacks.base import ObserverCallback
-from xai_lightning.callbacks.dynamics_figures import curves_figure, history_series
+from xai_lightning.callbacks.dynamics_figures import curves_figure, history_series, history_so_far
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.dynamics import (
     check_radii,
@@ -140,7 +140,7 @@ class FrequencyCallback(ObserverCallback):
             scalars[f"{self.namespace}/kernel_roughness"] = float(roughness_of(conv_weight(pl_module, self.kernel_layer_name)))
         if trainer.is_global_zero:
             step = trainer.global_step
-            figure = self.curves(self.history + [{"epoch": float(trainer.current_epoch), **scalars}])
+            figure = self.curves(history_so_far(self.history, trainer.current_epoch, scalars))
             self.sinks.figure(f"{self.namespace}/curves", figure, step)
             if self.max_images and not self._strip_logged:
                 self._log_strip(trainer, probe)

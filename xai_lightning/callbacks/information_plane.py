@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from xai_lightning.callbacks.base import ObserverCallback
-from xai_lightning.callbacks.dynamics_figures import history_series, plane_figure
+from xai_lightning.callbacks.dynamics_figures import history_series, history_so_far, plane_figure
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.reference_images import REFERENCE_PREFIX, draw_reference, gather_in_parts
 from xai_lightning.core import observe
@@ -179,7 +179,7 @@ class InformationPlaneCallback(ObserverCallback):
             scalars[f"{self.namespace}/{name}/iyh"] = iyh
         scalars[f"{self.namespace}/decoder_steps"] = float(self.plane.steps)
         if trainer.is_global_zero:
-            figure = self.figure(self.history + [{"epoch": float(trainer.current_epoch), **scalars}])
+            figure = self.figure(history_so_far(self.history, trainer.current_epoch, scalars))
             self.sinks.figure(f"{self.namespace}/plane", figure, trainer.global_step)
         return scalars
 

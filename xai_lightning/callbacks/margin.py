@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from xai_lightning.callbacks.base import ObserverCallback
-from xai_lightning.callbacks.dynamics_figures import band_figure, history_series
+from xai_lightning.callbacks.dynamics_figures import band_figure, history_series, history_so_far
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.dynamics import DCTSubspace, subspace_margins
 from xai_lightning.dynamics.margins import Subspace
@@ -136,7 +136,7 @@ class MarginCallback(ObserverCallback):
         if "low" in medians and "high" in medians and medians["low"] > 0:
             scalars[f"{self.namespace}/high_over_low"] = medians["high"] / medians["low"]
         if trainer.is_global_zero:
-            figure = self.bands(self.history + [{"epoch": float(trainer.current_epoch), **scalars}])
+            figure = self.bands(history_so_far(self.history, trainer.current_epoch, scalars))
             self.sinks.figure(f"{self.namespace}/bands", figure, trainer.global_step)
         return scalars
 
