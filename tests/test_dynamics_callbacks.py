@@ -319,3 +319,16 @@ def test_other_bad_configurations_fail_early(tmp_path):
 
     expect_setup_error(tmp_path, EmbeddingCallback(num_probe=16, tsne_epochs=[], knn_reference=0, factor="colour"),
                        "not ConceptWorld", datamodule=DigitsDataModule(batch_size=32))
+
+
+def test_trainer_validate_observes_once_under_inference_mode(tmp_path):
+    """No training data is set up outside fit: deep k-NN is skipped, the decoders use held-out validation images."""
+    callbacks = four_callbacks()
+    trainer = quiet_trainer(callbacks=list(callbacks), logger=CSVLogger(str(tmp_path)))  # Lightning extends the list
+    with pytest.warns(UserWarning, match="no training data outside fit"):
+        trainer.validate(small_classifier(), small_datamodule())
+    for callback in callbacks:
+        assert len(callback.history) == 1 and not callback.failures, type(callback).__name__
+    assert "embedding/penultimate/knn_conformity" not in callbacks[1].history[0]
+    decoder_images = set(callbacks[3].decoder_set.indices.tolist())
+    assert len(decoder_images) == 48 and not decoder_images & set(callbacks[3].probe.indices.tolist())

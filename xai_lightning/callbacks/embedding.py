@@ -7,12 +7,18 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dynamics_figures import scatter_figure
 from xai_lightning.callbacks.epoch_schedule import epoch_listed, every_n_or_last
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
-from xai_lightning.callbacks.reference_images import REFERENCE_PREFIX, draw_reference, gather_in_parts
+from xai_lightning.callbacks.reference_images import (
+    REFERENCE_PREFIX,
+    draw_reference,
+    find_split,
+    gather_in_parts,
+)
 from xai_lightning.dynamics import (
     DEFAULT_K,
     check_tsne_points,
@@ -154,7 +160,11 @@ class EmbeddingCallback(ObserverCallback):
         _, logits = layer_features(pl_module, one, self.sites, output_key=self.output_key)
         self.num_classes = logits.shape[1]
         self.factor_codes, self.factor_names = self._factor(trainer, probe)
-        if self.knn_reference > 0:
+        self.reference = None
+        if self.knn_reference > 0 and trainer.state.fn != "fit" and find_split(trainer, "train") is None:
+            rank_zero_warn("EmbeddingCallback: no training data outside fit, so no deep k-NN reference set; "
+                           "knn_conformity is not logged.")
+        elif self.knn_reference > 0:
             self.reference = draw_reference(trainer, "train", self.knn_reference, self.seed + 1,
                                             type(self).__name__, "the deep k-NN reference set (knn_reference > 0)")
             if self.reference.labels is None:

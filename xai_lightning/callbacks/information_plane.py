@@ -6,11 +6,17 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dynamics_figures import history_series, history_so_far, plane_figure
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.callbacks.reference_images import REFERENCE_PREFIX, draw_reference, gather_in_parts
+from xai_lightning.callbacks.reference_images import (
+    REFERENCE_PREFIX,
+    draw_reference,
+    find_split,
+    gather_in_parts,
+)
 from xai_lightning.core import observe
 from xai_lightning.dynamics import InformationPlane, image_targets, layer_features, resolve_feature_sites
 from xai_lightning.dynamics.features import FeatureSite
@@ -122,9 +128,14 @@ class InformationPlaneCallback(ObserverCallback):
         one = probe.images[:1].to(pl_module.device)
         self.sites = resolve_feature_sites(pl_module, self.layers, forward=lambda: pl_module(one))
         features, logits = layer_features(pl_module, one, self.sites, pool=self.feature_pool, output_key=self.output_key)
+        split = self.decoder_split
+        if split == "train" and trainer.state.fn != "fit" and find_split(trainer, "train") is None:
+            split = "val"  # trainer.validate: no training data is set up; use held-out validation images
+            rank_zero_warn("InformationPlaneCallback: no training data outside fit; fitting the decoders on "
+                           "validation images that are not in the probe set.")
         # Held out: when decoders and probe share a split, the decoder images never include a probe image.
-        shared = self.decoder_split == self.probe_split and self._given_probe is None
-        self.decoder_set = draw_reference(trainer, self.decoder_split, self.decoder_images, self.seed + 1,
+        shared = split == self.probe_split and self._given_probe is None
+        self.decoder_set = draw_reference(trainer, split, self.decoder_images, self.seed + 1,
                                           type(self).__name__, "fitting the decoders (decoder_images)",
                                           exclude=probe.indices if shared else None)
         if self.decoder_set.labels is None:

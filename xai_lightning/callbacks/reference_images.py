@@ -18,10 +18,22 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find_probe_dataset
 
-__all__ = ["REFERENCE_PREFIX", "draw_reference", "gather_in_parts"]
+__all__ = ["REFERENCE_PREFIX", "draw_reference", "find_split", "gather_in_parts"]
 
 #: Keys of ``explain`` results that are rows of the reference set (not of the probe set).
 REFERENCE_PREFIX = "reference/"
+
+
+def find_split(trainer: Any, split: ProbeSplit) -> Any:
+    """:func:`find_probe_dataset`, or None when the split exists but is not set up.
+
+    Under ``trainer.validate`` a datamodule is set up for ``"validate"`` only, and its
+    ``train_dataloader()`` may refuse (ConceptWorldDataModule asserts "call setup('fit') first").
+    """
+    try:
+        return find_probe_dataset(trainer, split)
+    except (AssertionError, RuntimeError):
+        return None
 
 
 def draw_reference(
@@ -33,7 +45,7 @@ def draw_reference(
     ``exclude``: dataset indices never to draw (e.g. the probe images, when the reference set must be
     held out from them); honoured for map-style datasets. Returned ``indices`` are dataset indices.
     """
-    source = find_probe_dataset(trainer, split)
+    source = find_split(trainer, split)
     if source is None:
         raise ValueError(
             f"{owner} needs {split} images for {purpose}, but the Trainer has no {split} data. Pass "
