@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.colors import is_color_like
 from matplotlib.figure import Figure
 
 __all__ = ["band_figure", "curves_figure", "history_series", "history_so_far", "plane_figure", "scatter_figure"]
@@ -82,7 +83,9 @@ def scatter_figure(
         for code in np.unique(codes):
             rows = codes == code
             label = names[int(code)] if 0 <= int(code) < len(names) else str(int(code))
-            axis.scatter(points[rows, 0], points[rows, 1], s=9, color=_COLOURS[int(code) % len(_COLOURS)], label=label)
+            # A factor whose values are colours ("red", "green", …) is drawn in those colours.
+            colour = label if is_color_like(label) else _COLOURS[int(code) % len(_COLOURS)]
+            axis.scatter(points[rows, 0], points[rows, 1], s=9, color=colour, label=label)
         axis.set_title(f"{title}\ncoloured by {name}", fontsize=9)
         axis.set_xlabel(axis_labels[0])
         axis.set_ylabel(axis_labels[1])
