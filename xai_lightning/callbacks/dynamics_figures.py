@@ -1,6 +1,9 @@
 """Figures of the training-dynamics callbacks: curves over epochs, quartile bands, scatter plots, the
 information plane. Object-oriented matplotlib (``matplotlib.figure.Figure``), no pyplot state; the
 experiment report (``experiments/dynamics``) draws the same figures from the callbacks' histories.
+
+They are drawn every observed epoch, so they are kept cheap: fixed margins instead of
+``tight_layout`` (which renders the figure once more to measure it) and one scatter artist per panel.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.colors import is_color_like
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 __all__ = ["band_figure", "curves_figure", "history_series", "history_so_far", "plane_figure", "scatter_figure"]
 
@@ -29,7 +33,7 @@ def _finish_epoch_axis(figure: Figure, axis, title: str, ylabel: str, legend: bo
     axis.grid(alpha=0.3)
     if legend:
         axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.11, right=0.68, bottom=0.14, top=0.9)
     return figure
 
 
@@ -77,20 +81,22 @@ def scatter_figure(
     axis_labels: tuple[str, str] = ("1", "2"),
 ) -> Figure:
     """2-D ``points (N, 2)``, one panel per colouring ``(name, codes (N,) int, names of the codes)``."""
-    figure = Figure(figsize=(4.2 * max(len(colourings), 1), 3.8))
-    axes = np.atleast_1d(figure.subplots(1, max(len(colourings), 1)))
+    panels = max(len(colourings), 1)
+    figure = Figure(figsize=(4.2 * panels, 3.8))
+    axes = np.atleast_1d(figure.subplots(1, panels))
     for axis, (name, codes, names) in zip(axes, colourings):
-        for code in np.unique(codes):
-            rows = codes == code
-            label = names[int(code)] if 0 <= int(code) < len(names) else str(int(code))
-            # A factor whose values are colours ("red", "green", …) is drawn in those colours.
-            colour = label if is_color_like(label) else _COLOURS[int(code) % len(_COLOURS)]
-            axis.scatter(points[rows, 0], points[rows, 1], s=9, color=colour, label=label)
+        codes = np.asarray(codes).astype(int)
+        present = np.unique(codes)
+        labels = [names[c] if 0 <= c < len(names) else str(c) for c in present]
+        # A factor whose values are colours ("red", "green", …) is drawn in those colours.
+        palette = {c: (label if is_color_like(label) else _COLOURS[c % len(_COLOURS)]) for c, label in zip(present, labels)}
+        axis.scatter(points[:, 0], points[:, 1], s=9, c=[palette[c] for c in codes])
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=palette[c]) for c in present]
+        axis.legend(handles, labels, fontsize=6, loc="best")
         axis.set_title(f"{title}\ncoloured by {name}", fontsize=9)
         axis.set_xlabel(axis_labels[0])
         axis.set_ylabel(axis_labels[1])
-        axis.legend(fontsize=6, markerscale=1.5, loc="best")
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.86, wspace=0.3)
     return figure
 
 
@@ -114,5 +120,5 @@ def plane_figure(trajectories: Mapping[str, tuple[Sequence[float], Sequence[floa
     axis.set_ylabel("I(y; h) lower bound (bits)")
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)
     return figure

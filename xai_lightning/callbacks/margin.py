@@ -66,7 +66,7 @@ class MarginCallback(ObserverCallback):
         candidates: int = 2,
         max_iter: int = 10,
         overshoot: float = 0.02,
-        refine_steps: int = 2,
+        refine_steps: int = 1,
         num_probe: int = 256,
         every_n_epochs: int = 1,
         max_batch: int | None = None,

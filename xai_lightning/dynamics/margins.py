@@ -129,7 +129,7 @@ def subspace_margins(
     candidates: int = 2,
     max_iter: int = 10,
     overshoot: float = 0.02,
-    refine_steps: int = 2,
+    refine_steps: int = 1,
     max_batch: int | None = None,
     output_key: str | int | None = None,
     trainer: Any | None = None,
@@ -172,23 +172,24 @@ def _margins_of_slice(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch = x0.shape[0]
     device = x0.device
-    with torch.no_grad():
-        clean_logits = _logits(model, x0, output_key).float()
-    predicted = clean_logits.argmax(1)
-    num_classes = clean_logits.shape[1]
-    count = min(candidates, num_classes)
-    # Candidate classes by clean logit, the prediction first.
-    order = clean_logits.argsort(1, descending=True)[:, :count]
-    others = order[:, 1:]  # (B, count - 1)
     total = torch.zeros_like(x0)
     iterations = torch.zeros(batch, dtype=torch.long, device=device)
     found = torch.zeros(batch, dtype=torch.bool, device=device)
+    high_gap = torch.zeros(batch, dtype=torch.float64, device=device)  # gap at x0 + (1 + overshoot)·r
     active = torch.arange(batch, device=device)
-    for _ in range(max_iter):
-        if active.numel() == 0:
-            break
-        x = (x0[active] + total[active]).detach().requires_grad_(True)
-        logits = _logits(model, x, output_key)
+    # The first step's forward pass is at x0: it also gives the clean prediction (no separate pass).
+    x = x0.detach().clone().requires_grad_(True)
+    logits = _logits(model, x, output_key)
+    clean_logits = logits.detach().float()
+    predicted = clean_logits.argmax(1)
+    count = min(candidates, clean_logits.shape[1])
+    others = clean_logits.argsort(1, descending=True)[:, 1:count]  # runner-up classes by clean logit
+    for iteration in range(max_iter):
+        if iteration:
+            if active.numel() == 0:
+                break
+            x = (x0[active] + total[active]).detach().requires_grad_(True)
+            logits = _logits(model, x, output_key)
         rows = torch.arange(active.numel(), device=device)
         p = predicted[active]
         best_distance = torch.full((active.numel(),), torch.inf, device=device)
@@ -208,28 +209,32 @@ def _margins_of_slice(
         total[active] = total[active] + best_step.detach()
         iterations[active] += 1
         with torch.no_grad():
-            trial = _logits(model, x0[active] + (1 + overshoot) * total[active], output_key)
-        flipped = (_decision_gap(trial.float(), p) <= 0) & ~stuck
+            gap = _decision_gap(_logits(model, x0[active] + (1 + overshoot) * total[active], output_key).float(), p)
+        flipped = (gap <= 0) & ~stuck
         found[active[flipped]] = True
+        high_gap[active[flipped]] = gap[flipped].double()
         active = active[~flipped & ~stuck]
 
-    # Regula falsi along the ray x0 + t·r, t ∈ [0, 1 + overshoot], for the examples that flipped.
-    low_t = torch.zeros(batch, dtype=torch.float64, device=device)
-    high_t = torch.full((batch,), 1.0 + overshoot, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        low_gap = _decision_gap(clean_logits, predicted).double()
-        high_gap = _decision_gap(_logits(model, x0 + (1 + overshoot) * total, output_key).float(), predicted).double()
-        for _ in range(refine_steps):
-            t = _interpolate(low_t, high_t, low_gap, high_gap)
-            gap = _decision_gap(_logits(model, x0 + t.to(x0.dtype).view(-1, 1, 1, 1) * total, output_key).float(),
-                                predicted).double()
-            crossed = gap <= 0
-            high_t, high_gap = torch.where(crossed, t, high_t), torch.where(crossed, gap, high_gap)
-            low_t, low_gap = torch.where(crossed, low_t, t), torch.where(crossed, low_gap, gap)
+    # Regula falsi along the ray x0 + t·r, t ∈ [0, 1 + overshoot], for the examples that flipped only.
     length = total.double().flatten(1).norm(dim=1)
-    nan = torch.full_like(length, torch.nan)
-    margin = torch.where(found, _interpolate(low_t, high_t, low_gap, high_gap) * length, nan)
-    upper = torch.where(found, high_t * length, nan)
+    margin = torch.full_like(length, torch.nan)
+    upper = torch.full_like(length, torch.nan)
+    rows = torch.nonzero(found).flatten()
+    if rows.numel():
+        low_t = torch.zeros(rows.numel(), dtype=torch.float64, device=device)
+        high_t = torch.full_like(low_t, 1.0 + overshoot)
+        low_gap = _decision_gap(clean_logits[rows], predicted[rows]).double()
+        bracket_gap = high_gap[rows]
+        with torch.no_grad():
+            for _ in range(refine_steps):
+                t = _interpolate(low_t, high_t, low_gap, bracket_gap)
+                point = x0[rows] + t.to(x0.dtype).view(-1, 1, 1, 1) * total[rows]
+                gap = _decision_gap(_logits(model, point, output_key).float(), predicted[rows]).double()
+                crossed = gap <= 0
+                high_t, bracket_gap = torch.where(crossed, t, high_t), torch.where(crossed, gap, bracket_gap)
+                low_t, low_gap = torch.where(crossed, low_t, t), torch.where(crossed, low_gap, gap)
+        margin[rows] = _interpolate(low_t, high_t, low_gap, bracket_gap) * length[rows]
+        upper[rows] = high_t * length[rows]
     return margin.float(), upper.float(), predicted, iterations
 
 
