@@ -95,6 +95,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("PaddingMasked", "SequenceClassifier", "TextClassifier", "VisionTransformer",), "xai_lightning.models"),
     "UncertaintyCallback": "xai_lightning.callbacks",
     **dict.fromkeys(("EnsembleClassifier", "VariationalClassifier",), "xai_lightning.models"),
+    **dict.fromkeys(("EmbeddingCallback", "FrequencyCallback", "InformationPlaneCallback", "MarginCallback",), "xai_lightning.callbacks"),
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -167,3 +168,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer
     from xai_lightning.callbacks import UncertaintyCallback
     from xai_lightning.models import EnsembleClassifier, VariationalClassifier
+    from xai_lightning.callbacks import EmbeddingCallback, FrequencyCallback, InformationPlaneCallback, MarginCallback

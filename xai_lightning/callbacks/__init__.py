@@ -29,6 +29,10 @@ _EXPORTS: dict[str, str] = {
     "ExplanationQualityCallback": "xai_lightning.callbacks.explanation_quality",
     "SanityCheckCallback": "xai_lightning.callbacks.sanity_check",
     "UncertaintyCallback": "xai_lightning.callbacks.uncertainty",
+    "EmbeddingCallback": "xai_lightning.callbacks.embedding",
+    "FrequencyCallback": "xai_lightning.callbacks.frequency",
+    "InformationPlaneCallback": "xai_lightning.callbacks.information_plane",
+    "MarginCallback": "xai_lightning.callbacks.margin",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -52,3 +56,7 @@ if TYPE_CHECKING:
     from xai_lightning.callbacks.explanation_quality import ExplanationQualityCallback
     from xai_lightning.callbacks.sanity_check import SanityCheckCallback
     from xai_lightning.callbacks.uncertainty import UncertaintyCallback
+    from xai_lightning.callbacks.embedding import EmbeddingCallback
+    from xai_lightning.callbacks.frequency import FrequencyCallback
+    from xai_lightning.callbacks.information_plane import InformationPlaneCallback
+    from xai_lightning.callbacks.margin import MarginCallback

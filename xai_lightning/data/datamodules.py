@@ -80,6 +80,9 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
     Args:
         num_train, num_val, num_test: split sizes (``num_test=0``: no test split).
         seed: the splits use seeds derived from it (``seed * 1000 + split``), so they never overlap.
+        train_low_pass_radius: if set, the *training* images are low-pass filtered with this radius of
+            the centred spectrum (Wang et al. 2019; :func:`~xai_lightning.dynamics.low_pass`,
+            not clipped back to [0, 1]); validation and test images stay as rendered. None: no filter.
         The remaining arguments are :class:`~xai_lightning.data.ConceptWorld`'s.
     """
 
@@ -99,9 +102,14 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         batch_format: BatchFormat = "tuple",
+        train_low_pass_radius: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if train_low_pass_radius is not None:
+            from xai_lightning.dynamics.frequency import check_radii
+
+            check_radii([train_low_pass_radius], image_size, image_size)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.batch_format = batch_format
@@ -124,6 +132,11 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = self._make(self.hparams.num_train, 0)
+            if self.hparams.get("train_low_pass_radius") is not None:
+                from xai_lightning.dynamics.frequency import low_pass
+
+                # Filtered after rendering: the renders (and the latent, masks) stay as they are.
+                self.train_set.images = low_pass(self.train_set.images, self.hparams.train_low_pass_radius)
         if self.val_set is None and stage in (None, "fit", "validate"):
             self.val_set = self._make(self.hparams.num_val, 1)
         if self.test_set is None and stage in (None, "test", "predict") and self.hparams.num_test > 0:

@@ -1,0 +1,146 @@
+"""Epoch overhead of the training-dynamics callbacks at their default settings.
+
+Trains SmallCNN (width 32) on ConceptWorld (2,000 training and 500 validation images, batch 64)
+for ``--epochs`` epochs bare and with each of FrequencyCallback, EmbeddingCallback,
+MarginCallback and InformationPlaneCallback attached alone, at their defaults (every epoch,
+256 probe images; t-SNE and deep k-NN only at their epochs — by default the last one), the
+settings interleaved over ``--repeats`` repeats in one process so that load drifts hit all alike.
+Per epoch it times ``on_train_epoch_start`` → ``on_train_epoch_end`` (training, validation and the
+callbacks' epoch-end work) and, separately, the time spent inside the callback's observation.
+
+Reported per callback: the ratio of its *regular* epochs (every epoch but the first, which
+warms up, and the last, which carries t-SNE / deep k-NN) to the bare epochs (all but the first),
+as median and range over the repeats, end to end and from the callback's own time; and the
+last epoch's ratio. Targets (issue 19): Frequency ≤ 1.05, Embedding (PCA) ≤ 1.05, Margin ≤ 1.3,
+InformationPlane ≤ 1.2. The reference is the bare epoch of the same run.
+
+    PYTHONPATH=. python experiments/benchmarks/dynamics_overhead.py [--repeats 3] [--epochs 4]
+
+Timings on a shared machine are noisy: re-measure on a quiet one before quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from xai_lightning import (
+    ConceptWorldDataModule,
+    EmbeddingCallback,
+    FrequencyCallback,
+    ImageClassifier,
+    InformationPlaneCallback,
+    MarginCallback,
+    SmallCNN,
+)
+
+warnings.filterwarnings("ignore")
+
+TARGETS = {"frequency": 1.05, "embedding": 1.05, "margin": 1.3, "information_plane": 1.2}
+FACTORIES = {
+    "frequency": FrequencyCallback,
+    "embedding": lambda: EmbeddingCallback(factor="colour"),
+    "margin": MarginCallback,
+    "information_plane": InformationPlaneCallback,
+}
+
+
+class EpochClock(pl.Callback):
+    """Wall time of every training epoch, validation and epoch-end callbacks included (attach last)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def time_observations(callback) -> list[float]:
+    """Wrap ``callback.run`` to record the seconds each observation takes; returns the list it fills."""
+    seconds: list[float] = []
+    original = callback.run
+
+    def run(trainer, pl_module):
+        start = time.perf_counter()
+        try:
+            return original(trainer, pl_module)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    callback.run = run
+    return seconds
+
+
+def fit(datamodule, name: str | None, epochs: int, root: str) -> tuple[list[float], list[float]]:
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(SmallCNN(num_classes=5, width=32))
+    clock = EpochClock()
+    callbacks: list[pl.Callback] = []
+    observed: list[float] = []
+    if name is not None:
+        callback = FACTORIES[name]()
+        observed = time_observations(callback)
+        callbacks.append(callback)
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[*callbacks, clock], logger=CSVLogger(root),
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer.fit(model, datamodule)
+    return clock.seconds, observed
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4, help=">= 3: warm-up, regular epochs, last epoch")
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--only", nargs="*", choices=sorted(FACTORIES), default=sorted(FACTORIES))
+    args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error("--epochs must be >= 3 (the first warms up, the last carries t-SNE / deep k-NN)")
+    datamodule = ConceptWorldDataModule(num_train=args.num_train, num_val=500, batch_size=64)
+    datamodule.setup("fit")
+    bare: list[float] = []
+    regular: dict[str, list[float]] = {name: [] for name in args.only}
+    last: dict[str, list[float]] = {name: [] for name in args.only}
+    own: dict[str, list[float]] = {name: [] for name in args.only}
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(args.repeats):
+            epochs, _ = fit(datamodule, None, args.epochs, root)
+            base = statistics.median(epochs[1:])
+            bare.append(base)
+            for name in args.only:
+                epochs, observed = fit(datamodule, name, args.epochs, root)
+                regular[name].append(statistics.median(epochs[1:-1]) / base)
+                last[name].append(epochs[-1] / base)
+                own[name].append((base + statistics.median(observed[1:-1])) / base)
+            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+    print(f"device: cpu x{torch.get_num_threads()} threads; SmallCNN width 32; {args.num_train} training + 500 "
+          f"validation images, batch 64; {args.epochs} epochs per fit, {args.repeats} repeat(s), interleaved")
+    print(f"bare epoch: median {summary(bare)} s")
+    print(f"{'callback':>18}  {'regular epoch ratio':>26}  {'from callback time':>26}  {'last epoch ratio':>26}  target")
+    for name in args.only:
+        print(f"{name:>18}  {summary(regular[name]):>26}  {summary(own[name]):>26}  {summary(last[name]):>26}  "
+              f"<= {TARGETS[name]}")
+    print("Ratios are median [min, max] over repeats; a shared machine makes them noisy — re-measure on a quiet one.")
+
+
+if __name__ == "__main__":
+    main()

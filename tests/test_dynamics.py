@@ -1,0 +1,379 @@
+"""xai_lightning.dynamics against independent references: numpy/scipy FFT and DCT, scikit-learn's PCA,
+silhouette, logistic regression and nearest neighbours, closed-form margins of linear classifiers,
+and information-theoretic identities. Pure torch: the package never imports Lightning."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from torch import nn
+
+from xai_lightning.core import LayerNotFoundError
+from xai_lightning.dynamics import (
+    DCTSubspace,
+    InformationPlane,
+    check_radii,
+    check_tsne_points,
+    credibility,
+    dct_matrix,
+    entropy_bits,
+    frequency_accuracy,
+    frequency_split,
+    image_targets,
+    kernel_roughness,
+    knn_conformity,
+    largest_radius,
+    layer_features,
+    linear_probe_accuracy,
+    low_pass,
+    neighbour_label_counts,
+    nonconformity,
+    pca,
+    radial_mask,
+    resolve_feature_sites,
+    silhouette_score,
+    subspace_margins,
+    tsne,
+    tsne_min_points,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------- layering
+def test_dynamics_imports_no_lightning():
+    """Imported on its own (the package root bypassed: it loads the callbacks), dynamics pulls in no Lightning."""
+    code = (
+        "import sys, types\n"
+        f"root = types.ModuleType('xai_lightning'); root.__path__ = [{str(ROOT / 'xai_lightning')!r}]\n"
+        "sys.modules['xai_lightning'] = root\n"
+        "import xai_lightning.dynamics\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric')]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------- frequency
+def numpy_split(x: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wang et al.'s definition written with numpy, both parts from the spectrum (no subtraction)."""
+    h, w = x.shape[-2:]
+    ky, kx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    mask = ky**2 + kx**2 <= radius**2
+    spectrum = np.fft.fftshift(np.fft.fft2(x), axes=(-2, -1))
+    low = np.fft.ifft2(np.fft.ifftshift(spectrum * mask, axes=(-2, -1))).real
+    high = np.fft.ifft2(np.fft.ifftshift(spectrum * ~mask, axes=(-2, -1))).real
+    return low, high
+
+
+@pytest.mark.parametrize("size", [(32, 32), (31, 24)])
+def test_low_plus_high_is_the_image_and_matches_a_numpy_split(size):
+    x = torch.rand(3, 3, *size, generator=torch.Generator().manual_seed(0))
+    for radius in (1, 4, 8, largest_radius(*size)):
+        low, high = frequency_split(x, radius)
+        assert low.dtype == x.dtype and low.shape == x.shape
+        torch.testing.assert_close(low + high, x, atol=1e-6, rtol=0)
+        ref_low, ref_high = numpy_split(x.double().numpy(), radius)
+        np.testing.assert_allclose(low.numpy(), ref_low, atol=1e-5)
+        np.testing.assert_allclose(high.numpy(), ref_high, atol=1e-5)
+
+
+def test_low_part_is_band_limited_and_low_pass_is_a_projection():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
+    low, high = frequency_split(x, 6)
+    mask = radial_mask(32, 32, 6)
+    spectrum = lambda z: torch.fft.fftshift(torch.fft.fft2(z), dim=(-2, -1)).abs()
+    assert float(spectrum(low)[..., ~mask].max()) < 1e-9
+    assert float(spectrum(high)[..., mask].max()) < 1e-9
+    torch.testing.assert_close(low_pass(low, 6), low)
+    assert mask.sum() == sum(1 for i in range(-16, 16) for j in range(-16, 16) if i * i + j * j <= 36)
+
+
+def test_radii_outside_the_image_name_the_largest_valid_radius():
+    with pytest.raises(ValueError, match="largest valid radius is 16"):
+        check_radii([4, 20], 32, 32)
+    with pytest.raises(ValueError, match="largest valid radius is 12"):
+        frequency_accuracy(nn.Flatten(), torch.zeros(1, 3, 24, 40), torch.zeros(1, dtype=torch.long), [13])
+    with pytest.raises(ValueError, match="> 0"):
+        check_radii([0], 32, 32)
+
+
+def test_frequency_accuracy_scores_each_part_like_a_direct_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)).eval()
+    x = torch.rand(10, 3, 16, 16)
+    labels = torch.randint(0, 4, (10,))
+    result = frequency_accuracy(model, x, labels, [2, 5], max_batch=7)
+    for index, radius in enumerate((2, 5)):
+        low, high = frequency_split(x, radius)
+        assert torch.equal(result.low[:, index], model(low).argmax(1) == labels)
+        assert torch.equal(result.high[:, index], model(high).argmax(1) == labels)
+    assert torch.equal(result.clean, model(x).argmax(1) == labels)
+
+
+def test_kernel_roughness_closed_forms_and_a_loop():
+    constant = torch.ones(2, 3, 3, 3)
+    assert float(kernel_roughness(constant)) == pytest.approx(0.0)
+    checkerboard = torch.tensor([[1.0, -1, 1], [-1, 1, -1], [1, -1, 1]]).expand(1, 1, 3, 3)
+    assert float(kernel_roughness(checkerboard)) == pytest.approx(12 * 4 / 9)  # 12 neighbour pairs, |Δ| = 2
+    weight = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    weight[0, 0] = 0  # skipped: no energy
+    values = []
+    for o in range(4):
+        for i in range(2):
+            w = weight[o, i].double().numpy()
+            if not w.any():
+                continue
+            values.append((np.square(np.diff(w, axis=1)).sum() + np.square(np.diff(w, axis=0)).sum()) / np.square(w).sum())
+    assert float(kernel_roughness(weight)) == pytest.approx(float(np.mean(values)), rel=1e-6)
+    smoothed = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(weight.flatten(0, 1).unsqueeze(1), (1, 1, 1, 1),
+                                                                      mode="replicate"), 3, 1)
+    assert float(kernel_roughness(smoothed.view_as(weight))) < float(kernel_roughness(weight))
+
+
+# ---------------------------------------------------------------------------------------- embeddings
+def low_rank_features(n: int = 300, d: int = 40, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(5, 0.5, 6, dtype=torch.float64)
+    return (torch.randn(n, 6, generator=g, dtype=torch.float64) * scales) @ torch.randn(6, d, generator=g, dtype=torch.float64) \
+        + 0.05 * torch.randn(n, d, generator=g, dtype=torch.float64) + 3.0
+
+
+@pytest.mark.parametrize("oversample", [100, 4])  # 100: the full range (exact); 4: a truly randomised range
+def test_pca_agrees_with_scikit_learn(oversample):
+    from sklearn.decomposition import PCA
+
+    features = low_rank_features()
+    ours = pca(features, 3, oversample=oversample)
+    reference = PCA(3, svd_solver="full").fit(features.numpy())
+    tolerance = 1e-9 if oversample == 100 else 1e-6
+    np.testing.assert_allclose(ours.explained_variance.numpy(), reference.explained_variance_, rtol=tolerance)
+    np.testing.assert_allclose(ours.explained_variance_ratio.numpy(), reference.explained_variance_ratio_, rtol=tolerance)
+    # Sign-aligned: both make each component's largest-magnitude entry positive.
+    np.testing.assert_allclose(ours.components.numpy(), reference.components_, atol=1e-6)
+    np.testing.assert_allclose(ours.projected.numpy(), reference.transform(features.numpy()), atol=1e-5)
+
+
+def test_pca_is_seeded_and_leaves_the_global_generator_alone():
+    features = low_rank_features(seed=3).float()
+    before = torch.get_rng_state()
+    first, second = pca(features, 2, oversample=2, seed=5), pca(features, 2, oversample=2, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first.components, second.components)
+
+
+def test_silhouette_matches_scikit_learn_including_singletons():
+    from sklearn.metrics import silhouette_score as reference
+
+    features = low_rank_features(120, 8)
+    labels = torch.randint(0, 4, (120,), generator=torch.Generator().manual_seed(0))
+    labels[0] = 9  # a class with one member: its silhouette is 0 in both
+    assert silhouette_score(features, labels) == pytest.approx(reference(features.numpy(), labels.numpy()), abs=1e-10)
+    assert math.isnan(silhouette_score(features, torch.zeros(120, dtype=torch.long)))
+
+
+def test_linear_probe_matches_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=g, dtype=torch.float64)
+    y = (x @ torch.randn(12, 3, generator=g, dtype=torch.float64) + 0.8 * torch.randn(400, 3, generator=g,
+                                                                                      dtype=torch.float64)).argmax(1)
+    ours = linear_probe_accuracy(x, y, train_fraction=0.5, l2=1e-2, seed=7, max_iter=500)
+    order = torch.randperm(400, generator=torch.Generator().manual_seed(7))
+    train, test = order[:200].numpy(), order[200:].numpy()
+    mean, std = x[train].mean(0).numpy(), x[train].std(0, unbiased=False).numpy()
+    xs = (x.numpy() - mean) / std
+    classifier = LogisticRegression(C=1 / (1e-2 * 200), tol=1e-10, max_iter=5000).fit(xs[train], y[train].numpy())
+    assert ours == pytest.approx(classifier.score(xs[test], y[test].numpy()), abs=0.01)
+    assert ours > 0.7
+
+
+def test_tsne_needs_more_than_three_perplexities_of_points():
+    assert tsne_min_points(30) == 91
+    with pytest.raises(ValueError, match="at least 91 probe images.*got 50.*at most 16.33"):
+        check_tsne_points(50, 30, "probe images")
+    features = torch.cat([torch.randn(40, 5) + 10, torch.randn(40, 5) - 10])
+    embedded = tsne(features, perplexity=10, seed=0, max_iter=300)
+    assert embedded.shape == (80, 2)
+    labels = torch.tensor([0] * 40 + [1] * 40)
+    assert silhouette_score(embedded, labels) > 0.5  # two far-apart clusters stay apart
+    with pytest.raises(ValueError, match="at least 31"):
+        tsne(features[:20], perplexity=10)
+
+
+# ---------------------------------------------------------------------------------------- deep k-NN
+def test_neighbour_counts_match_scikit_learn_nearest_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    reference_labels = torch.randint(0, 4, (200,), generator=g)
+    query = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    counts = neighbour_label_counts(query, reference, reference_labels, k=9, num_classes=4, max_batch=7)
+    neighbours = NearestNeighbors(n_neighbors=9).fit(reference.numpy()).kneighbors(query.numpy(), return_distance=False)
+    expected = np.stack([np.bincount(reference_labels.numpy()[row], minlength=4) for row in neighbours])
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    predictions = torch.randint(0, 4, (30,), generator=g)
+    np.testing.assert_allclose(knn_conformity(counts, predictions).numpy(),
+                               expected[np.arange(30), predictions.numpy()] / 9)
+    # k larger than the reference: capped
+    assert neighbour_label_counts(query, reference[:5], reference_labels[:5], k=75).sum(1).eq(5).all()
+
+
+def test_nonconformity_and_credibility_follow_papernot():
+    counts = [torch.tensor([[3, 1], [0, 4]]), torch.tensor([[2, 2], [1, 3]])]
+    alpha = nonconformity(counts, torch.tensor([0, 1]))
+    assert alpha.tolist() == [1 + 2, 0 + 1]
+    assert credibility(torch.tensor([2.0]), torch.tensor([0.0, 1.0, 2.0, 3.0])).tolist() == [0.5]
+
+
+def memorising_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A small CNN trained full-batch on 60 ConceptWorld images until it fits every label."""
+    from xai_lightning import ConceptWorld, SmallCNN
+
+    world = ConceptWorld(60, image_size=16, seed=4)
+    images, labels = world.tensors()
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=5, width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 1e-3:
+            break
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images).argmax(1), labels), "the model did not memorise its training images"
+    return model, images, labels
+
+
+def test_deep_knn_conformity_of_a_memorising_model_is_one():
+    model, images, labels = memorising_model()
+    sites = resolve_feature_sites(model, ["penultimate", "classifier"], forward=lambda: model(images[:1]))
+    with torch.no_grad():
+        features, logits = layer_features(model, images, sites, max_batch=25)
+    from xai_lightning.dynamics import deep_knn_conformity
+
+    conformity = deep_knn_conformity(features, logits.argmax(1), features, labels, k=5, num_classes=5)
+    for layer, values in conformity.items():
+        assert torch.equal(values, torch.ones(60, dtype=torch.float64)), layer
+    # A label-shuffled reference breaks it: conformity is an honest measurement, not a constant.
+    shuffled = labels[torch.randperm(60, generator=torch.Generator().manual_seed(0))]
+    broken = deep_knn_conformity(features, logits.argmax(1), features, shuffled, k=5, num_classes=5)
+    assert float(broken["penultimate"].mean()) < 0.6
+
+
+def test_feature_sites_validate_names_and_read_the_penultimate_input():
+    from xai_lightning import SmallCNN
+
+    model = SmallCNN(num_classes=5, width=4).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with pytest.raises(LayerNotFoundError, match="features.13"):
+        resolve_feature_sites(model, ["penultimate", "features.99"], forward=lambda: model(x[:1]))
+    sites = resolve_feature_sites(model, ["penultimate", "features.13"], forward=lambda: model(x[:1]))
+    features, logits = layer_features(model, x, sites, pool=2)
+    assert features["penultimate"].shape == (3, 16)
+    assert features["features.13"].shape == (3, 8 * 2 * 2)
+    torch.testing.assert_close(model.classifier(features["penultimate"]), logits)
+
+
+# ---------------------------------------------------------------------------------------- margins
+def test_dct_matrix_is_scipys_orthonormal_dct_and_projections_are_orthogonal():
+    matrix = dct_matrix(12)
+    np.testing.assert_allclose(matrix.numpy(), scipy.fft.dct(np.eye(12), norm="ortho", axis=0), atol=1e-12)
+    v = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    low, high = DCTSubspace(12, 12, "low", 4), DCTSubspace(12, 12, "high", 4)
+    coefficients = scipy.fft.dctn(v.numpy(), axes=(-2, -1), norm="ortho")
+    kept = np.zeros_like(coefficients)
+    kept[..., :4, :4] = coefficients[..., :4, :4]
+    np.testing.assert_allclose(low.project(v).numpy(), scipy.fft.idctn(kept, axes=(-2, -1), norm="ortho"), atol=1e-12)
+    torch.testing.assert_close(low.project(low.project(v)), low.project(v))
+    assert float((low.project(v) * high.project(v)).sum()) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="use 1..6"):
+        DCTSubspace(12, 12, "low", 7)
+
+
+def analytic_linear_margin(model: nn.Linear, x: torch.Tensor, subspace: DCTSubspace) -> torch.Tensor:
+    """min over k ≠ p of |f_k − f_p| / ‖P(w_k − w_p)‖: the exact distance to the boundary within the subspace."""
+    with torch.no_grad():
+        logits = model(x.flatten(1)).double()
+    predicted = logits.argmax(1)
+    weight = model.weight.detach().double().view(model.out_features, *x.shape[1:])
+    distances = torch.full((x.shape[0],), torch.inf, dtype=torch.float64)
+    for k in range(model.out_features):
+        direction = subspace.project(weight[k] - weight[predicted])  # (B, C, H, W)
+        gap = (logits[:, k] - logits.gather(1, predicted.view(-1, 1)).squeeze(1)).abs()
+        candidate = gap / direction.flatten(1).norm(dim=1)
+        distances = torch.where(predicted == k, distances, torch.minimum(distances, candidate))
+    return distances
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("kind", ["low", "high", "full"])
+def test_margin_of_a_linear_classifier_is_the_analytic_distance_within_the_subspace(classes, kind):
+    torch.manual_seed(classes)
+    linear = nn.Linear(3 * 16 * 16, classes)
+    model = nn.Sequential(nn.Flatten(), linear).eval()
+    x = torch.rand(24, 3, 16, 16)
+    subspace = DCTSubspace(16, 16, kind, 4)
+    result = subspace_margins(model, x, subspace, candidates=classes, max_batch=10)
+    expected = analytic_linear_margin(linear, x, subspace)
+    relative = ((result.margin.double() - expected).abs() / expected)
+    assert float(relative.max()) <= 0.01, relative
+    assert bool((result.upper.double() >= expected * (1 - 1e-4)).all())  # verified adversarial: never below
+    assert result.iterations.eq(1).all()  # DeepFool lands on an affine boundary in one step
+
+
+def test_margin_perturbation_really_changes_the_prediction_and_stays_in_the_subspace():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    x = torch.rand(16, 3, 8, 8)
+    subspace = DCTSubspace(8, 8, "high", 3)
+    result = subspace_margins(model, x, subspace, candidates=3, max_iter=30)
+    assert bool((~result.margin.isnan()).all())
+    assert bool((result.margin <= result.upper + 1e-6).all())
+
+
+# ---------------------------------------------------------------------------------------- information plane
+def test_entropy_and_gaussian_identities():
+    from scipy.stats import entropy
+
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert entropy_bits(labels) == pytest.approx(entropy([2, 1, 3], base=2))
+    assert image_targets(torch.rand(2, 3, 32, 32), 8).shape == (2, 192)
+
+
+def test_information_bounds_are_near_zero_for_noise_and_near_the_entropy_for_labels():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (600,), generator=g)
+    images = torch.rand(600, 3, 8, 8, generator=g)
+    targets = image_targets(images, 4)
+    informative = torch.cat([nn.functional.one_hot(labels, 4).float() * 3, targets], 1) + 0.05 * torch.randn(600, 52, generator=g)
+    noise = torch.randn(600, 128, generator=g)
+    plane = InformationPlane({"informative": 52, "noise": 128}, num_classes=4, target_dim=targets.shape[1], seed=0)
+    before = torch.get_rng_state()
+    train, test = slice(0, 400), slice(400, 600)
+    plane.fit({"informative": informative[train], "noise": noise[train]}, labels[train], targets[train], steps=300)
+    bounds = plane.bounds({"informative": informative[test], "noise": noise[test]}, labels[test], targets[test])
+    assert torch.equal(torch.get_rng_state(), before)  # own generator only
+    entropy = entropy_bits(labels[test])
+    informative_x, informative_y = bounds["informative"]
+    noise_x, noise_y = bounds["noise"]
+    assert informative_y == pytest.approx(entropy, abs=0.1)  # labels decodable: the bound reaches H(y)
+    assert informative_y <= entropy + 1e-9  # and never exceeds it on held-out data
+    # Nothing to decode: ≈ 0 bits (early stopping keeps 128 noise dimensions from overfitting 320 examples).
+    assert abs(noise_y) < 0.05 and abs(noise_x) < 1
+    # The features carry g(x) through a Gaussian channel (noise σ = 0.05 on each of 48 pooled pixels of
+    # variance 1/48): per dimension ½·log2(1 + (1/48) / 0.05²) bits for Gaussian decoders.
+    channel = targets.shape[1] * 0.5 * math.log2(1 + (1 / 48) / 0.05**2)
+    assert 0.85 * channel < informative_x < 1.02 * channel
