@@ -3,6 +3,7 @@
 from xai_lightning.callbacks.attribution import AttributionCallback
 from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
 from xai_lightning.callbacks.base import ObserverCallback
+from xai_lightning.callbacks.cace import CaCECallback
 from xai_lightning.callbacks.dissection import DissectionCallback
 from xai_lightning.callbacks.explainer_network import ExplainerNetworkCallback
 from xai_lightning.callbacks.grad_cam import GradCAMCallback
@@ -13,6 +14,7 @@ from xai_lightning.callbacks.robustness import RobustnessCallback
 __all__ = [
     "AdversarialTrainingCallback",
     "AttributionCallback",
+    "CaCECallback",
     "DissectionCallback",
     "ExplainerNetworkCallback",
     "GradCAMCallback",
