@@ -38,10 +38,10 @@ def bars_datamodule() -> BarsDataModule:
 
 
 def train_on_bars(root: Path, callbacks: list) -> ImageClassifier:
-    """A tiny CNN on 90 %-confounded BARS, 6 batches per epoch (so that the shortcut is learned over the epochs)."""
+    """A tiny CNN on 90 %-confounded BARS, 8 batches per epoch (so that the shortcut is learned over the epochs)."""
     pl.seed_everything(7)
     model = ImageClassifier(SmallCNN(num_classes=2, width=4, dropout=0.3), lr=5e-3)
-    trainer = quiet_trainer(max_epochs=EPOCHS, limit_train_batches=6, callbacks=callbacks, logger=CSVLogger(str(root)),
+    trainer = quiet_trainer(max_epochs=EPOCHS, limit_train_batches=8, callbacks=callbacks, logger=CSVLogger(str(root)),
                             enable_checkpointing=False)
     trainer.fit(model, bars_datamodule())
     return model
@@ -72,8 +72,8 @@ def test_cace_callback_leaves_weights_bit_identical(confounded_run):
 def test_ground_truth_rises_as_a_confounded_model_learns_the_shortcut(confounded_run):
     callback, *_ = confounded_run
     gt = [row[f"{PREFIX}/ground_truth"] for row in callback.history]
-    assert gt[-1] > 0.25 and gt[-1] > gt[0] + 0.2, gt
-    assert max(gt[:2]) < gt[-1], gt
+    # Measured over seeds 7, 1, 2 (experiments/cace notes): the first epoch ≈ 0.00, the last 0.3–0.7.
+    assert gt[0] < 0.05 and gt[-1] > gt[0] + 0.15 and gt[-1] == max(gt), gt
     for row in callback.history:
         assert 0.0 <= row[f"{PREFIX}/tcav/{LAYER}/p_value"] <= 1.0
         assert row[f"{PREFIX}/conexp"] >= row[f"{PREFIX}/ground_truth"] - 0.05  # the correlation adds to it

@@ -45,6 +45,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from xai_lightning.concepts import (
     TCAV,
@@ -160,7 +161,7 @@ def fit_vaes(train_intervention: Any, config: dict[str, Any], seed: int) -> dict
     return vaes
 
 
-def run_bars(config: dict[str, Any], tcav: TCAV) -> list[dict[str, Any]]:
+def run_bars(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[str, Any]]:
     settings, size = config["bars"], config["image_size"]
     geometry = {**DEFAULT_GEOMETRY, **settings.get("geometry", {})}
     geometry = {k: tuple(v) if isinstance(v, list) else v for k, v in geometry.items()}
@@ -168,28 +169,33 @@ def run_bars(config: dict[str, Any], tcav: TCAV) -> list[dict[str, Any]]:
     for spec in bars_rows(settings):
         for seed in config["seeds"]:
             started = time.perf_counter()
+            progress.set_postfix_str(f"bars {spec['row']} seed {seed}: classifier")
             datamodule = BarsDataModule(settings["num_train"], 0, confounding=spec["confounding"], image_size=size,
                                         seed=seed, batch_size=config["classifier"]["batch_size"],
                                         colour_given_class=spec["colour_given_class"], **geometry)
             datamodule.setup("fit")
             model = train_classifier(datamodule, 2, config["classifier"], seed)
+            progress.set_postfix_str(f"bars {spec['row']} seed {seed}: VAE")
             vaes = fit_vaes(bars_colour_intervention(datamodule.train_set), config, seed)
+            progress.set_postfix_str(f"bars {spec['row']} seed {seed}: estimators")
             test = Bars(settings["num_test"], spec["confounding"], size, seed=seed * 1000 + 2,
                         colour_given_class=spec["colour_given_class"], **geometry)
             row = estimate(model, bars_colour_intervention(test), vaes, tcav, config, shape_readout=orientation_evidence)
             row.update(dataset="bars", row=spec["row"], level=spec["level"], seed=seed,
                        accuracy=accuracy(model, test.images, test.labels, 2), seconds=time.perf_counter() - started)
             runs.append(row)
-            print(describe(row), flush=True)
+            progress.write(describe(row))
+            progress.update()
     return runs
 
 
-def run_digits(config: dict[str, Any], tcav: TCAV) -> list[dict[str, Any]]:
+def run_digits(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[str, Any]]:
     settings, size = config["digits"], config["image_size"]
     runs = []
     for sigma in settings["sigmas"]:
         for seed in config["seeds"]:
             started = time.perf_counter()
+            progress.set_postfix_str(f"digits sigma={sigma:g} seed {seed}: classifier")
             datamodule = ColouredDigitsDataModule(sigma=sigma, image_size=size, seed=seed,
                                                   batch_size=config["classifier"]["batch_size"],
                                                   jitter=settings.get("jitter", 0))
@@ -197,14 +203,17 @@ def run_digits(config: dict[str, Any], tcav: TCAV) -> list[dict[str, Any]]:
             model = train_classifier(datamodule, 10, config["classifier"], seed)
             train, test = datamodule.train_set, datamodule.val_set
             test_accuracy = accuracy(model, test.images, test.labels, 10)
+            progress.set_postfix_str(f"digits sigma={sigma:g} seed {seed}: VAE")
             vaes = fit_vaes(coloured_digits_intervention(train, target=0, seed=seed), config, seed)
+            progress.set_postfix_str(f"digits sigma={sigma:g} seed {seed}: estimators")
             for target in settings["targets"]:
                 intervention = coloured_digits_intervention(test, target=target, seed=seed)
                 row = estimate(model, intervention, vaes, tcav, config)
                 row.update(dataset="coloured_digits", row=f"sigma={sigma:g}", level=sigma, seed=seed,
                            accuracy=test_accuracy, seconds=time.perf_counter() - started)
                 runs.append(row)
-                print(describe(row), flush=True)
+                progress.write(describe(row))
+            progress.update()
     return runs
 
 
@@ -417,10 +426,15 @@ def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
         tcav = TCAV(layers=settings["layers"], num_random=settings["num_random"],
                     examples_per_concept=settings["examples_per_concept"], seed=config["seeds"][0])
         runs: list[dict[str, Any]] = []
-        if config.get("bars"):
-            runs += run_bars(config, tcav)
-        if config.get("digits"):
-            runs += run_digits(config, tcav)
+        total = len(config["seeds"]) * ((len(bars_rows(config["bars"])) if config.get("bars") else 0)
+                                        + (len(config["digits"]["sigmas"]) if config.get("digits") else 0))
+        # One bar over every (dataset, row, seed) run, with its ETA; each finished run prints its line above it.
+        with tqdm(total=total, desc=f"CaCE study {config['name']}", unit="run", disable=not config.get("progress", True),
+                  dynamic_ncols=True) as progress:
+            if config.get("bars"):
+                runs += run_bars(config, tcav, progress)
+            if config.get("digits"):
+                runs += run_digits(config, tcav, progress)
     finally:
         torch.set_num_threads(threads)
     summary = summarise(runs)
