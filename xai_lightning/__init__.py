@@ -96,6 +96,8 @@ _EXPORTS: dict[str, str] = {
     "UncertaintyCallback": "xai_lightning.callbacks",
     **dict.fromkeys(("EnsembleClassifier", "VariationalClassifier",), "xai_lightning.models"),
     **dict.fromkeys(("EmbeddingCallback", "FrequencyCallback", "InformationPlaneCallback", "MarginCallback",), "xai_lightning.callbacks"),
+    "CaCECallback": "xai_lightning.callbacks",
+    "dec_cace": "xai_lightning.concepts",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -169,3 +171,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from xai_lightning.callbacks import UncertaintyCallback
     from xai_lightning.models import EnsembleClassifier, VariationalClassifier
     from xai_lightning.callbacks import EmbeddingCallback, FrequencyCallback, InformationPlaneCallback, MarginCallback
+    from xai_lightning.callbacks import CaCECallback
+    from xai_lightning.concepts import dec_cace

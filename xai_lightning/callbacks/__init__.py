@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "FrequencyCallback": "xai_lightning.callbacks.frequency",
     "InformationPlaneCallback": "xai_lightning.callbacks.information_plane",
     "MarginCallback": "xai_lightning.callbacks.margin",
+    "CaCECallback": "xai_lightning.callbacks.cace",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -60,3 +61,4 @@ if TYPE_CHECKING:
     from xai_lightning.callbacks.frequency import FrequencyCallback
     from xai_lightning.callbacks.information_plane import InformationPlaneCallback
     from xai_lightning.callbacks.margin import MarginCallback
+    from xai_lightning.callbacks.cace import CaCECallback

@@ -33,6 +33,8 @@ __all__ = [
     "bars_colour_intervention",
     "coloured_digits_intervention",
     "concept_world_intervention",
+    "intervention_for_dataset",
+    "parse_concept",
 ]
 
 
@@ -102,6 +104,11 @@ def bars_colour_intervention(bars: Bars, indices: Sequence[int] | torch.Tensor |
     Defaults follow the confounding direction: green goes with vertical (class 1), so a model
     that learnt the shortcut has a positive CaCE of "green" on P(vertical).
     """
+    if isinstance(treated, str) and treated not in bars.colour_names:
+        raise ValueError(f"Unknown BARS colour {treated!r}; choose from {bars.colour_names}")
+    if not 0 <= int(target) < bars.num_classes:
+        raise ValueError(f"target class {target} out of range: BARS has classes 0..{bars.num_classes - 1} "
+                         f"{bars.class_names}")
     rows = _rows(len(bars), indices)
     value = bars.colour_names.index(treated) if isinstance(treated, str) else int(treated)
     n = rows.shape[0]
@@ -120,27 +127,31 @@ def bars_colour_intervention(bars: Bars, indices: Sequence[int] | torch.Tensor |
 
 def coloured_digits_intervention(digits: ColouredDigits, target: int,
                                  indices: Sequence[int] | torch.Tensor | None = None,
-                                 seed: int = 0) -> ConceptIntervention:
-    """Coloured digits: ``do(colour = class target's colour)`` vs ``do(colour = another class's colour)``.
+                                 seed: int = 0, colour_of: int | None = None) -> ConceptIntervention:
+    """Coloured digits: ``do(colour = class c's colour)`` vs ``do(colour = another class's colour)``.
 
-    The concept value is the class whose mean hue is nearest (10 values). Under ``do(C=0)``
-    each sample gets the mean hue of a uniformly drawn *other* class (seeded), so the contrast
-    is "target's colour" vs "some other class colour"; the effect is on P(target).
+    ``c = colour_of`` (default: ``target``). The concept value is the class whose mean hue is
+    nearest (10 values). Under ``do(C=0)`` each sample gets the mean hue of a uniformly drawn
+    *other* class (seeded), so the contrast is "c's colour" vs "some other class colour"; the
+    effect is on P(target).
     """
     rows = _rows(len(digits), indices)
     n = rows.shape[0]
     k = digits.num_classes
     if not 0 <= target < k:
         raise ValueError(f"target class {target} out of range 0..{k - 1}")
+    treated_value = target if colour_of is None else int(colour_of)
+    if not 0 <= treated_value < k:
+        raise ValueError(f"colour_of must be a class index 0..{k - 1}; got {colour_of}")
     generator = torch.Generator().manual_seed(seed)
-    control = (target + torch.randint(1, k, (n,), generator=generator)) % k
+    control = (treated_value + torch.randint(1, k, (n,), generator=generator)) % k
     return ConceptIntervention(
-        name=f"colour=class{target}",
+        name=f"colour=class{treated_value}",
         images=digits.images[rows],
         labels=digits.labels[rows],
         concept=digits.hue_bins[rows],
         num_values=k,
-        treated=torch.full((n,), target, dtype=torch.long),
+        treated=torch.full((n,), treated_value, dtype=torch.long),
         control=control,
         target=target,
         render=lambda values: digits.intervene(rows, colour_of_class=values),
@@ -180,4 +191,43 @@ def concept_world_intervention(world: ConceptWorld, concept: str, value: str, ta
         control=control,
         target=target,
         render=lambda values: world.intervene(rows, **{concept: values})["images"],
+    )
+
+
+def parse_concept(concept: str) -> tuple[str, str]:
+    """``"colour=green"`` → ``("colour", "green")``; raises ``ValueError`` naming the expected form."""
+    name, sep, value = str(concept).partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"A concept is '<latent>=<value>', e.g. 'colour=green'; got {concept!r}")
+    return name.strip(), value.strip()
+
+
+def intervention_for_dataset(dataset: object, concept: str, target: int,
+                             indices: Sequence[int] | torch.Tensor | None = None,
+                             seed: int = 0) -> ConceptIntervention:
+    """The :class:`ConceptIntervention` of ``concept`` (``"<latent>=<value>"``) on a generator dataset.
+
+    Supported generators: :class:`~xai_lightning.data.Bars` (``colour=red|green``),
+    :class:`~xai_lightning.data.ColouredDigits` (``colour=<digit>``: that class's hue) and
+    :class:`~xai_lightning.data.ConceptWorld` (``colour|texture|shape|background=<name>``).
+    Unknown concepts, values or classes and datasets that cannot re-render their samples raise
+    ``ValueError`` naming what would work.
+    """
+    name, value = parse_concept(concept)
+    if isinstance(dataset, Bars):
+        if name != "colour":
+            raise ValueError(f"BARS can intervene on 'colour' only (values {dataset.colour_names}); got {concept!r}")
+        return bars_colour_intervention(dataset, indices, treated=value, target=target)
+    if isinstance(dataset, ColouredDigits):
+        digits = [str(k) for k in range(dataset.num_classes)]
+        if name != "colour" or value.removeprefix("class") not in digits:
+            raise ValueError(f"Coloured digits can intervene on 'colour=<class whose hue>' with a class in "
+                             f"0..{dataset.num_classes - 1}, e.g. 'colour=3'; got {concept!r}")
+        return coloured_digits_intervention(dataset, target, indices, seed, colour_of=int(value.removeprefix("class")))
+    if isinstance(dataset, ConceptWorld):
+        return concept_world_intervention(dataset, name, value, target, indices, seed)
+    raise ValueError(
+        f"{type(dataset).__name__} is not a generator that can re-render its samples with {concept!r} changed, "
+        "so ground-truth CaCE cannot be computed. Use data from Bars, ColouredDigits or ConceptWorld (e.g. "
+        "BarsDataModule), or give a ConceptIntervention with a render function."
     )

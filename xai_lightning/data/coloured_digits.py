@@ -8,6 +8,11 @@ uniform, i.e. uninformative. This is the colour-confounded digits setting of Goy
 (2019, CaCE). The digit's grey level ``a`` in [0, 1] becomes the pixel ``a · rgb(hue)`` (fully
 saturated, black background), so :meth:`ColouredDigits.intervene` can re-tint the *same* digit:
 the ink intensity ``max_c pixel_c = a`` is unchanged, only the hue moves.
+
+Shape can be made harder than colour with ``jitter``: each digit is shifted by up to ``jitter``
+pixels in x and y (seeded, zeros shifted in), so its class must be read from a moving shape while
+its colour stays a global cue. The shift is part of the digit (the ``intensity``), so an
+intervention re-tints the same shifted digit.
 """
 
 from __future__ import annotations
@@ -18,10 +23,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-
 from xai_lightning.data.digits import HandwrittenDigits
 
-__all__ = ["ColouredDigits", "hue_to_rgb", "class_hues"]
+__all__ = ["ColouredDigits", "class_hues", "hue_to_rgb", "shift_images"]
 
 NUM_CLASSES = 10
 
@@ -40,6 +44,18 @@ def hue_to_rgb(hue: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
+def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translate each image ``(N, C, S, S)`` by ``shifts (N, 2)`` pixels (dx, dy), filling with zeros."""
+    n, _, height, width = images.shape
+    pad = int(shifts.abs().max()) if shifts.numel() else 0
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = torch.arange(height).view(1, -1) + pad - shifts[:, 1].view(-1, 1)  # (N, S): source row of each output row
+    cols = torch.arange(width).view(1, -1) + pad - shifts[:, 0].view(-1, 1)
+    batch = torch.arange(n).view(-1, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows.view(n, -1, 1), cols.view(n, 1, -1)]  # (N, S, S, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def wrapped_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Signed hue difference ``a − b`` wrapped into [−0.5, 0.5) turns."""
     return torch.remainder(a - b + 0.5, 1.0) - 0.5
@@ -54,6 +70,7 @@ class ColouredDigits(Dataset):
             fixes the colour; >= 0.3: nearly uniform).
         image_size: side after bilinear upsampling from 8×8.
         seed: split and hue noise follow from it.
+        jitter: maximal shift of each digit in pixels (x and y independently, uniform); 0 = none.
 
     Attributes:
         images ``(N, 3, S, S)``, labels ``(N,)``, hues ``(N,)``, intensity ``(N, 1, S, S)``
@@ -66,18 +83,22 @@ class ColouredDigits(Dataset):
     num_classes = NUM_CLASSES
 
     def __init__(self, split: Literal["train", "val", "all"] = "all", sigma: float = 0.05, image_size: int = 32,
-                 seed: int = 0, val_fraction: float = 0.2) -> None:
+                 seed: int = 0, val_fraction: float = 0.2, jitter: int = 0) -> None:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0 (turns of the colour wheel); got {sigma}")
+        if not 0 <= jitter < image_size // 2:
+            raise ValueError(f"jitter must be in 0..{image_size // 2 - 1} pixels; got {jitter}")
         grey = HandwrittenDigits(split, image_size=image_size, channels=1, val_fraction=val_fraction, seed=seed)
         self.split = split
         self.sigma = sigma
         self.image_size = image_size
         self.seed = seed
-        self.intensity = grey.images  # (N, 1, S, S)
+        self.jitter = jitter
         self.labels = grey.labels
         generator = torch.Generator().manual_seed(seed * 7919 + {"train": 0, "val": 1, "all": 2}[split])
         noise = torch.randn(len(self.labels), generator=generator)
+        shifts = torch.randint(-jitter, jitter + 1, (len(self.labels), 2), generator=generator)
+        self.intensity = shift_images(grey.images, shifts) if jitter else grey.images  # (N, 1, S, S)
         self.hues = torch.remainder(class_hues()[self.labels] + sigma * noise, 1.0)
         self.hue_bins = self.nearest_class_hue(self.hues)
         self.images = self.render(torch.arange(len(self.labels)), self.hues)

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from xai_lightning.data.bars import Bars
+from xai_lightning.data.bars import DEFAULT_GEOMETRY, Bars, colour_given_class_table
 from xai_lightning.data.coloured_digits import NUM_CLASSES as DIGIT_CLASSES
 from xai_lightning.data.coloured_digits import ColouredDigits
 from xai_lightning.data.concept_world import ConceptWorld, LabelBy, SpuriousConcept
@@ -210,33 +210,48 @@ class DigitsDataModule(_Loaders, pl.LightningDataModule):
 
 
 class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
-    """BARS train/val splits with the same ``confounding`` (seeds ``seed * 1000 + split``); batches ``(x, y)``."""
+    """BARS train/val splits from the same ``P(colour | class)`` (seeds ``seed * 1000 + split``); batches ``(x, y)``.
+
+    ``train_set`` and ``val_set`` are the :class:`Bars` generators themselves, so observing
+    callbacks (e.g. :class:`~xai_lightning.callbacks.CaCECallback`) can intervene in them.
+    The generator arguments are :class:`Bars`'s.
+    """
 
     num_classes = 2
 
-    def __init__(self, num_train: int = 2000, num_val: int = 500, confounding: float = 0.0, image_size: int = 32,
-                 seed: int = 0, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, num_train: int = 2000, num_val: int = 500, confounding: float | None = None,
+                 image_size: int = 32, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
+                 colour_given_class: list[list[float]] | None = None, noise: float = DEFAULT_GEOMETRY["noise"],
+                 bar_length: tuple[float, float] = DEFAULT_GEOMETRY["bar_length"],
+                 bar_width: tuple[float, float] = DEFAULT_GEOMETRY["bar_width"],
+                 max_bars: int = DEFAULT_GEOMETRY["max_bars"]) -> None:
         super().__init__()
+        colour_given_class_table(confounding, colour_given_class)  # bad probabilities fail here, not at setup
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_set: Bars | None = None
         self.val_set: Bars | None = None
 
-    def setup(self, stage: str | None = None) -> None:
+    def _make(self, num_samples: int, split: int) -> Bars:
         h = self.hparams
+        return Bars(num_samples, h.confounding, h.image_size, seed=h.seed * 1000 + split, noise=h.noise,
+                    colour_given_class=h.colour_given_class, bar_length=tuple(h.bar_length),
+                    bar_width=tuple(h.bar_width), max_bars=h.max_bars)
+
+    def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = Bars(h.num_train, h.confounding, h.image_size, seed=h.seed * 1000)
-            self.val_set = Bars(h.num_val, h.confounding, h.image_size, seed=h.seed * 1000 + 1)
+            self.train_set = self._make(self.hparams.num_train, 0)
+            self.val_set = self._make(self.hparams.num_val, 1)
 
 
 class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     """Coloured digits train/val splits (stratified split of the 1,797 digits); batches ``(x, y)``."""
 
-    num_classes = DIGIT_CLASSES
+    num_classes = NUM_CLASSES
 
     def __init__(self, sigma: float = 0.05, image_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
-                 batch_size: int = 64, num_workers: int = 0) -> None:
+                 batch_size: int = 64, num_workers: int = 0, jitter: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -247,8 +262,8 @@ class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         if self.train_set is None:
-            self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction)
-            self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction)
+            self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction, h.jitter)
+            self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction, h.jitter)
 
 
 class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
