@@ -10,6 +10,7 @@ After ``fit`` the CLI prints where each logger and each observing callback wrote
 from __future__ import annotations
 
 import os
+import sys
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
@@ -73,6 +74,12 @@ def build_cli(args: list[str] | None = None) -> XaiLightningCLI:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point. Returns None: the console-script wrapper exits with ``sys.exit(main())``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["report"]:  # `xai-lightning report RUN_DIR...`: see xai_lightning.studies.report_command
+        from xai_lightning.studies.report_command import main as report_main
+
+        report_main(argv[1:])
+        return
     build_cli(args)
 
 

@@ -10,6 +10,7 @@ from xai_lightning.concepts.cace import CaCEResult, class_output, conexp, ground
 from xai_lightning.concepts.cace_comparison import CACE_COLUMNS, compare_cace_estimators, tcav_of_intervention
 from xai_lightning.concepts.cav import CAVs, split_balanced, train_cavs, train_cavs_indexed
 from xai_lightning.concepts.concept_sets import (
+    concept_contrast_from_world,
     concept_examples_from_world,
     draw_random_sets,
     load_concept_folder,
@@ -48,6 +49,7 @@ __all__ = [
     "class_output",
     "coloured_digits_intervention",
     "compare_cace_estimators",
+    "concept_contrast_from_world",
     "concept_examples_from_world",
     "concept_world_intervention",
     "conexp",
