@@ -21,21 +21,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from xai_lightning.studies.comparison import StudyResult, run_study  # noqa: E402
-from xai_lightning.studies.comparison_report import study_verdict, write_study_report  # noqa: E402
-from xai_lightning.studies.report_command import format_verdict  # noqa: E402
-from xai_lightning.studies.verdict import verdict_columns  # noqa: E402
+from xai_lightning.studies.comparison import StudyResult, run_study
+from xai_lightning.studies.comparison_report import study_verdict, write_study_report
+from xai_lightning.studies.config import load_study_config
+from xai_lightning.studies.report_command import format_verdict
+from xai_lightning.studies.verdict import verdict_columns
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "robust_vs_standard_small.yaml"
 
 
 def load_config(config_path: Path, max_epochs: int | None = None, seeds: list[int] | None = None) -> dict[str, Any]:
-    config = yaml.safe_load(Path(config_path).read_text())
+    config = load_study_config(config_path)
     if max_epochs is not None:
         config.setdefault("trainer", {})["max_epochs"] = max_epochs
     if seeds is not None:

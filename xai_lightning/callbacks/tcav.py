@@ -350,8 +350,8 @@ class TCAVCallback(ObserverCallback):
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        options = dict(alpha=self.tcav.alpha, bonferroni=self.tcav.bonferroni, score_kind=self.tcav.score_kind,
-                       class_names=probe.class_names)
+        options = {"alpha": self.tcav.alpha, "bonferroni": self.tcav.bonferroni, "score_kind": self.tcav.score_kind,
+                   "class_names": probe.class_names}
         rows: list[dict[str, Any]] = []
         scalars: dict[str, float] = {}
         result = relative = None

@@ -11,6 +11,7 @@ from xai_lightning.concepts.cace_comparison import CACE_COLUMNS, compare_cace_es
 from xai_lightning.concepts.cav import CAVs, split_balanced, train_cavs, train_cavs_indexed
 from xai_lightning.concepts.concept_sets import (
     concept_contrast_from_world,
+    concept_contrast_latents,
     concept_examples_from_world,
     draw_random_sets,
     load_concept_folder,
@@ -50,6 +51,7 @@ __all__ = [
     "coloured_digits_intervention",
     "compare_cace_estimators",
     "concept_contrast_from_world",
+    "concept_contrast_latents",
     "concept_examples_from_world",
     "concept_world_intervention",
     "conexp",

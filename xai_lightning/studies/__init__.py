@@ -19,6 +19,7 @@ _EXPORTS = {
     "study_verdict": "comparison_report",
     "write_study_report": "comparison_report",
     "instantiate": "config",
+    "load_study_config": "config",
     "StudyPlan": "plan",
     "plan_study": "plan",
     "report_runs": "report_command",
@@ -38,7 +39,12 @@ _EXPORTS = {
     "verdict_table": "verdict",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Interval", "RunRecord", "StudyPlan", "StudyResult", "VerdictMeasure", "VerdictRow", "VerdictSpec",
+    "bootstrap_interval", "curve_figure", "find_runs", "first_middle_last", "holm", "instantiate", "load_run",
+    "load_runs", "load_study_config", "paired_comparison", "parse_verdict", "plan_study", "report_runs", "run_study",
+    "study_verdict", "t_interval", "verdict_table", "write_study_report",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -40,7 +40,13 @@ from PIL import Image
 from xai_lightning.logging.html_report import HtmlReport
 from xai_lightning.studies.runs import RunRecord
 from xai_lightning.studies.statistics import bootstrap_interval, t_interval
-from xai_lightning.studies.verdict import VerdictRow, VerdictSpec, parse_verdict, verdict_columns, verdict_table
+from xai_lightning.studies.verdict import (
+    VerdictRow,
+    VerdictSpec,
+    parse_verdict,
+    verdict_columns,
+    verdict_table,
+)
 
 __all__ = ["curve_figure", "first_middle_last", "write_study_report"]
 
@@ -218,27 +224,27 @@ def _tcav_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> list[list[Any]]:
                 continue
             for row in tables[-1][1]:
                 groups.setdefault((arm, row["layer"], row["concept"], row["class"]), []).append(row)
+    def numbers(rows: Sequence[Mapping[str, str]], column: str) -> list[float]:
+        return [float(r[column]) for r in rows if r.get(column) not in (None, "", "nan")]
+
     out = []
     for (arm, layer, concept, target), rows in groups.items():
-        def numbers(column: str) -> list[float]:
-            return [float(r[column]) for r in rows if r.get(column) not in (None, "", "nan")]
-
         significant = sum(str(r.get("significant")).lower() in ("true", "1", "1.0") for r in rows)
-        p_values = numbers("p_value")
+        p_values = numbers(rows, "p_value")
         out.append([
-            arm, layer, concept, target, _interval_text(numbers("sign_count_mean") or numbers("tcav_mean")),
-            _interval_text(numbers("magnitude_mean")), _interval_text(numbers("random_magnitude_mean")),
+            arm, layer, concept, target, _interval_text(numbers(rows, "sign_count_mean") or numbers(rows, "tcav_mean")),
+            _interval_text(numbers(rows, "magnitude_mean")), _interval_text(numbers(rows, "random_magnitude_mean")),
             f"{np.median(p_values):.3g}" if p_values else "–", f"{significant}/{len(rows)}",
-            _interval_text(numbers("cav_accuracy_mean")),
+            _interval_text(numbers(rows, "cav_accuracy_mean")),
         ])
     return out
 
 
 def _dissection_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> tuple[list[str], list[list[Any]]]:
     pattern = re.compile(r"dissection/(.+)/interpretable/([^/]+)")
-    categories = sorted({m.group(2) for runs in by_arm.values() for run in runs for key in run.keys()
+    categories = sorted({m.group(2) for runs in by_arm.values() for run in runs for key in run.scalars
                          for m in [pattern.fullmatch(key)] if m})
-    layers = sorted({m.group(1) for runs in by_arm.values() for run in runs for key in run.keys()
+    layers = sorted({m.group(1) for runs in by_arm.values() for run in runs for key in run.scalars
                      for m in [pattern.fullmatch(key)] if m})
     rows = []
     for layer in layers:
@@ -254,7 +260,7 @@ def _dissection_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> tuple[list[st
 # ---------------------------------------------------------------------- default specs
 def default_spec(runs: Sequence[RunRecord]) -> dict[str, Any]:
     """What to show for runs without a study config: one plot per scalar key, every image key."""
-    keys = sorted({key for run in runs for key in run.keys()})
+    keys = sorted({key for run in runs for key in run.scalars})
     keys = [k for k in keys if not re.search(r"/(p_value|significant|step)$", k)][:60]
     images = sorted({key for run in runs for key in run.images})
     return {

@@ -179,7 +179,7 @@ def _namespaces(config: Mapping[str, Any], arms: Sequence[Arm]) -> dict[str, str
 def plan_study(config: Mapping[str, Any]) -> StudyPlan:
     """Check a study config and expand it into arms and seeds (errors name the offending entry)."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"A study config is a mapping (a YAML file's top level); got {type(config).__name__}")
+        raise TypeError(f"A study config is a mapping (a YAML file's top level); got {type(config).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise ValueError(f"The study config lacks {missing}; it needs {list(REQUIRED_KEYS)} (see xai_lightning.studies).")

@@ -260,7 +260,7 @@ def _load_wandb_run(path: Path) -> RunRecord:
             name = record["run"].get("display_name") or name
             config.update((record["run"].get("config") or {}).get("update") or {})
         elif kind == "config":
-            config.update((record["config"].get("update") or {}))
+            config.update(record["config"].get("update") or {})
         elif kind == "history":
             items.append(record["history"]["item"])
     epoch_of = _EpochOfStep(

@@ -87,7 +87,7 @@ class VerdictSpec:
 def _measure(entry: Any, index: int) -> VerdictMeasure:
     where = f"verdict.measures[{index}]"
     if not isinstance(entry, Mapping):
-        raise ValueError(f"{where} must be a mapping {{name, key, better, baseline?, requires?}}; got {entry!r}")
+        raise TypeError(f"{where} must be a mapping {{name, key, better, baseline?, requires?}}; got {entry!r}")
     label = f"{where} ({entry.get('name', entry.get('key', '?'))!r})"
     unknown = sorted(set(entry) - _MEASURE_FIELDS)
     if unknown:
@@ -126,7 +126,7 @@ def parse_verdict(
     if config is None:
         return None
     if not isinstance(config, Mapping):
-        raise ValueError(f"verdict must be a mapping with reference, treatment and measures; got {config!r}")
+        raise TypeError(f"verdict must be a mapping with reference, treatment and measures; got {config!r}")
     unknown = sorted(set(config) - {"reference", "treatment", "measures", "alpha", "confidence", "bootstrap_seed"})
     if unknown:
         raise ValueError(f"verdict has unknown field(s) {unknown}.")
