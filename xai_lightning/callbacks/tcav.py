@@ -450,9 +450,12 @@ class TCAVCallback(ObserverCallback):
 
     # ------------------------------------------------------------------ checkpointing
     def extra_state(self) -> dict[str, Any]:
-        return {"cavs": self.cavs.to_dict() if self.cavs is not None else None, "table": list(self.table_history)}
+        return {"cavs": self.cavs.to_dict() if self.cavs is not None else None, "table": list(self.table_history),
+                "relative_cavs": self.relative_cavs.to_dict() if self.relative_cavs is not None else None}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         cavs = state.get("cavs")
         self.cavs = ConceptCAVs.from_dict(cavs) if cavs is not None else None
+        relative = state.get("relative_cavs")
+        self.relative_cavs = ConceptCAVs.from_dict(relative) if relative is not None else None
         self.table_history = list(state.get("table", []))
