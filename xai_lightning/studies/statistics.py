@@ -95,6 +95,17 @@ class Interval:
         return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
+def _point_only(values: Sequence[float] | np.ndarray, confidence: float, method: str) -> tuple[np.ndarray, Interval | None]:
+    """Checked values, and the interval when there are too few for a spread (none: NaN; one: NaN ends)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    x = _values(values)
+    if x.size >= 2:
+        return x, None
+    estimate = float(x[0]) if x.size else float("nan")
+    return x, Interval(estimate, float("nan"), float("nan"), int(x.size), confidence, method)
+
+
 def t_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Interval:
     """Student's t-interval of the mean: ``mean ± t_{(1+c)/2, n-1} · s/√n`` (``s`` with ``n − 1``).
 
@@ -102,15 +113,10 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -
     """
     from scipy import stats
 
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    x = _values(values)
-    n = x.size
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0, confidence, "t")
-    mean = float(x.mean())
-    if n == 1:
-        return Interval(mean, float("nan"), float("nan"), 1, confidence, "t")
+    x, degenerate = _point_only(values, confidence, "t")
+    if degenerate is not None:
+        return degenerate
+    n, mean = x.size, float(x.mean())
     half = float(stats.t.ppf((1 + confidence) / 2, df=n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence, "t")
 
@@ -124,17 +130,12 @@ def bootstrap_interval(
     """Percentile bootstrap interval of the mean (Efron 1979), seeded: the same values and seed give
     the same interval. ``resamples`` resamples of ``n`` values drawn with replacement, one vectorised
     draw; the interval is the ``(1 − c)/2`` and ``(1 + c)/2`` quantiles of their means."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1; got {resamples}")
-    x = _values(values)
-    n = x.size
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0, confidence, "bootstrap")
-    mean = float(x.mean())
-    if n == 1:
-        return Interval(mean, float("nan"), float("nan"), 1, confidence, "bootstrap")
+    x, degenerate = _point_only(values, confidence, "bootstrap")
+    if degenerate is not None:
+        return degenerate
+    n, mean = x.size, float(x.mean())
     rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     means = x[rows].mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
