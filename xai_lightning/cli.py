@@ -258,6 +258,9 @@ def _list_configs(args: list[str]) -> int:
 
 register_subcommand("configs", "list the shipped configs (or print one: configs NAME)", _list_configs)
 
+register_subcommand("report", "build the HTML report (curves, panels, verdict) of logged runs: report RUN_DIR [RUN_DIR...]",
+                    "xai_lightning.studies.report_command:main")
+
 
 if __name__ == "__main__":
     sys.exit(main())

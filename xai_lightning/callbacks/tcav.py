@@ -16,6 +16,7 @@ from xai_lightning.concepts import (
     TCAV,
     ConceptCAVs,
     cav_similarity,
+    concept_contrast_from_world,
     concept_examples_from_world,
     directional_derivatives,
     layer_activations,
@@ -33,6 +34,7 @@ __all__ = ["TCAVCallback"]
 TABLE_COLUMNS = (
     "epoch", "step", "layer", "concept", "class", "tcav_mean", "tcav_std", "magnitude_mean", "random_mean",
     "random_std", "p_value", "significant", "cav_accuracy_mean", "cav_accuracy_std", "num_inputs",
+    "sign_count_mean", "random_magnitude_mean", "relative",
 )
 
 
@@ -47,6 +49,11 @@ def concept_folder(concept_dir: str, name: str) -> Path:
             "without concept_dir to use a folder elsewhere."
         )
     return folder
+
+
+def pair_key(a: str, b: str) -> str:
+    """The key segment of a relative pair: ``circle``, ``red`` → ``circle_vs_red``."""
+    return f"{a}_vs_{b}"
 
 
 def _is_path(entry: str) -> bool:
@@ -64,18 +71,39 @@ class TCAVCallback(ObserverCallback):
 
     ==================================================  =========================================
     ``tcav/<layer>/<concept>/<class>/score``            mean TCAV (``score_kind``) over random sets
+    ``tcav/<layer>/<concept>/<class>/sign_count``       mean sign-count TCAV (fraction of inputs with
+                                                        S > 0)
+    ``tcav/<layer>/<concept>/<class>/magnitude``        mean magnitude TCAV Σ|S|·[S>0] / Σ|S| (does
+                                                        not saturate at 1 as readily)
     ``tcav/<layer>/<concept>/<class>/p_value``          two-sided t-test against random-vs-random
     ``tcav/<layer>/<concept>/<class>/significant``      1.0 / 0.0 (Bonferroni if asked)
     ``tcav/<layer>/<concept>/cav_accuracy``             mean held-out CAV accuracy
-    ``tcav/scores``                                     table: every (layer, concept, class) row
-                                                        (a fresh table per epoch)
+    ``tcav/<layer>/<A>_vs_<B>/<class>/…``               the same five keys and ``cav_accuracy`` for
+                                                        each relative CAV (concept A vs concept B)
+    ``tcav/<layer>/random_baseline/<class>/…``          ``sign_count`` and ``magnitude`` of the
+                                                        random-vs-random CAVs (the null)
+    ``tcav/scores``                                     table: every (layer, concept, class) row,
+                                                        relative pairs as ``"A vs B"`` (a fresh
+                                                        table per epoch)
     ``tcav/<layer>/bars``                               bar chart: TCAV ± std per concept and
                                                         class, random baseline, ``*`` = significant
+    ``tcav/<layer>/relative_bars``                      the same for the relative pairs
     ``tcav/<layer>/similar``                            probe images most / least similar to each
                                                         concept's CAV (cosine of activations)
     ==================================================  =========================================
 
-    Scalars are logged for ``scalar_concepts`` (default: all concepts); the table has everything.
+    Scalars are logged for ``scalar_concepts`` (default: all concepts) and for every relative pair;
+    the table has everything.
+
+    Relative CAVs (Kim et al. 2018, section 3.1: concept A vs concept B instead of vs random) ask
+    which of two concepts a class leans on, e.g. ``[circle, red]``: the object's shape or a colour
+    spuriously correlated with it. A positive directional derivative along the circle-vs-red CAV
+    means that moving the activation from "red object" towards "circle" raises the class logit. For
+    ConceptWorld concepts of different families the two sets are rendered to differ in those two
+    concepts only (circles of other colours vs red objects of other shapes; see
+    :func:`~xai_lightning.concepts.concept_contrast_from_world`); folder or tensor concepts are used as
+    given. Each of the ``num_random`` runs uses its own subsample of both sets, and the same t-test
+    against the random-vs-random null gives the p-value.
 
     Args:
         layers: dotted layer name(s) or ``"auto"``; checked at ``setup``.
@@ -86,6 +114,8 @@ class TCAVCallback(ObserverCallback):
             which must then be a :class:`~xai_lightning.data.ConceptWorld`. ``set_concepts`` gives
             tensors from Python instead.
         classes: class indices to score (default: all classes of the model).
+        relative_concepts: pairs ``[A, B]`` of concepts for relative CAVs (names as ``concepts``;
+            they need not be listed in ``concepts``).
         num_random: random counter-sets (≥ 2).
         examples_per_concept: examples on each side of every CAV; ConceptWorld concepts draw up
             to 3× as many so that the runs differ.
@@ -112,6 +142,7 @@ class TCAVCallback(ObserverCallback):
         layers: str | list[str] = "auto",
         concepts: list[str] | None = None,
         classes: list[int] | None = None,
+        relative_concepts: list[list[str]] | None = None,
         num_random: int = 10,
         examples_per_concept: int = 50,
         every_n_epochs: int = 1,
@@ -138,6 +169,13 @@ class TCAVCallback(ObserverCallback):
                          seed=seed, max_batch=max_batch, output_key=output_key)
         if concepts is not None and len(set(concepts)) != len(concepts):
             raise ValueError(f"concepts must be unique; got {concepts}")
+        pairs = [list(pair) for pair in (relative_concepts or [])]
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or not all(isinstance(name, str) and name for name in pair):
+                raise ValueError(f"relative_concepts takes pairs of two different concept names, e.g. [[circle, red]]; "
+                                 f"got {pair!r}")
+        if len({pair_key(*pair) for pair in pairs}) != len(pairs):
+            raise ValueError(f"relative_concepts has a duplicate pair: {pairs}")
         if num_similar < 0:
             raise ValueError(f"num_similar must be >= 0; got {num_similar}")
         if random_pool_size is not None and random_pool_size < examples_per_concept:
@@ -147,6 +185,7 @@ class TCAVCallback(ObserverCallback):
                 concept_folder(concept_dir, entry)  # a name that escapes concept_dir fails here
         self.layers = layers
         self.concepts = list(concepts) if concepts is not None else None
+        self.relative_concepts = pairs
         self.classes = list(classes) if classes is not None else None
         self.num_random = num_random
         self.examples_per_concept = examples_per_concept
@@ -162,6 +201,9 @@ class TCAVCallback(ObserverCallback):
         self.random_pool: torch.Tensor | None = None
         self.cavs: ConceptCAVs | None = None
         self.result: TCAVResult | None = None
+        self.relative_images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.relative_cavs: ConceptCAVs | None = None
+        self.relative_result: TCAVResult | None = None
         self.table_history: list[list[Any]] = []
         self._given_concepts: dict[str, torch.Tensor] | None = None
 
@@ -174,7 +216,7 @@ class TCAVCallback(ObserverCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(namespace=self.namespace, layers=self.layers, concepts=self.concepts,
-                                        classes=self.classes)
+                                        classes=self.classes, relative_concepts=self.relative_concepts or None)
 
     # ------------------------------------------------------------------ setup
     def _load_concepts(self, trainer: pl.Trainer, probe: ProbeSet) -> dict[str, torch.Tensor]:
@@ -200,6 +242,35 @@ class TCAVCallback(ObserverCallback):
             except ValueError:
                 loaded[entry] = concept_examples_from_world(world, name, self.examples_per_concept, seed=self.seed)
         return loaded
+
+    def _load_relative(self, trainer: pl.Trainer, probe: ProbeSet, loaded: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``"A vs B"`` → (images of A, images of B) for every relative pair."""
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        given = self._given_concepts or {}
+        world = None
+        for a, b in self.relative_concepts:
+            name = f"{a} vs {b}"
+            from_world = [entry for entry in (a, b) if entry not in given and self.concept_dir is None and not _is_path(entry)]
+            if len(from_world) == 2:
+                world = world or self._concept_world(trainer)
+                out[name] = concept_contrast_from_world(world, a, b, 3 * self.examples_per_concept, seed=self.seed)
+                continue
+            sides = []
+            for entry in (a, b):
+                if entry in loaded:
+                    sides.append(loaded[entry])
+                elif entry in given:
+                    sides.append(given[entry])
+                elif self.concept_dir is not None or _is_path(entry):
+                    folder = concept_folder(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
+                    sides.append(load_concept_folder(folder, image_size=tuple(probe.images.shape[-2:]),
+                                                     channels=probe.images.shape[1]))
+                else:
+                    world = world or self._concept_world(trainer)
+                    sides.append(concept_examples_from_world(world, resolve_world_concept(world, entry),
+                                                             3 * self.examples_per_concept, seed=self.seed))
+            out[name] = (sides[0], sides[1])
+        return out
 
     def _concept_world(self, trainer: pl.Trainer) -> Any:
         source = find_probe_dataset(trainer, "val")
@@ -237,14 +308,19 @@ class TCAVCallback(ObserverCallback):
                 f"TCAVCallback: class index {bad[0]} is out of range: the model has {num_classes} classes "
                 f"(valid 0..{num_classes - 1})."
             )
-        self.concept_images = self._load_concepts(trainer, probe)
-        for name, images in self.concept_images.items():
+        self.concept_images = self._load_concepts(trainer, probe) if (self.concepts or self._given_concepts
+                                                                        or not self.relative_concepts) else {}
+        self.relative_images = self._load_relative(trainer, probe, self.concept_images)
+        checked = dict(self.concept_images)
+        checked.update({f"{name}[{side}]": images for name, pair in self.relative_images.items()
+                        for side, images in zip("AB", pair)})
+        for name, images in checked.items():
             if images.shape[1:] != probe.images.shape[1:]:
                 raise ValueError(
                     f"Concept {name!r} images are {tuple(images.shape[1:])} but the model's inputs are "
                     f"{tuple(probe.images.shape[1:])}."
                 )
-        smallest = min(images.shape[0] for images in self.concept_images.values())
+        smallest = min(images.shape[0] for images in checked.values())
         split_balanced(min(smallest, self.examples_per_concept), self.tcav.test_fraction, self.seed)  # too few → error now
         if self.scalar_concepts is not None:
             unknown = [c for c in self.scalar_concepts if c not in self.concept_images]
@@ -262,14 +338,24 @@ class TCAVCallback(ObserverCallback):
         assert self.random_pool is not None and probe.labels is not None
         device = probe.images.device
         concepts = {name: images.to(device) for name, images in self.concept_images.items()}
-        self.cavs = self.tcav.fit_cavs(pl_module, concepts, self.random_pool.to(device), layers=self.layer_names,
-                                       trainer=trainer)
+        pool = self.random_pool.to(device)
+        self.cavs = self.tcav.fit_cavs(pl_module, concepts, pool, layers=self.layer_names,
+                                       trainer=trainer) if concepts else None
+        if self.relative_images:
+            pairs = {name: (a.to(device), b.to(device)) for name, (a, b) in self.relative_images.items()}
+            self.relative_cavs = self.tcav.fit_relative_cavs(pl_module, pairs, pool, layers=self.layer_names,
+                                                             trainer=trainer)
         # Classes outside `classes` are differentiated too (as class 0) and masked out in report.
         targets = torch.where(torch.isin(probe.labels, torch.as_tensor(self.class_indices, device=device)),
                               probe.labels, torch.zeros_like(probe.labels))
         gradients = self.tcav.gradients(pl_module, probe.images, targets, self.layer_names, trainer=trainer)
-        out = {f"derivative/{layer}": value for layer, value in directional_derivatives(gradients, self.cavs).items()}
-        if self.num_similar:
+        out: dict[str, torch.Tensor] = {}
+        if self.cavs is not None:
+            out.update({f"derivative/{layer}": value for layer, value in directional_derivatives(gradients, self.cavs).items()})
+        if self.relative_cavs is not None:
+            out.update({f"relative/{layer}": value
+                        for layer, value in directional_derivatives(gradients, self.relative_cavs).items()})
+        if self.num_similar and self.cavs is not None:
             activations = layer_activations(pl_module, probe.images, self.layer_names, max_batch=self.tcav.max_batch,
                                             output_key=self.output_key, trainer=trainer)
             for layer in self.layer_names:
@@ -280,43 +366,66 @@ class TCAVCallback(ObserverCallback):
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        assert self.cavs is not None
-        derivatives = {layer: results[f"derivative/{layer}"] for layer in self.layer_names}
-        result = tcav_from_derivatives(
-            derivatives, results["labels"], self.class_indices, self.cavs, alpha=self.tcav.alpha,
-            bonferroni=self.tcav.bonferroni, score_kind=self.tcav.score_kind, class_names=probe.class_names,
-        )
-        self.result = result
-        rows = result.rows()
+        options = {"alpha": self.tcav.alpha, "bonferroni": self.tcav.bonferroni, "score_kind": self.tcav.score_kind,
+                   "class_names": probe.class_names}
+        rows: list[dict[str, Any]] = []
         scalars: dict[str, float] = {}
-        tracked = set(self.scalar_concepts if self.scalar_concepts is not None else result.concepts)
-        for row in rows:
-            if row["concept"] not in tracked:
-                continue
-            prefix = f"{self.namespace}/{row['layer']}/{row['concept']}"
-            scalars[f"{prefix}/{row['class']}/score"] = row["tcav_mean"]
-            scalars[f"{prefix}/{row['class']}/p_value"] = row["p_value"]
-            scalars[f"{prefix}/{row['class']}/significant"] = float(row["significant"])
-            scalars[f"{prefix}/cav_accuracy"] = row["cav_accuracy_mean"]
+        result = relative = None
+        if self.cavs is not None:
+            derivatives = {layer: results[f"derivative/{layer}"] for layer in self.layer_names}
+            result = tcav_from_derivatives(derivatives, results["labels"], self.class_indices, self.cavs, **options)
+            self.result = result
+            tracked = set(self.scalar_concepts if self.scalar_concepts is not None else result.concepts)
+            for row in result.rows():
+                rows.append({**row, "relative": False})
+                if row["concept"] in tracked:
+                    scalars.update(self._row_scalars(row, row["concept"]))
+        if self.relative_cavs is not None:
+            derivatives = {layer: results[f"relative/{layer}"] for layer in self.layer_names}
+            relative = tcav_from_derivatives(derivatives, results["labels"], self.class_indices, self.relative_cavs,
+                                             **options)
+            self.relative_result = relative
+            for row in relative.rows():
+                rows.append({**row, "relative": True})
+                scalars.update(self._row_scalars(row, pair_key(*row["concept"].split(" vs ", 1))))
+        baseline = result or relative
+        if baseline is not None:
+            for row in baseline.rows():
+                prefix = f"{self.namespace}/{row['layer']}/random_baseline/{row['class']}"
+                scalars[f"{prefix}/sign_count"] = row["random_sign_count_mean"]
+                scalars[f"{prefix}/magnitude"] = row["random_magnitude_mean"]
         epoch, step = trainer.current_epoch, trainer.global_step
         table = [[epoch, step] + [row[c] for c in TABLE_COLUMNS[2:]] for row in rows]
         self.table_history.extend(table)
         if trainer.is_global_zero:
             self.sinks.table(f"{self.namespace}/scores", list(TABLE_COLUMNS), table, step)
             for layer in self.layer_names:
-                self._log_bars(layer, result, step, epoch)
-                if self.num_similar:
+                for shown, what in ((result, "bars"), (relative, "relative_bars")):
+                    if shown is not None:
+                        self._log_bars(layer, shown, step, epoch, what)
+                if self.num_similar and f"similarity/{layer}" in results:
                     self._log_similar(layer, probe, results[f"similarity/{layer}"], step)
         return scalars
 
-    def _log_bars(self, layer: str, result: TCAVResult, step: int, epoch: int) -> None:
-        from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switch
+    def _row_scalars(self, row: dict[str, Any], concept_key: str) -> dict[str, float]:
+        prefix = f"{self.namespace}/{row['layer']}/{concept_key}"
+        return {
+            f"{prefix}/{row['class']}/score": row["tcav_mean"],
+            f"{prefix}/{row['class']}/sign_count": row["sign_count_mean"],
+            f"{prefix}/{row['class']}/magnitude": row["magnitude_mean"],
+            f"{prefix}/{row['class']}/p_value": row["p_value"],
+            f"{prefix}/{row['class']}/significant": float(row["significant"]),
+            f"{prefix}/cav_accuracy": row["cav_accuracy_mean"],
+        }
+
+    def _log_bars(self, layer: str, result: TCAVResult, step: int, epoch: int, what: str = "bars") -> None:
+        from matplotlib.figure import Figure
 
         li = result.layers.index(layer)
         concepts, classes = result.concepts, result.classes
         width = 0.8 / (len(concepts) + 1)
-        figure = Figure(figsize=(1.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2))
-        axis = figure.subplots()
+        figure = Figure(figsize=(2.6 + 1.3 * len(classes) * (len(concepts) + 1) * 0.45, 3.2), layout="constrained")
+        axis = figure.add_subplot()
         x = np.arange(len(classes))
         for ci, concept in enumerate(concepts):
             means = result.mean[li, ci].numpy()
@@ -334,8 +443,7 @@ class TCAVCallback(ObserverCallback):
         axis.set_ylabel(f"TCAV ({result.score_kind})")
         axis.set_title(f"{layer}, epoch {epoch}", fontsize=9)
         axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        figure.tight_layout()
-        self.sinks.figure(f"{self.namespace}/{layer}/bars", figure, step)
+        self.sinks.figure(f"{self.namespace}/{layer}/{what}", figure, step)
 
     def _log_similar(self, layer: str, probe: ProbeSet, similarity: torch.Tensor, step: int) -> None:
         shown = min(self.num_similar, len(probe))
@@ -358,9 +466,12 @@ class TCAVCallback(ObserverCallback):
 
     # ------------------------------------------------------------------ checkpointing
     def extra_state(self) -> dict[str, Any]:
-        return {"cavs": self.cavs.to_dict() if self.cavs is not None else None, "table": list(self.table_history)}
+        return {"cavs": self.cavs.to_dict() if self.cavs is not None else None, "table": list(self.table_history),
+                "relative_cavs": self.relative_cavs.to_dict() if self.relative_cavs is not None else None}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         cavs = state.get("cavs")
         self.cavs = ConceptCAVs.from_dict(cavs) if cavs is not None else None
+        relative = state.get("relative_cavs")
+        self.relative_cavs = ConceptCAVs.from_dict(relative) if relative is not None else None
         self.table_history = list(state.get("table", []))

@@ -28,6 +28,8 @@ from xai_lightning.concepts.cace_seeds import (
 )
 from xai_lightning.concepts.cav import CAVs, split_balanced, train_cavs, train_cavs_indexed
 from xai_lightning.concepts.concept_sets import (
+    concept_contrast_from_world,
+    concept_contrast_latents,
     concept_examples_from_world,
     draw_random_sets,
     load_concept_folder,
@@ -77,6 +79,8 @@ __all__ = [
     "coloured_digits_intervention",
     "compare_cace_estimators",
     "compare_paired",
+    "concept_contrast_from_world",
+    "concept_contrast_latents",
     "concept_examples_from_world",
     "concept_world_intervention",
     "conexp",

@@ -16,6 +16,8 @@ import torch
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "concept_contrast_from_world",
+    "concept_contrast_latents",
     "concept_examples_from_world",
     "draw_random_sets",
     "load_concept_folder",
@@ -75,6 +77,60 @@ def concept_examples_from_world(world: Any, spec: str, count: int, seed: int = 0
         )
     order = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))[:count]
     return world.images[candidates[order].sort().values].clone()
+
+
+def concept_contrast_latents(world: Any, a: str, b: str, count: int, seed: int = 0) -> tuple[Any, Any]:
+    """The latents behind :func:`concept_contrast_from_world`: ``(latent_a, latent_b)``, ``count`` each.
+
+    Set A has concept ``a`` and not ``b``; set B has ``b`` and not ``a``: ``count`` seeded draws of the
+    world's latents, intervened on the two concepts' families (``b``'s family gets a value other than
+    ``b``, drawn uniformly). Both concepts must be of different intervenable families (shape,
+    texture, colour).
+    """
+    name_a, name_b = resolve_world_concept(world, a), resolve_world_concept(world, b)
+    family_a, family_b = name_a.split("/")[0], name_b.split("/")[0]
+    intervenable = {"shape", "texture", "colour"}
+    if family_a == family_b or not {family_a, family_b} <= intervenable:
+        raise ValueError(f"Contrast sets intervene on two different families of {sorted(intervenable)}; got "
+                         f"{name_a!r} and {name_b!r}.")
+    vocabulary = {"shape": world.shapes, "texture": world.textures, "colour": tuple(world.colours)}
+    generator = torch.Generator().manual_seed(seed)
+
+    def intervened(keep: str, avoid: str) -> Any:
+        keep_family, keep_value = keep.split("/", 1)
+        avoid_family, avoid_value = avoid.split("/", 1)
+        rows = torch.randint(0, len(world), (count,), generator=generator)
+        others = [i for i, v in enumerate(vocabulary[avoid_family]) if v != avoid_value]
+        replacement = torch.as_tensor(others)[torch.randint(0, len(others), (count,), generator=generator)]
+        changes = {_LATENT_FIELDS[keep_family]: vocabulary[keep_family].index(keep_value),
+                   _LATENT_FIELDS[avoid_family]: replacement}
+        return world.latent[rows].replace(**changes)
+
+    return intervened(name_a, name_b), intervened(name_b, name_a)
+
+
+def concept_contrast_from_world(world: Any, a: str, b: str, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concept sets for a relative CAV ``a`` vs ``b`` that differ in those two concepts only.
+
+    When ``a`` and ``b`` belong to different families (a shape and a colour, say ``circle`` vs
+    ``red``), a set drawn from the data would confound them wherever the data correlates them (a
+    spurious colour): most circles would be red. Instead both sets are *rendered* from the latents
+    of :func:`concept_contrast_latents`: set A has ``a`` and not ``b`` (circles of any other colour),
+    set B has ``b`` and not ``a`` (red objects of any other shape); everything else (position, size,
+    texture, background) follows the data. Concepts of one family exclude each other already; each
+    set is then drawn as :func:`concept_examples_from_world` does.
+
+    Returns ``(images_a (count, 3, H, W), images_b (count, 3, H, W))``.
+    """
+    name_a, name_b = resolve_world_concept(world, a), resolve_world_concept(world, b)
+    if name_a == name_b:
+        raise ValueError(f"A relative CAV needs two different concepts; got {a!r} and {b!r} (both {name_a!r}).")
+    families = {name_a.split("/")[0], name_b.split("/")[0]}
+    if len(families) == 1 or not families <= {"shape", "texture", "colour"}:
+        return (concept_examples_from_world(world, name_a, count, seed),
+                concept_examples_from_world(world, name_b, count, seed + 1))
+    latent_a, latent_b = concept_contrast_latents(world, name_a, name_b, count, seed)
+    return world.render(latent_a).images, world.render(latent_b).images
 
 
 def load_concept_folder(path: str | Path, image_size: int | Sequence[int] | None = None, channels: int = 3) -> torch.Tensor:

@@ -180,6 +180,8 @@ class TCAVResult:
         out = []
         mean, std, random_mean, random_std = self.mean, self.std, self.random_mean, self.random_std
         magnitude = self.magnitudes.mean(-1)
+        sign_count = self.scores.mean(-1)
+        random_sign, random_magnitude = self.random_scores.mean(-1), self.random_magnitudes.mean(-1)
         for li, layer in enumerate(self.layers):
             for ci, concept in enumerate(self.concepts):
                 for ki, target in enumerate(self.classes):
@@ -187,6 +189,9 @@ class TCAVResult:
                         "layer": layer, "concept": concept, "class": self.class_name(target), "class_index": target,
                         "tcav_mean": float(mean[li, ci, ki]), "tcav_std": float(std[li, ci, ki]),
                         "magnitude_mean": float(magnitude[li, ci, ki]),
+                        "sign_count_mean": float(sign_count[li, ci, ki]),
+                        "random_sign_count_mean": float(random_sign[li, ki]),
+                        "random_magnitude_mean": float(random_magnitude[li, ki]),
                         "random_mean": float(random_mean[li, ki]), "random_std": float(random_std[li, ki]),
                         "p_value": float(self.p_values[li, ci, ki]), "significant": bool(self.significant[li, ci, ki]),
                         "cav_accuracy_mean": float(self.cav_accuracy[li, ci].mean()),

@@ -29,11 +29,24 @@ def _collate_tuple(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Ten
 
 
 class _Loaders:
-    """Shared dataloader construction: ConceptWorld-style dict items, collated as asked."""
+    """Shared dataloader construction: ConceptWorld-style dict items, collated as asked.
+
+    Shuffling draws from the global torch RNG unless ``shuffle_seed`` is set; then the training
+    loader gets its own ``torch.Generator`` seeded with it, made once per ``train_dataloader()`` call
+    (once per ``fit``), so the order of every epoch is fixed by the seed alone — two runs that draw
+    different amounts of other random numbers (an adversarially trained arm's PGD starts, dropout
+    variants) still see the same batches in the same order.
+    """
 
     batch_size: int
     num_workers: int
     batch_format: BatchFormat
+    shuffle_seed: int | None = None
+
+    def _shuffle_generator(self, shuffle: bool) -> torch.Generator | None:
+        if not shuffle or self.shuffle_seed is None:
+            return None
+        return torch.Generator().manual_seed(int(self.shuffle_seed))
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         collate = _collate_tuple if self.batch_format == "tuple" else None
@@ -44,13 +57,15 @@ class _Loaders:
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
+            generator=self._shuffle_generator(shuffle),
         )
 
     def _tensor_loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         """``(x, y)`` batches over ``dataset.tensors()``: no per-item work (masks, dicts) when none is needed."""
         images, labels = dataset.tensors()
         return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=self._shuffle_generator(shuffle))
 
 
 class TensorSplitLoaders(_Loaders):
@@ -83,6 +98,8 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         train_low_pass_radius: if set, the *training* images are low-pass filtered with this radius of
             the centred spectrum (Wang et al. 2019; :func:`~xai_lightning.dynamics.low_pass`,
             not clipped back to [0, 1]); validation and test images stay as rendered. None: no filter.
+        shuffle_seed: seed of the training loader's own shuffling generator (None: the global RNG).
+            Studies set it to the run's seed so that paired runs see the same data order.
         The remaining arguments are :class:`~xai_lightning.data.ConceptWorld`'s.
     """
 
@@ -103,6 +120,7 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         num_workers: int = 0,
         batch_format: BatchFormat = "tuple",
         train_low_pass_radius: float | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -113,6 +131,7 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.batch_format = batch_format
+        self.shuffle_seed = shuffle_seed
         self.train_set: ConceptWorld | None = None
         self.val_set: ConceptWorld | None = None
         self.test_set: ConceptWorld | None = None
@@ -248,7 +267,7 @@ class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
 class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     """Coloured digits train/val splits (stratified split of the 1,797 digits); batches ``(x, y)``."""
 
-    num_classes = NUM_CLASSES
+    num_classes = DIGIT_CLASSES
 
     def __init__(self, sigma: float = 0.05, image_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
                  batch_size: int = 64, num_workers: int = 0, jitter: int = 0) -> None:

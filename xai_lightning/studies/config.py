@@ -1,4 +1,5 @@
-"""Build objects from ``class_path``/``init_args`` mappings, as LightningCLI YAML files write them.
+"""Build objects from ``class_path``/``init_args`` mappings, as LightningCLI YAML files write them, and
+read study configs (which may ``extends:`` another one).
 
 A study config is trusted code, exactly like a LightningCLI config: ``class_path`` may name any
 importable class or function, which is imported and called with ``init_args``. Run only configs
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["instantiate"]
+__all__ = ["instantiate", "load_study_config", "merge_configs"]
 
 
 def _import(path: str) -> Any:
@@ -45,3 +47,34 @@ def instantiate(config: Any) -> Any:
     if isinstance(config, list):
         return [instantiate(item) for item in config]
     return config
+
+
+def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key (recursively); anything else — lists
+    included (observers, seeds) — is replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_study_config(path: str | Path) -> dict[str, Any]:
+    """Read a study YAML. ``extends: other.yaml`` (relative to this file) starts from that config and
+    applies this file's keys on top (:func:`merge_configs`), so a CI-size config restates only what
+    it shrinks."""
+    import yaml
+
+    path = Path(path)
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{str(path)!r} must hold a mapping at its top level; got {type(config).__name__}")
+    base = config.pop("extends", None)
+    if base is None:
+        return dict(config)
+    base_path = (path.parent / str(base)).resolve()
+    if base_path == path.resolve():
+        raise ValueError(f"{str(path)!r} extends itself.")
+    return merge_configs(load_study_config(base_path), config)
