@@ -41,7 +41,8 @@ def ci_study(tmp_path_factory):
 def test_the_ci_config_is_the_small_study_shrunk():
     small, ci = load_study_config(SMALL), load_study_config(CI)
     assert ci["verdict"] == small["verdict"] and ci["report"] == small["report"] and ci["seeds"] == small["seeds"]
-    assert small["seeds"] == [0, 1, 2] and load_study_config(CONFIGS / "robust_vs_standard_full.yaml")["seeds"] == [0, 1, 2, 3, 4]
+    full = load_study_config(CONFIGS / "robust_vs_standard_full.yaml")
+    assert small["seeds"] == [0, 1, 2] and full["seeds"] == [0, 1, 2, 3, 4]
     robust = small["variants"]["robust"][0]["init_args"]
     assert robust["eps"] == 1.0 and robust["norm"] == "l2"
 
@@ -74,7 +75,8 @@ def test_plots_draw_their_baselines_and_every_plot_has_data(ci_study):
         caption = next((alt for alt in alts if alt.startswith(plot["caption"])), None)
         assert caption is not None, plot["title"]
         assert "3 seeds" in caption, caption
-        for baseline in ([plot.get("baseline_label")] if plot.get("baseline") else []) + (["chance"] if "chance" in plot else []):
+        baselines = [plot.get("baseline_label")] if plot.get("baseline") else []
+        for baseline in baselines + (["chance"] if "chance" in plot else []):
             assert baseline in caption, (plot["title"], caption)
             if plot.get("baseline"):
                 assert all(run.matching(plot["baseline"]) for run in result.runs), plot["baseline"]

@@ -127,7 +127,8 @@ STUDY = {
     "data": {"class_path": "xai_lightning.ConceptWorldDataModule",
              "init_args": {"num_train": 96, "num_val": 32, "batch_size": 32}},
     "model": {"class_path": "xai_lightning.ImageClassifier",
-              "init_args": {"network": {"class_path": "xai_lightning.SmallCNN", "init_args": {"num_classes": 5, "width": 4}}}},
+              "init_args": {"network": {"class_path": "xai_lightning.SmallCNN",
+                                        "init_args": {"num_classes": 5, "width": 4}}}},
     "trainer": {"max_epochs": 2, "enable_checkpointing": False, "deterministic": True},
     "observers": [{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"num_probe": 4}}],
     "variants": {"standard": [], "robust": [ADVERSARIAL]},
@@ -175,7 +176,8 @@ def test_verdict_rows_absent_data_reads_not_logged_and_too_few_seeds(tiny_study)
     deletion = rows[2]
     assert not deletion.logged and deletion.verdict == "not logged (needs ExplanationQualityCallback)"
     assert deletion.cells()[3] == deletion.verdict and deletion.cells()[-1] == deletion.verdict
-    assert rows[0].comparison.n == 3 and rows[0].verdict in ("robust higher", "robust lower", "no significant difference")
+    assert rows[0].comparison.n == 3
+    assert rows[0].verdict in ("robust higher", "robust lower", "no significant difference")
     # Two seeds only: no verdict, by the rule.
     two = [run for run in tiny_study.runs if run.seed != 2]
     assert {row.verdict for row in verdict_table(two, spec) if row.logged} == {"too few seeds to tell"}
@@ -295,7 +297,8 @@ def test_study_config_errors_name_the_offending_entry(tmp_path):
         plan_study(unknown)
     misspelt = copy.deepcopy(STUDY)
     misspelt["verdict"]["measures"][0]["beter"] = "higher"
-    with pytest.raises(ValueError, match=r"verdict.measures\[0\] \('clean accuracy'\) has unknown field\(s\) \['beter'\]"):
+    with pytest.raises(ValueError,
+                       match=r"verdict.measures\[0\] \('clean accuracy'\) has unknown field\(s\) \['beter'\]"):
         plan_study(misspelt)
     direction = copy.deepcopy(STUDY)
     direction["verdict"]["measures"][1]["better"] = "up"
@@ -355,8 +358,9 @@ def test_a_plain_run_without_a_study_gets_curves_and_panels(tmp_path):
     from tests.conftest import quiet_trainer, small_classifier, small_datamodule
 
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[GradCAMCallback(num_probe=4)], logger=CSVLogger(str(tmp_path), name="plain"),
-                            enable_checkpointing=False, limit_train_batches=2)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[GradCAMCallback(num_probe=4)],
+                            logger=CSVLogger(str(tmp_path), name="plain"), enable_checkpointing=False,
+                            limit_train_batches=2)
     trainer.fit(small_classifier(width=4), small_datamodule(num_train=64, num_val=16))
     runs = load_runs([tmp_path / "plain"])
     assert len(runs) == 1 and runs[0].seed is None and runs[0].config is None

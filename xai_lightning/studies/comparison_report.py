@@ -279,7 +279,9 @@ def _verdict(runs: Sequence[RunRecord], config: Mapping[str, Any] | None, arms: 
     return parse_verdict(config["verdict"], list(arms), namespaces=None)
 
 
-def study_verdict(runs: Sequence[RunRecord], config: Mapping[str, Any] | None = None) -> tuple[VerdictSpec, list[VerdictRow]] | None:
+def study_verdict(
+    runs: Sequence[RunRecord], config: Mapping[str, Any] | None = None
+) -> tuple[VerdictSpec, list[VerdictRow]] | None:
     """The verdict spec and table of ``runs`` (None when the runs have no verdict section or no seeds)."""
     config = config if config is not None else runs[0].config if runs else None
     spec = _verdict(runs, config, arm_order(runs, config))
@@ -338,15 +340,16 @@ def write_study_report(
             boot_rows = []
             for row in logged:
                 assert row.comparison is not None
-                reference = [v for run in by_arm.get(verdict_spec.reference, []) for v in [run.last(row.measure.key)] if v is not None]
-                treatment = [v for run in by_arm.get(verdict_spec.treatment, []) for v in [run.last(row.measure.key)] if v is not None]
-                boot_rows.append([row.measure.name, str(bootstrap_interval(reference, seed=verdict_spec.bootstrap_seed)),
-                                  str(bootstrap_interval(treatment, seed=verdict_spec.bootstrap_seed)),
+                sides = [[v for run in by_arm.get(arm, []) for v in [run.last(row.measure.key)] if v is not None]
+                         for arm in (verdict_spec.reference, verdict_spec.treatment)]
+                boot_rows.append([row.measure.name,
+                                  *(str(bootstrap_interval(side, seed=verdict_spec.bootstrap_seed)) for side in sides),
                                   str(row.comparison.difference_bootstrap)])
-            report.table(["measure", f"{verdict_spec.reference} [bootstrap CI]", f"{verdict_spec.treatment} [bootstrap CI]",
+            report.table(["measure", f"{verdict_spec.reference} [bootstrap CI]",
+                          f"{verdict_spec.treatment} [bootstrap CI]",
                           f"{verdict_spec.treatment} − {verdict_spec.reference} [bootstrap CI]"], boot_rows)
-            report.text("Second estimate of the same intervals: seeded percentile bootstrap of the mean, 10 000 resamples.",
-                        css_class="caption")
+            report.text("Second estimate of the same intervals: seeded percentile bootstrap of the mean, "
+                        "10 000 resamples.", css_class="caption")
 
     # 2. The runs.
     report.heading("Runs")
@@ -354,7 +357,8 @@ def write_study_report(
         ["arm", "seed", "ε", "epochs", "wall (s)", "CPU (s)", "observer failures", "W&B run (offline)"],
         [[run.variant, "-" if run.seed is None else run.seed, "-" if run.epsilon is None else f"{run.epsilon:g}",
           max((e for s in run.scalars.values() for e, _ in s), default=-1) + 1,
-          "-" if run.seconds is None else round(run.seconds, 1), "-" if run.cpu_seconds is None else round(run.cpu_seconds, 1),
+          "-" if run.seconds is None else round(run.seconds, 1),
+          "-" if run.cpu_seconds is None else round(run.cpu_seconds, 1),
           len((failures or {}).get(run.label, [])), str(run.wandb_dir or "-")] for run in runs],
     )
     for label, messages in (failures or {}).items():
@@ -366,7 +370,8 @@ def write_study_report(
     missing = []
     for plot in spec.get("plots", []):
         figure, drawn = curve_figure(by_arm, plot)
-        band = f"bands: 95 % t-interval over {drawn['seeds']} seeds" if drawn["seeds"] > 1 else "one run per arm: no band"
+        band = (f"bands: 95 % t-interval over {drawn['seeds']} seeds" if drawn["seeds"] > 1
+                else "one run per arm: no band")
         drawn_baselines = f"; grey/dotted: {', '.join(drawn['baselines'])}" if drawn["baselines"] else ""
         caption = f"{plot.get('caption', plot['title'])} ({band}{drawn_baselines})"
         report.begin_row()
@@ -391,9 +396,9 @@ def write_study_report(
         report.heading("TCAV at the last epoch")
         report.table(["arm", "layer", "concept", "class", "TCAV sign count", "TCAV magnitude", "random magnitude",
                       "p (median over seeds)", "significant (seeds)", "CAV accuracy"], tcav)
-        report.text("Mean [95 % CI] over seeds. 'A vs B' rows are relative CAVs: a magnitude above the random CAVs' "
-                    "means the class leans on A (the object's shape) more than on B (its spuriously correlated colour).",
-                    css_class="caption")
+        report.text("Mean [95 % CI] over seeds. 'A vs B' rows are relative CAVs: a magnitude above the random "
+                    "CAVs' means the class leans on A (the object's shape) more than on B (its spuriously "
+                    "correlated colour).", css_class="caption")
     categories, dissection = _dissection_rows(by_arm)
     if dissection:
         report.heading("Network dissection at the last epoch: interpretable units per category")

@@ -136,7 +136,8 @@ def _arms(config: Mapping[str, Any], epsilons: tuple[float, ...]) -> tuple[Arm, 
         callbacks = [copy.deepcopy(dict(c)) for c in (extra or [])]
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Mapping) or "class_path" not in callback:
-                raise ValueError(f"variants.{variant}[{index}] must be a {{class_path, init_args}} block; got {callback!r}")
+                raise ValueError(f"variants.{variant}[{index}] must be a {{class_path, init_args}} block; "
+                                 f"got {callback!r}")
         position, epsilon = _epsilon_of(callbacks)
         if not epsilons or position is None:
             arms.append(Arm(str(variant), str(variant), tuple(callbacks), epsilon))
@@ -182,7 +183,8 @@ def plan_study(config: Mapping[str, Any]) -> StudyPlan:
         raise TypeError(f"A study config is a mapping (a YAML file's top level); got {type(config).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
-        raise ValueError(f"The study config lacks {missing}; it needs {list(REQUIRED_KEYS)} (see xai_lightning.studies).")
+        raise ValueError(f"The study config lacks {missing}; it needs {list(REQUIRED_KEYS)} "
+                         "(see xai_lightning.studies).")
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         raise ValueError(f"The study config has unknown key(s) {unknown}; known keys: {sorted(KNOWN_KEYS)}.")
@@ -190,7 +192,9 @@ def plan_study(config: Mapping[str, Any]) -> StudyPlan:
         raise ValueError("variants must map each variant's name to its list of extra callbacks (may be empty).")
     seeds = _seeds(config)
     raw_eps = config.get("epsilons") or []
-    if not isinstance(raw_eps, list) or any(isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0 for e in raw_eps):
+    if not isinstance(raw_eps, list) or any(
+        isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0 for e in raw_eps
+    ):
         raise ValueError(f"epsilons must be a list of positive numbers, e.g. [0.5, 1.0, 2.0]; got {raw_eps!r}")
     epsilons = tuple(float(e) for e in raw_eps)
     if len(set(epsilons)) != len(epsilons):

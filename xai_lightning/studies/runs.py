@@ -128,7 +128,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{str(path)!r} does not exist; give a run directory or a study's output directory.")
+            raise FileNotFoundError(f"{str(path)!r} does not exist; give a run directory or a study's output "
+                                    "directory.")
         if path.is_file():
             raise ValueError(f"{str(path)!r} is a file; give the directory that holds the run's logs.")
         here = [path] if _is_csv_run(path) or _is_wandb_run(path) else []
@@ -331,9 +332,10 @@ def load_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     if len(ids) > 1:
         first = kept[0]
         other = next(run for run in kept if run.config_id != first.config_id)
+        none = "none: not a study run"
         raise ValueError(
-            f"These runs come from different study configs: {str(other.path)!r} (config {other.config_id or 'none: not a study run'}) "
-            f"vs {str(first.path)!r} (config {first.config_id or 'none: not a study run'}). A report compares runs of one "
+            f"These runs come from different study configs: {str(other.path)!r} (config {other.config_id or none}) "
+            f"vs {str(first.path)!r} (config {first.config_id or none}). A report compares runs of one "
             "config; pass the runs of one study (or of one plain training setup) only."
         )
     return sorted(kept, key=lambda r: (r.variant, -1 if r.seed is None else r.seed, str(r.path)))

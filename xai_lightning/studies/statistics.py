@@ -95,7 +95,9 @@ class Interval:
         return f"{self.estimate:.3g} [{self.low:.3g}, {self.high:.3g}]"
 
 
-def _point_only(values: Sequence[float] | np.ndarray, confidence: float, method: str) -> tuple[np.ndarray, Interval | None]:
+def _point_only(
+    values: Sequence[float] | np.ndarray, confidence: float, method: str
+) -> tuple[np.ndarray, Interval | None]:
     """Checked values, and the interval when there are too few for a spread (none: NaN; one: NaN ends)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")

@@ -94,7 +94,8 @@ def _measure(entry: Any, index: int) -> VerdictMeasure:
         raise ValueError(f"{label} has unknown field(s) {unknown}; a measure takes {sorted(_MEASURE_FIELDS)}.")
     for needed in ("name", "key", "better"):
         if not entry.get(needed):
-            raise ValueError(f"{label} lacks {needed!r}; a measure needs name, key (a regex of logged keys) and better.")
+            raise ValueError(f"{label} lacks {needed!r}; a measure needs name, key (a regex of logged keys) "
+                             "and better.")
     if entry["better"] not in ("higher", "lower"):
         raise ValueError(f"{label}: better must be 'higher' or 'lower'; got {entry['better']!r}")
     for field in ("key", "baseline"):
@@ -102,7 +103,8 @@ def _measure(entry: Any, index: int) -> VerdictMeasure:
             try:
                 re.compile(str(entry[field]))
             except re.error as error:
-                raise ValueError(f"{label}: {field} {entry[field]!r} is not a valid regular expression: {error}") from None
+                raise ValueError(f"{label}: {field} {entry[field]!r} is not a valid regular expression: "
+                                 f"{error}") from None
     return VerdictMeasure(name=str(entry["name"]), key=str(entry["key"]), better=entry["better"],
                           baseline=None if entry.get("baseline") is None else str(entry["baseline"]),
                           requires=None if entry.get("requires") is None else str(entry["requires"]))
