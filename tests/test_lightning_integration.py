@@ -1,7 +1,9 @@
 """The callbacks behave like Lightning's own: monitorable metrics on the epoch's step, every precision,
 mid-epoch validation, compiled models, nothing left on the model after an interrupted fit.
 
-Parametrised over ``callback_cases.CALLBACK_FACTORIES`` (one list for every callback).
+Parametrised over ``callback_cases.CALLBACK_FACTORIES`` (one list for every callback): monitorable
+metrics, every precision, one W&B row per observation with the settings in ``run.config``,
+bit-identical weights, nothing left on the model after an interrupted fit.
 """
 
 from __future__ import annotations
@@ -65,6 +67,28 @@ class Scripted(ObserverCallback):
         return {"scripted/value": self.values[len(self.history)]}
 
 
+def fit_case(tmp_path, case: CallbackCase, callbacks, epochs=1, logger=None, model=None, **trainer_kwargs):
+    """``tiny_fit`` with the model and the small data ``case`` needs (ConceptWorld unless it says)."""
+    pl.seed_everything(0)
+    model = model if model is not None else case.build_model()
+    datamodule = case.build_data(**TINY_DATA)
+    return tiny_fit(tmp_path, callbacks, epochs, logger=logger, datamodule=datamodule, model=model, **trainer_kwargs)
+
+
+def test_every_callback_is_a_case():
+    import xai_lightning.callbacks as package
+
+    exported = {
+        name
+        for name in package.__all__
+        if isinstance(getattr(package, name), type)
+        and issubclass(getattr(package, name), pl.Callback)
+        and name not in ("ObserverCallback", "EpochMetrics")  # the base; a recorder that logs nothing
+    }
+    covered = {type(case.make()).__name__ for case in CALLBACK_FACTORIES}
+    assert exported - covered == set(), "add these callbacks to tests/callback_cases.py"
+
+
 # ---------------------------------------------------------------------------------------------- monitoring
 def test_early_stopping_and_checkpointing_follow_a_callback_metric(tmp_path):
     values = [0.5, 0.7, 0.65, 0.6, 0.9, 0.95]  # best at epoch 1; two epochs without improvement
@@ -113,7 +137,7 @@ def test_early_stopping_on_a_real_grad_cam_score_stops_where_its_history_says(tm
 @pytest.mark.parametrize("case", CASES)
 def test_every_logged_scalar_is_a_callback_metric(tmp_path, case: CallbackCase):
     callback = case.make()
-    trainer, _ = tiny_fit(tmp_path, [callback], datamodule=small_datamodule(**TINY_DATA, **case.datamodule))
+    trainer, _ = fit_case(tmp_path, case, [callback])
     metrics = {key for key in trainer.callback_metrics if key.startswith(case.namespace + "/")}
     assert metrics, f"{case.name} logged nothing through Lightning"
     assert metrics <= set(trainer.logged_metrics)
@@ -167,13 +191,7 @@ def test_every_precision_runs_an_epoch_and_logs_finite_values(tmp_path, case: Ca
     callback = case.make()
     if case.observes:
         callback.on_error = "raise"  # a failure must fail the test, not become a warning
-    trainer, _ = tiny_fit(
-        tmp_path,
-        [callback],
-        precision=precision,
-        limit_train_batches=2,
-        datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
-    )
+    trainer, _ = fit_case(tmp_path, case, [callback], precision=precision, limit_train_batches=2)
     logged = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(case.namespace)}
     assert logged
     bad = {
@@ -264,8 +282,13 @@ class InterruptAt(pl.Callback):
                 if not module.training:
                     raise Interrupt
 
-            pl_module.network.features[0].register_forward_pre_hook(explode)
+            first_leaf(pl_module)[1].register_forward_pre_hook(explode)
             self.armed = False
+
+
+def first_leaf(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """The first module without children (the input layer of every model here): every forward runs it."""
+    return next((name, module) for name, module in model.named_modules() if not list(module.children()))
 
 
 def hooks_left(model: torch.nn.Module) -> dict[str, int]:
@@ -284,19 +307,13 @@ def hooks_left(model: torch.nn.Module) -> dict[str, int]:
 def test_nothing_is_left_on_the_model_after_an_interrupted_fit(tmp_path, case: CallbackCase, where: str):
     callback = case.make()
     stopper = InterruptAt(where)
-    model = small_classifier(width=4)
+    model = case.build_model()
     with pytest.raises(Interrupt):
-        # The interrupting callback comes first: its hook on features.0 is the only one expected.
-        tiny_fit(
-            tmp_path,
-            [stopper, callback],
-            epochs=3,
-            model=model,
-            datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
-        )
+        # The interrupting callback comes first: its hook on the first layer is the only one expected.
+        fit_case(tmp_path, case, [stopper, callback], epochs=3, model=model)
     left = hooks_left(model)
     if where == "observation":
-        left.pop("network.features.0._forward_pre_hooks", None)
+        left.pop(f"{first_leaf(model)[0]}._forward_pre_hooks", None)
     assert left == {}, f"{case.name} left hooks after an interrupted fit: {left}"
     assert getattr(model, "trades_batch", None) is None
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
