@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
 from callback_cases import CALLBACK_FACTORIES, CallbackCase
 from conftest import (
+    assert_bit_identical,
     quiet_trainer,
     read_wandb_config,
     read_wandb_history,
@@ -181,6 +184,30 @@ def test_wandb_has_one_row_per_observation_with_the_epoch_and_the_settings(tmp_p
     assert settings["num_probe"] == 8 and settings["layers"] == "network.features.13"
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_every_callback_writes_one_wandb_row_per_observation_and_its_settings(tmp_path, case: CallbackCase):
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="integration")
+    callback = case.make()
+    fit_case(tmp_path, case, [callback], epochs=2, logger=logger)
+    logger.experiment.finish()
+    run = wandb_run_dir(tmp_path)
+    prefix = case.namespace + "/"
+    ours = [row for row in read_wandb_history(run) if any(key.startswith(prefix) for key in row)]
+    if case.observes:
+        # Scalars, images, tables and figures of one observation share one row, on the epoch's
+        # validation step (4 training steps an epoch) and with the epoch.
+        assert [(row["trainer/global_step"], row["epoch"]) for row in ours] == [(3, 0), (7, 1)]
+        assert [(record["step"], record["epoch"]) for record in callback.history] == [(3, 0), (7, 1)]
+        for row, record in zip(ours, callback.history):
+            assert "val/acc" in row
+            scalars = {key for key in record if key not in ("epoch", "step")}
+            assert scalars <= set(row), f"scalars missing from the row: {scalars - set(row)}"
+    else:  # logged by Lightning from the training step (on_epoch): one row per epoch
+        assert [row["epoch"] for row in ours] == [0, 1]
+    settings = read_wandb_config(run)[case.namespace]
+    assert settings == {"class": type(callback).__name__, **callback.settings()}
+
+
 # ---------------------------------------------------------------------------------------------- precision
 PRECISIONS = ["16-mixed", "bf16-mixed", "bf16-true", "64-true"]  # on a CPU Lightning runs 16-mixed as bf16-mixed
 
@@ -202,6 +229,45 @@ def test_every_precision_runs_an_epoch_and_logs_finite_values(tmp_path, case: Ca
     assert not bad, f"non-finite values under {precision}: {bad}"
     assert sum(math.isfinite(value) for value in logged.values()) >= 1
     assert torch.get_default_dtype() == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- not disturbing
+class RandomStreams(pl.Callback):
+    """Draws from every global generator when training ends: equal draws = an untouched training stream."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.draws = (torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)])
+
+
+def train_with_dropout(tmp_path, case: CallbackCase, callbacks: list) -> tuple[dict[str, torch.Tensor], tuple]:
+    """Two epochs of the case's model with every dropout at p = 0.3: each training step draws from the
+    global RNG, so an explanation that leaked a random draw would change the weights."""
+    pl.seed_everything(0)
+    model = case.build_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.3
+    streams = RandomStreams()
+    fit_case(tmp_path, case, [*callbacks, streams], epochs=2, model=model)
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}, streams.draws
+
+
+#: Reference runs without callbacks, shared by the cases with the same model and data.
+_PLAIN_RUNS: dict[tuple, tuple] = {}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].observes])  # adversarial training changes it
+def test_every_observing_callback_leaves_weights_and_random_streams_bit_identical(tmp_path, case: CallbackCase):
+    key = (case.model, case.data, tuple(sorted(case.datamodule.items())))
+    if key not in _PLAIN_RUNS:
+        _PLAIN_RUNS[key] = train_with_dropout(tmp_path / "plain", case, [])
+    plain_weights, plain_draws = _PLAIN_RUNS[key]
+    callback = case.make()
+    callback.on_error = "raise"  # a failed observation would disturb nothing and prove nothing
+    weights, draws = train_with_dropout(tmp_path / "observed", case, [callback])
+    assert len(callback.history) == 2
+    assert_bit_identical(plain_weights, weights)
+    assert draws == plain_draws
 
 
 # ---------------------------------------------------------------------------------------------- schedule
