@@ -140,12 +140,19 @@ def test_early_stopping_on_a_real_grad_cam_score_stops_where_its_history_says(tm
 @pytest.mark.parametrize("case", CASES)
 def test_every_logged_scalar_is_a_callback_metric(tmp_path, case: CallbackCase):
     callback = case.make()
-    trainer, _ = fit_case(tmp_path, case, [callback])
+    logger = CSVLogger(str(tmp_path))
+    trainer, _ = fit_case(tmp_path, case, [callback], logger=logger)
     metrics = {key for key in trainer.callback_metrics if key.startswith(case.namespace + "/")}
     assert metrics, f"{case.name} logged nothing through Lightning"
     assert metrics <= set(trainer.logged_metrics)
     if case.observes:
         assert metrics == {key for key in callback.history[-1] if key not in ("epoch", "step")}
+    # The CSV rows holding them: the epoch's last step (4 training steps), with the epoch.
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    ours = [row for row in rows if any(row.get(key) for key in metrics)]
+    assert [(int(row["step"]), int(row["epoch"])) for row in ours] == [(3, 0)]
+    if case.observes:  # the very row of the epoch's validation metrics
+        assert ours[0]["val/acc"] != "" and all(ours[0][key] != "" for key in metrics)
 
 
 # ---------------------------------------------------------------------------------------------- steps and rows
