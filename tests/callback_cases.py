@@ -33,6 +33,8 @@ class CallbackCase:
         datamodule: keyword arguments of the ConceptWorld datamodule it needs.
         model: builds the LightningModule it needs, when ``SmallCNN(width=4)`` does not do.
         data: builds the datamodule it needs, when ConceptWorld does not do.
+        compiled_error: the clear error it raises at setup on a ``torch.compile``d network (when it
+            cannot work on one), as a regular expression; None: it works on one.
     """
 
     name: str
@@ -43,6 +45,7 @@ class CallbackCase:
     datamodule: dict = field(default_factory=dict)
     model: Callable[[], pl.LightningModule] | None = None
     data: Callable[[], pl.LightningDataModule] | None = None
+    compiled_error: str | None = None
 
     def build_model(self, width: int = 4) -> pl.LightningModule:
         """A fresh model for this callback (``SmallCNN(width)`` on ConceptWorld unless it needs another)."""
@@ -254,7 +257,13 @@ CALLBACK_FACTORIES: list[CallbackCase] = [
     ),
     CallbackCase("dissection", _dissection, "dissection"),
     CallbackCase("robustness", _robustness, "robustness", may_be_nan=("energy_in_mask",)),
-    CallbackCase("explainer", _explainer, "explainer", may_be_nan=("location_instability",)),
+    CallbackCase(
+        "explainer",
+        _explainer,
+        "explainer",
+        may_be_nan=("location_instability",),
+        compiled_error=r"'network' is torch.compile'd.*Train without compiling that module",
+    ),
     CallbackCase("adversarial", _adversarial, "adversarial_training", observes=False),
     CallbackCase("explanation_quality", _explanation_quality, "quality"),
     CallbackCase("sanity_check", _sanity_check, "sanity"),

@@ -327,6 +327,39 @@ def test_a_compiled_submodule_is_explained_eagerly_with_clean_names(tmp_path):
     assert torch.allclose(callback._previous["network.features.13"], reference, atol=1e-6)
 
 
+class StepCounter(pl.Callback):
+    count = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.count += 1
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_callback_works_on_a_compiled_network(tmp_path, case: CallbackCase):
+    """``model.network = torch.compile(model.network)``: explanations run on the eager module (the
+    guard swaps it in), layer names read as in the eager model, and no logged key shows
+    ``_orig_mod``; a callback that cannot work there fails at setup saying what to do."""
+    pl.seed_everything(0)
+    model = case.build_model()
+    compiled = torch.compile(model.network, backend="eager")
+    model.network = compiled
+    callback = case.make()
+    if case.observes:
+        callback.on_error = "raise"
+    if case.compiled_error is not None:  # it cannot work there: one clear error before training
+        steps = StepCounter()
+        with pytest.raises(ValueError, match=case.compiled_error):
+            fit_case(tmp_path, case, [callback, steps], model=model, limit_train_batches=2)
+        assert steps.count == 0
+        return
+    trainer, _ = fit_case(tmp_path, case, [callback], model=model, limit_train_batches=2)
+    assert model.network is compiled  # restored after every observation
+    logged = [key for key in trainer.callback_metrics if key.startswith(case.namespace + "/")]
+    assert logged and not [key for key in logged if "_orig_mod" in key]
+    if case.observes:
+        assert len(callback.history) == 1 and not callback.failures
+
+
 # ---------------------------------------------------------------------------------------------- interruptions
 class Interrupt(BaseException):
     """Like Ctrl+C or a crash: not an ``Exception``, so nothing handles it on the way out."""
