@@ -35,6 +35,8 @@ class CallbackCase:
         data: builds the datamodule it needs, when ConceptWorld does not do.
         compiled_error: the clear error it raises at setup on a ``torch.compile``d network (when it
             cannot work on one), as a regular expression; None: it works on one.
+        probe_table: it logs a per-probe table (``<namespace>/probes``: image, label, prediction,
+            probability, scores) beside its grid of maps.
     """
 
     name: str
@@ -46,6 +48,7 @@ class CallbackCase:
     model: Callable[[], pl.LightningModule] | None = None
     data: Callable[[], pl.LightningDataModule] | None = None
     compiled_error: str | None = None
+    probe_table: bool = False
 
     def build_model(self, width: int = 4) -> pl.LightningModule:
         """A fresh model for this callback (``SmallCNN(width)`` on ConceptWorld unless it needs another)."""
@@ -250,8 +253,10 @@ def _bars_classifier() -> pl.LightningModule:
 
 #: The lead appends the callbacks of other issues here after merging.
 CALLBACK_FACTORIES: list[CallbackCase] = [
-    CallbackCase("gradcam", _gradcam, "gradcam", may_be_nan=("energy_in_mask", "pointing_game")),
-    CallbackCase("attribution", _attribution, "attribution", may_be_nan=("energy_in_mask", "pointing_game")),
+    CallbackCase("gradcam", _gradcam, "gradcam", may_be_nan=("energy_in_mask", "pointing_game"), probe_table=True),
+    CallbackCase(
+        "attribution", _attribution, "attribution", may_be_nan=("energy_in_mask", "pointing_game"), probe_table=True
+    ),
     CallbackCase(
         "tcav", _tcav, "tcav", may_be_nan=("p_value", "score", "significant"), datamodule={"label_by": "texture"}
     ),
@@ -267,7 +272,7 @@ CALLBACK_FACTORIES: list[CallbackCase] = [
     CallbackCase("adversarial", _adversarial, "adversarial_training", observes=False),
     CallbackCase("explanation_quality", _explanation_quality, "quality"),
     CallbackCase("sanity_check", _sanity_check, "sanity"),
-    CallbackCase("attention", _attention, "attention", model=_vit_classifier),
+    CallbackCase("attention", _attention, "attention", model=_vit_classifier, probe_table=True),
     CallbackCase("text_attribution", _text_attribution, "text", model=_text_classifier, data=_trigger_text),
     CallbackCase("uncertainty", _uncertainty, "uncertainty", model=_dropout_classifier),
     CallbackCase("frequency", _frequency, "frequency"),

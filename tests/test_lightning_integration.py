@@ -209,6 +209,9 @@ def test_every_callback_writes_one_wandb_row_per_observation_and_its_settings(tm
             assert "val/acc" in row
             scalars = {key for key in record if key not in ("epoch", "step")}
             assert scalars <= set(row), f"scalars missing from the row: {scalars - set(row)}"
+            if case.probe_table:  # a fresh wandb.Table per observation, one row per shown probe
+                shown = min(callback.max_images, callback.num_probe)
+                assert row[f"{prefix}probes._type"] == "table-file" and row[f"{prefix}probes.nrows"] == shown
     else:  # logged by Lightning from the training step (on_epoch): one row per epoch
         assert [row["epoch"] for row in ours] == [0, 1]
     settings = read_wandb_config(run)[case.namespace]
