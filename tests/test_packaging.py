@@ -125,7 +125,10 @@ def test_every_import_of_the_package_is_a_declared_dependency():
 def test_optional_dependencies_name_their_extra(monkeypatch):
     from xai_lightning.extras import require
 
-    monkeypatch.setitem(sys.modules, "skimage", None)  # as if scikit-image were not installed
+    # As if scikit-image were not installed, even when a test module collected earlier (Quantus
+    # imports it) has loaded it already: a module set to None in sys.modules fails to import.
+    for name in [name for name in sys.modules if name.startswith("skimage.")] + ["skimage", "skimage.segmentation"]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r'pip install "xai-lightning\[superpixels\]"'):
         require("skimage.segmentation", "LIME's superpixels")
     import torch
