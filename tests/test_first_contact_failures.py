@@ -318,16 +318,30 @@ def test_no_package_attribute_hides_a_submodule():
 
     import xai_lightning
 
-    # Not renamed yet (other branches are editing these modules): the lead clears this list after merging.
+    # Functions named like their module, merged from other branches. Renaming these modules touches
+    # files that parallel branches are editing; the lead renames them once those are merged. Any
+    # new one fails this test.
     remaining = {
+        "xai_lightning.attribution.attention_maps",
+        "xai_lightning.attribution.attention_relevance",
+        "xai_lightning.attribution.attention_rollout",
         "xai_lightning.attribution.grad_cam",
+        "xai_lightning.concepts.dec_cace",
         "xai_lightning.concepts.encdec_cace",
         "xai_lightning.dissection.unit_mask_pixels",
+        "xai_lightning.evaluation.degenerate_maps",
+        "xai_lightning.evaluation.faithfulness_correlation",
+        "xai_lightning.evaluation.infidelity",
+        "xai_lightning.evaluation.max_sensitivity",
+        "xai_lightning.evaluation.noisy_linear_imputation",
+        "xai_lightning.evaluation.road",
+        "xai_lightning.evaluation.sanity.ssim",
         "xai_lightning.explainer.filter_loss",
         "xai_lightning.explainer.fit_explainer",
         "xai_lightning.explainer.knowledge_consistency",
         "xai_lightning.explainer.layer_features",
         "xai_lightning.explainer.location_instability",
+        "xai_lightning.logging.token_html",
     }
     shadowed = set()
     for info in pkgutil.walk_packages(xai_lightning.__path__, "xai_lightning."):

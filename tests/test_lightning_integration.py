@@ -1,21 +1,26 @@
 """The callbacks behave like Lightning's own: monitorable metrics on the epoch's step, every precision,
 mid-epoch validation, compiled models, nothing left on the model after an interrupted fit.
 
-Parametrised over ``callback_cases.CALLBACK_FACTORIES`` (one list for every callback).
+Parametrised over ``callback_cases.CALLBACK_FACTORIES`` (one list for every callback): monitorable
+metrics, every precision, one W&B row per observation with the settings in ``run.config``,
+bit-identical weights, nothing left on the model after an interrupted fit.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
 from callback_cases import CALLBACK_FACTORIES, CallbackCase
 from conftest import (
+    assert_bit_identical,
     quiet_trainer,
     read_wandb_config,
     read_wandb_history,
@@ -63,6 +68,28 @@ class Scripted(ObserverCallback):
 
     def report(self, trainer, pl_module, probe, results) -> dict[str, float]:
         return {"scripted/value": self.values[len(self.history)]}
+
+
+def fit_case(tmp_path, case: CallbackCase, callbacks, epochs=1, logger=None, model=None, **trainer_kwargs):
+    """``tiny_fit`` with the model and the small data ``case`` needs (ConceptWorld unless it says)."""
+    pl.seed_everything(0)
+    model = model if model is not None else case.build_model()
+    datamodule = case.build_data(**TINY_DATA)
+    return tiny_fit(tmp_path, callbacks, epochs, logger=logger, datamodule=datamodule, model=model, **trainer_kwargs)
+
+
+def test_every_callback_is_a_case():
+    import xai_lightning.callbacks as package
+
+    exported = {
+        name
+        for name in package.__all__
+        if isinstance(getattr(package, name), type)
+        and issubclass(getattr(package, name), pl.Callback)
+        and name not in ("ObserverCallback", "EpochMetrics")  # the base; a recorder that logs nothing
+    }
+    covered = {type(case.make()).__name__ for case in CALLBACK_FACTORIES}
+    assert exported - covered == set(), "add these callbacks to tests/callback_cases.py"
 
 
 # ---------------------------------------------------------------------------------------------- monitoring
@@ -113,12 +140,19 @@ def test_early_stopping_on_a_real_grad_cam_score_stops_where_its_history_says(tm
 @pytest.mark.parametrize("case", CASES)
 def test_every_logged_scalar_is_a_callback_metric(tmp_path, case: CallbackCase):
     callback = case.make()
-    trainer, _ = tiny_fit(tmp_path, [callback], datamodule=small_datamodule(**TINY_DATA, **case.datamodule))
+    logger = CSVLogger(str(tmp_path))
+    trainer, _ = fit_case(tmp_path, case, [callback], logger=logger)
     metrics = {key for key in trainer.callback_metrics if key.startswith(case.namespace + "/")}
     assert metrics, f"{case.name} logged nothing through Lightning"
     assert metrics <= set(trainer.logged_metrics)
     if case.observes:
         assert metrics == {key for key in callback.history[-1] if key not in ("epoch", "step")}
+    # The CSV rows holding them: the epoch's last step (4 training steps), with the epoch.
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    ours = [row for row in rows if any(row.get(key) for key in metrics)]
+    assert [(int(row["step"]), int(row["epoch"])) for row in ours] == [(3, 0)]
+    if case.observes:  # the very row of the epoch's validation metrics
+        assert ours[0]["val/acc"] != "" and all(ours[0][key] != "" for key in metrics)
 
 
 # ---------------------------------------------------------------------------------------------- steps and rows
@@ -157,6 +191,33 @@ def test_wandb_has_one_row_per_observation_with_the_epoch_and_the_settings(tmp_p
     assert settings["num_probe"] == 8 and settings["layers"] == "network.features.13"
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_every_callback_writes_one_wandb_row_per_observation_and_its_settings(tmp_path, case: CallbackCase):
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="integration")
+    callback = case.make()
+    fit_case(tmp_path, case, [callback], epochs=2, logger=logger)
+    logger.experiment.finish()
+    run = wandb_run_dir(tmp_path)
+    prefix = case.namespace + "/"
+    ours = [row for row in read_wandb_history(run) if any(key.startswith(prefix) for key in row)]
+    if case.observes:
+        # Scalars, images, tables and figures of one observation share one row, on the epoch's
+        # validation step (4 training steps an epoch) and with the epoch.
+        assert [(row["trainer/global_step"], row["epoch"]) for row in ours] == [(3, 0), (7, 1)]
+        assert [(record["step"], record["epoch"]) for record in callback.history] == [(3, 0), (7, 1)]
+        for row, record in zip(ours, callback.history):
+            assert "val/acc" in row
+            scalars = {key for key in record if key not in ("epoch", "step")}
+            assert scalars <= set(row), f"scalars missing from the row: {scalars - set(row)}"
+            if case.probe_table:  # a fresh wandb.Table per observation, one row per shown probe
+                shown = min(callback.max_images, callback.num_probe)
+                assert row[f"{prefix}probes._type"] == "table-file" and row[f"{prefix}probes.nrows"] == shown
+    else:  # logged by Lightning from the training step (on_epoch): one row per epoch
+        assert [row["epoch"] for row in ours] == [0, 1]
+    settings = read_wandb_config(run)[case.namespace]
+    assert settings == {"class": type(callback).__name__, **callback.settings()}
+
+
 # ---------------------------------------------------------------------------------------------- precision
 PRECISIONS = ["16-mixed", "bf16-mixed", "bf16-true", "64-true"]  # on a CPU Lightning runs 16-mixed as bf16-mixed
 
@@ -167,13 +228,7 @@ def test_every_precision_runs_an_epoch_and_logs_finite_values(tmp_path, case: Ca
     callback = case.make()
     if case.observes:
         callback.on_error = "raise"  # a failure must fail the test, not become a warning
-    trainer, _ = tiny_fit(
-        tmp_path,
-        [callback],
-        precision=precision,
-        limit_train_batches=2,
-        datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
-    )
+    trainer, _ = fit_case(tmp_path, case, [callback], precision=precision, limit_train_batches=2)
     logged = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith(case.namespace)}
     assert logged
     bad = {
@@ -184,6 +239,45 @@ def test_every_precision_runs_an_epoch_and_logs_finite_values(tmp_path, case: Ca
     assert not bad, f"non-finite values under {precision}: {bad}"
     assert sum(math.isfinite(value) for value in logged.values()) >= 1
     assert torch.get_default_dtype() == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- not disturbing
+class RandomStreams(pl.Callback):
+    """Draws from every global generator when training ends: equal draws = an untouched training stream."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.draws = (torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)])
+
+
+def train_with_dropout(tmp_path, case: CallbackCase, callbacks: list) -> tuple[dict[str, torch.Tensor], tuple]:
+    """Two epochs of the case's model with every dropout at p = 0.3: each training step draws from the
+    global RNG, so an explanation that leaked a random draw would change the weights."""
+    pl.seed_everything(0)
+    model = case.build_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.3
+    streams = RandomStreams()
+    fit_case(tmp_path, case, [*callbacks, streams], epochs=2, model=model)
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}, streams.draws
+
+
+#: Reference runs without callbacks, shared by the cases with the same model and data.
+_PLAIN_RUNS: dict[tuple, tuple] = {}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].observes])  # adversarial training changes it
+def test_every_observing_callback_leaves_weights_and_random_streams_bit_identical(tmp_path, case: CallbackCase):
+    key = (case.model, case.data, tuple(sorted(case.datamodule.items())))
+    if key not in _PLAIN_RUNS:
+        _PLAIN_RUNS[key] = train_with_dropout(tmp_path / "plain", case, [])
+    plain_weights, plain_draws = _PLAIN_RUNS[key]
+    callback = case.make()
+    callback.on_error = "raise"  # a failed observation would disturb nothing and prove nothing
+    weights, draws = train_with_dropout(tmp_path / "observed", case, [callback])
+    assert len(callback.history) == 2
+    assert_bit_identical(plain_weights, weights)
+    assert draws == plain_draws
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -236,6 +330,39 @@ def test_a_compiled_submodule_is_explained_eagerly_with_clean_names(tmp_path):
     assert torch.allclose(callback._previous["network.features.13"], reference, atol=1e-6)
 
 
+class StepCounter(pl.Callback):
+    count = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.count += 1
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_callback_works_on_a_compiled_network(tmp_path, case: CallbackCase):
+    """``model.network = torch.compile(model.network)``: explanations run on the eager module (the
+    guard swaps it in), layer names read as in the eager model, and no logged key shows
+    ``_orig_mod``; a callback that cannot work there fails at setup saying what to do."""
+    pl.seed_everything(0)
+    model = case.build_model()
+    compiled = torch.compile(model.network, backend="eager")
+    model.network = compiled
+    callback = case.make()
+    if case.observes:
+        callback.on_error = "raise"
+    if case.compiled_error is not None:  # it cannot work there: one clear error before training
+        steps = StepCounter()
+        with pytest.raises(ValueError, match=case.compiled_error):
+            fit_case(tmp_path, case, [callback, steps], model=model, limit_train_batches=2)
+        assert steps.count == 0
+        return
+    trainer, _ = fit_case(tmp_path, case, [callback], model=model, limit_train_batches=2)
+    assert model.network is compiled  # restored after every observation
+    logged = [key for key in trainer.callback_metrics if key.startswith(case.namespace + "/")]
+    assert logged and not [key for key in logged if "_orig_mod" in key]
+    if case.observes:
+        assert len(callback.history) == 1 and not callback.failures
+
+
 # ---------------------------------------------------------------------------------------------- interruptions
 class Interrupt(BaseException):
     """Like Ctrl+C or a crash: not an ``Exception``, so nothing handles it on the way out."""
@@ -264,8 +391,13 @@ class InterruptAt(pl.Callback):
                 if not module.training:
                     raise Interrupt
 
-            pl_module.network.features[0].register_forward_pre_hook(explode)
+            first_leaf(pl_module)[1].register_forward_pre_hook(explode)
             self.armed = False
+
+
+def first_leaf(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """The first module without children (the input layer of every model here): every forward runs it."""
+    return next((name, module) for name, module in model.named_modules() if not list(module.children()))
 
 
 def hooks_left(model: torch.nn.Module) -> dict[str, int]:
@@ -284,19 +416,13 @@ def hooks_left(model: torch.nn.Module) -> dict[str, int]:
 def test_nothing_is_left_on_the_model_after_an_interrupted_fit(tmp_path, case: CallbackCase, where: str):
     callback = case.make()
     stopper = InterruptAt(where)
-    model = small_classifier(width=4)
+    model = case.build_model()
     with pytest.raises(Interrupt):
-        # The interrupting callback comes first: its hook on features.0 is the only one expected.
-        tiny_fit(
-            tmp_path,
-            [stopper, callback],
-            epochs=3,
-            model=model,
-            datamodule=small_datamodule(**TINY_DATA, **case.datamodule),
-        )
+        # The interrupting callback comes first: its hook on the first layer is the only one expected.
+        fit_case(tmp_path, case, [stopper, callback], epochs=3, model=model)
     left = hooks_left(model)
     if where == "observation":
-        left.pop("network.features.0._forward_pre_hooks", None)
+        left.pop(f"{first_leaf(model)[0]}._forward_pre_hooks", None)
     assert left == {}, f"{case.name} left hooks after an interrupted fit: {left}"
     assert getattr(model, "trades_batch", None) is None
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -9,7 +9,8 @@ machine hits all alike); prints the median and range of each and the ratio of me
 
 * ``import torch`` — the reference (issue 16: ``import xai_lightning`` must cost ≤ 1.3× that);
 * ``import xai_lightning`` — the lazy root (PEP 562);
-* ``import xai_lightning.attribution`` — torch plus the algorithms, no Lightning;
+* ``import xai_lightning.attribution`` (and ``.concepts``, ``.dissection``, ``.evaluation``,
+  ``.uncertainty``, ``.dynamics``) — torch plus the algorithms, no Lightning;
 * ``from xai_lightning import GradCAMCallback`` — what adding a callback costs (Lightning included);
 * ``import pytorch_lightning`` — for scale.
 """
@@ -29,6 +30,11 @@ STATEMENTS = {
     "import torch": "import torch",
     "import xai_lightning": "import xai_lightning",
     "import xai_lightning.attribution": "import xai_lightning.attribution",
+    "import xai_lightning.concepts": "import xai_lightning.concepts",
+    "import xai_lightning.dissection": "import xai_lightning.dissection",
+    "import xai_lightning.evaluation": "import xai_lightning.evaluation",
+    "import xai_lightning.uncertainty": "import xai_lightning.uncertainty",
+    "import xai_lightning.dynamics": "import xai_lightning.dynamics",
     "from xai_lightning import GradCAMCallback": "from xai_lightning import GradCAMCallback",
     "import pytorch_lightning": "import pytorch_lightning",
 }

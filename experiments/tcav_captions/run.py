@@ -100,13 +100,11 @@ def run_level(config: dict[str, Any], noise: float, out_dir: Path) -> dict[str, 
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no backend switch, no pyplot state
 
     noise = [r["caption_noise"] for r in rows]
-    figure, axis = plt.subplots(figsize=(5.5, 3.4))
+    figure = Figure(figsize=(5.5, 3.4))
+    axis = figure.subplots()
     for concept, style in (("image", "o-"), ("caption", "s-")):
         axis.errorbar(noise, [r[f"tcav_{concept}"] for r in rows], yerr=[r[f"tcav_{concept}_std"] for r in rows],
                       fmt=style, capsize=3, label=f"TCAV {concept} concept")
@@ -117,7 +115,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def run(config: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from xai_lightning.attribution.attention_maps import KINDS, AttentionMapKind, at
 from xai_lightning.attribution.attention_rollout import HeadFusion
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.callbacks.probe_captions import probe_captions
+from xai_lightning.callbacks.probe_captions import probe_captions, probe_table
 from xai_lightning.core import check_target
 from xai_lightning.evaluation import mass_in_mask_on_grid, nanmean, uniform_energy_in_mask
 from xai_lightning.logging import display_images, labelled_grid, overlay, to_uint8_hwc
@@ -48,6 +48,11 @@ class AttentionCallback(ObserverCallback):
                                                         attention), one grid per layer
     ``attention/maps`` (image)                          probe rows × (image | rollout | relevance |
                                                         last layer's mean attention)
+    ``attention/probes`` (table)                        one row per shown probe image: its first
+                                                        overlay, label, prediction, probability,
+                                                        explained class, and per map (rollout,
+                                                        relevance, last layer's mean attention) its
+                                                        mass in the object and pointing-game hit
     ==================================================  ===========================================
 
     ``l`` and ``h`` count from 0. Mass scores need object masks in the probe data; they are
@@ -229,3 +234,12 @@ class AttentionCallback(ObserverCallback):
         grid = labelled_grid(to_uint8_hwc(torch.stack(panels, dim=1)), row_captions=captions, column_titles=titles)
         self.sinks.images(f"{self.namespace}/maps", [np.ascontiguousarray(grid)],
                           [f"Attention maps, epoch {trainer.current_epoch}, step {step}"], step)
+        # Beside the grid, one table row per shown probe (patch maps at image size, as drawn).
+        maps = {kind: self._upsampled(results[kind][:shown], size) for kind in ("rollout", "relevance")
+                if kind in results}
+        if "raw" in results:
+            last = results["raw"].shape[1] - 1
+            maps[f"layer{last}_mean"] = self._upsampled(results["raw"][:shown, -1].mean(1), size)
+        columns, rows = probe_table(probe, results["logits"], results["targets"], shown,
+                                    to_uint8_hwc(panels[min(1, len(panels) - 1)]), maps)
+        self.sinks.table(f"{self.namespace}/probes", columns, rows, step)

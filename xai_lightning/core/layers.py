@@ -157,9 +157,19 @@ def parse_layer(spec: LayerSpecLike, reshape: str | Reshape | None = None) -> La
     return parsed
 
 
+def _modules_by_clean_name(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule of the unwrapped model by its name without wrapper components.
+
+    A ``torch.compile``d *submodule* appears twice in ``named_modules`` (``network`` and
+    ``network._orig_mod``): both get the clean name, and the eager module (listed last) wins,
+    so names below it read as in the uncompiled model (``network.features.1``)."""
+    return {normalize_layer_name(name): module for name, module in unwrap_model(model).named_modules()}
+
+
 def layer_names(model: nn.Module) -> list[str]:
-    """Dotted names of every submodule of the unwrapped model (the root itself excluded)."""
-    return [name for name, _ in unwrap_model(model).named_modules() if name]
+    """Dotted names of every submodule of the unwrapped model (the root itself excluded), without
+    ``_orig_mod.``/``module.`` components of compiled or wrapped submodules."""
+    return [name for name in _modules_by_clean_name(model) if name]
 
 
 def _unknown_layer_message(name: str, model: nn.Module) -> str:
@@ -182,7 +192,7 @@ def get_layer(model: nn.Module, name: LayerSpecLike) -> nn.Module:
     else:
         clean = parse_layer(name).name
         shown = clean
-    modules = dict(unwrap_model(model).named_modules())
+    modules = _modules_by_clean_name(model)
     if not clean or clean not in modules:
         raise LayerNotFoundError(_unknown_layer_message(shown, model))
     return modules[clean]

@@ -222,12 +222,6 @@ class DigitsDataModule(_Loaders, pl.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-        super().__init__()
-        self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-
-
 class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
     """BARS train/val splits from the same ``P(colour | class)`` (seeds ``seed * 1000 + split``); batches ``(x, y)``.
 

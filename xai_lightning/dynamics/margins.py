@@ -206,7 +206,8 @@ def _margins_of_slice(
             best_step = torch.where(better.view(-1, 1, 1, 1), step, best_step)
             best_distance = torch.where(better, distance, best_distance)
         stuck = ~torch.isfinite(best_distance)
-        total[active] = total[active] + best_step.detach()
+        # Under a float64 or bfloat16 model the logits, hence the step, need not be in the images' dtype.
+        total[active] = total[active] + best_step.detach().to(total.dtype)
         iterations[active] += 1
         with torch.no_grad():
             gap = _decision_gap(_logits(model, x0[active] + (1 + overshoot) * total[active], output_key).float(), p)

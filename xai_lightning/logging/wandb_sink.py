@@ -62,6 +62,12 @@ class WandbSink(Sink):
     def figure(self, key: str, figure: Any, step: int) -> None:
         self.images(key, [figure_to_array(figure)], None, step)
 
+    def html(self, key: str, html: str, step: int) -> None:
+        """A ``wandb.Html`` document (called by :func:`~xai_lightning.logging.log_html`); deferred like images."""
+        import wandb
+
+        self._log({key: wandb.Html(html)}, step)
+
     def config(self, name: str, settings: Mapping[str, Any]) -> None:
         self.logger.experiment.config.update({name: dict(settings)}, allow_val_change=True)
 

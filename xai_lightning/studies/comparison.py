@@ -161,9 +161,10 @@ def _run_one(
         tags = [arm.name, f"seed={seed}"] + ([f"eps={arm.epsilon:g}"] if arm.epsilon is not None else [])
         wandb_logger = WandbLogger(project=config.get("wandb_project", "xai-lightning"), name=f"{arm.name}-seed{seed}",
                                    group=f"{plan.name}-{plan.config_id}", tags=tags, save_dir=str(root), offline=True)
-        wandb_logger.log_hyperparams({f"study/{k}": (json.dumps(v) if k == "config" else v)
-                                      for k, v in metadata.items()})
-        loggers.insert(0, without_anonymous_setting(wandb_logger))  # no wandb deprecation notice per run
+        # Before anything starts the run (log_hyperparams does): no wandb deprecation notice per run.
+        without_anonymous_setting(wandb_logger)
+        wandb_logger.log_hyperparams({f"study/{k}": (json.dumps(v) if k == "config" else v) for k, v in metadata.items()})
+        loggers.insert(0, wandb_logger)
     trainer_kwargs = dict(config.get("trainer") or {})
     trainer_kwargs.setdefault("enable_model_summary", False)
     trainer_kwargs.setdefault("enable_progress_bar", False)
