@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         balanced = {level: round(rows[level].estimates["balanced"]["encdec_cace"], 3) for level in (0.0, 0.5, 0.9)}
         shifts = {name: round(rows[0.9].estimates[name]["shape_shift"], 2) for name in ("balanced", "plain")}
         print(f"seed={seed} threads={args.threads} GT={gt} GT by class (asym)={split} EncDec={balanced} "
-              f"MAE EncDec={mean_absolute_error(rows, 'encdec_cace'):.3f} ConExp={mean_absolute_error(rows, 'conexp'):.3f} "
+              f"MAE EncDec={mean_absolute_error(rows, 'encdec_cace'):.3f} "
+              f"ConExp={mean_absolute_error(rows, 'conexp'):.3f} "
               f"shape shift at 0.9={shifts}", flush=True)
 
 
