@@ -128,7 +128,8 @@ def test_bars_confounding_is_as_requested(confounding):
     assert abs(agreement - expected) <= tolerance, (agreement, expected)
     assert abs(float(bars.labels.float().mean()) - 0.5) < 0.04  # classes stay balanced
     # The phi correlation between colour and class is the confounding level.
-    phi = float(torch.corrcoef(torch.stack([bars.colours.float(), bars.labels.float()]))[0, 1]) if confounding < 1 else 1.0
+    pair = torch.stack([bars.colours.float(), bars.labels.float()])
+    phi = float(torch.corrcoef(pair)[0, 1]) if confounding < 1 else 1.0
     assert abs(phi - confounding) < 0.05
 
 
@@ -423,7 +424,8 @@ def test_coloured_digits_jitter_moves_the_digit_and_interventions_keep_the_move(
     x[:, 0, 2, 2] = 1
     shifted = shift_images(x, torch.tensor([[1, 0], [-1, 2]]))  # (dx, dy)
     assert torch.nonzero(shifted[0, 0]).tolist() == [[2, 3]] and torch.nonzero(shifted[1, 0]).tolist() == [[4, 1]]
-    still, moving = ColouredDigits("val", image_size=SIZE, seed=0), ColouredDigits("val", image_size=SIZE, seed=0, jitter=2)
+    still = ColouredDigits("val", image_size=SIZE, seed=0)
+    moving = ColouredDigits("val", image_size=SIZE, seed=0, jitter=2)
     assert not torch.equal(still.intensity, moving.intensity)
     assert torch.allclose(moving.intervene(None, colour_of_class=3).amax(dim=1, keepdim=True), moving.intensity)
     with pytest.raises(ValueError, match="jitter"):

@@ -37,9 +37,9 @@ def bars_datamodule() -> BarsDataModule:
     return BarsDataModule(num_train=640, num_val=192, confounding=0.9, image_size=16, batch_size=32, seed=3)
 
 
-def train_on_bars(root: Path, callbacks: list) -> ImageClassifier:
+def train_on_bars(root: Path, callbacks: list, seed: int = 7) -> ImageClassifier:
     """A tiny CNN on 90 %-confounded BARS, 8 batches per epoch (so that the shortcut is learned over the epochs)."""
-    pl.seed_everything(7)
+    pl.seed_everything(seed)
     model = ImageClassifier(SmallCNN(num_classes=2, width=4, dropout=0.3), lr=5e-3)
     trainer = quiet_trainer(max_epochs=EPOCHS, limit_train_batches=8, callbacks=callbacks, logger=CSVLogger(str(root)),
                             enable_checkpointing=False)
@@ -72,8 +72,13 @@ def test_cace_callback_leaves_weights_bit_identical(confounded_run):
 def test_ground_truth_rises_as_a_confounded_model_learns_the_shortcut(confounded_run):
     callback, *_ = confounded_run
     gt = [row[f"{PREFIX}/ground_truth"] for row in callback.history]
-    # Measured over seeds 7, 1, 2 (experiments/cace notes): the first epoch ≈ 0.00, the last 0.3–0.7.
-    assert gt[0] < 0.05 and gt[-1] > gt[0] + 0.15 and gt[-1] == max(gt), gt
+    # Measured with experiments/cace/measure_margins.py --callback over seeds 7, 1-5 (one thread): the first epoch
+    # -0.001..0.009; the last 0.17-0.85, at least 0.17 above the first; mean of the last two epochs 0.17-0.68 above
+    # that of the first two. Not monotone on every seed (seed 1 peaks at epoch 3 with 0.26, then 0.22; seed 5 at epoch
+    # 2 with 0.35), so the test asserts a rise, not a maximum at the end.
+    assert abs(gt[0]) < 0.05, gt
+    assert gt[-1] > gt[0] + 0.1, gt
+    assert (gt[-1] + gt[-2]) / 2 > (gt[0] + gt[1]) / 2 + 0.1, gt
     for row in callback.history:
         assert 0.0 <= row[f"{PREFIX}/tcav/{LAYER}/p_value"] <= 1.0
         assert row[f"{PREFIX}/conexp"] >= row[f"{PREFIX}/ground_truth"] - 0.05  # the correlation adds to it

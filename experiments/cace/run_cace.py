@@ -180,7 +180,8 @@ def run_bars(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[st
             progress.set_postfix_str(f"bars {spec['row']} seed {seed}: estimators")
             test = Bars(settings["num_test"], spec["confounding"], size, seed=seed * 1000 + 2,
                         colour_given_class=spec["colour_given_class"], **geometry)
-            row = estimate(model, bars_colour_intervention(test), vaes, tcav, config, shape_readout=orientation_evidence)
+            row = estimate(model, bars_colour_intervention(test), vaes, tcav, config,
+                           shape_readout=orientation_evidence)
             row.update(dataset="bars", row=spec["row"], level=spec["level"], seed=seed,
                        accuracy=accuracy(model, test.images, test.labels, 2), seconds=time.perf_counter() - started)
             runs.append(row)
@@ -286,7 +287,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]
         writer = csv.DictWriter(handle, fieldnames=[*columns, *extra], extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (v.mean if hasattr(v, "mean") and not isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (v.mean if hasattr(v, "mean") and not isinstance(v, float) else v)
+                             for k, v in row.items()})
 
 
 def write_summary_csv(summary: Sequence[dict[str, Any]], path: Path) -> None:
@@ -316,13 +318,15 @@ def markdown(summary: Sequence[dict[str, Any]], errors: dict[str, list[dict[str,
          "GT-CaCE intervenes in the generator; shift = shape shift of the VAE's counterfactuals (0 = shape "
          "untouched); TCAV is a fraction (0.5 = no direction), p its median over seeds, sig. = seeds with p < 0.05."),
         "",
-        "| dataset | row | level | seeds | accuracy | GT-CaCE | EncDec-CaCE | Dec-CaCE | ConExp | shift | TCAV | TCAV p | sig. |",
+        "| dataset | row | level | seeds | accuracy | GT-CaCE | EncDec-CaCE | Dec-CaCE | ConExp | shift | TCAV "
+        "| TCAV p | sig. |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         lines.append(
             f"| {r['dataset']} | {r['row']} | {r['level']:.2f} | {r['seeds']} | {r['accuracy'].format(signed=False)} | "
-            f"{r['gt_cace'].format()} | {r['encdec_cace'].format()} | {r['dec_cace'].format()} | {r['conexp'].format()} | "
+            f"{r['gt_cace'].format()} | {r['encdec_cace'].format()} | {r['dec_cace'].format()} | "
+            f"{r['conexp'].format()} | "
             f"{r['shape_shift'].format(2)} | {r['tcav'].format(2, signed=False)} | {r['tcav_p_median']:.2g} | "
             f"{r['tcav_significant']}/{r['seeds']} |")
     for dataset, table in errors.items():
@@ -361,9 +365,9 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
         high = [r[key].ci_high if not math.isnan(r[key].ci_high) else r[key].mean for r in symmetric]
         effects.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
         for r in others:
-            effects.errorbar([r["level"]], [r[key].mean], yerr=[[r[key].mean - r[key].ci_low], [r[key].ci_high - r[key].mean]]
-                             if not math.isnan(r[key].ci_low) else None, marker="D", color=colour, capsize=3,
-                             linestyle="none")
+            spread = [[r[key].mean - r[key].ci_low], [r[key].ci_high - r[key].mean]]
+            effects.errorbar([r["level"]], [r[key].mean], yerr=None if math.isnan(r[key].ci_low) else spread,
+                             marker="D", color=colour, capsize=3, linestyle="none")
     for r in others:
         effects.annotate(r["row"], (r["level"], r["gt_cace"].mean), fontsize=6, textcoords="offset points",
                          xytext=(4, -10))
@@ -374,9 +378,9 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
     effects.set_title("CaCE estimates (bands: 95 % CI over seeds; ◆ asymmetric rows)", fontsize=8)
     means = [r["tcav"].mean for r in symmetric]
     tcav_axis.plot(x, means, marker="s", color="tab:purple", label="TCAV")
-    tcav_axis.fill_between(x, [r["tcav"].ci_low if not math.isnan(r["tcav"].ci_low) else r["tcav"].mean for r in symmetric],
-                           [r["tcav"].ci_high if not math.isnan(r["tcav"].ci_high) else r["tcav"].mean for r in symmetric],
-                           color="tab:purple", alpha=0.15, linewidth=0)
+    low = [r["tcav"].mean if math.isnan(r["tcav"].ci_low) else r["tcav"].ci_low for r in symmetric]
+    high = [r["tcav"].mean if math.isnan(r["tcav"].ci_high) else r["tcav"].ci_high for r in symmetric]
+    tcav_axis.fill_between(x, low, high, color="tab:purple", alpha=0.15, linewidth=0)
     for r in symmetric + others:
         tcav_axis.annotate(f"p={r['tcav_p_median']:.2g} ({r['tcav_significant']}/{r['seeds']})",
                            (r["level"], r["tcav"].mean), fontsize=6, textcoords="offset points", xytext=(0, 6),
@@ -411,7 +415,10 @@ def write_report(config: dict[str, Any], table: str, figures: dict[str, Figure |
 
 # ---------------------------------------------------------------------------- entry points
 def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
-    """Run the study; return the paths written (``runs``, ``summary``, ``markdown``, ``bars_plot``, ``digits_plot``, ``html``)."""
+    """Run the study; return the paths written.
+
+    Keys: ``runs``, ``summary``, ``markdown``, ``bars_plot``, ``digits_plot``, ``html``.
+    """
     if len(config.get("seeds", [])) < 1:
         raise ValueError("The config needs seeds: [...] (3 or more for error bars).")
     if config["tcav"]["num_random"] < 10:
@@ -429,8 +436,8 @@ def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
         total = len(config["seeds"]) * ((len(bars_rows(config["bars"])) if config.get("bars") else 0)
                                         + (len(config["digits"]["sigmas"]) if config.get("digits") else 0))
         # One bar over every (dataset, row, seed) run, with its ETA; each finished run prints its line above it.
-        with tqdm(total=total, desc=f"CaCE study {config['name']}", unit="run", disable=not config.get("progress", True),
-                  dynamic_ncols=True) as progress:
+        with tqdm(total=total, desc=f"CaCE study {config['name']}", unit="run",
+                  disable=not config.get("progress", True), dynamic_ncols=True) as progress:
             if config.get("bars"):
                 runs += run_bars(config, tcav, progress)
             if config.get("digits"):

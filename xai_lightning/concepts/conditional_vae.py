@@ -155,11 +155,14 @@ def inverse_propensity_weights(values: torch.Tensor, classes: torch.Tensor, num_
     combination: a warning says so, and the decoder will have to extrapolate to it.
     """
     counts = torch.zeros(num_classes, num_values, dtype=torch.float64)
-    counts.index_put_((classes.long(), values.long()), torch.ones(values.shape[0], dtype=torch.float64), accumulate=True)
+    ones = torch.ones(values.shape[0], dtype=torch.float64)
+    counts.index_put_((classes.long(), values.long()), ones, accumulate=True)
     present = counts.sum(1) > 0
-    missing = [(int(y), int(c)) for y in torch.nonzero(present).flatten() for c in range(num_values) if counts[y, c] == 0]
+    missing = [(int(y), int(c)) for y in torch.nonzero(present).flatten() for c in range(num_values)
+               if counts[y, c] == 0]
     if missing:
-        shown = ", ".join(str(pair) for pair in missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        shown = ", ".join(str(pair) for pair in missing[:4]) + more
         warnings.warn(f"(class, concept value) combinations {shown} never occur in the VAE's training data "
                       "(positivity violated): balancing cannot create them, and counterfactuals that need them are "
                       "extrapolations.", stacklevel=2)
@@ -200,7 +203,8 @@ def fit_conditional_vae(images: torch.Tensor, values: torch.Tensor, num_values: 
     class_condition = 0
     if classes is not None:
         if classes.shape != values.shape:
-            raise ValueError(f"classes must have shape {tuple(values.shape)} to match values; got {tuple(classes.shape)}")
+            raise ValueError(f"classes must have shape {tuple(values.shape)} to match values; "
+                             f"got {tuple(classes.shape)}")
         k = int(num_classes) if num_classes is not None else int(classes.max()) + 1
         if balance:
             weights = inverse_propensity_weights(values, classes, num_values, k)

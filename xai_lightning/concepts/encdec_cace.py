@@ -11,7 +11,7 @@ By default the VAE is also conditioned on the images' class labels and trained o
 inverse-propensity-weighted data (:mod:`xai_lightning.concepts.conditional_vae` explains why):
 without that, on confounded data the decoder carries the class in the concept condition and
 the counterfactual changes the shape along with the colour, so the "causal" estimate follows
-the observational ConExp. :func:`~xai_lightning.concepts.counterfactual_fidelity.invariant_change`
+the observational ConExp. :func:`~xai_lightning.concepts.counterfactual_fidelity.shape_shift`
 measures that leak.
 """
 
@@ -99,6 +99,6 @@ def encdec_counterfactuals(vae: ConditionalVAE, intervention: ConceptInterventio
 def encdec_cace(model: nn.Module, intervention: ConceptIntervention, vae: ConditionalVAE,
                 output: Output = "probability", max_batch: int | None = 256,
                 counterfactual: Counterfactual = "decoded") -> CaCEResult:
-    """EncDec-CaCE: mean ``f(x_treated) − f(x_control)`` over the counterfactual pairs of :func:`encdec_counterfactuals`."""
+    """EncDec-CaCE: mean ``f(x_treated) − f(x_control)`` over the pairs of :func:`encdec_counterfactuals`."""
     treated, control = encdec_counterfactuals(vae, intervention, max_batch, counterfactual)
     return interventional_effect(model, treated, control, intervention.target, output, max_batch)

@@ -55,7 +55,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-
 __all__ = [
     "BAR_COLOURS",
     "DEFAULT_GEOMETRY",
@@ -75,8 +74,9 @@ DEFAULT_GEOMETRY: dict[str, Any] = {"bar_length": (0.2, 0.55), "bar_width": (0.2
                                     "noise": 0.1}
 
 
-def colour_given_class_table(confounding: float | None = None,
-                             colour_given_class: Sequence[Sequence[float]] | torch.Tensor | None = None) -> torch.Tensor:
+def colour_given_class_table(
+    confounding: float | None = None, colour_given_class: Sequence[Sequence[float]] | torch.Tensor | None = None
+) -> torch.Tensor:
     """``(2, 2)`` table ``P(colour | class)`` (rows horizontal, vertical; columns red, green).
 
     Exactly one of ``confounding`` (symmetric shorthand) and ``colour_given_class`` may be given;
@@ -302,9 +302,13 @@ class Bars(Dataset):
         named (positions, lengths, widths, background, noise) stays as it was. Returns images
         ``(n, 3, S, S)``. ``indices=None`` means all samples.
         """
-        rows = torch.arange(self.num_samples) if indices is None else torch.as_tensor(indices, dtype=torch.long).view(-1)
+        if indices is None:
+            rows = torch.arange(self.num_samples)
+        else:
+            rows = torch.as_tensor(indices, dtype=torch.long).view(-1)
         changes: dict[str, Any] = {}
-        for name, value, vocabulary in (("colour", colour, self.colour_names), ("orientation", orientation, ORIENTATIONS)):
+        latents = (("colour", colour, self.colour_names), ("orientation", orientation, ORIENTATIONS))
+        for name, value, vocabulary in latents:
             if value is None:
                 continue
             if isinstance(value, str):

@@ -119,13 +119,18 @@ class ColouredDigits(Dataset):
                   colour_of_class: Any = None) -> torch.Tensor:
         """Re-tint the same digits (``do(colour = c)``): give ``hue`` in turns, or ``colour_of_class``
         (a class index, or ``(n,)`` indices) to use that class's mean hue. Returns ``(n, 3, S, S)``."""
-        rows = torch.arange(len(self.labels)) if indices is None else torch.as_tensor(indices, dtype=torch.long).view(-1)
+        if indices is None:
+            rows = torch.arange(len(self.labels))
+        else:
+            rows = torch.as_tensor(indices, dtype=torch.long).view(-1)
         if (hue is None) == (colour_of_class is None):
-            raise ValueError("Give exactly one of hue= (turns of the colour wheel) or colour_of_class= (a class index).")
+            raise ValueError("Give exactly one of hue= (turns of the colour wheel) or colour_of_class= "
+                             "(a class index).")
         if colour_of_class is not None:
             classes = torch.as_tensor(colour_of_class, dtype=torch.long)
             if not ((classes >= 0) & (classes < self.num_classes)).all():
-                raise ValueError(f"colour_of_class must be in 0..{self.num_classes - 1}; got {classes.unique().tolist()}")
+                raise ValueError(f"colour_of_class must be in 0..{self.num_classes - 1}; "
+                                 f"got {classes.unique().tolist()}")
             hue = class_hues()[classes]
         return self.render(rows, hue)
 
