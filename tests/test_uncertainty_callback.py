@@ -30,14 +30,18 @@ from xai_lightning import (
     LayerNotFoundError,
     SmallCNN,
     UncertaintyCallback,
+    VariationalClassifier,
 )
+from xai_lightning.logging import display_images, to_uint8_hwc
 from xai_lightning.uncertainty import (
+    bayesian_logits,
     calibration_report,
     fit_temperature,
     mc_dropout_logits,
     mutual_information,
     ood_auroc,
     ood_detection,
+    predictive_std,
 )
 
 
@@ -179,6 +183,51 @@ def test_ensemble_model_reports_disagreement(tmp_path):
         members_out = model.member_logits(callback.ood_probe.images).softmax(-1)
     expected = ood_auroc(mutual_information(members_in), mutual_information(members_out))
     assert callback.history[-1]["uncertainty/ood/ensemble_disagreement/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_bayesian_std_and_the_most_and_least_certain_images_match_a_direct_computation(tmp_path, monkeypatch):
+    """A VariationalClassifier provides bayesian_std (its AUROC and the predictive mean's calibration equal a
+    direct computation with the callback's keyed weight noise), and the two image grids show exactly the
+    pooled probes with the lowest and the highest score, in order, with the OOD rows tagged."""
+    import importlib
+    import re
+
+    module = importlib.import_module("xai_lightning.callbacks.uncertainty")
+    grids = []
+
+    def spy(panels, row_captions=None, **kwargs):
+        grids.append((panels, list(row_captions)))
+        return real_grid(panels, row_captions=row_captions, **kwargs)
+
+    real_grid = module.labelled_grid
+    monkeypatch.setattr(module, "labelled_grid", spy)
+    pl.seed_everything(0)
+    model = VariationalClassifier(SmallCNN(num_classes=5, width=4))
+    callback = UncertaintyCallback(num_probe=16, num_ood=12, bayesian_samples=6, max_images=4, rank_by="bayesian_std")
+    fit(tmp_path, callback, model=model, epochs=1)
+    assert callback.active_scores == ["max_softmax", "entropy", "bayesian_std"]
+    last = callback.history[-1]
+    probe, ood = callback.probe, callback.ood_probe
+    model.eval()
+    samples_in = bayesian_logits(model, probe.images, samples=6, seed=0, keys=probe.indices).softmax(-1)
+    samples_out = bayesian_logits(model, ood.images, samples=6, seed=0, keys=ood.indices + (1 << 30)).softmax(-1)
+    std_in, std_out = predictive_std(samples_in).mean(-1), predictive_std(samples_out).mean(-1)  # mean over classes
+    assert last["uncertainty/ood/bayesian_std/auroc"] == pytest.approx(ood_auroc(std_in, std_out), abs=1e-6)
+    report = calibration_report(samples_in.mean(0), probe.labels)
+    assert last["uncertainty/calibration_bayesian/ece"] == pytest.approx(report.ece, abs=1e-5)
+    assert last["uncertainty/calibration_bayesian/nll"] == pytest.approx(report.nll, abs=1e-5)
+    # The grids: pooled scores (in-distribution first, then OOD), lowest first / highest first.
+    pooled = torch.cat([std_in, std_out])
+    tags = ["in"] * len(probe) + ["ood"] * len(ood)
+    images = torch.cat([probe.images, ood.images])
+    (most_panels, most_captions), (least_panels, least_captions) = grids
+    order = torch.argsort(pooled)
+    for panels, captions, rows in ((most_panels, most_captions, order[:4]), (least_panels, least_captions,
+                                                                              order.flip(0)[:4])):
+        shown = [float(re.search(r"bayesian_std=([0-9.]+)", caption).group(1)) for caption in captions]
+        assert shown == pytest.approx([float(pooled[row]) for row in rows], abs=6e-4)
+        assert [caption.split()[0] for caption in captions] == [f"[{tags[row]}]" for row in rows]
+        assert np.array_equal(panels, to_uint8_hwc(display_images(images[rows]).unsqueeze(1)))
 
 
 # ---------------------------------------------------------------------------------------------- bad input
