@@ -94,6 +94,13 @@ def _adversarial() -> pl.Callback:
     return AdversarialTrainingCallback(norm="l2", eps=0.25, steps=1)
 
 
+def _uncertainty() -> pl.Callback:
+    from xai_lightning import UncertaintyCallback
+
+    # A layer's features as familiarity input: the callback keeps a forward hook on the model while training.
+    return UncertaintyCallback(num_probe=8, num_ood=8, mc_passes=3, familiarity="network.features.13", max_images=2)
+
+
 #: The lead appends the callbacks of other issues here after merging.
 CALLBACK_FACTORIES: list[CallbackCase] = [
     CallbackCase("gradcam", _gradcam, "gradcam", may_be_nan=("energy_in_mask", "pointing_game")),
@@ -105,4 +112,5 @@ CALLBACK_FACTORIES: list[CallbackCase] = [
     CallbackCase("robustness", _robustness, "robustness", may_be_nan=("energy_in_mask",)),
     CallbackCase("explainer", _explainer, "explainer", may_be_nan=("location_instability",)),
     CallbackCase("adversarial", _adversarial, "adversarial_training", observes=False),
+    CallbackCase("uncertainty", _uncertainty, "uncertainty"),
 ]
