@@ -191,7 +191,8 @@ def _text_classifier() -> pl.LightningModule:
 def _uncertainty() -> pl.Callback:
     from xai_lightning import UncertaintyCallback
 
-    return UncertaintyCallback(num_probe=8, num_ood=6, mc_passes=3, num_bins=4, max_images=2, familiarity="input")
+    # A layer's features as familiarity input: the callback keeps a forward hook on the model while training.
+    return UncertaintyCallback(num_probe=8, num_ood=8, mc_passes=3, familiarity="network.features.13", max_images=2)
 
 
 def _dropout_classifier() -> pl.LightningModule:

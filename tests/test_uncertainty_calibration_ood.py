@@ -121,7 +121,9 @@ def sklearn_fpr_at_95(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     return float(fpr[tpr >= 0.95].min())
 
 
-@pytest.mark.parametrize("seed,n_in,n_out,decimals", [(0, 200, 150, 1), (1, 97, 301, 2), (2, 1000, 40, 6), (3, 20, 20, 0)])
+@pytest.mark.parametrize(
+    "seed,n_in,n_out,decimals", [(0, 200, 150, 1), (1, 97, 301, 2), (2, 1000, 40, 6), (3, 20, 20, 0)]
+)
 def test_auroc_and_fpr95_agree_with_scikit_learn(seed, n_in, n_out, decimals):
     rng = np.random.default_rng(seed)
     in_scores = np.round(rng.normal(0.0, 1.0, n_in), decimals)  # rounding makes ties

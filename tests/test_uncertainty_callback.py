@@ -30,14 +30,18 @@ from xai_lightning import (
     LayerNotFoundError,
     SmallCNN,
     UncertaintyCallback,
+    VariationalClassifier,
 )
+from xai_lightning.logging import display_images, to_uint8_hwc
 from xai_lightning.uncertainty import (
+    bayesian_logits,
     calibration_report,
     fit_temperature,
     mc_dropout_logits,
     mutual_information,
     ood_auroc,
     ood_detection,
+    predictive_std,
 )
 
 
@@ -108,7 +112,7 @@ def test_logged_values_match_a_direct_computation_and_files_are_written(tmp_path
     assert len(rows) == 1 and float(rows[0]["uncertainty/scaled/ece"]) == pytest.approx(last["uncertainty/scaled/ece"])
     for key in ("reliability", "most_certain", "least_certain"):
         pngs = sorted((root / "xai" / "uncertainty" / key).glob("*.png"))
-        assert [p.name for p in pngs] == ["step_00000008.png"], key
+        assert [p.name for p in pngs] == ["step_00000007.png"], key  # the step of the epoch's val metrics
         assert np.asarray(Image.open(pngs[0])).shape[0] > 100
     captions = (root / "xai" / "uncertainty" / "least_certain" / "captions.csv").read_text()
     assert "entropy" in captions
@@ -120,7 +124,7 @@ def test_wandb_history_has_the_scores_every_epoch_and_the_images(tmp_path, wandb
     logger.experiment.finish()
     history = read_wandb_history(wandb_run_dir(tmp_path))
     scalars = [h for h in history if "uncertainty/ood/mc_dropout_mi/auroc" in h]
-    assert [h["trainer/global_step"] for h in scalars] == [8, 16]
+    assert [h["trainer/global_step"] for h in scalars] == [7, 15]  # the steps of the epochs' metrics
     for record in scalars:
         assert 0 <= record["uncertainty/ood/entropy/auroc"] <= 1 and record["uncertainty/temperature"] > 0
         assert 0 <= record["uncertainty/calibration_mc_dropout/ece"] <= 1
@@ -179,6 +183,51 @@ def test_ensemble_model_reports_disagreement(tmp_path):
         members_out = model.member_logits(callback.ood_probe.images).softmax(-1)
     expected = ood_auroc(mutual_information(members_in), mutual_information(members_out))
     assert callback.history[-1]["uncertainty/ood/ensemble_disagreement/auroc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_bayesian_std_and_the_most_and_least_certain_images_match_a_direct_computation(tmp_path, monkeypatch):
+    """A VariationalClassifier provides bayesian_std (its AUROC and the predictive mean's calibration equal a
+    direct computation with the callback's keyed weight noise), and the two image grids show exactly the
+    pooled probes with the lowest and the highest score, in order, with the OOD rows tagged."""
+    import importlib
+    import re
+
+    module = importlib.import_module("xai_lightning.callbacks.uncertainty")
+    grids = []
+
+    def spy(panels, row_captions=None, **kwargs):
+        grids.append((panels, list(row_captions)))
+        return real_grid(panels, row_captions=row_captions, **kwargs)
+
+    real_grid = module.labelled_grid
+    monkeypatch.setattr(module, "labelled_grid", spy)
+    pl.seed_everything(0)
+    model = VariationalClassifier(SmallCNN(num_classes=5, width=4))
+    callback = UncertaintyCallback(num_probe=16, num_ood=12, bayesian_samples=6, max_images=4, rank_by="bayesian_std")
+    fit(tmp_path, callback, model=model, epochs=1)
+    assert callback.active_scores == ["max_softmax", "entropy", "bayesian_std"]
+    last = callback.history[-1]
+    probe, ood = callback.probe, callback.ood_probe
+    model.eval()
+    samples_in = bayesian_logits(model, probe.images, samples=6, seed=0, keys=probe.indices).softmax(-1)
+    samples_out = bayesian_logits(model, ood.images, samples=6, seed=0, keys=ood.indices + (1 << 30)).softmax(-1)
+    std_in, std_out = predictive_std(samples_in).mean(-1), predictive_std(samples_out).mean(-1)  # mean over classes
+    assert last["uncertainty/ood/bayesian_std/auroc"] == pytest.approx(ood_auroc(std_in, std_out), abs=1e-6)
+    report = calibration_report(samples_in.mean(0), probe.labels)
+    assert last["uncertainty/calibration_bayesian/ece"] == pytest.approx(report.ece, abs=1e-5)
+    assert last["uncertainty/calibration_bayesian/nll"] == pytest.approx(report.nll, abs=1e-5)
+    # The grids: pooled scores (in-distribution first, then OOD), lowest first / highest first.
+    pooled = torch.cat([std_in, std_out])
+    tags = ["in"] * len(probe) + ["ood"] * len(ood)
+    images = torch.cat([probe.images, ood.images])
+    (most_panels, most_captions), (least_panels, least_captions) = grids
+    order = torch.argsort(pooled)
+    for panels, captions, rows in ((most_panels, most_captions, order[:4]), (least_panels, least_captions,
+                                                                              order.flip(0)[:4])):
+        shown = [float(re.search(r"bayesian_std=([0-9.]+)", caption).group(1)) for caption in captions]
+        assert shown == pytest.approx([float(pooled[row]) for row in rows], abs=6e-4)
+        assert [caption.split()[0] for caption in captions] == [f"[{tags[row]}]" for row in rows]
+        assert np.array_equal(panels, to_uint8_hwc(display_images(images[rows]).unsqueeze(1)))
 
 
 # ---------------------------------------------------------------------------------------------- bad input

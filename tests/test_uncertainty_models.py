@@ -59,7 +59,9 @@ def test_ensemble_forward_is_the_mean_member_probability_and_survives_a_state_di
 def test_variational_classifier_trains_on_the_elbo():
     torch.manual_seed(0)
     model = VariationalClassifier(SmallCNN(num_classes=5, width=4), prior_sigma=0.5)
-    assert isinstance(model.network.classifier, BayesianLinear) and isinstance(model.network.features[1], BayesianConv2d)
+    assert isinstance(model.network.classifier, BayesianLinear) and isinstance(
+        model.network.features[1], BayesianConv2d
+    )
     seen = {}
 
     class Spy(pl.Callback):

@@ -220,7 +220,9 @@ def test_vectorised_ensemble_equals_separate_members_in_eval_and_train_mode_and_
     for k, member in enumerate(separate):
         out = member(x)
         assert torch.allclose(stacked[k], out, atol=1e-5)
-        member_grads = torch.autograd.grad(F.cross_entropy(out, y), [member.features[1].weight, member.classifier.weight])
+        member_grads = torch.autograd.grad(
+            F.cross_entropy(out, y), [member.features[1].weight, member.classifier.weight]
+        )
         for ours, theirs in zip(grads, member_grads):
             assert torch.allclose(ours[k], theirs, atol=1e-5)
         assert torch.allclose(ensemble.stacked.features[2].running_mean[k], member.features[2].running_mean, atol=1e-6)

@@ -70,8 +70,10 @@ def mc_dropout_benchmark(repeats: int, passes: int = 20, probes: int = 256) -> N
     reference = results["20 plain eval forwards"][0]
     print(f"\nMC dropout, T={passes}, {probes} probes, SmallCNN width 32 (median [min, max] of {repeats}):")
     for name, (median, low, high) in results.items():
-        print(f"  {name:<40} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}",
-              flush=True)
+        print(
+            f"  {name:<40} {median * 1e3:8.1f} ms [{low * 1e3:.1f}, {high * 1e3:.1f}]  ratio {median / reference:.2f}",
+            flush=True,
+        )
 
 
 def ensemble_steps(members: int, width: int, size: int, batch: int) -> dict:
@@ -88,7 +90,9 @@ def ensemble_steps(members: int, width: int, size: int, batch: int) -> dict:
 
     def vectorised() -> None:
         logits = ensemble(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none").view(members, -1).mean(1).sum()
+        loss = (
+            F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none").view(members, -1).mean(1).sum()
+        )
         stacked_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         stacked_optimizer.step()

@@ -9,13 +9,18 @@ for each score the variant provides, the OOD AUROC and FPR at 95 % TPR.
 
 Across seeds it reports means with 95 % t-intervals (mean ± t₀.₉₇₅,ₙ₋₁·s/√n), curves over epochs,
 and for each variant the paired difference between its epistemic score's AUROC and the
-max-softmax baseline of the same runs ("higher"/"lower" only when the interval excludes 0).
+max-softmax baseline of the same runs: its t-interval, a paired t-test Holm-corrected across the
+variants, and a verdict ("higher"/"lower" only when the corrected p < 0.05 and the interval excludes 0;
+the study statistics of :mod:`xai_lightning.studies.statistics`).
 
 Writes into the config's ``output_dir``: ``history.csv`` (variant, seed, epoch, metrics),
 ``summary.csv`` and ``summary.md`` (last epoch, mean and CI per variant), ``curves.png`` and
 ``report.html`` (self-contained, with the curves and the tables):
 
     PYTHONPATH=. python experiments/uncertainty/run_uncertainty.py --config experiments/uncertainty/small.yaml
+
+``history.csv`` is rewritten after every run, so an interrupted study keeps what it finished;
+``--from-history`` rebuilds the summary, curves and report from it without training.
 """
 
 from __future__ import annotations
@@ -34,18 +39,23 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from scipy import stats
 
 from xai_lightning.callbacks import UncertaintyCallback
 from xai_lightning.data import ConceptWorldDataModule
 from xai_lightning.logging import HtmlReport
 from xai_lightning.models import EnsembleClassifier, ImageClassifier, SmallCNN, VariationalClassifier
+from xai_lightning.studies.statistics import (
+    VERDICT_RULE,
+    holm,
+    paired_comparison,
+    t_interval,
+    verdict_word,
+)
 
 DEFAULT_CONFIG = Path(__file__).parent / "small.yaml"
 #: The score that carries each variant's epistemic uncertainty; the standard network has one only through
@@ -118,50 +128,48 @@ def run_one(config: dict[str, Any], variant: str, seed: int, output_dir: Path, w
     return rows
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the t-interval over seeds (NaN bounds for fewer than 2 values)."""
-    array = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    if array.size == 0:
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the 95 % t-interval over seeds of the values that exist (a metric a run did not
+    log is NaN in its row); NaN bounds for fewer than 2 values."""
+    present = [float(v) for v in values if not math.isnan(float(v))]
+    if not present:
         return math.nan, math.nan, math.nan
-    mean = float(array.mean())
-    if array.size < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
-    return mean, mean - half, mean + half
-
-
-def verdict(low: float, high: float, n: int) -> str:
-    """Words for a paired difference's interval (higher/lower only when it excludes 0)."""
-    if n < 3:
-        return "too few seeds"
-    if low > 0:
-        return "higher"
-    if high < 0:
-        return "lower"
-    return "no significant difference"
+    result = t_interval(present)
+    return result.estimate, result.low, result.high
 
 
 def summarise(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
-    """Last-epoch mean and 95 % interval of every metric per variant, plus the paired epistemic − baseline AUROC."""
+    """Last-epoch mean and 95 % interval of every metric per variant, plus the paired comparison of each variant's
+    epistemic-score AUROC with the max-softmax AUROC of the same runs (paired t-test, Holm-corrected across the
+    variants compared together; the verdict rule of :mod:`xai_lightning.studies.statistics`)."""
     summary = []
     for variant in variants:
         runs = [r for r in rows if r["variant"] == variant]
         if not runs:
             continue
         last_epoch = max(r["epoch"] for r in runs)
-        last = [r for r in runs if r["epoch"] == last_epoch]
+        last = sorted((r for r in runs if r["epoch"] == last_epoch), key=lambda r: r["seed"])
         metrics = sorted({key for r in last for key in r if key not in ("variant", "seed", "epoch")})
         entry: dict[str, Any] = {"variant": variant, "epoch": last_epoch, "seeds": len(last)}
         for metric in metrics:
-            entry[metric] = t_interval([float(r.get(metric, math.nan)) for r in last])
+            entry[metric] = interval([float(r.get(metric, math.nan)) for r in last])
         epistemic = epistemic_score(variant, runs)
         if epistemic is not None:
-            differences = [r[f"ood/{epistemic}/auroc"] - r["ood/max_softmax/auroc"] for r in last]
-            mean, low, high = t_interval(differences)
+            paired = [r for r in last if not math.isnan(float(r.get(f"ood/{epistemic}/auroc", math.nan)))]
+            comparison = paired_comparison([float(r[f"ood/{epistemic}/auroc"]) for r in paired],
+                                           [float(r["ood/max_softmax/auroc"]) for r in paired])
             entry["epistemic"] = epistemic
-            entry["auroc_difference"] = (mean, low, high)
-            entry["verdict"] = verdict(low, high, len(differences))
+            entry["auroc_difference"] = (comparison.difference.estimate, comparison.difference.low,
+                                         comparison.difference.high)
+            entry["comparison"] = comparison
         summary.append(entry)
+    compared = [entry for entry in summary if "comparison" in entry]
+    adjusted = holm([entry["comparison"].p_value for entry in compared])
+    for entry, p_holm in zip(compared, adjusted):
+        comparison = entry.pop("comparison")
+        entry["p_value"], entry["p_holm"] = comparison.p_value, float(p_holm)
+        entry["verdict"] = verdict_word(float(p_holm), comparison.difference, comparison.n,
+                                        treatment=entry["epistemic"])
     return summary
 
 
@@ -179,7 +187,8 @@ SUMMARY_COLUMNS = (("accuracy", "calibration/accuracy"), ("ECE", "calibration/ec
 
 def summary_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     columns = ["variant", "seeds"] + [label for label, _ in SUMMARY_COLUMNS] + [
-        "epistemic score", "AUROC epistemic", "FPR95 epistemic", "AUROC epistemic − max-softmax (paired)", "verdict"]
+        "epistemic score", "AUROC epistemic", "FPR95 epistemic", "AUROC epistemic − max-softmax (paired)", "p (Holm)",
+        "verdict"]
     rows = []
     for entry in summary:
         row = [entry["variant"], str(entry["seeds"])] + [_cell(entry[key]) if key in entry else "-"
@@ -187,9 +196,9 @@ def summary_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[s
         epistemic = entry.get("epistemic")
         if epistemic:
             row += [epistemic, _cell(entry[f"ood/{epistemic}/auroc"]), _cell(entry[f"ood/{epistemic}/fpr95"]),
-                    _cell(entry["auroc_difference"]), entry["verdict"]]
+                    _cell(entry["auroc_difference"]), f"{entry['p_holm']:.3g}", entry["verdict"]]
         else:
-            row += ["-"] * 5
+            row += ["-"] * 6
         rows.append(row)
     return columns, rows
 
@@ -205,7 +214,7 @@ def curves(rows: list[dict[str, Any]], variants: Sequence[str]) -> Figure:
         epochs = sorted({r["epoch"] for r in runs})
         if not epochs:
             return
-        stats_per_epoch = [t_interval([r[metric] for r in runs if r["epoch"] == e]) for e in epochs]
+        stats_per_epoch = [interval([r[metric] for r in runs if r["epoch"] == e]) for e in epochs]
         means = [s[0] for s in stats_per_epoch]
         axis.plot([e + 1 for e in epochs], means, color=colours.get(variant), **style)
         lows, highs = [s[1] for s in stats_per_epoch], [s[2] for s in stats_per_epoch]
@@ -231,16 +240,21 @@ def curves(rows: list[dict[str, Any]], variants: Sequence[str]) -> Figure:
     return figure
 
 
+def write_history(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per variant, seed and observed epoch; a metric a run did not log is an empty cell."""
+    keys = ["variant", "seed", "epoch"] + sorted({k for r in rows for k in r} - {"variant", "seed", "epoch"})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_outputs(config: dict[str, Any], rows: list[dict[str, Any]], output_dir: Path) -> dict[str, Path]:
     variants = [v for v in config["variants"] if any(r["variant"] == v for r in rows)]
     paths = {"history": output_dir / "history.csv", "summary": output_dir / "summary.csv",
              "markdown": output_dir / "summary.md", "curves": output_dir / "curves.png",
              "report": output_dir / "report.html"}
-    keys = ["variant", "seed", "epoch"] + sorted({k for r in rows for k in r} - {"variant", "seed", "epoch"})
-    with paths["history"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_history(rows, paths["history"])
     summary = summarise(rows, variants)
     with paths["summary"].open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -249,9 +263,13 @@ def write_outputs(config: dict[str, Any], rows: list[dict[str, Any]], output_dir
             for key, value in entry.items():
                 if isinstance(value, tuple):
                     writer.writerow([entry["variant"], entry["seeds"], key, *value])
+                elif key in ("p_value", "p_holm"):  # the paired t-test's p, raw and Holm-corrected
+                    writer.writerow([entry["variant"], entry["seeds"], key, value, "", ""])
     columns, table = summary_table(summary)
     lines = [f"# {config['name']}: uncertainty on ConceptWorld, OOD = unseen colours", "",
              f"Last epoch ({config['epochs']} epochs), mean over seeds {config['seeds']} with 95 % t-intervals.", "",
+             VERDICT_RULE.format(treatment="epistemic AUROC", reference="max-softmax AUROC", alpha=0.05, min_seeds=3,
+                                 min_wilcoxon=6), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     paths["markdown"].write_text("\n".join(lines) + "\n")
@@ -282,9 +300,22 @@ def run(config: dict[str, Any], output_dir: Path, wandb: bool = False) -> dict[s
         for seed in config["seeds"]:
             for variant in config["variants"]:
                 rows += run_one(config, variant, seed, output_dir, wandb)
+                write_history(rows, output_dir / "history.csv")  # an interrupted study keeps its finished runs
         return write_outputs(config, rows, output_dir)
     finally:
         torch.set_num_threads(threads)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``history.csv`` written by :func:`write_outputs` (empty cells: metrics a run did not log)."""
+    with path.open() as handle:
+        rows = []
+        for record in csv.DictReader(handle):
+            row: dict[str, Any] = {"variant": record.pop("variant"), "seed": int(record.pop("seed")),
+                                   "epoch": int(record.pop("epoch"))}
+            row.update({key: float(value) for key, value in record.items() if value != ""})
+            rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,9 +323,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--output-dir", type=Path, default=None, help="overrides output_dir of the config")
     parser.add_argument("--wandb", action="store_true", help="also write W&B offline runs (one per variant and seed)")
+    parser.add_argument("--from-history", action="store_true",
+                        help="do not train: rebuild the summary, curves and report from the output_dir's history.csv")
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text())
-    paths = run(config, args.output_dir or Path(config["output_dir"]), wandb=args.wandb)
+    output_dir = args.output_dir or Path(config["output_dir"])
+    if args.from_history:
+        paths = write_outputs(config, read_history(output_dir / "history.csv"), output_dir)
+    else:
+        paths = run(config, output_dir, wandb=args.wandb)
     print(paths["markdown"].read_text())
     print(f"Report: {paths['report']}")
 

@@ -180,14 +180,18 @@ class UncertaintyCallback(ObserverCallback):
                          probe_seed=probe_seed, on_error=on_error)
         if scores != "auto":
             if isinstance(scores, str) or not scores:
-                raise ValueError(f"scores must be 'auto' or a non-empty list of names from {list(SCORES)}; got {scores!r}")
+                raise ValueError(
+                    f"scores must be 'auto' or a non-empty list of names from {list(SCORES)}; got {scores!r}"
+                )
             unknown = [name for name in scores if name not in SCORES]
             if unknown:
                 raise ValueError(f"Unknown uncertainty score(s) {unknown}; choose from {list(SCORES)}")
         if ood not in (None, "colour", "texture", "shape"):
             raise ValueError(f"ood must be 'colour', 'texture', 'shape' or None; got {ood!r}")
         if mc_passes < 2:
-            raise ValueError(f"mc_passes (T) must be >= 2: MC dropout measures the spread of several passes; got {mc_passes}")
+            raise ValueError(
+                f"mc_passes (T) must be >= 2: MC dropout measures the spread of several passes; got {mc_passes}"
+            )
         if bayesian_samples < 2:
             raise ValueError(f"bayesian_samples must be >= 2 to measure a spread; got {bayesian_samples}")
         for name, value in (("num_bins", num_bins), ("max_images", max_images), ("familiarity_bottleneck",
@@ -244,8 +248,11 @@ class UncertaintyCallback(ObserverCallback):
         images = torch.as_tensor(images).detach().float().cpu()
         if images.dim() < 2 or images.shape[0] < 2:
             raise ValueError(f"The OOD probe needs at least 2 images (N, ...); got shape {tuple(images.shape)}")
-        self._given_ood = ProbeSet(images=images, labels=None if labels is None else torch.as_tensor(labels).long().cpu(),
-                                   indices=torch.arange(images.shape[0]))
+        self._given_ood = ProbeSet(
+            images=images,
+            labels=None if labels is None else torch.as_tensor(labels).long().cpu(),
+            indices=torch.arange(images.shape[0]),
+        )
         return self
 
     # ------------------------------------------------------------------ setup
@@ -270,8 +277,10 @@ class UncertaintyCallback(ObserverCallback):
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         name = type(self).__name__
         if probe.labels is None:
-            raise ValueError(f"{name} measures calibration, which needs labelled probe images; the probe has no labels. "
-                             f"Use labelled validation data or set_probe(images, labels).")
+            raise ValueError(
+                f"{name} measures calibration, which needs labelled probe images; the probe has no labels. "
+                f"Use labelled validation data or set_probe(images, labels)."
+            )
         if len(probe) < 2:
             raise ValueError(f"{name} needs at least 2 probe images; got {len(probe)}")
         module = unwrap_model(pl_module)
@@ -362,8 +371,10 @@ class UncertaintyCallback(ObserverCallback):
         if "ensemble_disagreement" in chosen:
             members = module.member_logits(one)
             if members.dim() != 3 or members.shape[0] < 2:
-                raise ValueError(f"member_logits must return (K, B, C) with K >= 2 members; got {tuple(members.shape)}. "
-                                 f"Use num_members >= 2.")
+                raise ValueError(
+                    f"member_logits must return (K, B, C) with K >= 2 members; got {tuple(members.shape)}. "
+                    f"Use num_members >= 2."
+                )
         if "mc_dropout_mi" in chosen:
             # Dropout modules that never run (functional dropout, unused modules) fail here, not after an epoch.
             try:
@@ -413,7 +424,9 @@ class UncertaintyCallback(ObserverCallback):
         if self._armed and isinstance(output, torch.Tensor):
             self._captured = output.detach().clone()  # a copy: in-place ops downstream must not change it
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._captured = None
         self._armed = self.autoencoder is not None
 
@@ -451,7 +464,9 @@ class UncertaintyCallback(ObserverCallback):
             loss = training_step(self.autoencoder, self.optimizer, data, before_step=average)
         self.familiarity_steps += 1
         # Out of place: never into memory another rank may share (see _own_tensors).
-        self._train_sums = self._train_sums.to(loss.device) + torch.stack([loss.double(), torch.ones_like(loss).double()])
+        self._train_sums = self._train_sums.to(loss.device) + torch.stack(
+            [loss.double(), torch.ones_like(loss).double()]
+        )
 
     def _move_to(self, device: torch.device) -> None:
         assert self.autoencoder is not None and self.optimizer is not None
@@ -466,7 +481,9 @@ class UncertaintyCallback(ObserverCallback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the familiarity feature hook (at ``teardown`` and after an interrupted ``fit``)."""
+        super().release(trainer, pl_module)
         self._remove_hooks()
 
     def _remove_hooks(self) -> None:
@@ -482,8 +499,12 @@ class UncertaintyCallback(ObserverCallback):
         if self.ood_probe is not None:
             shard = self.ood_probe.shard(trainer.global_rank, trainer.world_size).to(probe.images.device)
             ood_keys = shard.indices.to(shard.images.device) + _OOD_KEY_OFFSET
-            results.update({f"ood/{key}": value
-                            for key, value in self._score(pl_module, shard.images, ood_keys, with_predictive=False).items()})
+            results.update(
+                {
+                    f"ood/{key}": value
+                    for key, value in self._score(pl_module, shard.images, ood_keys, with_predictive=False).items()
+                }
+            )
         return results
 
     def _forward_logits(self, module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -564,7 +585,9 @@ class UncertaintyCallback(ObserverCallback):
         fit = fit_temperature(logits, labels)
         scalars[f"{self.namespace}/temperature"] = fit.temperature
         scaled = calibration_report(cross_fitted_probs(logits, labels), labels, self.num_bins)
-        scalars.update({f"{self.namespace}/scaled/{key}": getattr(scaled, key) for key in ("ece", "mce", "nll", "brier")})
+        scalars.update(
+            {f"{self.namespace}/scaled/{key}": getattr(scaled, key) for key in ("ece", "mce", "nll", "brier")}
+        )
         for method in ("mc_dropout", "bayesian"):
             if f"predictive/{method}" in results:
                 report = calibration_report(results[f"predictive/{method}"].float(), labels, self.num_bins)
@@ -573,7 +596,9 @@ class UncertaintyCallback(ObserverCallback):
         if self.ood_probe is not None:
             for name in self.active_scores:
                 detection = ood_detection(results[f"score/{name}"], results[f"ood/score/{name}"])
-                scalars.update({f"{self.namespace}/ood/{name}/{key}": value for key, value in detection.scalars().items()})
+                scalars.update(
+                    {f"{self.namespace}/ood/{name}/{key}": value for key, value in detection.scalars().items()}
+                )
             if self.ood_labels_meaningful and self.ood_probe.labels is not None:
                 hits = results["ood/logits"].argmax(-1) == self.ood_probe.labels
                 scalars[f"{self.namespace}/ood/accuracy"] = float(hits.float().mean())
@@ -629,7 +654,9 @@ class UncertaintyCallback(ObserverCallback):
         for key, rows in (("most_certain", order[:shown]), ("least_certain", order.flip(0)[:shown])):
             panels = to_uint8_hwc(display_images(images[rows]).unsqueeze(1))
             grid = labelled_grid(panels, row_captions=[caption(int(row)) for row in rows])
-            text = f"{key.replace('_', ' ')} by {self.rank_by}, epoch {trainer.current_epoch}, step {trainer.global_step}"
+            text = (
+                f"{key.replace('_', ' ')} by {self.rank_by}, epoch {trainer.current_epoch}, step {trainer.global_step}"
+            )
             self.sinks.images(f"{self.namespace}/{key}", [np.ascontiguousarray(grid)], [text], trainer.global_step)
 
     # ------------------------------------------------------------------ checkpointing
@@ -655,9 +682,11 @@ class UncertaintyCallback(ObserverCallback):
     def _load_autoencoder(self, state: dict[str, Any]) -> None:
         assert self.autoencoder is not None and self.optimizer is not None
         if tuple(state["autoencoder_shape"]) != tuple(self.autoencoder.shape):
-            raise ValueError(f"The checkpoint's familiarity autoencoder reconstructs {tuple(state['autoencoder_shape'])} "
-                             f"but familiarity={self.familiarity!r} gives {self.autoencoder.shape}; resume with the same "
-                             f"familiarity setting and model.")
+            raise ValueError(
+                f"The checkpoint's familiarity autoencoder reconstructs {tuple(state['autoencoder_shape'])} "
+                f"but familiarity={self.familiarity!r} gives {self.autoencoder.shape}; resume with the same "
+                f"familiarity setting and model."
+            )
         device = next(self.autoencoder.parameters()).device
         self.autoencoder.load_state_dict({key: value.to(device) for key, value in state["autoencoder"].items()})
         if state.get("optimizer") is not None:

@@ -127,7 +127,9 @@ class BayesianLayer(nn.Module):
 
 
 def _gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_sigma: float) -> torch.Tensor:
-    return (math.log(prior_sigma) - torch.log(sigma) + (sigma.square() + mu.square()) / (2 * prior_sigma**2) - 0.5).sum()
+    return (
+        math.log(prior_sigma) - torch.log(sigma) + (sigma.square() + mu.square()) / (2 * prior_sigma**2) - 0.5
+    ).sum()
 
 
 class BayesianLinear(BayesianLayer):
@@ -158,7 +160,9 @@ class BayesianConv2d(BayesianLayer):
                  padding: int | tuple[int, int] = 0, dilation: int = 1, groups: int = 1, bias: bool = True,
                  prior_sigma: float = 1.0, init_rho: float = -5.0) -> None:
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
+            )
         kernel = _pair(kernel_size)
         super().__init__((out_channels, in_channels // groups, *kernel), (out_channels,) if bias else None,
                          prior_sigma, init_rho)

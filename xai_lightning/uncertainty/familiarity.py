@@ -59,7 +59,9 @@ class FamiliarityAutoencoder(nn.Module):
             features = 1
             for size in self.shape:
                 features *= size
-            self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(features, width), nn.ReLU(), nn.Linear(width, bottleneck))
+            self.encoder = nn.Sequential(
+                nn.Flatten(), nn.Linear(features, width), nn.ReLU(), nn.Linear(width, bottleneck)
+            )
             self.decoder_input = nn.Linear(bottleneck, width)
             self.decoder = nn.Sequential(nn.ReLU(), nn.Linear(width, features))
 
@@ -80,7 +82,9 @@ class FamiliarityAutoencoder(nn.Module):
         return F.mse_loss(self(x), x)
 
 
-def reconstruction_error(autoencoder: FamiliarityAutoencoder, x: torch.Tensor, max_batch: int | None = None) -> torch.Tensor:
+def reconstruction_error(
+    autoencoder: FamiliarityAutoencoder, x: torch.Tensor, max_batch: int | None = None
+) -> torch.Tensor:
     """Per-example mean squared reconstruction error ``(N,)`` of ``x (N, *shape)`` (high = unfamiliar)."""
     with torch.no_grad():
         return map_batched(lambda rows: (autoencoder(rows) - rows).square().flatten(1).mean(1), x.float(),

@@ -80,4 +80,6 @@ class OODDetection:
 def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> OODDetection:
     """AUROC, FPR at 95 % TPR and the mean score of each set."""
     a, b = _check(in_scores, out_scores)
-    return OODDetection(auroc=ood_auroc(a, b), fpr95=fpr_at_tpr(a, b), mean_in=float(a.mean()), mean_out=float(b.mean()))
+    return OODDetection(
+        auroc=ood_auroc(a, b), fpr95=fpr_at_tpr(a, b), mean_in=float(a.mean()), mean_out=float(b.mean())
+    )
