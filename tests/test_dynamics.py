@@ -49,16 +49,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------- layering
 def test_dynamics_imports_no_lightning():
-    """Imported on its own (the package root bypassed: it loads the callbacks), dynamics pulls in no Lightning."""
+    """Through the real (lazy) package root, the pure-torch dynamics package pulls in no Lightning."""
     code = (
-        "import sys, types\n"
-        f"root = types.ModuleType('xai_lightning'); root.__path__ = [{str(ROOT / 'xai_lightning')!r}]\n"
-        "sys.modules['xai_lightning'] = root\n"
+        "import sys\n"
         "import xai_lightning.dynamics\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric')]\n"
+        "lightning = ('pytorch_lightning', 'lightning', 'lightning_fabric')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in lightning]\n"
         "assert not loaded, loaded\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_four_callbacks_are_exported_from_the_package_root():
+    code = (
+        "import xai_lightning, xai_lightning.callbacks as callbacks\n"
+        "names = ['FrequencyCallback', 'EmbeddingCallback', 'MarginCallback', 'InformationPlaneCallback']\n"
+        "from xai_lightning import FrequencyCallback, EmbeddingCallback, MarginCallback, InformationPlaneCallback\n"
+        "assert all(n in xai_lightning.__all__ and getattr(xai_lightning, n) is getattr(callbacks, n) for n in names)\n"
+        "assert all(issubclass(getattr(xai_lightning, n), xai_lightning.ObserverCallback) for n in names)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # ---------------------------------------------------------------------------------------- frequency
