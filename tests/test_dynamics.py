@@ -251,13 +251,13 @@ def test_nonconformity_and_credibility_follow_papernot():
     assert credibility(torch.tensor([2.0]), torch.tensor([0.0, 1.0, 2.0, 3.0])).tolist() == [0.5]
 
 
-def memorising_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def memorising_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small CNN trained full-batch on 60 ConceptWorld images until it fits every label."""
     from xai_lightning import ConceptWorld, SmallCNN
 
-    world = ConceptWorld(60, image_size=16, seed=4)
+    world = ConceptWorld(60, image_size=16, seed=4 + seed)
     images, labels = world.tensors()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = SmallCNN(num_classes=5, width=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
@@ -274,6 +274,8 @@ def memorising_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def test_deep_knn_conformity_of_a_memorising_model_is_one():
+    """Probes = the memorised training images = the reference set; seeds 0-4 × 1, 2 threads: conformity 1 for
+    every probe in both layers."""
     model, images, labels = memorising_model()
     sites = resolve_feature_sites(model, ["penultimate", "classifier"], forward=lambda: model(images[:1]))
     with torch.no_grad():
