@@ -49,16 +49,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------- layering
 def test_dynamics_imports_no_lightning():
-    """Imported on its own (the package root bypassed: it loads the callbacks), dynamics pulls in no Lightning."""
+    """Through the real (lazy) package root, the pure-torch dynamics package pulls in no Lightning."""
     code = (
-        "import sys, types\n"
-        f"root = types.ModuleType('xai_lightning'); root.__path__ = [{str(ROOT / 'xai_lightning')!r}]\n"
-        "sys.modules['xai_lightning'] = root\n"
+        "import sys\n"
         "import xai_lightning.dynamics\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric')]\n"
+        "lightning = ('pytorch_lightning', 'lightning', 'lightning_fabric')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in lightning]\n"
         "assert not loaded, loaded\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_four_callbacks_are_exported_from_the_package_root():
+    code = (
+        "import xai_lightning, xai_lightning.callbacks as callbacks\n"
+        "names = ['FrequencyCallback', 'EmbeddingCallback', 'MarginCallback', 'InformationPlaneCallback']\n"
+        "from xai_lightning import FrequencyCallback, EmbeddingCallback, MarginCallback, InformationPlaneCallback\n"
+        "assert all(n in xai_lightning.__all__ and getattr(xai_lightning, n) is getattr(callbacks, n) for n in names)\n"
+        "assert all(issubclass(getattr(xai_lightning, n), xai_lightning.ObserverCallback) for n in names)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # ---------------------------------------------------------------------------------------- frequency
@@ -89,7 +99,10 @@ def test_low_part_is_band_limited_and_low_pass_is_a_projection():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
     low, high = frequency_split(x, 6)
     mask = radial_mask(32, 32, 6)
-    spectrum = lambda z: torch.fft.fftshift(torch.fft.fft2(z), dim=(-2, -1)).abs()
+
+    def spectrum(z: torch.Tensor) -> torch.Tensor:
+        return torch.fft.fftshift(torch.fft.fft2(z), dim=(-2, -1)).abs()
+
     assert float(spectrum(low)[..., ~mask].max()) < 1e-9
     assert float(spectrum(high)[..., mask].max()) < 1e-9
     torch.testing.assert_close(low_pass(low, 6), low)
@@ -131,7 +144,8 @@ def test_kernel_roughness_closed_forms_and_a_loop():
             w = weight[o, i].double().numpy()
             if not w.any():
                 continue
-            values.append((np.square(np.diff(w, axis=1)).sum() + np.square(np.diff(w, axis=0)).sum()) / np.square(w).sum())
+            squared_steps = np.square(np.diff(w, axis=1)).sum() + np.square(np.diff(w, axis=0)).sum()
+            values.append(squared_steps / np.square(w).sum())
     assert float(kernel_roughness(weight)) == pytest.approx(float(np.mean(values)), rel=1e-6)
     smoothed = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(weight.flatten(0, 1).unsqueeze(1), (1, 1, 1, 1),
                                                                       mode="replicate"), 3, 1)
@@ -142,8 +156,9 @@ def test_kernel_roughness_closed_forms_and_a_loop():
 def low_rank_features(n: int = 300, d: int = 40, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     scales = torch.linspace(5, 0.5, 6, dtype=torch.float64)
-    return (torch.randn(n, 6, generator=g, dtype=torch.float64) * scales) @ torch.randn(6, d, generator=g, dtype=torch.float64) \
-        + 0.05 * torch.randn(n, d, generator=g, dtype=torch.float64) + 3.0
+    latent = torch.randn(n, 6, generator=g, dtype=torch.float64) * scales
+    mixing = torch.randn(6, d, generator=g, dtype=torch.float64)
+    return latent @ mixing + 0.05 * torch.randn(n, d, generator=g, dtype=torch.float64) + 3.0
 
 
 @pytest.mark.parametrize("oversample", [100, 4])  # 100: the full range (exact); 4: a truly randomised range
@@ -155,7 +170,8 @@ def test_pca_agrees_with_scikit_learn(oversample):
     reference = PCA(3, svd_solver="full").fit(features.numpy())
     tolerance = 1e-9 if oversample == 100 else 1e-6
     np.testing.assert_allclose(ours.explained_variance.numpy(), reference.explained_variance_, rtol=tolerance)
-    np.testing.assert_allclose(ours.explained_variance_ratio.numpy(), reference.explained_variance_ratio_, rtol=tolerance)
+    np.testing.assert_allclose(ours.explained_variance_ratio.numpy(), reference.explained_variance_ratio_,
+                               rtol=tolerance)
     # Sign-aligned: both make each component's largest-magnitude entry positive.
     np.testing.assert_allclose(ours.components.numpy(), reference.components_, atol=1e-6)
     np.testing.assert_allclose(ours.projected.numpy(), reference.transform(features.numpy()), atol=1e-5)
@@ -235,13 +251,13 @@ def test_nonconformity_and_credibility_follow_papernot():
     assert credibility(torch.tensor([2.0]), torch.tensor([0.0, 1.0, 2.0, 3.0])).tolist() == [0.5]
 
 
-def memorising_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def memorising_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small CNN trained full-batch on 60 ConceptWorld images until it fits every label."""
     from xai_lightning import ConceptWorld, SmallCNN
 
-    world = ConceptWorld(60, image_size=16, seed=4)
+    world = ConceptWorld(60, image_size=16, seed=4 + seed)
     images, labels = world.tensors()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = SmallCNN(num_classes=5, width=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
@@ -258,6 +274,8 @@ def memorising_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def test_deep_knn_conformity_of_a_memorising_model_is_one():
+    """Probes = the memorised training images = the reference set; seeds 0-4 × 1, 2 threads: conformity 1 for
+    every probe in both layers."""
     model, images, labels = memorising_model()
     sites = resolve_feature_sites(model, ["penultimate", "classifier"], forward=lambda: model(images[:1]))
     with torch.no_grad():
@@ -358,7 +376,8 @@ def test_information_bounds_are_near_zero_for_noise_and_near_the_entropy_for_lab
     labels = torch.randint(0, 4, (600,), generator=g)
     images = torch.rand(600, 3, 8, 8, generator=g)
     targets = image_targets(images, 4)
-    informative = torch.cat([nn.functional.one_hot(labels, 4).float() * 3, targets], 1) + 0.05 * torch.randn(600, 52, generator=g)
+    informative = torch.cat([nn.functional.one_hot(labels, 4).float() * 3, targets], 1)
+    informative = informative + 0.05 * torch.randn(600, 52, generator=g)
     noise = torch.randn(600, 128, generator=g)
     plane = InformationPlane({"informative": 52, "noise": 128}, num_classes=4, target_dim=targets.shape[1], seed=0)
     before = torch.get_rng_state()

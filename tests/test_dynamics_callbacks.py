@@ -9,6 +9,7 @@ high frequencies); the monotone growth of label information as a classifier lear
 from __future__ import annotations
 
 import csv
+import math
 import random
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from xai_lightning import (
@@ -91,7 +92,8 @@ def test_csv_logger_gets_every_documented_key_and_the_figures(tmp_path):
     expected = {
         "frequency/r4/low_acc", "frequency/r8/high_acc", "frequency/clean_acc", "frequency/kernel_roughness",
         "embedding/penultimate/pca/explained_variance_ratio/1", "embedding/penultimate/pca/explained_variance_ratio/2",
-        "embedding/penultimate/silhouette", "embedding/penultimate/linear_probe_acc", "embedding/penultimate/knn_conformity",
+        "embedding/penultimate/silhouette", "embedding/penultimate/linear_probe_acc",
+        "embedding/penultimate/knn_conformity",
         "margin/low/median", "margin/high/q25", "margin/full/q75", "margin/low/found", "margin/high_over_low",
         "information/penultimate/ixh", "information/penultimate/iyh", "information/decoder_steps",
     }
@@ -133,10 +135,28 @@ def test_embedding_factor_colours_match_the_concept_world_latent(tmp_path):
 
 
 # ------------------------------------------------------------------ what ConceptWorld training shows
-@pytest.fixture(scope="module")
-def concept_world_run(tmp_path_factory):
-    """SmallCNN (width 8) trained 4 epochs on 800 ConceptWorld images with all four callbacks."""
-    pl.seed_everything(0)
+# A fixed number of epochs is not "trained" on every seed and CPU (SmallCNN width 8 on 800 ConceptWorld images
+# reaches 95 % validation accuracy after 4 to 7 epochs over seeds 0-4), so these runs train until an accuracy is
+# reached. The thresholds below come from seeds 0-4 at 1 and 2 threads (measured ranges in each docstring).
+MAX_EPOCHS = 10
+
+
+def train_until(threshold: float, monitor: str, callbacks: list[pl.Callback], root: Path, seed: int,
+                **data) -> pl.Trainer:
+    """SmallCNN (width 8) on 800 ConceptWorld images (seed ``seed``) until ``monitor`` reaches ``threshold``."""
+    pl.seed_everything(seed)
+    stop = EarlyStopping(monitor=monitor, mode="max", stopping_threshold=threshold, patience=MAX_EPOCHS)
+    trainer = quiet_trainer(max_epochs=MAX_EPOCHS, callbacks=[*callbacks, stop], enable_checkpointing=False,
+                            logger=CSVLogger(str(root)))
+    trainer.fit(ImageClassifier(SmallCNN(num_classes=5, width=8), lr=3e-3),
+                ConceptWorldDataModule(num_train=800, num_val=128, batch_size=32, seed=seed, **data))
+    reached = float(trainer.callback_metrics[monitor])
+    assert reached >= threshold, f"{monitor} = {reached:.3f} after {MAX_EPOCHS} epochs (seed {seed}): did not learn"
+    return trainer
+
+
+def concept_world_histories(root: Path, seed: int = 0) -> dict[str, list[dict[str, float]]]:
+    """All four callbacks, every epoch, while SmallCNN learns ConceptWorld shapes (val/acc >= 0.95)."""
     callbacks = [
         FrequencyCallback(num_probe=128, radii=[4, 8], on_error="raise"),
         EmbeddingCallback(num_probe=128, knn_reference=200, knn_k=20, knn_every_n_epochs=1, tsne_epochs=[],
@@ -144,52 +164,70 @@ def concept_world_run(tmp_path_factory):
         MarginCallback(num_probe=48, on_error="raise"),
         InformationPlaneCallback(num_probe=128, decoder_images=256, decoder_steps=100, on_error="raise"),
     ]
-    trainer = quiet_trainer(max_epochs=4, callbacks=callbacks, enable_checkpointing=False,
-                            logger=CSVLogger(str(tmp_path_factory.mktemp("concept_world_run"))))
-    trainer.fit(ImageClassifier(SmallCNN(num_classes=5, width=8), lr=3e-3),
-                ConceptWorldDataModule(num_train=800, num_val=128, batch_size=32, seed=0))
-    assert float(trainer.callback_metrics["val/acc"]) > 0.8, "the model did not learn"
+    train_until(0.95, "val/acc", callbacks, root, seed)
     return {type(c).__name__: c.history for c in callbacks}
 
 
+def low_pass_history(root: Path, seed: int = 0) -> dict[str, float]:
+    """FrequencyCallback's last record for a model trained on images low-pass filtered at r = 8, trained until
+    it scores 90 % on the low-pass part (r = 8) of the rendered probe images."""
+    callback = FrequencyCallback(num_probe=128, radii=[8], clean=True, kernel_layer=None, max_images=0,
+                                 on_error="raise")
+    train_until(0.9, "frequency/r8/low_acc", [callback], root, seed, train_low_pass_radius=8)
+    return callback.history[-1]
+
+
+@pytest.fixture(scope="module")
+def concept_world_run(tmp_path_factory):
+    return concept_world_histories(tmp_path_factory.mktemp("concept_world_run"))
+
+
 def test_label_information_lower_bound_increases_over_training(concept_world_run):
+    """Seeds 0-4 × 1, 2 threads: I(y;h) after the first epoch −0.15 … −0.01 bits, at the end 2.22 … 2.30 bits
+    (H(y) = log2 5 = 2.32), a rise of 2.26 … 2.44 bits; the last epoch was the best in every run."""
     iyh = [h["information/penultimate/iyh"] for h in concept_world_run["InformationPlaneCallback"]]
-    assert iyh[0] < 0.3  # an untrained network's features hardly tell the shape
-    assert iyh[-1] > iyh[0] + 1.5  # H(y) = log2 5 ≈ 2.32 bits: most of it is decodable at the end
-    assert iyh[-1] <= 2.33
-    assert max(iyh[1:]) == pytest.approx(max(iyh), abs=0.05) and iyh[-1] > iyh[1]
+    assert len(iyh) >= 3
+    assert iyh[-1] > iyh[0] + 1.5  # most of H(y) becomes decodable while the model learns
+    assert iyh[-1] <= math.log2(5) + 1e-6  # a held-out lower bound never exceeds H(y)
+    assert iyh[-1] >= max(iyh) - 0.15  # it ends near its best, not on a dip
 
 
 def test_classes_separate_in_the_embedding_as_the_model_learns(concept_world_run):
+    """Seeds 0-4 × 1, 2 threads: silhouette rises by 0.65 … 0.80 (to 0.51 … 0.70), the linear probe ends at
+    0.97 … 1.00, deep-k-NN conformity (k = 20 of ~40 training images per class) rises by 0.72 … 0.83 to
+    0.95 … 1.00."""
     history = concept_world_run["EmbeddingCallback"]
-    assert history[-1]["embedding/penultimate/silhouette"] > history[0]["embedding/penultimate/silhouette"] + 0.3
-    assert history[-1]["embedding/penultimate/linear_probe_acc"] > 0.9
-    assert history[-1]["embedding/penultimate/knn_conformity"] > 0.8  # k = 20 of ~40 per class
+    first, last = history[0], history[-1]
+    assert last["embedding/penultimate/silhouette"] > first["embedding/penultimate/silhouette"] + 0.4
+    assert last["embedding/penultimate/linear_probe_acc"] > 0.9
+    assert last["embedding/penultimate/knn_conformity"] > 0.85
+    assert last["embedding/penultimate/knn_conformity"] > first["embedding/penultimate/knn_conformity"] + 0.5
 
 
 def test_concept_world_margins_are_larger_in_the_high_frequency_subspace(concept_world_run):
     """What ConceptWorld gives (README, "Training dynamics"): high-frequency margins larger than low-frequency
-    ones after training, as Ortiz-Jiménez et al. report on natural images (here ×3.4–4.6 over 2 seeds)."""
+    ones once trained, as Ortiz-Jiménez et al. report on natural images. Seeds 0-4 × 1, 2 threads: ratio of the
+    medians ×1.65 … ×6.84 at the end; a boundary found for every probe in the low block and for 96-100 % of
+    them in the high block."""
     last = concept_world_run["MarginCallback"][-1]
     assert last["margin/low/found"] == 1.0 and last["margin/high/found"] > 0.9
-    assert last["margin/high_over_low"] > 2.0
-    assert last["margin/high/q25"] > last["margin/low/median"]
+    assert last["margin/high_over_low"] > 1.3
 
 
 def test_a_standard_model_learns_the_low_frequencies_of_concept_world(concept_world_run):
+    """Seeds 0-4 × 1, 2 threads: at the end, accuracy on x_low (r = 8) 0.66 … 1.00; on x_high 0.17 … 0.30
+    (chance 0.2): ConceptWorld's shape signal sits mostly below r = 8."""
     last = concept_world_run["FrequencyCallback"][-1]
-    assert last["frequency/r8/low_acc"] > 0.8
+    assert last["frequency/r8/low_acc"] > 0.5
+    assert last["frequency/r8/high_acc"] < 0.4
 
 
 def test_a_model_trained_on_low_pass_data_scores_near_chance_on_the_high_pass_part(tmp_path):
-    pl.seed_everything(0)
-    callback = FrequencyCallback(num_probe=128, radii=[8], clean=True, every_n_epochs=4, on_error="raise")
-    trainer = quiet_trainer(max_epochs=4, callbacks=[callback], enable_checkpointing=False, logger=CSVLogger(str(tmp_path)))
-    trainer.fit(ImageClassifier(SmallCNN(num_classes=5, width=8), lr=3e-3),
-                ConceptWorldDataModule(num_train=800, num_val=128, batch_size=32, seed=0, train_low_pass_radius=8))
-    last = callback.history[-1]
-    assert last["frequency/r8/low_acc"] > 0.75  # what it was trained on
-    assert last["frequency/r8/high_acc"] < 0.35  # 5 classes: chance is 0.2
+    """Seeds 0-4 × 1, 2 threads: 3-4 epochs to score ≥ 0.9 on x_low (r = 8); then accuracy on x_high
+    (r = 8) 0.16 … 0.31 (5 classes: chance 0.2)."""
+    last = low_pass_history(tmp_path)
+    assert last["frequency/r8/low_acc"] >= 0.9  # what it was trained on (the stopping criterion)
+    assert last["frequency/r8/high_acc"] < 0.4
 
 
 # ------------------------------------------------------------------ resume
@@ -236,7 +274,8 @@ def test_decoders_are_restored_from_the_checkpoint_before_they_train_again(tmp_p
 def test_two_process_ddp_logs_the_same_figures_as_one_process(tmp_path):
     from test_ddp import frozen_network
 
-    def logged(root: Path, devices: int) -> list[dict[str, float]]:
+    def logged(root: Path, devices: int) -> dict[int, dict[str, float]]:
+        """Every dynamics key logged, by epoch."""
         pl.seed_everything(0)
         model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
         callbacks = [  # 13 probes, 31 reference / decoder images: uneven shards
@@ -253,17 +292,23 @@ def test_two_process_ddp_logs_the_same_figures_as_one_process(tmp_path):
         trainer.fit(model, small_datamodule(num_train=128, num_val=64))
         rows = list(csv.DictReader((root / "run" / "version_0" / "metrics.csv").read_text().splitlines()))
         prefixes = ("frequency/", "embedding/", "margin/", "information/")
-        figures = [{k: float(v) for k, v in row.items() if k.startswith(prefixes) and v} for row in rows]
-        return [f for f in figures if f]
+        by_epoch: dict[int, dict[str, float]] = {}
+        for row in rows:
+            values = {k: float(v) for k, v in row.items() if k.startswith(prefixes) and v}
+            if values:
+                by_epoch.setdefault(int(float(row["epoch"])), {}).update(values)
+        return by_epoch
 
     single = logged(tmp_path / "single", 1)
     double = logged(tmp_path / "ddp", 2)
-    merge = lambda rows: {k: v for row in rows for k, v in row.items()}
-    assert len(single) == len(double)
-    one, two = merge(single[: len(single) // 2]), merge(double[: len(double) // 2])
-    assert one.keys() == two.keys() and "information/network.3/iyh" in one and "embedding/penultimate/knn_conformity" in one
-    for key in one:
-        assert two[key] == pytest.approx(one[key], abs=1e-4, rel=1e-4), key
+    assert sorted(single) == sorted(double) == [0, 1]
+    for epoch, one in single.items():  # both epochs: the decoders' warm-started second fit agrees too
+        two = double[epoch]
+        assert one.keys() == two.keys(), epoch
+        assert "information/network.3/iyh" in one and "embedding/penultimate/knn_conformity" in one
+        for key in one:
+            assert two[key] == pytest.approx(one[key], abs=1e-4, rel=1e-4), (epoch, key)
+    assert single[1]["information/decoder_steps"] == 30.0
     assert len(list((tmp_path / "ddp").glob("**/information/plane/*.png"))) == 2  # rank zero alone logged
 
 
@@ -288,6 +333,7 @@ def expect_setup_error(tmp_path, callback, match, datamodule=None):
 @pytest.mark.parametrize("factory", [
     lambda: EmbeddingCallback(layers=["penultimate", "network.features.99"], tsne_epochs=[], knn_reference=0),
     lambda: InformationPlaneCallback(layers="network.feature.3"),
+    lambda: FrequencyCallback(kernel_layer="network.features.30"),
 ])
 def test_unknown_layers_fail_at_setup_listing_the_valid_names(tmp_path, factory):
     error = expect_setup_error(tmp_path, factory(), "Unknown layer")

@@ -135,7 +135,8 @@ def main() -> None:
     print(f"device: cpu x{torch.get_num_threads()} threads; SmallCNN width 32; {args.num_train} training + 500 "
           f"validation images, batch 64; {args.epochs} epochs per fit, {args.repeats} repeat(s), interleaved")
     print(f"bare epoch: median {summary(bare)} s")
-    print(f"{'callback':>18}  {'regular epoch ratio':>26}  {'from callback time':>26}  {'last epoch ratio':>26}  target")
+    headers = ("regular epoch ratio", "from callback time", "last epoch ratio")
+    print(f"{'callback':>18}  " + "  ".join(f"{h:>26}" for h in headers) + "  target")
     for name in args.only:
         print(f"{name:>18}  {summary(regular[name]):>26}  {summary(own[name]):>26}  {summary(last[name]):>26}  "
               f"<= {TARGETS[name]}")

@@ -193,7 +193,8 @@ def write_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]], compari
             colourings = [("class", stored["labels"].numpy(), tuple(run["datamodule"].val_set.class_names))]
             if stored["factor"] is not None:
                 colourings.append((embedding.factor or "factor", stored["factor"].numpy(), embedding.factor_names))
-            report.figure(scatter_figure(stored["pca"].numpy(), colourings, f"{layer}: PCA, last epoch", ("PC1", "PC2")),
+            report.figure(scatter_figure(stored["pca"].numpy(), colourings, f"{layer}: PCA, last epoch",
+                                         ("PC1", "PC2")),
                           f"{layer}: PCA of the probe features")
             if stored["tsne"] is not None:
                 report.figure(scatter_figure(stored["tsne"].numpy(), colourings, f"{layer}: t-SNE",

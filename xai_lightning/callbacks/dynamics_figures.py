@@ -89,7 +89,8 @@ def scatter_figure(
         present = np.unique(codes)
         labels = [names[c] if 0 <= c < len(names) else str(c) for c in present]
         # A factor whose values are colours ("red", "green", …) is drawn in those colours.
-        palette = {c: (label if is_color_like(label) else _COLOURS[c % len(_COLOURS)]) for c, label in zip(present, labels)}
+        palette = {c: (label if is_color_like(label) else _COLOURS[c % len(_COLOURS)])
+                   for c, label in zip(present, labels)}
         axis.scatter(points[:, 0], points[:, 1], s=9, c=[palette[c] for c in codes])
         handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=palette[c]) for c in present]
         axis.legend(handles, labels, fontsize=6, loc="best")

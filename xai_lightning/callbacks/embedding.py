@@ -152,7 +152,8 @@ class EmbeddingCallback(ObserverCallback):
     # ------------------------------------------------------------------ setup
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.labels is None:
-            raise ValueError("EmbeddingCallback colours and scores the embedding by class: the probe data needs labels.")
+            raise ValueError("EmbeddingCallback colours and scores the embedding by class: the probe data needs "
+                             "labels.")
         if self.tsne_epochs:
             check_tsne_points(len(probe), self.tsne_perplexity, "probe images")
         one = probe.images[:1].to(pl_module.device)
@@ -178,8 +179,9 @@ class EmbeddingCallback(ObserverCallback):
         latent = getattr(dataset, "latent", None)
         if latent is None or probe.indices is None:
             raise ValueError(
-                f"EmbeddingCallback(factor={self.factor!r}) colours by a ConceptWorld factor, but the {self.probe_split} "
-                f"data is {type(dataset).__name__}, not ConceptWorld (no .latent). Use ConceptWorld data or factor=None."
+                f"EmbeddingCallback(factor={self.factor!r}) colours by a ConceptWorld factor, but the "
+                f"{self.probe_split} data is {type(dataset).__name__}, not ConceptWorld (no .latent). Use "
+                "ConceptWorld data or factor=None."
             )
         names = {"shape": dataset.shapes, "texture": dataset.textures, "colour": tuple(dataset.colours),
                  "background": dataset.backgrounds}[self.factor]
@@ -235,7 +237,8 @@ class EmbeddingCallback(ObserverCallback):
                 scalars[f"{prefix}/knn_conformity"] = float(conformity[site.name].mean())
             if trainer.is_global_zero:
                 embedded = tsne(features, self.tsne_perplexity, seed=self.seed) if with_tsne else None
-                self._log_embedding(trainer, site.name, components.projected[:, :2], embedded, labels, predictions, probe)
+                self._log_embedding(trainer, site.name, components.projected[:, :2], embedded, labels, predictions,
+                                    probe)
         return scalars
 
     def _colourings(self, labels: torch.Tensor, probe: ProbeSet) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
@@ -255,7 +258,8 @@ class EmbeddingCallback(ObserverCallback):
         figure = scatter_figure(projected.numpy(), colourings, f"{layer}: PCA, epoch {epoch}", ("PC1", "PC2"))
         self.sinks.figure(f"{self.namespace}/{layer}/pca", figure, step)
         if embedded is not None:
-            figure = scatter_figure(embedded.numpy(), colourings, f"{layer}: t-SNE, epoch {epoch}", ("t-SNE 1", "t-SNE 2"))
+            figure = scatter_figure(embedded.numpy(), colourings, f"{layer}: t-SNE, epoch {epoch}",
+                                    ("t-SNE 1", "t-SNE 2"))
             self.sinks.figure(f"{self.namespace}/{layer}/tsne", figure, step)
         columns = ["epoch", "probe", "label", "prediction", "factor", "pc1", "pc2", "tsne1", "tsne2"]
         factor = self.factor_codes if self.factor_codes is not None else torch.full_like(labels, -1)

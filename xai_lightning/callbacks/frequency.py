@@ -137,7 +137,8 @@ class FrequencyCallback(ObserverCallback):
         if self.clean:
             scalars[f"{self.namespace}/clean_acc"] = float(results["clean"].float().mean())
         if self.kernel_layer_name is not None:
-            scalars[f"{self.namespace}/kernel_roughness"] = float(roughness_of(conv_weight(pl_module, self.kernel_layer_name)))
+            weight = conv_weight(pl_module, self.kernel_layer_name)
+            scalars[f"{self.namespace}/kernel_roughness"] = float(roughness_of(weight))
         if trainer.is_global_zero:
             step = trainer.global_step
             figure = self.curves(history_so_far(self.history, trainer.current_epoch, scalars))

@@ -127,7 +127,8 @@ class InformationPlaneCallback(ObserverCallback):
             raise ValueError("InformationPlaneCallback needs labelled images (N, C, H, W) in the probe data.")
         one = probe.images[:1].to(pl_module.device)
         self.sites = resolve_feature_sites(pl_module, self.layers, forward=lambda: pl_module(one))
-        features, logits = layer_features(pl_module, one, self.sites, pool=self.feature_pool, output_key=self.output_key)
+        features, logits = layer_features(pl_module, one, self.sites, pool=self.feature_pool,
+                                          output_key=self.output_key)
         split = self.decoder_split
         if split == "train" and trainer.state.fn != "fit" and find_split(trainer, "train") is None:
             split = "val"  # trainer.validate: no training data is set up; use held-out validation images

@@ -131,7 +131,8 @@ class MarginCallback(ObserverCallback):
             scalars[f"{prefix}/found"] = float(found.double().mean())
             if bool(found.any()):
                 q25, median, q75 = torch.quantile(margins[found], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-                scalars.update({f"{prefix}/q25": float(q25), f"{prefix}/median": float(median), f"{prefix}/q75": float(q75)})
+                scalars.update({f"{prefix}/q25": float(q25), f"{prefix}/median": float(median),
+                                f"{prefix}/q75": float(q75)})
                 medians[kind] = float(median)
         if "low" in medians and "high" in medians and medians["low"] > 0:
             scalars[f"{self.namespace}/high_over_low"] = medians["high"] / medians["low"]

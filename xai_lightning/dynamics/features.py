@@ -104,7 +104,8 @@ def resolve_feature_sites(
 def flatten_features(activation: torch.Tensor, pool: int | None = None) -> torch.Tensor:
     """``(B, ...)`` → ``(B, D)`` float; 4-D maps are first average-pooled to ≤ ``pool × pool`` if given."""
     if pool is not None and activation.dim() == 4 and (activation.shape[-2] > pool or activation.shape[-1] > pool):
-        activation = F.adaptive_avg_pool2d(activation, (min(pool, activation.shape[-2]), min(pool, activation.shape[-1])))
+        size = (min(pool, activation.shape[-2]), min(pool, activation.shape[-1]))
+        activation = F.adaptive_avg_pool2d(activation, size)
     return activation.flatten(1).float()
 
 
@@ -132,7 +133,8 @@ def layer_features(
 
         def forward_hook(_module: nn.Module, _inputs: object, output: object) -> None:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"Layer {site.module!r} returns {type(output).__name__}, not a tensor; choose another layer.")
+                raise TypeError(f"Layer {site.module!r} returns {type(output).__name__}, not a tensor; choose "
+                                "another layer.")
             captured[site.name] = flatten_features(output.detach(), pool)
         return forward_hook
 
@@ -140,7 +142,8 @@ def layer_features(
     for site in sites:
         module = get_layer(model, site.module)
         hook = hook_for(site)
-        handles.append(module.register_forward_pre_hook(hook) if site.kind == "input" else module.register_forward_hook(hook))
+        handles.append(module.register_forward_pre_hook(hook) if site.kind == "input"
+                       else module.register_forward_hook(hook))
     features: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
     logits: list[torch.Tensor] = []
     try:

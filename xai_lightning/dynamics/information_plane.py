@@ -102,7 +102,8 @@ class LayerDecoders(nn.Module):
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.feature_mean) / self.feature_std
 
-    def losses(self, features: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, features: torch.Tensor, labels: torch.Tensor,
+               targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N,)`` cross-entropy of the labels and ``(N,)`` NLL of the targets, both in bits."""
         h = self.standardise(features)
         label_bits = F.cross_entropy(self.label_decoder(h), labels, reduction="none") / LOG2

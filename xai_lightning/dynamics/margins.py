@@ -239,7 +239,8 @@ def _margins_of_slice(
     return margin.float(), upper.float(), predicted, iterations
 
 
-def _interpolate(low_t: torch.Tensor, high_t: torch.Tensor, low_gap: torch.Tensor, high_gap: torch.Tensor) -> torch.Tensor:
+def _interpolate(low_t: torch.Tensor, high_t: torch.Tensor, low_gap: torch.Tensor,
+                 high_gap: torch.Tensor) -> torch.Tensor:
     """Zero of the line through ``(low_t, low_gap > 0)`` and ``(high_t, high_gap ≤ 0)``, kept inside the bracket."""
     span = (low_gap - high_gap).clamp_min(1e-300)
     t = low_t + low_gap.clamp_min(0) / span * (high_t - low_t)
