@@ -189,7 +189,7 @@ def test_wrong_layer_fails_at_setup_and_bad_arguments_at_construction(tmp_path):
 def test_yaml_config_with_both_callbacks(tmp_path, monkeypatch):
     from xai_lightning.cli import build_cli
 
-    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_attribution.yaml"
+    config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_attribution.yaml"
     monkeypatch.chdir(tmp_path)
     callbacks = (
         '[{"class_path": "xai_lightning.ExplanationQualityCallback", "init_args": {"methods": ["saliency"], '

@@ -329,7 +329,7 @@ def test_other_bad_configurations_fail_at_setup_or_construction(tmp_path):
 def test_yaml_config_trains_an_ensemble_with_the_callback(tmp_path, monkeypatch):
     from xai_lightning.cli import build_cli
 
-    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "concept_world_uncertainty.yaml"
+    config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_uncertainty.yaml"
     monkeypatch.chdir(tmp_path)
     cli = build_cli([
         "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",

@@ -27,6 +27,8 @@ def test_small_config_writes_results_summary_plots_and_report(tmp_path):
     assert len(rows) == len(config["seeds"]) * config["epochs"] * len(methods)
     for row in rows:
         assert 0.0 <= float(row["energy_in_mask"]) <= 1.0
+        # Deletion AUC of a probability curve (trapezoid over the removed fraction 0..1) lies in [0, 1].
+        assert 0.0 <= float(row["deletion_auc"]) <= 1.0
     # Random maps on the patch grid score about the object's area, the uniform map's score.
     random = [float(r["energy_in_mask"]) for r in rows if r["method"] == "random"]
     uniform = float(rows[0]["energy_in_mask_uniform"])

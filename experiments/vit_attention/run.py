@@ -12,9 +12,8 @@ all bilinearly upsampled to the image and scored against ConceptWorld's object m
 
 * **energy in mask** — fraction of a map's positive mass on the object (higher is better; a uniform
   map scores the object's area);
-* **deletion AUC** (Petsiuk et al. 2018, lower is better) — from ``xai_lightning.evaluation.deletion_auc``,
-  which another branch (issue 15) adds. Until it is merged the column is empty; see
-  :func:`deletion_auc_or_none`, the marked hook.
+* **deletion AUC** (Petsiuk et al. 2018, lower is better; ``xai_lightning.evaluation.deletion_auc``
+  at its defaults: 32 steps, zero baseline, probability of the explained class).
 
 Several seeds train independently; the final epoch's scores are reported as mean ± 95 % t-interval;
 every method is compared with the random reference, with every other method, and with itself at
@@ -45,27 +44,16 @@ import yaml
 from xai_lightning import AttentionCallback, ConceptWorld, ImageClassifier, VisionTransformer, grad_cam
 from xai_lightning.attribution import attention_maps
 from xai_lightning.core import observe
-from xai_lightning.evaluation import energy_in_mask, nanmean, uniform_energy_in_mask
+from xai_lightning.evaluation import deletion_auc, energy_in_mask, nanmean, uniform_energy_in_mask
 from xai_lightning.logging import HtmlReport, display_images, labelled_grid, overlay, to_uint8_hwc
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("seed", "epoch", "val_acc", "method", "energy_in_mask", "energy_in_mask_uniform", "deletion_auc")
 
 
-def deletion_auc_or_none(model: torch.nn.Module, images: torch.Tensor, maps: torch.Tensor,
-                         targets: torch.Tensor) -> float | None:
-    """Mean deletion AUC of ``maps`` — or None until the evaluation branch is merged.
-
-    HOOK (issue 15, for the lead to wire after merging): ``xai_lightning.evaluation.deletion_auc(model,
-    inputs, maps, targets, ...)`` comes from the evaluation branch. Once it exists, this function
-    returns its mean over the probe images; check its keyword arguments (baseline, steps) and
-    return value (per-image ``(B,)`` tensor assumed here) when wiring it.
-    """
-    try:
-        from xai_lightning.evaluation import deletion_auc  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return float(torch.as_tensor(deletion_auc(model, images, maps, targets)).float().nanmean())
+def mean_deletion_auc(model: torch.nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean deletion AUC (Petsiuk et al. 2018; lower is better) of ``maps (B, H, W)`` for ``targets`` over the probe images."""
+    return float(deletion_auc(model, images, maps, targets).float().mean())
 
 
 def random_maps(count: int, grid: tuple[int, int], size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -110,7 +98,7 @@ class MapStudy(pl.Callback):
                 self.rows.append({
                     "seed": self.seed, "epoch": trainer.current_epoch, "val_acc": accuracy, "method": method,
                     "energy_in_mask": nanmean(energy_in_mask(values, self.masks)), "energy_in_mask_uniform": uniform,
-                    "deletion_auc": deletion_auc_or_none(network, self.images, values, self.labels),
+                    "deletion_auc": mean_deletion_auc(network, self.images, values, self.labels),
                 })
         self.last_maps = maps
 
@@ -304,7 +292,7 @@ def run(config: dict[str, Any], out_dir: Path, from_results: bool = False) -> di
     for method, entry in summary["methods"].items():
         table.append([method, entry["energy_in_mask"], entry["energy_in_mask_ci95"], entry.get("vs_random_difference", ""),
                       entry.get("vs_random_ci95", ""), entry.get("vs_random_p", ""), entry.get("verdict", "reference"),
-                      entry.get("deletion_auc", "n/a (evaluation branch not merged)")])
+                      entry.get("deletion_auc", "n/a")])
     report.table(columns, table, caption=f"final epoch ({summary['epoch']}), paired over seeds")
     pair_columns = ["comparison", "difference", "± 95 % CI", "p", "p (Holm)", "verdict"]
     report.table(pair_columns, [[name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
