@@ -21,7 +21,8 @@ at the end of each epoch's validation, and also at mid-epoch validations
 (``check_val_every_n_epoch > 1``, no validation data, ``limit_val_batches=0``) are observed at the
 end of their training epoch. The final weights are always observed: when training ends (last
 epoch, ``max_steps``, or a callback such as ``EarlyStopping`` stopping it) on weights that no
-observation has seen yet, one more runs at the end of that training epoch. ``trainer.validate()``
+observation has seen yet, one more runs at the end of that training epoch (not for a callback given
+explicit epochs, such as ``SanityCheckCallback(at_epochs=[...])``: those epochs only). ``trainer.validate()``
 observes once per call. Sanity-check validation is never observed.
 
 **Logging.** The scalars :meth:`ObserverCallback.report` returns go through Lightning's own
@@ -217,10 +218,16 @@ class ObserverCallback(RecordsSettings, pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe is None:
             return
-        if self._training_ends(trainer):  # the final weights are always observed (once)
+        if self._training_ends(trainer) and self.observes_final_weights:  # once, unless the epochs are explicit
             self._observe(trainer, pl_module)
         elif self._validated_epoch != trainer.current_epoch and self._scheduled(trainer):
             self._observe(trainer, pl_module)  # an epoch without validation
+
+    @property
+    def observes_final_weights(self) -> bool:
+        """Whether the end of training adds an observation of the final weights (subclasses that run at
+        explicitly listed epochs only say False)."""
+        return True
 
     def _scheduled(self, trainer: pl.Trainer) -> bool:
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or self._training_ends(trainer)

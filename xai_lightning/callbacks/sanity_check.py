@@ -148,6 +148,10 @@ class SanityCheckCallback(ObserverCallback):
         return self._generate_state_key(namespace=self.namespace, methods=tuple(self.methods), mode=self.mode,
                                         num_probe=self.num_probe)
 
+    @property
+    def observes_final_weights(self) -> bool:
+        return self.at_epochs is None  # ``at_epochs`` means those epochs only
+
     def _scheduled(self, trainer: pl.Trainer) -> bool:
         if self.at_epochs is None or trainer.state.fn != "fit":
             return super()._scheduled(trainer)
