@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find_probe_dataset
@@ -187,6 +188,7 @@ class TCAVCallback(ObserverCallback):
         self.concepts = list(concepts) if concepts is not None else None
         self.relative_concepts = pairs
         self.classes = list(classes) if classes is not None else None
+        self.absent_classes: list[int] = []
         self.num_random = num_random
         self.examples_per_concept = examples_per_concept
         self.concept_dir = concept_dir
@@ -308,6 +310,13 @@ class TCAVCallback(ObserverCallback):
                 f"TCAVCallback: class index {bad[0]} is out of range: the model has {num_classes} classes "
                 f"(valid 0..{num_classes - 1})."
             )
+        # A class without probe images has no TCAV score: say so once instead of logging NaN every epoch.
+        self.absent_classes = [k for k in self.class_indices if not bool((probe.labels == k).any())]
+        if self.absent_classes:
+            rank_zero_warn(
+                f"TCAVCallback: no probe image has class {self.absent_classes} (of {probe.labels.numel()} probes), so "
+                f"their TCAV scores are undefined and not logged; raise num_probe or pass classes=[...]."
+            )
         self.concept_images = self._load_concepts(trainer, probe) if (self.concepts or self._given_concepts
                                                                         or not self.relative_concepts) else {}
         self.relative_images = self._load_relative(trainer, probe, self.concept_images)
@@ -391,6 +400,8 @@ class TCAVCallback(ObserverCallback):
         baseline = result or relative
         if baseline is not None:
             for row in baseline.rows():
+                if row["class_index"] in self.absent_classes:
+                    continue
                 prefix = f"{self.namespace}/{row['layer']}/random_baseline/{row['class']}"
                 scalars[f"{prefix}/sign_count"] = row["random_sign_count_mean"]
                 scalars[f"{prefix}/magnitude"] = row["random_magnitude_mean"]
@@ -408,6 +419,8 @@ class TCAVCallback(ObserverCallback):
         return scalars
 
     def _row_scalars(self, row: dict[str, Any], concept_key: str) -> dict[str, float]:
+        if row["class_index"] in self.absent_classes:
+            return {}
         prefix = f"{self.namespace}/{row['layer']}/{concept_key}"
         return {
             f"{prefix}/{row['class']}/score": row["tcav_mean"],
