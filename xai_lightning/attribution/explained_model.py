@@ -16,7 +16,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from xai_lightning.core import TargetSpec, batch_slices, class_scores, resolve_targets, select_logits
+from xai_lightning.core import (
+    BatchTargets,
+    TargetSpec,
+    batch_slices,
+    class_scores,
+    resolve_targets,
+    select_logits,
+)
+from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
+from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
 
@@ -53,8 +62,12 @@ class ExplainedModel:
     Args:
         model: the network (already unwrapped from DDP/compile wrappers, in eval mode).
         output_key: dict key or tuple index of the logits when the network returns several outputs.
-        max_batch: most rows per forward/backward pass (None: everything at once).
+        max_batch: most rows per forward/backward pass. None: everything at once on a CPU (whose
+            passes are cut to a cache-friendly size anyway, :meth:`rows_per_pass`); on CUDA, with
+            ``like`` given, a cap from the device's free memory and the model's activation size
+            per row (:func:`~xai_lightning.core.batching.memory_aware_max_batch`).
         want_delta: the caller asked for a convergence delta (methods skip computing it otherwise).
+        like: an input batch shaped like the rows to come (only its first row is used, on CUDA).
     """
 
     def __init__(
@@ -63,14 +76,18 @@ class ExplainedModel:
         output_key: str | int | None = None,
         max_batch: int | None = None,
         want_delta: bool = False,
+        like: torch.Tensor | None = None,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
         self.model = model
         self.output_key = output_key
+        if max_batch is None and like is not None and like.device.type == "cuda" and like.shape[0]:
+            row_bytes = activation_bytes_per_row(model, like[:1], self.logits)
+            max_batch = memory_aware_max_batch(row_bytes, like.device)
         self.max_batch = max_batch
         self.want_delta = want_delta
-        self._channels_last: bool | None = None  # whether the model takes channels-last images (None: not tried)
+        self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected)."""
@@ -120,19 +137,9 @@ class ExplainedModel:
         copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x``, in the layout
         the backward pass chose (``AttributionMethod.attribute`` returns results contiguous, in one
         place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
-        from then on.
+        from then on (:class:`~xai_lightning.core.layout.ChannelsLastForward`).
         """
-        if x.dim() == 4 and x.device.type == "cpu" and self._channels_last is not False:
-            try:
-                logits = self.logits(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                if self._channels_last:  # the layout worked before: this is a genuine error
-                    raise
-                self._channels_last = False
-            else:
-                self._channels_last = True
-                return logits
-        return self.logits(x)
+        return self._layout(self.logits, x)
 
     def scores(self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *,
                cpu_tuned: bool = False) -> torch.Tensor:
@@ -182,17 +189,12 @@ class ExplainedModel:
         The explained class is resolved from the same forward pass (``"predicted"`` costs nothing
         extra), slice by slice.
         """
-        per_example = None  # one target per example: sliced along with the inputs
-        if not isinstance(target, (str, int)):
-            per_example = torch.as_tensor(target).reshape(-1)
-            if per_example.numel() != inputs.shape[0]:
-                raise ValueError(f"Got {per_example.numel()} targets for a batch of {inputs.shape[0]} examples.")
+        slice_targets = BatchTargets(target, labels, inputs.shape[0])
         gradients, logits_parts, target_parts = [], [], []
         for rows in self.pass_slices(inputs.shape[0], lambda rows: inputs[rows]):
             x = inputs[rows].detach().requires_grad_(True)
             logits = self.fast_logits(x)
-            targets = resolve_targets(target if per_example is None else per_example[rows], logits,
-                                      None if labels is None else labels[rows])
+            targets = slice_targets(rows, logits)
             (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), x)
             gradients.append(gradient)
             logits_parts.append(logits.detach().float())

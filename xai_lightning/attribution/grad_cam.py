@@ -24,13 +24,13 @@ from torch import nn
 from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import (
+    BatchTargets,
     LayerCapture,
     ObserverGuard,
     TargetSpec,
     class_scores,
     observe,
     resolve_layers,
-    resolve_targets,
 )
 
 __all__ = ["GradCAM", "GradCAMResult", "grad_cam"]
@@ -88,14 +88,15 @@ def grad_cam(
     with observe(model, trainer=trainer) as guard:
         names = resolve_layers(model, layers, forward=lambda: model(guard.input(inputs[:1], requires_grad=False)))
         maps = {name: [] for name in names}
-        explained = ExplainedModel(model, output_key, max_batch)
+        explained = ExplainedModel(model, output_key, max_batch, like=inputs)
+        slice_targets = BatchTargets(target, labels, inputs.shape[0])
         for rows in explained.slices(inputs.shape[0]):
             # The input's own gradient is never computed, but requiring it keeps a graph to the
             # layers of a frozen network (parameters with requires_grad=False).
             x = guard.input(inputs[rows])
             with LayerCapture(model, names) as capture:
                 logits = explained.fast_logits(x)
-            targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+            targets = slice_targets(rows, logits)
             activations = [capture.activations[name] for name in names]
             gradients = torch.autograd.grad(class_scores(logits, targets).sum(), activations)
             for name, activation, gradient in zip(names, activations, gradients):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.core import LayerCapture, TargetSpec, class_scores, resolve_layers, resolve_targets
+from xai_lightning.core import BatchTargets, LayerCapture, TargetSpec, class_scores, resolve_layers
 
 __all__ = ["LayerSlice", "layer_slices", "resolve_layer", "upsample_maps"]
 
@@ -55,6 +55,7 @@ def layer_slices(
     Raises:
         ValueError: when the layer's output is not ``(b, K, h, w)``.
     """
+    slice_targets = BatchTargets(target, labels, inputs.shape[0])
     for rows in explained.slices(inputs.shape[0]):
         x = inputs[rows].detach().requires_grad_(gradients)
         with LayerCapture(explained.model, layer) as capture:
@@ -65,7 +66,7 @@ def layer_slices(
                 f"{method} needs a layer with (B, C, h, w) feature maps; {layer!r} outputs {tuple(activation.shape)}. "
                 "Choose a convolutional layer or 'auto'."
             )
-        targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+        targets = slice_targets(rows, logits)
         gradient = None
         if gradients:
             (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), activation)

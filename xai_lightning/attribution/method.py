@@ -87,7 +87,8 @@ class AttributionMethod:
             # torch.inference_mode, and they are detached from any training graph.
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta,
+                                       like=x)
             attribution, delta = self._attribute(explained, x, target, label_copy, guard)
         attribution = attribution.detach().contiguous()  # gradient passes may leave a channels-last layout
         if return_convergence_delta:

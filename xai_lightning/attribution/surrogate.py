@@ -197,7 +197,7 @@ class SurrogateMethod(AttributionMethod):
         with observe(network, trainer=trainer, seed=self.seed) as guard:
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, like=x)
             result = self._explain(explained, x, target, label_copy, guard, feature_mask, coalitions)
         return result
 
