@@ -15,10 +15,7 @@ from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find
 from xai_lightning.concepts import (
     TCAV,
     ConceptCAVs,
-    cav_similarity,
     concept_examples_from_world,
-    directional_derivatives,
-    layer_activations,
     load_concept_folder,
     resolve_world_concept,
     split_balanced,
@@ -251,13 +248,12 @@ class TCAVCallback(ObserverCallback):
         # Classes outside `classes` are differentiated too (as class 0) and masked out in report.
         targets = torch.where(torch.isin(probe.labels, torch.as_tensor(self.class_indices, device=device)),
                               probe.labels, torch.zeros_like(probe.labels))
-        gradients = self.tcav.gradients(pl_module, probe.images, targets, self.layer_names, trainer=trainer)
-        out = {f"derivative/{layer}": value for layer, value in directional_derivatives(gradients, self.cavs).items()}
-        if self.num_similar:
-            activations = layer_activations(pl_module, probe.images, self.layer_names, max_batch=self.tcav.max_batch,
-                                            output_key=self.output_key, trainer=trainer)
-            for layer in self.layer_names:
-                out[f"similarity/{layer}"] = cav_similarity(activations[layer], self.cavs.mean_vector(layer))
+        # One pass over the probe, streamed: its activations (for the similarity images) come with the
+        # gradients, and both are reduced to per-image scores slice by slice.
+        derivatives, similarities = self.tcav.probe_derivatives(pl_module, probe.images, targets, self.cavs,
+                                                                similarity=bool(self.num_similar), trainer=trainer)
+        out = {f"derivative/{layer}": value for layer, value in derivatives.items()}
+        out.update({f"similarity/{layer}": value for layer, value in similarities.items()})
         out["labels"] = probe.labels
         return out
 

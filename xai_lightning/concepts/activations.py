@@ -3,7 +3,11 @@
 Both functions capture every requested layer in *one* forward pass per slice of at most
 ``max_batch`` examples; :func:`logit_gradients` differentiates the target class **logit** (not
 the loss, whose gradient has the opposite sign — REFERENCE.md) with respect to all layers in one
-``torch.autograd.grad`` call. Results are flattened to ``(N, D_layer)``, the space CAVs live in.
+``torch.autograd.grad`` call, and can hand back the activations of the same pass (TCAV's CAV
+similarity of the probe images needs no second forward). Results are flattened to
+``(N, D_layer)``, the space CAVs live in. :func:`layer_activations` stops the forward pass after
+the deepest requested layer; on a CPU both run on channels-last copies of the images
+(:mod:`xai_lightning.core.layout`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_lightning.core import LayerCapture, TargetSpec, batch_slices, class_scores, observe, resolve_targets, select_logits
+from xai_lightning.core import (
+    BatchTargets,
+    LayerCapture,
+    TargetSpec,
+    batch_slices,
+    class_scores,
+    observe,
+    select_logits,
+)
+from xai_lightning.core.layer_activations import LayerActivations
+from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["layer_activations", "logit_gradients"]
 
@@ -28,14 +42,17 @@ def layer_activations(
     output_key: str | int | None = None,
     trainer: Any | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Flattened activations ``(N, D_layer)`` (float32, on the model's device) of ``images (N, C, H, W)``."""
+    """Flattened activations ``(N, D_layer)`` (float32, on the model's device) of ``images (N, C, H, W)``.
+
+    The forward passes stop after the deepest of ``layers`` (``output_key`` is not needed).
+    """
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    forward = LayerActivations(model, list(layers))
     with observe(model, trainer=trainer) as guard, torch.no_grad():
         for rows in batch_slices(images.shape[0], max_batch):
-            with LayerCapture(model, list(layers)) as capture:
-                select_logits(model(guard.input(images[rows], requires_grad=False)), output_key)
-            for name in layers:
-                parts[name].append(capture.activations[name].detach().flatten(1).float())
+            outputs = forward(guard.input(images[rows], requires_grad=False))
+            for name, normalized in zip(layers, forward.layers):
+                parts[name].append(outputs[normalized].flatten(1).float())
     return {name: torch.cat(chunks) if chunks else torch.zeros(0, 0) for name, chunks in parts.items()}
 
 
@@ -49,6 +66,7 @@ def logit_gradients(
     max_batch: int | None = None,
     output_key: str | int | None = None,
     trainer: Any | None = None,
+    activations: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """∂(logit of each example's target class)/∂(layer activation), once per example.
 
@@ -56,31 +74,36 @@ def logit_gradients(
         inputs: ``(N, C, H, W)``.
         target: class per example: an index, ``(N,)`` indices, ``"label"`` or ``"predicted"``.
         layers: dotted layer names (already resolved).
+        activations: a dict to receive layer → ``(N, D_layer)`` float32 activations of the same
+            forward passes (None: not kept).
 
     Returns:
         ``(gradients, logits, targets)``: layer → ``(N, D_layer)`` float32 gradients, the
         ``(N, num_classes)`` logits and the ``(N,)`` classes differentiated.
     """
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logit_parts: list[torch.Tensor] = []
     target_parts: list[torch.Tensor] = []
+    slice_targets = BatchTargets(target, labels, inputs.shape[0])
+    layout = ChannelsLastForward()
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
             # requires_grad on the input: a layer with no parameters below it must still be differentiable.
             x = guard.input(inputs[rows])
             with LayerCapture(model, list(layers)) as capture:
-                logits = select_logits(model(x), output_key)
-            if isinstance(target, torch.Tensor) or isinstance(target, (list, tuple)):
-                chosen: TargetSpec = torch.as_tensor(target)[rows]
-            else:
-                chosen = target
-            targets = resolve_targets(chosen, logits, None if labels is None else labels[rows])
-            activations = [capture.activations[name] for name in layers]
-            gradients = torch.autograd.grad(class_scores(logits, targets).sum(), activations)
-            for name, gradient in zip(layers, gradients):
+                logits = select_logits(layout(model, x), output_key)
+            targets = slice_targets(rows, logits)
+            outputs = [capture.activations[name] for name in layers]
+            gradients = torch.autograd.grad(class_scores(logits, targets).sum(), outputs)
+            for name, gradient, output in zip(layers, gradients, outputs):
                 parts[name].append(gradient.detach().flatten(1).float())
+                if activations is not None:
+                    kept[name].append(output.detach().flatten(1).float())
             logit_parts.append(logits.detach().float())
             target_parts.append(targets)
+    if activations is not None:
+        activations.update({name: torch.cat(chunks) for name, chunks in kept.items()})
     return (
         {name: torch.cat(chunks) for name, chunks in parts.items()},
         torch.cat(logit_parts),

@@ -38,14 +38,14 @@ on channels-last copies of the images (:class:`~xai_lightning.core.layout.Channe
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from xai_lightning.core import batch_slices, get_layer, normalize_layer_name
-from xai_lightning.core.layout import ChannelsLastForward
+from xai_lightning.core import batch_slices
+from xai_lightning.core.layer_activations import LayerActivations
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
 from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
@@ -235,60 +235,6 @@ class LayerDissection:
             top_images=images.cpu(), top_scores=scores.cpu(), iou_threshold=self.iou_threshold,
             quantile=self.quantile, method=self.method, num_images=self.num_images, minima=minima.cpu(),
         )
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every requested layer produced its output: the rest of the network
-    is not needed for dissection."""
-
-
-class LayerActivations:
-    """Forward a model only as far as the deepest requested layer and return the layers' outputs.
-
-    ``LayerActivations(model, ["features.6", "features.13"])(images)`` →
-    ``{"features.6": (B, K, h, w), ...}`` detached, computed under ``torch.no_grad``.
-    Hooks live only during the call.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        self.model = model
-        self.layers = [normalize_layer_name(name) for name in layers]
-        self.modules = {name: get_layer(model, name) for name in self.layers}
-        self._layout = ChannelsLastForward()
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, _inputs: object, output: object) -> None:
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(f"Layer {name!r} ({type(module).__name__}) returns {type(output).__name__}, not a tensor.")
-                outputs[name] = output.detach()
-                if len(outputs) == len(self.modules):
-                    raise _StopForward
-
-            return hook
-
-        handles = [module.register_forward_hook(hook_for(name)) for name, module in self.modules.items()]
-        def forward(x: torch.Tensor) -> None:
-            try:
-                self.model(x)
-            except _StopForward as stop:
-                # The traceback holds the frames of the interrupted forward, which hold its
-                # intermediate activations in a reference cycle: drop it now rather than at the
-                # next garbage collection (it held one batch's activations per pass).
-                stop.__traceback__ = None
-
-        try:
-            with torch.no_grad():
-                self._layout(forward, images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name in self.layers if name not in outputs]
-        if missing:
-            raise RuntimeError(f"Layers {missing} did not run in the model's forward pass.")
-        return outputs
 
 
 def check_spatial(layer: str, activation: torch.Tensor) -> None:

@@ -34,7 +34,7 @@ from torchmetrics import Metric
 
 from xai_lightning.dissection.quantile import float32_ceiling, interpolate_order_statistics, quantile_position
 
-__all__ = ["QuantileSketch", "UPDATE_CHUNK"]
+__all__ = ["UPDATE_CHUNK", "QuantileSketch"]
 
 #: Values turned into bucket counts at a time (bounds the temporaries of :meth:`QuantileSketch.update`).
 UPDATE_CHUNK = 1 << 18
