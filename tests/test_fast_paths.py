@@ -252,6 +252,9 @@ def test_hot_paths_make_no_host_synchronisation_per_batch(model, images, name):
     options = HOT_PATHS[name]
     counted = {}
     results = {}
+    # Once per model and input shape, BatchNorm folding checks its folded pass against the plain one
+    # (two conversions); that first call is not the steady state measured here.
+    attribute(model, images, 1, method, max_batch=512, **options)
     for max_batch in (2, 512):  # 3+ slices vs one
         with host_conversions() as counts:
             results[max_batch] = attribute(model, images, 1, method, max_batch=max_batch, **options)
@@ -282,3 +285,63 @@ def test_noise_on_a_cpu_is_the_seeded_global_stream_as_before(model, images):
     explicit = attribute(model, images, 0, "smoothgrad", n_samples=4, noise=noise)
     assert torch.allclose(seeded, explicit, atol=1e-6)
     assert math.isfinite(float(seeded.abs().sum()))
+
+
+# --------------------------------------------------------------------------- BatchNorm folding
+
+
+def _with_nontrivial_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(8)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(size, generator=generator) - 0.5)
+    return model.eval()
+
+
+def _input_gradient(model: torch.nn.Module, images: torch.Tensor, target: int) -> torch.Tensor:
+    x = images.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model(x)[:, target].sum(), x)
+    return gradient
+
+
+class ReadsItsConvolutionTwice(torch.nn.Module):
+    """``bn(conv(x)) + conv(x)`` with the second read outside any module: folding would change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        return self.head((self.bn(z) + z).mean((2, 3)))
+
+
+@pytest.mark.parametrize("build, folded", [(lambda: SmallCNN(num_classes=4, width=4), 6),
+                                           (lambda: __import__("xai_lightning").models.resnet20(num_classes=4), 21),
+                                           (ReadsItsConvolutionTwice, 0)])
+def test_folded_batchnorm_passes_give_the_plain_model_gradients(images, build, folded):
+    from xai_lightning.attribution.batchnorm_folding import _CHECKED
+
+    torch.manual_seed(0)
+    model = _with_nontrivial_batchnorm(build())
+    ours = attribute(model, images, 2, "saliency", abs=False)
+    assert len(_CHECKED[model][tuple(images.shape[1:])]) == folded  # the check pass refuses the third model
+    reference = _input_gradient(model, images, 2)
+    assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
+    assert all("forward" not in module.__dict__ for module in model.modules())  # restored after the pass
+
+
+def test_a_captured_convolution_is_not_folded_into_its_batchnorm(images):
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    model = _with_nontrivial_batchnorm(SmallCNN(num_classes=4, width=4))
+    ours = attribute(model, images, 1, "gradcam", layer="features.4", upsample=False, relu=False)
+    reference = LayerGradCam(model, model.features[4]).attribute(images, target=1).squeeze(1)
+    assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6)

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from xai_lightning.attribution.batchnorm_folding import BatchNormFolding
 from xai_lightning.core import (
     BatchTargets,
     TargetSpec,
@@ -88,6 +89,7 @@ class ExplainedModel:
         self.max_batch = max_batch
         self.want_delta = want_delta
         self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
+        self._folding = BatchNormFolding(model)  # eval BatchNorms folded into their convolutions
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected)."""
@@ -137,9 +139,12 @@ class ExplainedModel:
         copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x``, in the layout
         the backward pass chose (``AttributionMethod.attribute`` returns results contiguous, in one
         place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
-        from then on (:class:`~xai_lightning.core.layout.ChannelsLastForward`).
+        from then on (:class:`~xai_lightning.core.layout.ChannelsLastForward`). Every eval-mode
+        BatchNorm that follows a convolution is folded into it for the pass
+        (:class:`~xai_lightning.attribution.batchnorm_folding.BatchNormFolding`: no BatchNorm pass
+        forward or backward, the same numbers up to float reassociation).
         """
-        return self._layout(self.logits, x)
+        return self._layout(lambda rows: self._folding(self.logits, rows), x)
 
     def scores(self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *,
                cpu_tuned: bool = False) -> torch.Tensor:
