@@ -326,7 +326,7 @@ class ReadsItsConvolutionTwice(torch.nn.Module):
                                            (lambda: __import__("xai_lightning").models.resnet20(num_classes=4), 21),
                                            (ReadsItsConvolutionTwice, 0)])
 def test_folded_batchnorm_passes_give_the_plain_model_gradients(images, build, folded):
-    from xai_lightning.attribution.batchnorm_folding import _CHECKED
+    from xai_lightning.core.batchnorm_folding import _CHECKED
 
     torch.manual_seed(0)
     model = _with_nontrivial_batchnorm(build())

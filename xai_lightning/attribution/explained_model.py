@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from xai_lightning.attribution.batchnorm_folding import BatchNormFolding
 from xai_lightning.core import (
     BatchTargets,
     TargetSpec,
@@ -26,6 +25,7 @@ from xai_lightning.core import (
     select_logits,
 )
 from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
 from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
@@ -141,7 +141,7 @@ class ExplainedModel:
         place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
         from then on (:class:`~xai_lightning.core.layout.ChannelsLastForward`). Every eval-mode
         BatchNorm that follows a convolution is folded into it for the pass
-        (:class:`~xai_lightning.attribution.batchnorm_folding.BatchNormFolding`: no BatchNorm pass
+        (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`: no BatchNorm pass
         forward or backward, the same numbers up to float reassociation).
         """
         return self._layout(lambda rows: self._folding(self.logits, rows), x)

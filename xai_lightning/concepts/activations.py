@@ -27,6 +27,7 @@ from xai_lightning.core import (
     observe,
     select_logits,
 )
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
 from xai_lightning.core.layer_activations import LayerActivations
 from xai_lightning.core.layout import ChannelsLastForward
 
@@ -87,12 +88,13 @@ def logit_gradients(
     target_parts: list[torch.Tensor] = []
     slice_targets = BatchTargets(target, labels, inputs.shape[0])
     layout = ChannelsLastForward()
+    folding = BatchNormFolding(model)
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
             # requires_grad on the input: a layer with no parameters below it must still be differentiable.
             x = guard.input(inputs[rows])
             with LayerCapture(model, list(layers)) as capture:
-                logits = select_logits(layout(model, x), output_key)
+                logits = select_logits(layout(lambda rows: folding(model, rows), x), output_key)
             targets = slice_targets(rows, logits)
             outputs = [capture.activations[name] for name in layers]
             gradients = torch.autograd.grad(class_scores(logits, targets).sum(), outputs)

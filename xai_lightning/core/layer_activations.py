@@ -4,7 +4,8 @@ Concept methods (TCAV's activations of concept and random images) and network di
 layer outputs, not logits: the rest of the network after the deepest requested layer is wasted
 work (SmallCNN, activations at ``features.13``: 37 % of the multiply-adds saved). A hook raises
 once every requested layer has produced its output, which ends the forward pass there. On a CPU
-the images go in channels-last (:class:`~xai_lightning.core.layout.ChannelsLastForward`).
+the images go in channels-last (:class:`~xai_lightning.core.layout.ChannelsLastForward`), and eval
+BatchNorms are folded into their convolutions (:mod:`xai_lightning.core.batchnorm_folding`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
 from xai_lightning.core.layers import get_layer, normalize_layer_name
 from xai_lightning.core.layout import ChannelsLastForward
 
@@ -35,6 +37,7 @@ class LayerActivations:
         self.layers = [normalize_layer_name(name) for name in layers]
         self.modules = {name: get_layer(model, name) for name in self.layers}
         self._layout = ChannelsLastForward()
+        self._folding = BatchNormFolding(model)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
@@ -49,16 +52,18 @@ class LayerActivations:
 
             return hook
 
-        def forward(x: torch.Tensor) -> None:
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            outputs.clear()  # a pass may run more than once (BatchNorm folding's check on a first slice)
             try:
                 self.model(x)
             except _StopForward:
                 pass
+            return dict(outputs)
 
         handles = [module.register_forward_hook(hook_for(name)) for name, module in self.modules.items()]
         try:
             with torch.no_grad():
-                self._layout(forward, images)
+                self._layout(lambda x: self._folding(forward, x), images)
         finally:
             for handle in handles:
                 handle.remove()

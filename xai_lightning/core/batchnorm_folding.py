@@ -1,4 +1,4 @@
-"""Explanation passes with every eval-mode BatchNorm folded into the convolution before it.
+"""Observing passes with every eval-mode BatchNorm folded into the convolution before it.
 
 In eval mode a ``BatchNorm2d`` is a per-channel affine map, ``y = s ⊙ z + t`` with
 ``s = γ / √(σ² + ε)`` and ``t = β − s ⊙ μ``; after a convolution ``z = W ∗ x + b`` the pair is one
@@ -6,7 +6,8 @@ convolution with weights ``s ⊙ W`` and bias ``s ⊙ b + t``. Explanation passe
 gradient) run that single convolution and skip the BatchNorm: no BatchNorm pass forward, none
 backward (SmallCNN and ResNet-20 have one after every convolution; ~10 % of a pass on a CPU). The
 numbers are the same up to float reassociation, which a check pass confirms before a model's
-first folded pass (:class:`BatchNormFolding`).
+first folded pass (:class:`BatchNormFolding`). Used by attribution passes, TCAV's activations and
+gradients, and network dissection's forwards.
 
 A pair is folded when one traced forward pass shows a ``Conv2d`` whose output only an eval-mode
 ``BatchNorm2d`` (with running statistics) reads, each module called once. Pairs where either
@@ -117,13 +118,11 @@ class BatchNormFolding:
                 pairs = foldable_pairs(self.model, sample, forward)
                 if pairs:
                     with torch.no_grad():
-                        plain = forward(sample)
-                        folded = self._run(pairs, forward, sample)
-                    tolerance = 1e-4 * (float(plain.abs().max()) + 1.0)
-                    if not bool(((plain.float() - folded.float()).abs() <= tolerance).all()):
+                        plain, folded = _tensors(forward(sample)), _tensors(self._run(pairs, forward, sample))
+                    if len(plain) != len(folded) or not plain or not all(map(_close, plain, folded)):
                         pairs = []  # the forward reads a convolution's output outside modules
-            except (RuntimeError, TypeError, AttributeError):
-                return []  # this pass cannot be traced on a slice of it: run it as it is (not cached)
+            except (RuntimeError, TypeError, ValueError):
+                pairs = []  # this pass cannot be traced on a slice of it: it runs as it is
             checked[key] = pairs
         return checked[key]
 
@@ -154,4 +153,19 @@ class BatchNormFolding:
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _tensors(result: object) -> list[torch.Tensor]:
+    """The tensors a pass returned: a tensor, or the values of a dict/tuple/list of them."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    values = result.values() if isinstance(result, dict) else result if isinstance(result, (tuple, list)) else ()
+    return [value for value in values if isinstance(value, torch.Tensor)]
+
+
+def _close(plain: torch.Tensor, folded: torch.Tensor) -> bool:
+    if plain.shape != folded.shape:
+        return False
+    tolerance = 1e-4 * (float(plain.abs().max()) + 1.0) if plain.numel() else 0.0
+    return bool(((plain.float() - folded.float()).abs() <= tolerance).all())
 
