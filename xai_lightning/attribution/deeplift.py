@@ -73,6 +73,8 @@ class DeepLift(AttributionMethod):
     ``return_convergence_delta=True`` also returns ``Σ C − (f_c(x) − f_c(x̄))`` per example.
     """
 
+    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+
     name = "deeplift"
     title = "DeepLIFT"
     has_convergence_delta = True

@@ -69,6 +69,7 @@ class ExplainedModel:
             per row (:func:`~xai_lightning.core.batching.memory_aware_max_batch`).
         want_delta: the caller asked for a convergence delta (methods skip computing it otherwise).
         like: an input batch shaped like the rows to come (only its first row is used, on CUDA).
+        fold_batchnorm: fold eval BatchNorms into their convolutions in :meth:`fast_logits`.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class ExplainedModel:
         max_batch: int | None = None,
         want_delta: bool = False,
         like: torch.Tensor | None = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
@@ -89,7 +91,7 @@ class ExplainedModel:
         self.max_batch = max_batch
         self.want_delta = want_delta
         self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
-        self._folding = BatchNormFolding(model)  # eval BatchNorms folded into their convolutions
+        self._folding = BatchNormFolding(model, enabled=fold_batchnorm)  # eval BatchNorms folded into their convs
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected)."""

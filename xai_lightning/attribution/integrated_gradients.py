@@ -116,6 +116,8 @@ class IntegratedGradients(AttributionMethod):
     ``return_convergence_delta=True`` also returns ``Σ IG − (F(x) − F(x'))`` per example.
     """
 
+    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+
     name = "integrated_gradients"
     title = "Integrated Gradients"
     has_convergence_delta = True

@@ -48,6 +48,12 @@ class AttributionMethod:
     stochastic: ClassVar[bool] = False
     #: True when the method has a convergence delta (completeness / summation-to-delta error).
     has_convergence_delta: ClassVar[bool] = False
+    #: Fold eval BatchNorms into their convolutions for the passes (:mod:`xai_lightning.core.batchnorm_folding`).
+    #: Folding changes float rounding, which is harmless for forward values and for gradients at
+    #: ordinary inputs, but at points near max-pool and ReLU ties — the path points near the baseline
+    #: of IG and GradientSHAP, DeepLIFT's references — it flips which of two near-equal inputs gets
+    #: the gradient: those methods keep the plain passes (and their agreement with Captum to 1e-5).
+    fold_batchnorm: ClassVar[bool] = True
 
     def __init__(self, *, output_key: str | int | None = None, max_batch: int | None = None, seed: int | None = None):
         if max_batch is not None and max_batch < 1:
@@ -88,7 +94,7 @@ class AttributionMethod:
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
             explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta,
-                                       like=x)
+                                       like=x, fold_batchnorm=self.fold_batchnorm)
             attribution, delta = self._attribute(explained, x, target, label_copy, guard)
         attribution = attribution.detach().contiguous()  # gradient passes may leave a channels-last layout
         if return_convergence_delta:

@@ -95,6 +95,7 @@ class SmoothGrad(AttributionMethod):
         self.map_reduction = self.inner.map_reduction  # type: ignore[misc]
         self.has_convergence_delta = self.inner.has_convergence_delta  # type: ignore[misc]
         self.image_only = self.inner.image_only  # type: ignore[misc]
+        self.fold_batchnorm = self.inner.fold_batchnorm  # type: ignore[misc]
 
     def _noise(self, inputs: torch.Tensor) -> torch.Tensor:
         batch, shape = inputs.shape[0], tuple(inputs.shape[1:])

@@ -112,6 +112,8 @@ class Xrai(AttributionMethod):
         min_pixels: drop candidates whose uncovered part is smaller.
     """
 
+    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+
     name = "xrai"
     title = "XRAI"
     image_only = True
