@@ -38,7 +38,7 @@ class DeepShap(AttributionMethod):
     ``return_convergence_delta=True`` returns ``Σ φ − (f_c(x) − mean_n f_c(x̄_n))`` per example.
     """
 
-    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
 
     name = "deep_shap"
     title = "DeepSHAP"

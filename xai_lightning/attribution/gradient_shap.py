@@ -56,7 +56,7 @@ class GradientShap(AttributionMethod):
     ``return_convergence_delta=True`` returns ``Σ φ − (f_c(x) − mean over the drawn baselines of f_c)``.
     """
 
-    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
 
     name = "gradient_shap"
     title = "GradientSHAP"

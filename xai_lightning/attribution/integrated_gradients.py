@@ -116,7 +116,7 @@ class IntegratedGradients(AttributionMethod):
     ``return_convergence_delta=True`` also returns ``Σ IG − (F(x) − F(x'))`` per example.
     """
 
-    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
 
     name = "integrated_gradients"
     title = "Integrated Gradients"

@@ -95,7 +95,8 @@ class SmoothGrad(AttributionMethod):
         self.map_reduction = self.inner.map_reduction  # type: ignore[misc]
         self.has_convergence_delta = self.inner.has_convergence_delta  # type: ignore[misc]
         self.image_only = self.inner.image_only  # type: ignore[misc]
-        self.fold_batchnorm = self.inner.fold_batchnorm  # type: ignore[misc]
+        if common.get("fold_batchnorm") is None:
+            self.fold_batchnorm = self.inner.fold_batchnorm
 
     def _noise(self, inputs: torch.Tensor) -> torch.Tensor:
         batch, shape = inputs.shape[0], tuple(inputs.shape[1:])

@@ -112,7 +112,7 @@ class Xrai(AttributionMethod):
         min_pixels: drop candidates whose uncovered part is smaller.
     """
 
-    fold_batchnorm = False  # path/reference points near ties: see AttributionMethod.fold_batchnorm
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
 
     name = "xrai"
     title = "XRAI"
