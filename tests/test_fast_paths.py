@@ -166,6 +166,30 @@ def test_streamed_probe_derivatives_equal_the_one_batch_reference(model, images)
     assert torch.allclose(similarities["features.13"], similarity, atol=1e-5)
 
 
+def test_one_streamed_probe_pass_serves_concept_and_relative_cavs(model, images):
+    """TCAVCallback scores concept CAVs and relative CAVs from the same probe gradients: each set's
+    derivatives equal those of the set alone, and the similarities those of the concept CAVs."""
+    world = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    layers = ["features.6", "features.13"]
+    tcav = TCAV(layers=layers, num_random=2, examples_per_concept=6, max_batch=None)
+    cavs = tcav.fit_cavs(model, {"bright": world[:12] + 0.5}, world[24:], layers=layers)
+    relative = tcav.fit_relative_cavs(model, {"bright vs dark": (world[:12] + 0.5, world[12:24] * 0.2)}, world[24:],
+                                      layers=layers)
+    targets = torch.tensor([0, 1, 2, 3, 0, 1])
+    alone, similar_alone = tcav.probe_derivatives(model, images, targets, cavs, similarity=True)
+    relative_alone, _ = tcav.probe_derivatives(model, images, targets, relative)
+    tcav.max_batch = 4  # two slices
+    (both, relative_both), similar = tcav.probe_derivative_sets(model, images, targets, [cavs, relative],
+                                                                similarity_cavs=cavs)
+    for layer in layers:
+        assert torch.allclose(both[layer], alone[layer], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(relative_both[layer], relative_alone[layer], rtol=1e-5, atol=1e-7)
+        assert relative_both[layer].shape[1] == 2  # the pair and the random-vs-random null
+        assert torch.allclose(similar[layer], similar_alone[layer], atol=1e-5)
+    _, none = tcav.probe_derivative_sets(model, images, targets, [relative])
+    assert none == {}
+
+
 # --------------------------------------------------------------------------- dissection memory
 
 
