@@ -114,11 +114,15 @@ def candidates(method: str, w: Workload) -> tuple[Callable[[], torch.Tensor], di
     }
     if method == "smoothgrad":
         noise = noise_for_ours()
-        ours = lambda: attribute(model, w.images, t, "smoothgrad", n_samples=N_NOISE,
-                                 wrapped_options={"abs": True}, noise=noise)
+
+        def ours() -> torch.Tensor:
+            return attribute(model, w.images, t, "smoothgrad", n_samples=N_NOISE, wrapped_options={"abs": True},
+                             noise=noise)
     else:
         name = method.removesuffix("_folded")
-        ours = lambda: attribute(model, w.images, t, name, **ours_options[method])
+
+        def ours() -> torch.Tensor:
+            return attribute(model, w.images, t, name, **ours_options[method])
 
     def one_pass(make: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Callable[[], torch.Tensor]]:
         return {f"{layout}": (lambda x=x: make(x)) for layout, x in inputs.items()}

@@ -25,7 +25,6 @@ import sys
 import warnings
 
 import torch
-
 from dissection import BATCH, LIVE_MEMORY_ENV, PeakResidentMemory, model, probe
 
 warnings.filterwarnings("ignore")

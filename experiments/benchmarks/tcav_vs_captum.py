@@ -96,7 +96,8 @@ def main() -> None:
         function()
         return clock() - start
 
-    settings = {(size, layout): (lambda size=size, layout=layout: run_captum(model, concepts, pool, inputs, size, layout))
+    settings = {(size, layout): (lambda size=size, layout=layout: run_captum(model, concepts, pool, inputs, size,
+                                                                             layout))
                 for size in (64, 256, 1000) for layout in (torch.contiguous_format, torch.channels_last)}
     first = {key: seconds(function) for key, function in settings.items()}
     best = min(first, key=first.get)
@@ -109,8 +110,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; {torch.get_num_threads()} "
           f"torch thread(s); load average {load:.1f}; clock: {args.clock}")
-    print(f"workload: {len(LAYERS)} layers x {len(CONCEPTS)} concepts x {NUM_RANDOM} random sets x {EXAMPLES} examples, "
-          f"{len(inputs)} inputs, with significance; median of {args.repeats} interleaved repeats")
+    print(f"workload: {len(LAYERS)} layers x {len(CONCEPTS)} concepts x {NUM_RANDOM} random sets x {EXAMPLES} "
+          f"examples, {len(inputs)} inputs, with significance; median of {args.repeats} interleaved repeats")
     layout_name = "channels-last" if best[1] == torch.channels_last else "NCHW"
     print("| ours (s) | Captum default (s) | Captum best (s) | best setting | ours / default | ours / best | target |")
     print("|---|---|---|---|---|---|---|")

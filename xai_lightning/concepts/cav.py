@@ -272,7 +272,7 @@ def train_cavs_indexed(
     # Embed every layer's problems in their n-dimensional training span, then solve all at once,
     # on the activations' device.
     embeddings, back_maps, crosses = [], [], []
-    for name, activations in layers.items():
+    for activations in layers.values():
         flat = activations.reshape(activations.shape[0], -1)
         train_rows, test_rows = train_index.to(flat.device), test_index.to(flat.device)
         problem_gram, cross = problem_grams(flat, train_rows, test_rows)
