@@ -371,3 +371,32 @@ def test_a_captured_convolution_is_not_folded_into_its_batchnorm(images):
     ours = attribute(model, images, 1, "gradcam", layer="features.4", upsample=False, relu=False)
     reference = LayerGradCam(model, model.features[4]).attribute(images, target=1).squeeze(1)
     assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+class NeedsThreeRows(torch.nn.Module):
+    """A SmallCNN that refuses batches of fewer than three rows: folding's two-row trace always fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.network = SmallCNN(num_classes=4, width=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 3:
+            raise RuntimeError("this model needs at least three rows")
+        return self.network(x)
+
+
+def test_a_pass_that_cannot_be_traced_on_two_rows_runs_unfolded(images):
+    """The trace fails again on a retry, so the failure is the trace's, not a one-off of the model's:
+    the pass runs as it is (unfolded) and gives the plain gradients. (A one-off failure is raised:
+    tests/test_first_contact_failures.py.)"""
+    from xai_lightning.core.batchnorm_folding import _CHECKED
+
+    torch.manual_seed(0)
+    model = NeedsThreeRows()
+    _with_nontrivial_batchnorm(model.network)
+    model.eval()
+    ours = attribute(model, images, 2, "saliency", abs=False, max_batch=6)
+    assert _CHECKED[model][tuple(images.shape[1:])] == []
+    reference = _input_gradient(model, images, 2)
+    assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
