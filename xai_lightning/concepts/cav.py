@@ -31,7 +31,7 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -114,7 +114,7 @@ def _logistic_objective(z, y, beta, bias, c):
 def _fit_logistic(z: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Damped Newton on ``½‖β‖² + C Σ log(1+e^{-y(Zβ+b)})``, batched over ``M``; intercept unpenalised."""
     m, n, p = z.shape
-    like = {"dtype": z.dtype, "device": z.device}
+    like: dict[str, Any] = {"dtype": z.dtype, "device": z.device}
     design = torch.cat([z, torch.ones(m, n, 1, **like)], dim=2)  # (M, n, p+1)
     theta = torch.zeros(m, p + 1, **like)
     penalty = torch.ones(p + 1, **like)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ def foldable_pairs(model: nn.Module, sample: torch.Tensor,
         conv = producers.get(id(args[0]))
         if conv is None or reads[id(args[0])] != 1 or called[id(conv)] != 1 or called[id(module)] != 1:
             continue
-        pairs.append((conv, module))
+        pairs.append((conv, cast(nn.BatchNorm2d, module)))
     return pairs
 
 
@@ -82,6 +82,7 @@ def _hooked(module: nn.Module) -> bool:
 
 def _folded_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s ⊙ W, s ⊙ b + t)``, detached: explanations never differentiate parameters."""
+    assert norm.running_var is not None and norm.running_mean is not None  # _foldable_norm checked them
     with torch.no_grad():
         scale = norm.running_var.add(norm.eps).rsqrt()
         shift = -norm.running_mean * scale
@@ -129,9 +130,8 @@ class BatchNormFolding:
                 if id(conv) not in self._weights:
                     self._weights[id(conv)] = _folded_weights(conv, norm)
                 weight, bias = self._weights[id(conv)]
-                conv.forward = (lambda inputs, conv=conv, weight=weight, bias=bias:  # type: ignore[method-assign]
-                                type(conv)._conv_forward(conv, inputs, weight, bias))
-                norm.forward = _identity  # type: ignore[method-assign]
+                conv.forward = _folded_forward(conv, weight, bias)  # type: ignore[method-assign,assignment]
+                norm.forward = _identity  # type: ignore[method-assign,assignment]
             return forward(x)
         finally:
             for conv, norm in active:
@@ -161,6 +161,15 @@ class BatchNormFolding:
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _folded_forward(conv: nn.Conv2d, weight: torch.Tensor,
+                    bias: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``conv``'s forward with the folded ``weight`` and ``bias`` (its own padding, stride, groups)."""
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        return type(conv)._conv_forward(conv, inputs, weight, bias)
+
+    return forward
 
 
 def _tensors(result: object) -> list[torch.Tensor]:
