@@ -148,7 +148,7 @@ def attention_maps(
         layers = None
         if source == "hooks":
             layers = find_attention_layers(network, lambda: network(guard.input(inputs[:1], requires_grad=False)))
-        explained = ExplainedModel(network, output_key, max_batch, score_fn=score_fn)
+        explained = ExplainedModel(network, output_key, max_batch, score_fn=score_fn, like=inputs)
         want_gradient = "relevance" in kinds
         for rows in explained.slices(inputs.shape[0]):
             x = guard.input(inputs[rows], requires_grad=want_gradient)

@@ -28,6 +28,8 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
+from xai_lightning.core.device_generator import device_generator
+
 __all__ = ["BaselineSpec", "baseline_distribution", "gaussian_blur", "make_baseline"]
 
 BaselineSpec = Union[str, float, int, torch.Tensor]
@@ -57,6 +59,15 @@ def _value_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = x.detach().flatten(1)
     shape = (-1,) + (1,) * (x.dim() - 1)
     return flat.amin(1).view(shape), flat.amax(1).view(shape)
+
+
+def _uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform [0, 1) noise shaped ``shape`` on ``like``'s device and dtype: drawn there (see
+    :mod:`xai_lightning.core.device_generator`), or on a given generator's own device."""
+    if generator is None:
+        generator = device_generator(like.device)
+    where = like.device if generator is None else generator.device
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float32).to(like.device, like.dtype)
 
 
 def _from_tensor(spec: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
@@ -103,7 +114,7 @@ def make_baseline(
         return gaussian_blur(x.detach(), sigma)
     if spec == "uniform":
         low, high = _value_range(x)
-        noise = torch.rand(x.shape[1:], generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+        noise = _uniform(tuple(x.shape[1:]), x, generator)
         return low + (high - low) * noise.unsqueeze(0)
     if spec == "mean":
         if x.dim() >= 3:
@@ -144,7 +155,7 @@ def baseline_distribution(
         )
     if spec == "uniform":
         low, high = _value_range(x)
-        noise = torch.rand((num, *sample_shape), generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        noise = _uniform((num, *sample_shape), x, generator)
         return low.unsqueeze(1) + (high - low).unsqueeze(1) * noise.unsqueeze(0)
     if spec == "blur":
         top = blur_sigma if blur_sigma is not None else max(x.shape[-2:]) / 8

@@ -38,6 +38,8 @@ class DeepShap(AttributionMethod):
     ``return_convergence_delta=True`` returns ``Σ φ − (f_c(x) − mean_n f_c(x̄_n))`` per example.
     """
 
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
+
     name = "deep_shap"
     title = "DeepSHAP"
     has_convergence_delta = True

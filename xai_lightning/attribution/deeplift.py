@@ -73,6 +73,8 @@ class DeepLift(AttributionMethod):
     ``return_convergence_delta=True`` also returns ``Σ C − (f_c(x) − f_c(x̄))`` per example.
     """
 
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
+
     name = "deeplift"
     title = "DeepLIFT"
     has_convergence_delta = True

@@ -16,7 +16,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from xai_lightning.core import TargetSpec, batch_slices, class_scores, output_scores, resolve_targets
+from xai_lightning.core import (
+    BatchTargets,
+    TargetSpec,
+    batch_slices,
+    class_scores,
+    output_scores,
+    resolve_targets,
+)
+from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.layout import ChannelsLastForward
 from xai_lightning.core.targets import ScoreFunction
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
@@ -54,10 +64,15 @@ class ExplainedModel:
     Args:
         model: the network (already unwrapped from DDP/compile wrappers, in eval mode).
         output_key: dict key or tuple index of the logits when the network returns several outputs.
-        max_batch: most rows per forward/backward pass (None: everything at once).
+        max_batch: most rows per forward/backward pass. None: everything at once on a CPU (whose
+            passes are cut to a cache-friendly size anyway, :meth:`rows_per_pass`); on CUDA, with
+            ``like`` given, a cap from the device's free memory and the model's activation size
+            per row (:func:`~xai_lightning.core.batching.memory_aware_max_batch`).
         want_delta: the caller asked for a convergence delta (methods skip computing it otherwise).
         score_fn: a callable target (:func:`~xai_lightning.core.split_target`): the network's output
             is explained through ``score_fn(output)``, presented as one-column logits (class 0).
+        like: an input batch shaped like the rows to come (only its first row is used, on CUDA).
+        fold_batchnorm: fold eval BatchNorms into their convolutions in :meth:`fast_logits`.
     """
 
     def __init__(
@@ -67,15 +82,21 @@ class ExplainedModel:
         max_batch: int | None = None,
         want_delta: bool = False,
         score_fn: ScoreFunction | None = None,
+        like: torch.Tensor | None = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
         self.model = model
         self.output_key = output_key
+        self.score_fn = score_fn  # before the memory estimate below: it runs :meth:`logits`
+        if max_batch is None and like is not None and like.device.type == "cuda" and like.shape[0]:
+            row_bytes = activation_bytes_per_row(model, like[:1], self.logits)
+            max_batch = memory_aware_max_batch(row_bytes, like.device)
         self.max_batch = max_batch
         self.want_delta = want_delta
-        self.score_fn = score_fn
-        self._channels_last: bool | None = None  # whether the model takes channels-last images (None: not tried)
+        self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
+        self._folding = BatchNormFolding(model, enabled=fold_batchnorm)  # eval BatchNorms folded into their convs
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected); ``(R, 1)`` scores
@@ -126,27 +147,12 @@ class ExplainedModel:
         copy into that layout is part of the graph, so ``∂/∂x`` still reaches ``x``, in the layout
         the backward pass chose (``AttributionMethod.attribute`` returns results contiguous, in one
         place). A model that cannot take that layout (one that ``.view()``s its input) gets NCHW
-        from then on; an error that channels-last does not cause (it succeeds on a second try) is
-        raised, never retried away.
+        from then on (:class:`~xai_lightning.core.layout.ChannelsLastForward`). Every eval-mode
+        BatchNorm that follows a convolution is folded into it for the pass
+        (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`: no BatchNorm pass
+        forward or backward, the same numbers up to float reassociation).
         """
-        if x.dim() == 4 and x.device.type == "cpu" and self._channels_last is not False:
-            try:
-                logits = self.logits(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError as first:
-                if self._channels_last:  # the layout worked before: this is a genuine error
-                    raise
-                logits = self.logits(x)  # NCHW; its own error, if any, is the one to see
-                with torch.no_grad():  # does channels-last fail again, i.e. is the layout the cause?
-                    try:
-                        self.logits(x.contiguous(memory_format=torch.channels_last))
-                    except RuntimeError:
-                        self._channels_last = False
-                        return logits
-                raise first  # a one-off failure of the model, not of the layout: never hide it
-            else:
-                self._channels_last = True
-                return logits
-        return self.logits(x)
+        return self._layout(lambda rows: self._folding(self.logits, rows), x)
 
     def scores(self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *,
                cpu_tuned: bool = False) -> torch.Tensor:
@@ -205,17 +211,12 @@ class ExplainedModel:
         The explained class is resolved from the same forward pass (``"predicted"`` costs nothing
         extra), slice by slice.
         """
-        per_example = None  # one target per example: sliced along with the inputs
-        if not isinstance(target, (str, int)):
-            per_example = torch.as_tensor(target).reshape(-1)
-            if per_example.numel() != inputs.shape[0]:
-                raise ValueError(f"Got {per_example.numel()} targets for a batch of {inputs.shape[0]} examples.")
+        slice_targets = BatchTargets(target, labels, inputs.shape[0])
         gradients, logits_parts, target_parts = [], [], []
         for rows in self.pass_slices(inputs.shape[0], lambda rows: inputs[rows]):
             x = inputs[rows].detach().requires_grad_(True)
             logits = self.fast_logits(x)
-            targets = resolve_targets(target if per_example is None else per_example[rows], logits,
-                                      None if labels is None else labels[rows])
+            targets = slice_targets(rows, logits)
             (gradient,) = torch.autograd.grad(class_scores(logits, targets).sum(), x)
             gradients.append(gradient)
             logits_parts.append(logits.detach().float())

@@ -29,13 +29,13 @@ from torch import nn
 from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import (
+    BatchTargets,
     LayerCapture,
     ObserverGuard,
     TargetSpec,
     class_scores,
     observe,
     resolve_layer_specs,
-    resolve_targets,
     split_target,
 )
 from xai_lightning.core.layers import LayerSpecLike
@@ -104,16 +104,16 @@ def grad_cam(
                                     reshape)
         names = [spec.key for spec in specs]
         maps = {name: [] for name in names}
-        explained = ExplainedModel(model, output_key, max_batch, score_fn=score_fn)
+        explained = ExplainedModel(model, output_key, max_batch, score_fn=score_fn, like=inputs)
+        slice_targets = BatchTargets(target, labels, inputs.shape[0])
         for rows in explained.slices(inputs.shape[0]):
             # The input's own gradient is never computed, but requiring it keeps a graph to the
             # layers of a frozen network (parameters with requires_grad=False).
             x = guard.input(inputs[rows])
             with LayerCapture(model, specs) as capture:
                 logits = explained.fast_logits(x)
-            targets = resolve_targets(target, logits, None if labels is None else labels[rows])
-            activations = capture.activations
-            activations = [activations[name] for name in names]
+            targets = slice_targets(rows, logits)
+            activations = [capture.activations[name] for name in names]
             gradients = capture.gradients_of(class_scores(logits, targets).sum(), names)
             for name, activation, gradient in zip(names, activations, gradients):
                 if activation.dim() != 4:

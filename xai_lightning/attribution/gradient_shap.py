@@ -56,6 +56,8 @@ class GradientShap(AttributionMethod):
     ``return_convergence_delta=True`` returns ``Σ φ − (f_c(x) − mean over the drawn baselines of f_c)``.
     """
 
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
+
     name = "gradient_shap"
     title = "GradientSHAP"
     has_convergence_delta = True

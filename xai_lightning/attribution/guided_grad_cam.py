@@ -18,7 +18,7 @@ from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.layer_gradients import resolve_layer, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.relu_backward_rules import apply_relu_rule
-from xai_lightning.core import LayerCapture, ObserverGuard, TargetSpec, class_scores, resolve_targets
+from xai_lightning.core import BatchTargets, LayerCapture, ObserverGuard, TargetSpec, class_scores
 
 __all__ = ["GuidedGradCAM"]
 
@@ -51,6 +51,7 @@ class GuidedGradCAM(AttributionMethod):
         layer = resolve_layer(explained, inputs, self.layer, "Guided Grad-CAM", self.reshape)
         switch = apply_relu_rule(guard, explained.model, "gradient")
         parts = []
+        slice_targets = BatchTargets(target, labels, inputs.shape[0])
         for rows in explained.slices(inputs.shape[0]):
             x = inputs[rows].detach().requires_grad_(True)
             switch.rule = "gradient"
@@ -62,7 +63,7 @@ class GuidedGradCAM(AttributionMethod):
                     f"Guided Grad-CAM needs a layer with (B, C, h, w) feature maps; {layer!r} outputs "
                     f"{tuple(activation.shape)}."
                 )
-            targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+            targets = slice_targets(rows, logits)
             score = class_scores(logits, targets).sum()
             (layer_gradient,) = capture.gradients_of(score, [layer], retain_graph=True)
             weights = layer_gradient.float().mean(dim=(2, 3), keepdim=True)

@@ -116,6 +116,8 @@ class IntegratedGradients(AttributionMethod):
     ``return_convergence_delta=True`` also returns ``Σ IG − (F(x) − F(x'))`` per example.
     """
 
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
+
     name = "integrated_gradients"
     title = "Integrated Gradients"
     has_convergence_delta = True

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.core import LayerCapture, TargetSpec, class_scores, resolve_layer_specs, resolve_targets
+from xai_lightning.core import BatchTargets, LayerCapture, TargetSpec, class_scores, resolve_layer_specs
 from xai_lightning.core.reshape import Reshape
 
 __all__ = ["LayerSlice", "layer_slices", "resolve_layer", "upsample_maps"]
@@ -57,6 +57,7 @@ def layer_slices(
     Raises:
         ValueError: when the layer's output is not ``(b, K, h, w)``.
     """
+    slice_targets = BatchTargets(target, labels, inputs.shape[0])
     for rows in explained.slices(inputs.shape[0]):
         x = inputs[rows].detach().requires_grad_(gradients)
         with LayerCapture(explained.model, layer) as capture:
@@ -68,7 +69,7 @@ def layer_slices(
                 "Choose a convolutional layer or 'auto'; for transformer tokens (B, tokens, dim) add a reshape "
                 f"('{layer}@vit' or reshape='vit')."
             )
-        targets = resolve_targets(target, logits, None if labels is None else labels[rows])
+        targets = slice_targets(rows, logits)
         gradient = None
         if gradients:
             (gradient,) = capture.gradients_of(class_scores(logits, targets).sum(), [layer])

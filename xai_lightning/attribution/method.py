@@ -34,6 +34,9 @@ class AttributionMethod:
             images, masks and coalitions are all counted as rows); None: no cap.
         seed: seed of the (isolated) torch generator for stochastic methods; None keeps the
             current state of the generator inside the guard.
+        fold_batchnorm: fold eval BatchNorms into the convolutions before them for the passes
+            (faster; the same numbers up to float rounding); None: the method's default
+            (:attr:`fold_batchnorm_default`).
     """
 
     #: registry name, e.g. ``"integrated_gradients"``.
@@ -48,13 +51,22 @@ class AttributionMethod:
     stochastic: ClassVar[bool] = False
     #: True when the method has a convergence delta (completeness / summation-to-delta error).
     has_convergence_delta: ClassVar[bool] = False
+    #: Whether ``fold_batchnorm=None`` folds eval BatchNorms into their convolutions for the passes
+    #: (:mod:`xai_lightning.core.batchnorm_folding`). Folding changes float rounding, which is
+    #: harmless for forward values and for gradients at ordinary inputs, but at points near max-pool
+    #: and ReLU ties — the path points near the baseline of IG and GradientSHAP, DeepLIFT's
+    #: references — it flips which of two near-equal inputs gets the gradient: those methods keep
+    #: the plain passes by default (and their agreement with Captum to 1e-5).
+    fold_batchnorm_default: ClassVar[bool] = True
 
-    def __init__(self, *, output_key: str | int | None = None, max_batch: int | None = None, seed: int | None = None):
+    def __init__(self, *, output_key: str | int | None = None, max_batch: int | None = None, seed: int | None = None,
+                 fold_batchnorm: bool | None = None):
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
         self.output_key = output_key
         self.max_batch = max_batch
         self.seed = seed
+        self.fold_batchnorm = self.fold_batchnorm_default if fold_batchnorm is None else bool(fold_batchnorm)
 
     # ------------------------------------------------------------------ public API
     def attribute(
@@ -89,9 +101,12 @@ class AttributionMethod:
             # torch.inference_mode, and they are detached from any training graph.
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, want_delta=return_convergence_delta,
-                                       score_fn=score_fn)
             try:
+                # On CUDA ``like=x`` runs one row through the model for a memory-aware max_batch:
+                # inside the try, so a 3-D slip gets the same hint as in the method itself.
+                explained = ExplainedModel(network, self.output_key, self.max_batch,
+                                           want_delta=return_convergence_delta, score_fn=score_fn, like=x,
+                                           fold_batchnorm=self.fold_batchnorm)
                 attribution, delta = self._attribute(explained, x, target, label_copy, guard)
             except Exception as error:
                 if inputs.dim() != 3:

@@ -183,14 +183,16 @@ class Occlusion(AttributionMethod):
         stride = self._shape(self.stride, sample_shape, "stride")
         if isinstance(self.stride, int) and len(sample_shape) == 3:
             stride = (window[0], *stride[1:])
-        masks = occlusion_windows(sample_shape, window, stride, inputs.device)  # (W, *sample) bool
+        # Built on the host, where the incremental forward sizes its patches from them, then moved.
+        host_masks = occlusion_windows(sample_shape, window, stride)  # (W, *sample) bool
+        masks = host_masks.to(inputs.device)
         count = masks.shape[0]
         batch = inputs.shape[0]
         baselines = make_baseline(self.baseline, inputs)
         targets, _ = explained.resolve(inputs, target, labels)
         original = explained.scores(batch, lambda rows: inputs[rows], targets, self.score, cpu_tuned=True)
         row_targets = targets.repeat_interleave(count)
-        incremental = self._incremental_forward(explained, inputs, masks)
+        incremental = self._incremental_forward(explained, inputs, host_masks)
 
         def example_and_window(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
             index = torch.arange(rows.start, rows.stop, device=inputs.device)

@@ -27,6 +27,7 @@ from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec
+from xai_lightning.core.device_generator import device_generator
 
 __all__ = ["Rise", "rise_masks"]
 
@@ -85,10 +86,14 @@ class Rise(AttributionMethod):
                    labels: torch.Tensor | None, guard: ObserverGuard):
         batch, _, height, width = inputs.shape
         s = self.grid_size
-        # All random numbers first (CPU generator, shared by the batch): max_batch cannot change them.
-        grids = (torch.rand(self.num_masks, s, s) < self.keep_probability).float().to(inputs.device)
-        shifts = torch.stack([torch.randint(0, math.ceil(height / s), (self.num_masks,)),
-                              torch.randint(0, math.ceil(width / s), (self.num_masks,))], dim=1).to(inputs.device)
+        # All random numbers first (on the inputs' device, shared by the batch): max_batch cannot change them.
+        device = inputs.device
+        generator = device_generator(device)
+        grids = (torch.rand(self.num_masks, s, s, device=device, generator=generator) < self.keep_probability).float()
+        shifts = torch.stack([
+            torch.randint(0, math.ceil(height / s), (self.num_masks,), device=device, generator=generator),
+            torch.randint(0, math.ceil(width / s), (self.num_masks,), device=device, generator=generator),
+        ], dim=1)
         targets, _ = explained.resolve(inputs, target, labels)
         baselines = make_baseline(self.baseline, inputs)
         saliency = torch.zeros(batch, height, width, dtype=torch.float64, device=inputs.device)

@@ -30,6 +30,7 @@ import torch
 from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec
+from xai_lightning.core.device_generator import device_generator
 
 __all__ = ["SmoothGrad"]
 
@@ -94,6 +95,8 @@ class SmoothGrad(AttributionMethod):
         self.map_reduction = self.inner.map_reduction  # type: ignore[misc]
         self.has_convergence_delta = self.inner.has_convergence_delta  # type: ignore[misc]
         self.image_only = self.inner.image_only  # type: ignore[misc]
+        if common.get("fold_batchnorm") is None:
+            self.fold_batchnorm = self.inner.fold_batchnorm
 
     def _noise(self, inputs: torch.Tensor) -> torch.Tensor:
         batch, shape = inputs.shape[0], tuple(inputs.shape[1:])
@@ -113,7 +116,8 @@ class SmoothGrad(AttributionMethod):
         else:
             flat = inputs.flatten(1)
             sigma = self.noise_level * (flat.amax(1) - flat.amin(1))
-        standard = torch.randn((self.n_samples, *shape), dtype=torch.float32).to(inputs.device, inputs.dtype)
+        standard = torch.randn((self.n_samples, *shape), dtype=torch.float32, device=inputs.device,
+                               generator=device_generator(inputs.device)).to(inputs.dtype)
         return sigma.view(batch, 1, *([1] * len(shape))) * standard.unsqueeze(0)
 
     def _check_inputs(self, inputs: torch.Tensor) -> None:

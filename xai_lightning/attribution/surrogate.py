@@ -198,7 +198,8 @@ class SurrogateMethod(AttributionMethod):
         with observe(network, trainer=trainer, seed=self.seed) as guard:
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn)
+            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn, like=x,
+                                       fold_batchnorm=self.fold_batchnorm)
             result = self._explain(explained, x, target, label_copy, guard, feature_mask, coalitions)
         return result
 

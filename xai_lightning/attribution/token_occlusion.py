@@ -172,8 +172,10 @@ class TokenOcclusion(AttributionMethod):
         score_fn, target = split_target(target)
         with observe(network, trainer=trainer, seed=self.seed):
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(ids.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn)
-            return self._explain(explained, ids.detach().clone(), target, label_copy, word_ids)
+            ids = ids.detach().clone()
+            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn, like=ids,
+                                       fold_batchnorm=self.fold_batchnorm)
+            return self._explain(explained, ids, target, label_copy, word_ids)
 
     def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
                    labels: torch.Tensor | None, guard: ObserverGuard):

@@ -114,6 +114,8 @@ class Xrai(AttributionMethod):
         min_pixels: drop candidates whose uncovered part is smaller.
     """
 
+    fold_batchnorm_default = False  # points near ties: see AttributionMethod.fold_batchnorm_default
+
     name = "xrai"
     title = "XRAI"
     image_only = True

@@ -22,6 +22,7 @@ from xai_lightning.dissection import (
     check_spatial,
     dissect_batches,
     sketch_batches,
+    sketch_keeps_activations,
     upsample_activations,
     vocabulary_from_dataset,
 )
@@ -164,6 +165,7 @@ class DissectionCallback(ObserverCallback):
         self._labels: ConceptLabels | None = None
         self._local: dict[str, LayerDissection] = {}
         self._values_per_image = 0  # Σ K·h·w over the dissected layers (found at setup)
+        self._layer_shapes: list[tuple[int, ...]] = []  # (K, h, w) of each dissected layer
 
     @property
     def state_key(self) -> str:
@@ -218,6 +220,7 @@ class DissectionCallback(ObserverCallback):
         for name in self.layer_names:
             check_spatial(name, outputs[name])
         self._values_per_image = sum(outputs[name][0].numel() for name in self.layer_names)
+        self._layer_shapes = [tuple(outputs[name].shape[1:]) for name in self.layer_names]
 
     def method_for(self, num_images: int) -> Literal["exact", "sketch"]:
         """The threshold method used for ``num_images`` probe images on one process."""
@@ -235,6 +238,8 @@ class DissectionCallback(ObserverCallback):
         real = torch.arange(rank, rank + world * len(rows), world)[: len(rows)] < len(self.probe)
         ids = rows[real]
         images = probe.images[real.to(probe.images.device)]
+        if self._labels.layers.device != images.device:
+            self._labels = self._labels.to(images.device)  # once: counts accumulate on the device
         forward = LayerActivations(pl_module, self.layer_names)
 
         def batches():
@@ -244,13 +249,11 @@ class DissectionCallback(ObserverCallback):
         # Every rank takes the same branch: the method depends on the (padded, equal) shard size.
         method = self.method_for(len(rows))
         given = {}
-        if method == "sketch":
-            sketches = sketch_batches(batches(), self.layer_names, self.quantile, self.sketch_accuracy)
-            for sketch in sketches.values():  # the sketches of every rank: counts add up
-                sketch.counts = self._all_gather(trainer, sketch.counts).sum(0)
-                sketch.minimum = self._all_gather(trainer, sketch.minimum).amin(0)
-                sketch.maximum = self._all_gather(trainer, sketch.maximum).amax(0)
-                sketch.count = self._all_gather(trainer, sketch.count).sum(0)
+        if method == "sketch" and not sketch_keeps_activations(len(rows), self._layer_shapes, self.sketch_accuracy):
+            sketches = sketch_batches(batches(), self.layer_names, self.quantile, self.sketch_accuracy,
+                                      num_images=len(self.probe))
+            for sketch in sketches.values():  # the state of every rank: counts add up, top values merge
+                sketch.merge_processes(lambda tensor: self._all_gather(trainer, tensor))
             given = {name: sketch.thresholds() for name, sketch in sketches.items()}
         self._local = dissect_batches(batches(), self.layer_names, self._labels, self.vocabulary, self.quantile,
                                       self.iou_threshold, self.top_images, given, method)

@@ -16,11 +16,8 @@ from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find
 from xai_lightning.concepts import (
     TCAV,
     ConceptCAVs,
-    cav_similarity,
     concept_contrast_from_world,
     concept_examples_from_world,
-    directional_derivatives,
-    layer_activations,
     load_concept_folder,
     resolve_world_concept,
     split_balanced,
@@ -357,18 +354,17 @@ class TCAVCallback(ObserverCallback):
         # Classes outside `classes` are differentiated too (as class 0) and masked out in report.
         targets = torch.where(torch.isin(probe.labels, torch.as_tensor(self.class_indices, device=device)),
                               probe.labels, torch.zeros_like(probe.labels))
-        gradients = self.tcav.gradients(pl_module, probe.images, targets, self.layer_names, trainer=trainer)
+        # One pass over the probe, streamed: gradients for the concept and the relative CAVs, and the
+        # activations (for the similarity images) of the same pass, reduced to per-image scores slice by slice.
+        kinds = [(kind, cavs) for kind, cavs in (("derivative", self.cavs), ("relative", self.relative_cavs))
+                 if cavs is not None]
+        derivative_sets, similarities = self.tcav.probe_derivative_sets(
+            pl_module, probe.images, targets, [cavs for _, cavs in kinds],
+            similarity_cavs=self.cavs if self.num_similar else None, trainer=trainer)
         out: dict[str, torch.Tensor] = {}
-        if self.cavs is not None:
-            out.update({f"derivative/{layer}": value for layer, value in directional_derivatives(gradients, self.cavs).items()})
-        if self.relative_cavs is not None:
-            out.update({f"relative/{layer}": value
-                        for layer, value in directional_derivatives(gradients, self.relative_cavs).items()})
-        if self.num_similar and self.cavs is not None:
-            activations = layer_activations(pl_module, probe.images, self.layer_names, max_batch=self.tcav.max_batch,
-                                            output_key=self.output_key, trainer=trainer)
-            for layer in self.layer_names:
-                out[f"similarity/{layer}"] = cav_similarity(activations[layer], self.cavs.mean_vector(layer))
+        for (kind, _), derivatives in zip(kinds, derivative_sets):
+            out.update({f"{kind}/{layer}": value for layer, value in derivatives.items()})
+        out.update({f"similarity/{layer}": value for layer, value in similarities.items()})
         out["labels"] = probe.labels
         return out
 

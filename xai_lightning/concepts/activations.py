@@ -3,7 +3,11 @@
 Both functions capture every requested layer in *one* forward pass per slice of at most
 ``max_batch`` examples; :func:`logit_gradients` differentiates the target class **logit** (not
 the loss, whose gradient has the opposite sign — REFERENCE.md) with respect to all layers in one
-``torch.autograd.grad`` call. Results are flattened to ``(N, D_layer)``, the space CAVs live in.
+``torch.autograd.grad`` call, and can hand back the activations of the same pass (TCAV's CAV
+similarity of the probe images needs no second forward). Results are flattened to
+``(N, D_layer)``, the space CAVs live in. :func:`layer_activations` stops the forward pass after
+the deepest requested layer; on a CPU both run on channels-last copies of the images
+(:mod:`xai_lightning.core.layout`).
 
 Layers are spec keys: a transformer layer read through a reshape (``"blocks.3.norm1:input@vit"``)
 is flattened from its folded grid ``(N, D, h, w)``, the same space as a CNN's feature maps.
@@ -18,16 +22,19 @@ import torch
 from torch import nn
 
 from xai_lightning.core import (
+    BatchTargets,
     LayerCapture,
     TargetSpec,
     batch_slices,
     class_scores,
     observe,
     output_scores,
-    resolve_targets,
-    select_logits,
+    parse_layer,
     split_target,
 )
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.layer_activations import LayerActivations
+from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["layer_activations", "logit_gradients"]
 
@@ -41,15 +48,17 @@ def layer_activations(
     output_key: str | int | None = None,
     trainer: Any | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Flattened activations ``(N, D_layer)`` (float32, on the model's device) of ``images (N, C, H, W)``."""
+    """Flattened activations ``(N, D_layer)`` (float32, on the model's device) of ``images (N, C, H, W)``.
+
+    The forward passes stop after the deepest of ``layers`` (``output_key`` is not needed).
+    """
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    forward = LayerActivations(model, list(layers))
     with observe(model, trainer=trainer) as guard, torch.no_grad():
         for rows in batch_slices(images.shape[0], max_batch):
-            with LayerCapture(model, list(layers)) as capture:
-                select_logits(model(guard.input(images[rows], requires_grad=False)), output_key)
-            activations = capture.activations
-            for name in layers:
-                parts[name].append(activations[name].detach().flatten(1).float())
+            outputs = forward(guard.input(images[rows], requires_grad=False))
+            for name, normalized in zip(layers, forward.layers):
+                parts[name].append(outputs[normalized].flatten(1).float())
     return {name: torch.cat(chunks) if chunks else torch.zeros(0, 0) for name, chunks in parts.items()}
 
 
@@ -63,6 +72,7 @@ def logit_gradients(
     max_batch: int | None = None,
     output_key: str | int | None = None,
     trainer: Any | None = None,
+    activations: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """∂(logit of each example's target class)/∂(layer activation), once per example.
 
@@ -71,31 +81,39 @@ def logit_gradients(
         target: class per example: an index, ``(N,)`` indices, ``"label"`` or ``"predicted"``; or a
             callable on the model output returning ``(N,)`` scores (logits are then ``(N, 1)``).
         layers: dotted layer names (already resolved).
+        activations: a dict to receive layer → ``(N, D_layer)`` float32 activations of the same
+            forward passes (None: not kept).
 
     Returns:
         ``(gradients, logits, targets)``: layer → ``(N, D_layer)`` float32 gradients, the
         ``(N, num_classes)`` logits and the ``(N,)`` classes differentiated.
     """
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     logit_parts: list[torch.Tensor] = []
     target_parts: list[torch.Tensor] = []
     score_fn, target = split_target(target)
+    slice_targets = BatchTargets(target, labels, inputs.shape[0])
+    layout = ChannelsLastForward()
+    folding = BatchNormFolding(model)
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
             # requires_grad on the input: a layer with no parameters below it must still be differentiable.
             x = guard.input(inputs[rows])
             with LayerCapture(model, list(layers)) as capture:
-                logits = output_scores(model(x), output_key, score_fn, batch=x.shape[0])
-            if isinstance(target, torch.Tensor) or isinstance(target, (list, tuple)):
-                chosen: TargetSpec = torch.as_tensor(target)[rows]
-            else:
-                chosen = target
-            targets = resolve_targets(chosen, logits, None if labels is None else labels[rows])
+                logits = output_scores(layout(lambda images: folding(model, images), x), output_key, score_fn,
+                                       batch=x.shape[0])
+            targets = slice_targets(rows, logits)
             gradients = capture.gradients_of(class_scores(logits, targets).sum(), list(layers))
+            outputs = capture.activations  # keyed by spec key
             for name, gradient in zip(layers, gradients):
                 parts[name].append(gradient.detach().flatten(1).float())
+                if activations is not None:
+                    kept[name].append(outputs[parse_layer(name).key].detach().flatten(1).float())
             logit_parts.append(logits.detach().float())
             target_parts.append(targets)
+    if activations is not None:
+        activations.update({name: torch.cat(chunks) for name, chunks in kept.items()})
     return (
         {name: torch.cat(chunks) for name, chunks in parts.items()},
         torch.cat(logit_parts),

@@ -43,7 +43,7 @@ from xai_lightning.concepts.activations import layer_activations, logit_gradient
 from xai_lightning.concepts.cav import CAVBackend, CAVClassifier, train_cavs_indexed
 from xai_lightning.concepts.concept_sets import draw_random_sets
 from xai_lightning.concepts.significance import two_sided_t_test
-from xai_lightning.core import observe, resolve_layers, select_logits
+from xai_lightning.core import batch_slices, observe, resolve_layers, select_logits
 
 __all__ = [
     "ConceptCAVs",
@@ -514,11 +514,73 @@ class TCAV:
         targets: torch.Tensor,
         layers: Sequence[str],
         trainer: Any | None = None,
+        activations: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logit gradients ``(N, D)`` per layer of each input's target class, checked against the logits."""
+        """Logit gradients ``(N, D)`` per layer of each input's target class, checked against the logits.
+
+        ``activations``: a dict to receive the layers' ``(N, D)`` activations of the same forward pass."""
         gradients, _, _ = logit_gradients(model, inputs, torch.as_tensor(targets).long(), layers,
-                                          max_batch=self.max_batch, output_key=self.output_key, trainer=trainer)
+                                          max_batch=self.max_batch, output_key=self.output_key, trainer=trainer,
+                                          activations=activations)
         return gradients
+
+    def probe_derivatives(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        cavs: ConceptCAVs,
+        *,
+        similarity: bool = False,
+        trainer: Any | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(derivatives, similarities)`` of ``inputs (N, C, H, W)``: layer → ``(N, C + 1, R)``
+        directional derivatives (:func:`directional_derivatives`) and, with ``similarity``, layer →
+        ``(N, C)`` cosine of each input's activation with each concept's mean CAV.
+
+        Streamed ``max_batch`` inputs at a time: one forward and backward pass per slice gives the
+        gradients (and the activations, from the same pass), which are reduced to derivatives and
+        similarities before the next slice — memory ``O(max_batch · D)``, flat in the number of inputs.
+        """
+        (derivatives,), similarities = self.probe_derivative_sets(
+            model, inputs, targets, [cavs], similarity_cavs=cavs if similarity else None, trainer=trainer)
+        return derivatives, similarities
+
+    def probe_derivative_sets(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        cav_sets: Sequence[ConceptCAVs],
+        *,
+        similarity_cavs: ConceptCAVs | None = None,
+        trainer: Any | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """:meth:`probe_derivatives` for several CAV sets (concept CAVs and relative CAVs, say) from
+        the same streamed passes: one list entry per set, layer → ``(N, C_set + 1, R)``; similarities
+        (layer → ``(N, C)``) against ``similarity_cavs``' mean vectors when given, else empty."""
+        targets = torch.as_tensor(targets).long()
+        layers = list(dict.fromkeys(layer for cavs in cav_sets for layer in cavs.layers))
+        if similarity_cavs is not None:
+            layers += [layer for layer in similarity_cavs.layers if layer not in layers]
+        derivatives: list[dict[str, list[torch.Tensor]]] = [{layer: [] for layer in cavs.layers} for cavs in cav_sets]
+        means = {} if similarity_cavs is None else {layer: similarity_cavs.mean_vector(layer)
+                                                    for layer in similarity_cavs.layers}
+        similar_layers = list(means)
+        similarities: dict[str, list[torch.Tensor]] = {layer: [] for layer in similar_layers}
+        for rows in batch_slices(inputs.shape[0], self.max_batch):
+            activations: dict[str, torch.Tensor] | None = {} if similarity_cavs is not None else None
+            gradients = self.gradients(model, inputs[rows], targets[rows], layers, trainer=trainer,
+                                       activations=activations)
+            for cavs, parts in zip(cav_sets, derivatives):
+                for layer, value in directional_derivatives(gradients, cavs).items():
+                    parts[layer].append(value)
+            if activations is not None:
+                for layer in similar_layers:
+                    mean = means[layer].to(activations[layer].device)
+                    similarities[layer].append(cav_similarity(activations[layer], mean))
+        return ([{layer: torch.cat(chunks) for layer, chunks in parts.items()} for parts in derivatives],
+                {layer: torch.cat(chunks) for layer, chunks in similarities.items() if chunks})
 
     def score(
         self,
@@ -548,8 +610,7 @@ class TCAV:
             raise ValueError(f"Class index {bad[0]} is out of range: the model has {num_classes} classes (valid 0..{num_classes - 1}).")
         keep = torch.isin(labels, torch.as_tensor(classes, dtype=torch.long))
         rows = torch.nonzero(keep).flatten()
-        gradients = self.gradients(model, inputs[rows].to(device), labels[rows], cavs.layers, trainer=trainer)
-        derivatives = directional_derivatives(gradients, cavs)
+        derivatives, _ = self.probe_derivatives(model, inputs[rows].to(device), labels[rows], cavs, trainer=trainer)
         return tcav_from_derivatives(derivatives, labels[rows], classes, cavs, alpha=self.alpha,
                                      bonferroni=self.bonferroni, score_kind=self.score_kind, class_names=class_names)
 

@@ -3,6 +3,7 @@
 Nothing here imports Lightning; every algorithm package builds on these pieces.
 """
 
+from xai_lightning.core.batch_targets import BatchTargets
 from xai_lightning.core.batching import batch_slices, map_batched
 from xai_lightning.core.capture import LayerCapture
 from xai_lightning.core.guard import ObserverGuard, isolated_rng, observe
@@ -34,6 +35,7 @@ from xai_lightning.core.targets import (
 
 __all__ = [
     "AUTO",
+    "BatchTargets",
     "LayerCapture",
     "LayerNotFoundError",
     "LayerSpec",

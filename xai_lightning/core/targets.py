@@ -131,26 +131,35 @@ def resolve_targets(
         if target == "label":
             if labels is None:
                 raise ValueError("target='label' needs labels; pass them or use target='predicted'.")
-            resolved = torch.as_tensor(labels, device=logits.device).long().reshape(-1)
+            resolved = torch.as_tensor(labels).long().reshape(-1)
         else:
             raise ValueError(f"Unknown target {target!r}; use 'label', 'predicted' or a class index or one per example.")
     elif isinstance(target, int):
-        resolved = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+        # Checked in Python: no tensor, no synchronisation with the device.
+        _check_class_range(target, target, num_classes)
+        return torch.full((batch,), target, dtype=torch.long, device=logits.device)
     elif callable(target) and not isinstance(target, torch.Tensor):
         raise TypeError("A callable target is a score, not a class: turn it into scores with "
                         "split_target/output_scores before resolving classes.")
     else:
-        resolved = torch.as_tensor(target, device=logits.device).long().reshape(-1)
-    # A fresh tensor: labels created under torch.inference_mode cannot be saved for backward.
-    resolved = resolved.clone()
+        resolved = torch.as_tensor(target).long().reshape(-1)
     if resolved.numel() != batch:
         raise ValueError(f"Got {resolved.numel()} targets for a batch of {batch} examples.")
-    if resolved.numel() and (resolved.min() < 0 or resolved.max() >= num_classes):
+    if resolved.numel():
+        # Checked where the targets live: targets given on the CPU cost the device no synchronisation
+        # (a device tensor of targets costs one, here, once per call).
+        _check_class_range(int(resolved.min()), int(resolved.max()), num_classes)
+    # A fresh tensor on the logits' device: labels created under torch.inference_mode cannot be
+    # saved for backward.
+    return resolved.to(logits.device).clone()
+
+
+def _check_class_range(smallest: int, largest: int, num_classes: int) -> None:
+    if smallest < 0 or largest >= num_classes:
         raise ValueError(
-            f"Target class {int(resolved.max() if resolved.max() >= num_classes else resolved.min())} is out of "
+            f"Target class {largest if largest >= num_classes else smallest} is out of "
             f"range: the model has {num_classes} classes (valid 0..{num_classes - 1})."
         )
-    return resolved
 
 
 def class_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

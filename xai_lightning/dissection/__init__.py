@@ -16,6 +16,8 @@ from xai_lightning.dissection.network_dissection import (
     dissect,
     dissect_batches,
     sketch_batches,
+    sketch_keeps_activations,
+    threshold_estimator,
 )
 from xai_lightning.dissection.quantile import TopQuantile, quantile_position, strict_thresholds, threshold_mask
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
@@ -43,6 +45,8 @@ __all__ = [
     "export_broden",
     "quantile_position",
     "sketch_batches",
+    "sketch_keeps_activations",
+    "threshold_estimator",
     "strict_thresholds",
     "threshold_mask",
     "unit_mask_pixels",

@@ -24,18 +24,28 @@ forward pass suffices:
 * ``method="sketch"`` makes two passes with a fixed-memory
   :class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
   counts during the second pass: memory independent of the number of images, for probe sets
-  whose activations do not fit.
+  whose activations do not fit. Its memory is never more than the exact method's: while the
+  probe set's activations take no more than the sketch's buckets it keeps them and makes one
+  pass like the exact method (:func:`sketch_keeps_activations`), and while each unit's top ``q·n``
+  values take less than the buckets its first pass keeps those instead
+  (:class:`~xai_lightning.dissection.TopQuantile`: exact thresholds, less memory).
+
+Device: activations stay on the model's device, and so do the thresholds, counts and top-image
+lists (moved to the CPU once, in :meth:`LayerDissection.compute`). On a CPU the forward passes run
+on channels-last copies of the images (:class:`~xai_lightning.core.layout.ChannelsLastForward`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from xai_lightning.core import batch_slices, get_layer, parse_layer
+from xai_lightning.core import batch_slices
+from xai_lightning.core.layer_activations import LayerActivations
 from xai_lightning.core.progress import progress
 from xai_lightning.dissection.concept_labels import ConceptLabels, check_mask_resolution
 from xai_lightning.dissection.iou import ActivePixels, DissectionIoU
@@ -46,7 +56,16 @@ from xai_lightning.dissection.top_images import TopActivatingImages
 from xai_lightning.dissection.unit_mask_pixels import unit_mask_pixels
 from xai_lightning.dissection.vocabulary import ConceptVocabulary
 
-__all__ = ["LayerActivations", "LayerDissection", "check_spatial", "dissect", "dissect_batches", "sketch_batches"]
+__all__ = [
+    "LayerActivations",
+    "LayerDissection",
+    "check_spatial",
+    "dissect",
+    "dissect_batches",
+    "sketch_batches",
+    "sketch_keeps_activations",
+    "threshold_estimator",
+]
 
 ThresholdMethod = Literal["exact", "sketch"]
 
@@ -93,7 +112,7 @@ class LayerDissection:
         self.layer = layer
         self.num_units = num_units
         self.feature_size = tuple(int(s) for s in feature_size)
-        self.labels = labels.to("cpu")
+        self.labels = labels
         self.num_images = len(labels)
         self.vocabulary = vocabulary
         self.quantile = quantile
@@ -101,11 +120,22 @@ class LayerDissection:
         self.method = method
         values = self.num_images * self.feature_size[0] * self.feature_size[1]
         self.quantiles = TopQuantile(num_units, values, quantile) if thresholds is None else None
-        self.given = None if thresholds is None else (thresholds[0].float().cpu(), thresholds[1].float().cpu())
+        self.given = None if thresholds is None else (thresholds[0].float(), thresholds[1].float())
         self.iou = DissectionIoU(num_units, vocabulary)
         self.top = TopActivatingImages(num_units, top_count)
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (activations (B, K, h, w), image ids (B,))
         self._counted = False
+        self._device: torch.device | None = None
+
+    def _to_device(self, device: torch.device) -> None:
+        """Keep every state where the activations are (once, at the first batch)."""
+        self._device = device
+        self.labels = self.labels.to(device)
+        for metric in (self.quantiles, self.iou, self.top):
+            if metric is not None:
+                metric.to(device)
+        if self.given is not None:
+            self.given = (self.given[0].to(device), self.given[1].to(device))
 
     # ------------------------------------------------------------------ streaming
     def update(self, activations: torch.Tensor, image_ids: torch.Tensor) -> None:
@@ -114,12 +144,14 @@ class LayerDissection:
             raise ValueError(
                 f"Layer {self.layer!r}: expected activations (B, {self.num_units}, h, w); got {tuple(activations.shape)}"
             )
-        image_ids = image_ids.long().cpu()
         if activations.shape[0] != image_ids.shape[0]:
             raise ValueError(f"{activations.shape[0]} activation maps for {image_ids.shape[0]} image ids")
         if self._counted:
             raise RuntimeError(f"Layer {self.layer!r} was already counted; start a new LayerDissection.")
-        activations = activations.detach().float().cpu()
+        if self._device != activations.device:
+            self._to_device(activations.device)
+        image_ids = image_ids.to(activations.device).long()
+        activations = activations.detach().float()
         self.top.update(activations, image_ids)
         self.iou.update(concept_pixels=self.labels.concept_pixels(self.vocabulary, image_ids))  # each image once
         if self.given is not None:
@@ -152,9 +184,10 @@ class LayerDissection:
         """Install the thresholds state of *all* processes: ``top (W, K, m)`` gathered, ``minimum (K,)``
         reduced by min, ``count`` summed."""
         assert self.quantiles is not None
-        self.quantiles.top = self.quantiles._merge_top(top)
-        self.quantiles.minimum = minimum.clone()
-        self.quantiles.count = count.clone()
+        device = self.quantiles.top.device
+        self.quantiles.top = self.quantiles._merge_top(top.to(device))
+        self.quantiles.minimum = minimum.to(device).clone()
+        self.quantiles.count = count.to(device).clone()
 
     def thresholds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(T (K,), minima (K,))`` — the given ones, or the exact ones of everything seen."""
@@ -186,9 +219,10 @@ class LayerDissection:
     def load_count_state(self, state: dict[str, torch.Tensor]) -> None:
         """Install counts summed over processes, and top-image lists gathered ``(W, K, n, 2)``."""
         self.count()
+        device = self.iou.intersection.device
         for name in ("intersection", "unit_pixels", "unit_total", "concept_pixels"):
-            setattr(self.iou, name, state[name].clone())
-        self.top.best = self.top._merge_gathered(state["top"])
+            setattr(self.iou, name, state[name].to(device).clone())
+        self.top.best = self.top._merge_gathered(state["top"].to(device))
 
     def compute(self) -> DissectionResult:
         """The layer's :class:`DissectionResult` over everything added (and merged)."""
@@ -197,73 +231,11 @@ class LayerDissection:
         counts = self.iou.scores()
         scores, images = self.top.ranked()
         return DissectionResult(
-            layer=self.layer, vocabulary=self.vocabulary, iou=counts["iou"], thresholds=thresholds,
-            unit_pixels=counts["unit_pixels"], concept_pixels=counts["concept_pixels"], top_images=images,
-            top_scores=scores, iou_threshold=self.iou_threshold, quantile=self.quantile, method=self.method,
-            num_images=self.num_images, minima=minima,
+            layer=self.layer, vocabulary=self.vocabulary, iou=counts["iou"].cpu(), thresholds=thresholds.cpu(),
+            unit_pixels=counts["unit_pixels"].cpu(), concept_pixels=counts["concept_pixels"].cpu(),
+            top_images=images.cpu(), top_scores=scores.cpu(), iou_threshold=self.iou_threshold,
+            quantile=self.quantile, method=self.method, num_images=self.num_images, minima=minima.cpu(),
         )
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every requested layer produced its output: the rest of the network
-    is not needed for dissection."""
-
-
-class LayerActivations:
-    """Forward a model only as far as the deepest requested layer and return the layers' outputs.
-
-    ``LayerActivations(model, ["features.6", "features.13"])(images)`` →
-    ``{"features.6": (B, K, h, w), ...}`` detached, computed under ``torch.no_grad``.
-    Layers may be specs: ``"blocks.3.norm1:input@vit"`` reads the module's input and folds a
-    transformer's patch tokens to ``(B, D, h, w)``, so its units (channels) are dissected like a
-    CNN's. Results are keyed by the spec key. Hooks live only during the call.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        self.model = model
-        self.specs = {spec.key: spec for spec in (parse_layer(name) for name in layers)}
-        self.layers = list(self.specs)
-        self.modules = {key: get_layer(model, spec.name) for key, spec in self.specs.items()}
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs: dict[str, torch.Tensor] = {}
-
-        def record(name: str, module: nn.Module, tensor: object, what: str) -> None:
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"Layer {name!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor.")
-            outputs[name] = self.specs[name].apply(tensor.detach())
-            if len(outputs) == len(self.modules):
-                raise _StopForward
-
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, _inputs: object, output: object) -> None:
-                record(name, module, output, "returns")
-
-            return hook
-
-        def pre_hook_for(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, inputs: tuple) -> None:
-                record(name, module, inputs[0] if inputs else None, "receives")
-
-            return hook
-
-        handles = [
-            module.register_forward_pre_hook(pre_hook_for(name)) if self.specs[name].capture == "input"
-            else module.register_forward_hook(hook_for(name))
-            for name, module in self.modules.items()
-        ]
-        try:
-            with torch.no_grad():
-                self.model(images)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name in self.layers if name not in outputs]
-        if missing:
-            raise RuntimeError(f"Layers {missing} did not run in the model's forward pass.")
-        return outputs
 
 
 def check_spatial(layer: str, activation: torch.Tensor) -> None:
@@ -286,17 +258,51 @@ def check_spatial(layer: str, activation: torch.Tensor) -> None:
 Batches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (layer outputs, probe image ids)
 
 
+def sketch_keeps_activations(num_images: int, layer_shapes: Sequence[tuple[int, int, int]],
+                             relative_accuracy: float) -> bool:
+    """Whether the sketch method should keep the activations and make one pass, as the exact method
+    does: when ``num_images`` images' activations of layers shaped ``(K, h, w)`` take no more memory
+    than twice the layers' sketches would. The sketch method's memory is then no more than the exact
+    method's at any probe size (and its thresholds exact while the activations are kept)."""
+    kept = num_images * sum(k * h * w for k, h, w in layer_shapes) * 4
+    sketches = sum(QuantileSketch.memory_bytes(k, relative_accuracy) for k, _, _ in layer_shapes)
+    # Twice: a second pass costs about a batch of the allocator's memory besides the sketch (peak
+    # resident memory, experiments/benchmarks/scaling.py), which kept activations up to twice the
+    # sketches' size do not exceed.
+    return kept <= 2 * sketches
+
+
+def threshold_estimator(
+    num_units: int, num_values: int | None, quantile: float, relative_accuracy: float
+) -> TopQuantile | QuantileSketch:
+    """The first-pass threshold estimator of the sketch method for ``num_values`` values per unit
+    (over all processes; None: unknown): a :class:`QuantileSketch`, or — when each unit's top
+    ``q·n`` values take less memory than the sketch's bucket counts — a :class:`TopQuantile`, exact
+    and smaller. Either way the memory is at most the sketch's, and at most the exact method's."""
+    # Sized without building both: a discarded torchmetrics Metric lingers in a reference cycle
+    # until the next garbage collection.
+    if num_values is not None and (TopQuantile.memory_bytes(num_units, num_values, quantile)
+                                   <= QuantileSketch.memory_bytes(num_units, relative_accuracy)):
+        return TopQuantile(num_units, num_values, quantile)
+    return QuantileSketch(num_units, quantile, relative_accuracy=relative_accuracy)
+
+
 def sketch_batches(
-    batches: Batches, layers: Sequence[str], quantile: float, relative_accuracy: float
-) -> dict[str, QuantileSketch]:
-    """First pass of the sketch method: a :class:`QuantileSketch` per layer over every batch."""
-    sketches: dict[str, QuantileSketch] = {}
+    batches: Batches, layers: Sequence[str], quantile: float, relative_accuracy: float,
+    num_images: int | None = None,
+) -> dict[str, TopQuantile | QuantileSketch]:
+    """First pass of the sketch method: a threshold estimator per layer over every batch
+    (:func:`threshold_estimator`; ``num_images``: the probe images of all processes, if known).
+    Each has ``thresholds()`` and ``merge_processes(gather)``."""
+    sketches: dict[str, TopQuantile | QuantileSketch] = {}
     for outputs, _ in batches:
         for name in layers:
-            check_spatial(name, outputs[name])
+            activation = outputs[name]
+            check_spatial(name, activation)
             if name not in sketches:
-                sketches[name] = QuantileSketch(outputs[name].shape[1], quantile, relative_accuracy=relative_accuracy)
-            sketches[name].update(outputs[name].cpu())
+                values = None if num_images is None else num_images * activation.shape[2] * activation.shape[3]
+                sketches[name] = threshold_estimator(activation.shape[1], values, quantile, relative_accuracy)
+            sketches[name].update(activation)
     return sketches
 
 
@@ -372,16 +378,21 @@ def dissect(
     forward = LayerActivations(model, names)
     slices = list(batch_slices(images.shape[0], max_batch))
 
-    def batches() -> Batches:
-        for rows in progress(slices, "dissecting"):
+    def batches(start: int = 0) -> Batches:
+        for rows in progress(slices[start:], "dissecting"):
             yield forward(images[rows].to(device)), torch.arange(rows.start, rows.stop)
 
     if method not in ("exact", "sketch"):
         raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
     given = {}
-    if method == "sketch":
-        sketches = sketch_batches(batches(), forward.layers, quantile, sketch_accuracy)
+    first = list(itertools.islice(batches(), 1))  # its shapes decide; it is not forwarded twice
+    shapes = [tuple(activation.shape[1:]) for activation in first[0][0].values()] if first else []
+    if method == "sketch" and not sketch_keeps_activations(images.shape[0], shapes, sketch_accuracy):
+        sketches = sketch_batches(itertools.chain(first, batches(1)), forward.layers, quantile, sketch_accuracy,
+                                  num_images=images.shape[0])
         given = {name: sketch.thresholds() for name, sketch in sketches.items()}
-    dissections = dissect_batches(batches(), forward.layers, labels, vocabulary, quantile, iou_threshold, top_count,
+        first = []
+    passes = itertools.chain(first, batches(len(first)))
+    dissections = dissect_batches(passes, forward.layers, labels, vocabulary, quantile, iou_threshold, top_count,
                                   given, method)
     return {name: dissection.compute() for name, dissection in dissections.items()}

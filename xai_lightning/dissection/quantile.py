@@ -20,6 +20,7 @@ estimates the same threshold in fixed memory with a stated relative error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torchmetrics import Metric
@@ -106,11 +107,21 @@ class TopQuantile(Metric):
         self.num_units = num_units
         self.num_values = num_values
         self.quantile = quantile
-        lower, _ = quantile_position(num_values, quantile)
-        self.keep = num_values - lower  # the m largest values decide the threshold
+        self.keep = self.values_kept(num_values, quantile)  # the m largest values decide the threshold
         self.add_state("top", default=torch.full((num_units, self.keep), -math.inf), dist_reduce_fx=self._merge_top)
         self.add_state("minimum", default=torch.full((num_units,), math.inf), dist_reduce_fx="min")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    @staticmethod
+    def values_kept(num_values: int, quantile: float) -> int:
+        """``m``: the largest values per unit that decide the threshold among ``num_values``."""
+        return num_values - quantile_position(num_values, quantile)[0]
+
+    @classmethod
+    def memory_bytes(cls, num_units: int, num_values: int, quantile: float = 0.005) -> int:
+        """Bytes a TopQuantile of these settings holds: its state and torchmetrics' copy of the
+        defaults (computed without building one)."""
+        return 2 * (num_units * (cls.values_kept(num_values, quantile) + 1) * 4 + 8)
 
     def _merge_top(self, gathered: torch.Tensor) -> torch.Tensor:
         """``(world, K, m)`` gathered tops → the top ``m`` of their union."""
@@ -126,15 +137,33 @@ class TopQuantile(Metric):
             return
         self.minimum = torch.minimum(self.minimum, values.amin(1))
         self.count += values.shape[1]
+        if self.top.device != values.device:
+            self.to(values.device)
         if values.shape[1] > self.keep:
-            # Only values above the m-th largest seen so far change the top m (one equal to it would only
-            # replace an equal value), and no unit has more of them than the most any unit has: a
-            # smaller top-k of the batch is enough.
-            entering = int((values > self.top.amin(1, keepdim=True)).sum(1).max())
-            if entering == 0:
-                return
-            values = values.topk(min(entering, self.keep), dim=1, sorted=False).values
+            if values.device.type == "cpu":
+                # Only values above the m-th largest seen so far change the top m (one equal to it would
+                # only replace an equal value), and no unit has more of them than the most any unit
+                # has: a smaller top-k of the batch is enough. (Knowing how many needs the count on
+                # the host: worth it on a CPU, a synchronisation per batch on an accelerator.)
+                entering = int((values > self.top.amin(1, keepdim=True)).sum(1).max())
+                if entering == 0:
+                    return
+                values = values.topk(min(entering, self.keep), dim=1, sorted=False).values
+            else:
+                values = values.topk(self.keep, dim=1, sorted=False).values
         self.top = torch.cat([self.top, values], dim=1).topk(self.keep, dim=1, sorted=False).values
+
+    def merge_processes(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Install the state of every process: ``gather(t)`` returns ``(world, *t.shape)``."""
+        device = self.top.device
+        self.top = self._merge_top(gather(self.top).to(device))
+        self.minimum = gather(self.minimum).amin(0).to(device)
+        self.count = gather(self.count).sum(0).to(device)
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory held: the kept top values, minima, count, and the defaults' copy."""
+        return 2 * sum(t.numel() * t.element_size() for t in (self.top, self.minimum, self.count))
 
     def lower_bound(self) -> torch.Tensor:
         """``(K,)``: the m-th largest value seen so far (``-inf`` until m values were seen) — never

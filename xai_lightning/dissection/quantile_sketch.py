@@ -18,19 +18,26 @@ estimate is also clamped to the exact per-unit minimum and maximum, which it tra
 
 Memory is ``K × (2 · ⌈log_γ(max_value / min_value)⌉ + 3)`` counts, independent of the number of
 values; merging two sketches (another process's, in :meth:`compute`) adds their counts, so the
-result does not depend on how the probe set was split.
+result does not depend on how the probe set was split. Bucket keys are computed in float32 (a
+value within ~1e-7 of a bucket edge may land in the neighbouring bucket, which moves the estimate
+by that much relative to the bound) in chunks of :data:`UPDATE_CHUNK` values, so an update's
+temporaries stay a few MiB whatever the batch; the counts stay on the activations' device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torchmetrics import Metric
 
 from xai_lightning.dissection.quantile import float32_ceiling, interpolate_order_statistics, quantile_position
 
-__all__ = ["QuantileSketch"]
+__all__ = ["UPDATE_CHUNK", "QuantileSketch"]
+
+#: Values turned into bucket counts at a time (bounds the temporaries of :meth:`QuantileSketch.update`).
+UPDATE_CHUNK = 1 << 18
 
 
 class QuantileSketch(Metric):
@@ -70,15 +77,28 @@ class QuantileSketch(Metric):
         self.relative_accuracy = relative_accuracy
         self.min_value = min_value
         self.max_value = max_value
-        self.log_gamma = math.log((1 + relative_accuracy) / (1 - relative_accuracy))
-        self.lowest_key = math.floor(math.log(min_value) / self.log_gamma)
-        self.highest_key = math.ceil(math.log(max_value) / self.log_gamma)
+        self.log_gamma, self.lowest_key, self.highest_key = self._keys(relative_accuracy, min_value, max_value)
         self.buckets_per_sign = self.highest_key - self.lowest_key + 1
         size = 2 * self.buckets_per_sign + 1  # negatives (descending magnitude), zero, positives
         self.add_state("counts", default=torch.zeros(num_units, size, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("minimum", default=torch.full((num_units,), math.inf), dist_reduce_fx="min")
         self.add_state("maximum", default=torch.full((num_units,), -math.inf), dist_reduce_fx="max")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    @staticmethod
+    def _keys(relative_accuracy: float, min_value: float, max_value: float) -> tuple[float, int, int]:
+        """``(log γ, lowest key, highest key)`` of the buckets."""
+        log_gamma = math.log((1 + relative_accuracy) / (1 - relative_accuracy))
+        return log_gamma, math.floor(math.log(min_value) / log_gamma), math.ceil(math.log(max_value) / log_gamma)
+
+    @classmethod
+    def memory_bytes(cls, num_units: int, relative_accuracy: float = 0.005, min_value: float = 1e-6,
+                     max_value: float = 1e6) -> int:
+        """Bytes a sketch of these settings holds: its state and torchmetrics' copy of the defaults
+        (computed without building one)."""
+        _, lowest, highest = cls._keys(relative_accuracy, min_value, max_value)
+        counts = num_units * (2 * (highest - lowest + 1) + 1) * 8
+        return 2 * (counts + 2 * num_units * 4 + 8)
 
     @property
     def num_buckets(self) -> int:
@@ -87,7 +107,7 @@ class QuantileSketch(Metric):
     def bucket_of(self, values: torch.Tensor) -> torch.Tensor:
         """Bucket index of each value (ascending order of the values they hold)."""
         magnitude = values.abs()
-        key = torch.ceil(torch.log(magnitude.double().clamp_min(self.min_value)) / self.log_gamma)
+        key = torch.ceil(torch.log(magnitude.float().clamp_min(self.min_value)) * (1.0 / self.log_gamma))
         key = (key.clamp(self.lowest_key, self.highest_key) - self.lowest_key).long()
         zero = self.buckets_per_sign
         index = torch.where(values > 0, zero + 1 + key, zero - 1 - key)
@@ -110,9 +130,26 @@ class QuantileSketch(Metric):
         self.minimum = torch.minimum(self.minimum, values.amin(1))
         self.maximum = torch.maximum(self.maximum, values.amax(1))
         self.count += values.shape[1]
+        if self.counts.device != values.device:
+            self.to(values.device)
         offsets = torch.arange(self.num_units, device=values.device).view(-1, 1) * self.num_buckets
-        flat = (self.bucket_of(values) + offsets).view(-1)
-        self.counts += torch.bincount(flat, minlength=self.num_units * self.num_buckets).view_as(self.counts)
+        counts = self.counts.view(-1)
+        for chunk in values.split(max(1, UPDATE_CHUNK // self.num_units), dim=1):
+            flat = (self.bucket_of(chunk) + offsets).view(-1)
+            counts.index_add_(0, flat, torch.ones_like(flat))
+
+    def merge_processes(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Install the state of every process: ``gather(t)`` returns ``(world, *t.shape)``; counts add up."""
+        device = self.counts.device
+        self.counts = gather(self.counts).sum(0).to(device)
+        self.minimum = gather(self.minimum).amin(0).to(device)
+        self.maximum = gather(self.maximum).amax(0).to(device)
+        self.count = gather(self.count).sum(0).to(device)
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory held by the sketch: its state (counts, minima, maxima, count) and the defaults' copy."""
+        return 2 * sum(t.numel() * t.element_size() for t in (self.counts, self.minimum, self.maximum, self.count))
 
     def _order_statistic(self, cumulative: torch.Tensor, rank: int) -> torch.Tensor:
         """Estimate of the ``rank``-th smallest value of every unit, ``(K,)`` float64."""

@@ -87,7 +87,7 @@ class PixelSpace:
                 "to float in [0, 1] (e.g. uint8 / 255) in the dataset."
             )
         pixels = self.to_pixels(inputs.detach())
-        low, high = float(pixels.min()), float(pixels.max())
+        low, high = torch.stack(torch.aminmax(pixels)).tolist()  # one synchronisation, not two
         if low >= -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE:
             return
         if self.declared:
