@@ -44,8 +44,9 @@ def load_config(config_path: Path, max_epochs: int | None = None, seeds: list[in
     return config
 
 
-def run(config: dict[str, Any], output_dir: Path | None = None, wandb: bool = True,
-        progress: bool = True) -> tuple[StudyResult, Path]:
+def run(
+    config: dict[str, Any], output_dir: Path | None = None, wandb: bool = True, progress: bool = True
+) -> tuple[StudyResult, Path]:
     """Train every (arm, seed) of ``config``; return the study result and the report's path."""
     output_dir = Path(output_dir or config.get("output_dir", Path("runs") / config["name"]))
     result = run_study(config, output_dir=output_dir, wandb=wandb, progress=progress)
@@ -53,8 +54,13 @@ def run(config: dict[str, Any], output_dir: Path | None = None, wandb: bool = Tr
     return result, report
 
 
-def run_study_file(config_path: Path, output_dir: Path | None = None, wandb: bool = True, max_epochs: int | None = None,
-                   progress: bool = True) -> tuple[StudyResult, Path]:
+def run_study_file(
+    config_path: Path,
+    output_dir: Path | None = None,
+    wandb: bool = True,
+    max_epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[StudyResult, Path]:
     """:func:`run` on the config at ``config_path``."""
     return run(load_config(config_path, max_epochs), output_dir, wandb=wandb, progress=progress)
 
@@ -76,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         spec, rows = verdict
         print("\n" + format_verdict(verdict_columns(spec), [row.cells() for row in rows]))
     total = sum(run.seconds or 0 for run in result.runs)
-    print(f"\nReport: {report}\nRuns under {result.root} ({len(result.runs)} runs, {total / 60:.1f} min of training); "
-          f"rebuild the report with `xai-lightning report {result.root}`.")
+    print(
+        f"\nReport: {report}\nRuns under {result.root} ({len(result.runs)} runs, {total / 60:.1f} min of training); "
+        f"rebuild the report with `xai-lightning report {result.root}`."
+    )
 
 
 if __name__ == "__main__":

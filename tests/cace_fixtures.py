@@ -37,8 +37,9 @@ ASYMMETRIC = {"horizontal_red": [[1.0, 0.0], [0.5, 0.5]], "vertical_green": [[0.
 VAE = {"epochs": 30, "latent_dim": 8, "width": 32, "batch_size": 64, "lr": 4e-3, "kl_warmup": 0.5}
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = EPOCHS, seed: int = 0,
-                     width: int = 4, lr: float = 5e-3) -> nn.Module:
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, epochs: int = EPOCHS, seed: int = 0, width: int = 4, lr: float = 5e-3
+) -> nn.Module:
     """A tiny SmallCNN trained with Adam in plain torch (seeded), returned in eval mode."""
     torch.manual_seed(seed)
     model = SmallCNN(num_classes=int(labels.max()) + 1, width=width)

@@ -167,9 +167,7 @@ def _vit_classifier() -> pl.LightningModule:
 def _text_attribution() -> pl.Callback:
     from xai_lightning import TextAttributionCallback
 
-    return TextAttributionCallback(
-        methods=["integrated_gradients", "occlusion"], num_probe=4, steps=4, max_sentences=2
-    )
+    return TextAttributionCallback(methods=["integrated_gradients", "occlusion"], num_probe=4, steps=4, max_sentences=2)
 
 
 TEXT_LENGTH = 16

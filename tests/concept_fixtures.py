@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import quiet_trainer
+
 from xai_lightning import ConceptWorldDataModule, ImageClassifier, SmallCNN
 
 
@@ -31,8 +31,9 @@ def _train_texture_model(tmp_path_factory):
     pl.seed_everything(0)
     datamodule = ConceptWorldDataModule(num_train=1000, num_val=300, batch_size=64, seed=0, label_by="texture")
     model = ImageClassifier(SmallCNN(num_classes=3, width=8), lr=3e-3)
-    trainer = quiet_trainer(max_epochs=4, logger=False, enable_checkpointing=False,
-                            default_root_dir=str(tmp_path_factory.mktemp("texture")))
+    trainer = quiet_trainer(
+        max_epochs=4, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path_factory.mktemp("texture"))
+    )
     trainer.fit(model, datamodule)
     accuracy = float(trainer.callback_metrics["val/acc"])
     assert accuracy > 0.95, f"texture fixture model did not train (val/acc={accuracy:.3f})"

@@ -72,8 +72,13 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
-def train_until_accurate(model: pl.LightningModule, datamodule: pl.LightningDataModule, accuracy: float,
-                         max_epochs: int, callbacks: list | None = None) -> float:
+def train_until_accurate(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    accuracy: float,
+    max_epochs: int,
+    callbacks: list | None = None,
+) -> float:
     """Train ``model`` until its validation accuracy reaches ``accuracy`` (or ``max_epochs``); return it.
 
     A test that needs a trained model must not depend on a lucky seed or on the CPU's floating-point
@@ -83,8 +88,9 @@ def train_until_accurate(model: pl.LightningModule, datamodule: pl.LightningData
     from pytorch_lightning.callbacks import EarlyStopping
 
     stop = EarlyStopping(monitor="val/acc", mode="max", stopping_threshold=accuracy, patience=max_epochs)
-    trainer = quiet_trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                            callbacks=[*(callbacks or []), stop])
+    trainer = quiet_trainer(
+        max_epochs=max_epochs, logger=False, enable_checkpointing=False, callbacks=[*(callbacks or []), stop]
+    )
     trainer.fit(model, datamodule)
     return float(trainer.callback_metrics["val/acc"])
 
@@ -109,8 +115,9 @@ def train_weights(tmp_path, callbacks, epochs: int = 3, dropout: float = 0.0, se
     pl.seed_everything(seed)
     model = small_classifier(width=8)
     model.network.dropout.p = dropout
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=epochs, callbacks=callbacks, logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     trainer.fit(model, small_datamodule(**datamodule_kwargs))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -127,8 +134,9 @@ def trained_shape_model(tmp_path_factory) -> ImageClassifier:
     pl.seed_everything(0)
     datamodule = ConceptWorldDataModule(num_train=2000, num_val=500, batch_size=64, seed=0)
     model = ImageClassifier(SmallCNN(num_classes=5, width=16), lr=3e-3)
-    trainer = quiet_trainer(max_epochs=6, logger=False, enable_checkpointing=False,
-                            default_root_dir=str(tmp_path_factory.mktemp("trained")))
+    trainer = quiet_trainer(
+        max_epochs=6, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path_factory.mktemp("trained"))
+    )
     trainer.fit(model, datamodule)
     accuracy = float(trainer.callback_metrics["val/acc"])
     assert accuracy > 0.95, f"fixture model did not train (val/acc={accuracy:.3f})"
@@ -185,8 +193,13 @@ def standard_and_robust_models():
     for name, callbacks in (("standard", []), ("robust", [AdversarialTrainingCallback(norm="l2", eps=0.5, steps=3)])):
         pl.seed_everything(0)
         model = small_classifier(width=8, lr=3e-3)
-        train_until_accurate(model, small_datamodule(num_train=1024, num_val=128, batch_size=32), accuracy=0.95,
-                             max_epochs=15, callbacks=callbacks)
+        train_until_accurate(
+            model,
+            small_datamodule(num_train=1024, num_val=128, batch_size=32),
+            accuracy=0.95,
+            max_epochs=15,
+            callbacks=callbacks,
+        )
         models[name] = model.eval()
     return models
 
@@ -213,10 +226,19 @@ def hf_vit(num_labels: int = 5, layers: int = 2, eager: bool = True, seed: int =
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=layers,
-                       num_attention_heads=4, intermediate_size=64, num_labels=num_labels,
-                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                       attn_implementation="eager" if eager else "sdpa")
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        attn_implementation="eager" if eager else "sdpa",
+    )
     return ViTForImageClassification(config).eval()
 
 
@@ -225,9 +247,19 @@ def hf_bert(vocab_size: int, num_labels: int = 2, layers: int = 1, seed: int = 0
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(config).eval()
 
 

@@ -10,11 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import assert_bit_identical, quiet_trainer, small_classifier, small_datamodule
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from conftest import assert_bit_identical, quiet_trainer, small_classifier, small_datamodule
 from xai_lightning import AdversarialTrainingCallback, ConceptWorld, ImageClassifier, SmallCNN
 from xai_lightning.robustness import pgd, trades_adversarial, trades_loss
 
@@ -79,6 +79,7 @@ def collate(kind):
             return {key: torch.stack([torch.as_tensor(i[key]) for i in items]) for key in items[0]}
         stacked = [torch.stack([i[0] for i in items]), torch.tensor([i[1] for i in items])]
         return tuple(stacked) if kind == "tuple" else stacked
+
     return fn
 
 
@@ -88,18 +89,22 @@ def test_training_step_receives_the_adversarial_batch_in_every_format(tmp_path, 
     data = Items(kind, n=32)
     model = Recorder(lr=0.0, weight_decay=0.0)  # fixed weights: the attack below must reproduce the step's inputs
     callback = AdversarialTrainingCallback(norm="l2", eps=0.5, steps=3)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False, callbacks=[callback])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+        callbacks=[callback],
+    )
     trainer.fit(model, DataLoader(data, batch_size=16, collate_fn=collate(kind)))
     assert len(model.seen) == 2
     for batch_idx, seen in enumerate(model.seen):
-        clean = data.clean[16 * batch_idx:16 * (batch_idx + 1)]
+        clean = data.clean[16 * batch_idx : 16 * (batch_idx + 1)]
         labels = torch.tensor([data.data[i]["label"] for i in range(16 * batch_idx, 16 * (batch_idx + 1))])
         delta = (seen - clean).flatten(1).norm(dim=1)
         assert (delta <= 0.5 + 1e-5).all() and delta.mean() > 0.2
         assert seen.min() >= 0 and seen.max() <= 1
-        expected = pgd(model, clean, labels, norm="l2", eps=0.5, steps=3,
-                       generator=callback.generator(0, batch_idx))
+        expected = pgd(model, clean, labels, norm="l2", eps=0.5, steps=3, generator=callback.generator(0, batch_idx))
         torch.testing.assert_close(seen, expected.adversarial, atol=1e-5, rtol=0)
     rows = list(csv.DictReader(open(next(tmp_path.glob("**/metrics.csv")))))
     logged = {key: float(value) for row in rows for key, value in row.items() if value}
@@ -111,8 +116,14 @@ def test_training_step_receives_the_adversarial_batch_in_every_format(tmp_path, 
 def test_batchnorm_statistics_are_updated_only_by_the_training_forwards(tmp_path, method):
     pl.seed_everything(0)
     model = small_classifier(width=8)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, callbacks=[AdversarialTrainingCallback(steps=5, method=method)])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AdversarialTrainingCallback(steps=5, method=method)],
+    )
     trainer.fit(model, small_datamodule(num_train=96, num_val=32))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms
@@ -137,9 +148,16 @@ def test_trades_trains_with_the_trades_loss_through_the_module(tmp_path):
             return loss
 
     model = Checked(SmallCNN(num_classes=5, width=8))
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, callbacks=[AdversarialTrainingCallback(
-                                method="trades", norm="linf", eps=0.031, steps=3, step_size=0.007, beta=2.0)])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[
+            AdversarialTrainingCallback(method="trades", norm="linf", eps=0.031, steps=3, step_size=0.007, beta=2.0)
+        ],
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=32))
     assert len(losses) == 2
     for loss, expected in losses:
@@ -164,8 +182,9 @@ def test_trades_needs_the_module_to_cooperate():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     callback = AdversarialTrainingCallback(method="trades", norm="linf", eps=0.031)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
-                            callbacks=[callback])
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False, callbacks=[callback]
+    )
     with pytest.raises(TypeError, match="trades_batch"):
         trainer.fit(Plain(), small_datamodule(num_train=32, num_val=32))
 
@@ -173,29 +192,44 @@ def test_trades_needs_the_module_to_cooperate():
         def training_step(self, batch, batch_idx):
             return F.cross_entropy(self(batch[0]), batch[1])
 
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, callbacks=[AdversarialTrainingCallback(method="trades", eps=0.5)])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AdversarialTrainingCallback(method="trades", eps=0.5)],
+    )
     with pytest.raises(RuntimeError, match="did not call trades_batch.loss"):
         trainer.fit(Ignoring(SmallCNN(num_classes=5, width=8)), small_datamodule(num_train=32, num_val=32))
 
 
 # ---------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(eps=0.0), "eps must be a positive"),
-    (dict(eps=-1.0), "eps must be a positive"),
-    (dict(norm="l1"), "Unknown norm 'l1'"),
-    (dict(method="cw"), "Unknown method 'cw'"),
-    (dict(steps=0), "steps must be >= 1"),
-    (dict(data_mean=[0.5, 0.5, 0.5]), "both data_mean and data_std"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(eps=0.0), "eps must be a positive"),
+        (dict(eps=-1.0), "eps must be a positive"),
+        (dict(norm="l1"), "Unknown norm 'l1'"),
+        (dict(method="cw"), "Unknown method 'cw'"),
+        (dict(steps=0), "steps must be >= 1"),
+        (dict(data_mean=[0.5, 0.5, 0.5]), "both data_mean and data_std"),
+    ],
+)
 def test_bad_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdversarialTrainingCallback(**kwargs)
 
 
 def fit_first_step(data: Dataset, callback, kind: str = "tuple"):
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                            enable_checkpointing=False, callbacks=[callback])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+    )
     model = small_classifier(width=8)
     trainer.fit(model, DataLoader(data, batch_size=8, collate_fn=collate(kind)))
     return model
@@ -210,8 +244,11 @@ def test_inputs_outside_the_pixel_box_fail_at_setup_unless_the_normalisation_is_
             self.clean = (self.clean - 0.5) / 0.25
 
     started = []
-    monkeypatch.setattr(ImageClassifier, "training_step",
-                        lambda self, batch, i: started.append(1) or F.cross_entropy(self(batch[0]), batch[1]))
+    monkeypatch.setattr(
+        ImageClassifier,
+        "training_step",
+        lambda self, batch, i: started.append(1) or F.cross_entropy(self(batch[0]), batch[1]),
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\] pixel space.*declare the loader's normalisation: data_mean"):
         fit_first_step(Normalised(), AdversarialTrainingCallback())
     assert not started  # refused at setup, before the first training step
@@ -221,7 +258,10 @@ def test_inputs_outside_the_pixel_box_fail_at_setup_unless_the_normalisation_is_
 
 def test_a_batch_without_findable_inputs_fails_naming_the_accepted_formats():
     data = Items("dict", n=16, keys=("pixels", "label"))
-    with pytest.raises(TypeError, match=r"cannot find the inputs in the training items.*keys \['label', 'pixels'\].*tuple/list.*'image'"):
+    with pytest.raises(
+        TypeError,
+        match=r"cannot find the inputs in the training items.*keys \['label', 'pixels'\].*tuple/list.*'image'",
+    ):
         fit_first_step(data, AdversarialTrainingCallback(), kind="dict")
 
 
@@ -232,10 +272,15 @@ def test_a_tuple_batch_that_views_other_data_is_refused():
     labels = torch.zeros(16, dtype=torch.long)
 
     def slices(indices):
-        return stored[indices[0]:indices[-1] + 1], labels[indices[0]:indices[-1] + 1]
+        return stored[indices[0] : indices[-1] + 1], labels[indices[0] : indices[-1] + 1]
 
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
-                            callbacks=[AdversarialTrainingCallback()])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AdversarialTrainingCallback()],
+    )
     with pytest.raises(TypeError, match="view into other data.*lists or dicts"):
         trainer.fit(small_classifier(width=8), DataLoader(range(16), batch_size=8, collate_fn=slices))
     assert torch.equal(stored, original)
@@ -256,8 +301,17 @@ def ddp_network() -> nn.Module:
     """No BatchNorm, no dropout: each rank's forward passes are per-example."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 5),
     )
 
 
@@ -317,8 +371,9 @@ def rank_shards(epoch: int) -> list[list[int]]:
     (0 after ``seed_everything(0)``), reshuffled by ``set_epoch``: each rank's example indices."""
     shards = []
     for rank in range(DDP_RANKS):
-        sampler = DistributedSampler(range(DDP_RANKS * DDP_PER_RANK * DDP_BATCHES), num_replicas=DDP_RANKS,
-                                     rank=rank, shuffle=True, seed=0)
+        sampler = DistributedSampler(
+            range(DDP_RANKS * DDP_PER_RANK * DDP_BATCHES), num_replicas=DDP_RANKS, rank=rank, shuffle=True, seed=0
+        )
         sampler.set_epoch(epoch)
         shards.append(list(sampler))
     return shards
@@ -346,9 +401,15 @@ def test_two_process_ddp_trains_each_rank_on_its_own_adversarial_shard(tmp_path,
     attack = DDP_ATTACKS[method]
     pl.seed_everything(0)
     trainer = quiet_trainer(
-        max_epochs=DDP_EPOCHS, devices=DDP_RANKS, strategy="ddp_spawn", accumulate_grad_batches=DDP_ACCUMULATE,
-        logger=CSVLogger(str(tmp_path), name="run", version=0), enable_checkpointing=False, deterministic=False,
-        limit_val_batches=0, callbacks=[AdversarialTrainingCallback(**attack), SaveRank(tmp_path)],
+        max_epochs=DDP_EPOCHS,
+        devices=DDP_RANKS,
+        strategy="ddp_spawn",
+        accumulate_grad_batches=DDP_ACCUMULATE,
+        logger=CSVLogger(str(tmp_path), name="run", version=0),
+        enable_checkpointing=False,
+        deterministic=False,
+        limit_val_batches=0,
+        callbacks=[AdversarialTrainingCallback(**attack), SaveRank(tmp_path)],
     )
     trainer.fit(RankRecorder(pretrained_ddp_weights()), DataLoader(list(zip(images, labels)), batch_size=DDP_PER_RANK))
     records = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(DDP_RANKS)]
@@ -370,16 +431,31 @@ def test_two_process_ddp_trains_each_rank_on_its_own_adversarial_shard(tmp_path,
             network = RankRecorder(weights_at[step]).network
             clean, trained_on, targets = [], [], []
             for rank in range(DDP_RANKS):
-                rows = shards[rank][batch * DDP_PER_RANK:(batch + 1) * DDP_PER_RANK]
+                rows = shards[rank][batch * DDP_PER_RANK : (batch + 1) * DDP_PER_RANK]
                 x, y = images[rows], labels[rows]
                 generator = callback.generator(epoch, batch, rank)
                 if method == "trades":
-                    result = trades_adversarial(network, x, norm=callback.norm, eps=callback.eps, steps=callback.steps,
-                                                step_size=callback.effective_step_size, generator=generator)
+                    result = trades_adversarial(
+                        network,
+                        x,
+                        norm=callback.norm,
+                        eps=callback.eps,
+                        steps=callback.steps,
+                        step_size=callback.effective_step_size,
+                        generator=generator,
+                    )
                     success.append(result.predictions != y)
                 else:
-                    result = pgd(network, x, y, norm=callback.norm, eps=callback.eps, steps=callback.steps,
-                                 step_size=callback.effective_step_size, generator=generator)
+                    result = pgd(
+                        network,
+                        x,
+                        y,
+                        norm=callback.norm,
+                        eps=callback.eps,
+                        steps=callback.steps,
+                        step_size=callback.effective_step_size,
+                        generator=generator,
+                    )
                     success.append(result.success)
                 attack_loss.append(result.loss)
                 seen = records[rank]["steps"][step][1]
@@ -403,15 +479,23 @@ def test_two_process_ddp_trains_each_rank_on_its_own_adversarial_shard(tmp_path,
                 largest_update = max(largest_update, update.abs().max().item())
                 largest_error = max(largest_error, (update - expected).abs().max().item())
                 torch.testing.assert_close(update, expected, atol=2e-6, rtol=0, msg=f"update of {name} at step {step}")
-        expected_logged.append({"adversarial_training/attack_success_rate": torch.cat(success).float().mean().item(),
-                                "adversarial_training/attack_loss": torch.cat(attack_loss).mean().item()})
+        expected_logged.append(
+            {
+                "adversarial_training/attack_success_rate": torch.cat(success).float().mean().item(),
+                "adversarial_training/attack_loss": torch.cat(attack_loss).mean().item(),
+            }
+        )
 
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
-    logged = [{key: float(value) for key, value in row.items() if key.startswith("adversarial_training/") and value}
-              for row in rows]
+    logged = [
+        {key: float(value) for key, value in row.items() if key.startswith("adversarial_training/") and value}
+        for row in rows
+    ]
     logged = [row for row in logged if row]
-    print(f"{method}: largest update {largest_update:.3e}, largest deviation from -lr·gradient {largest_error:.3e}, "
-          f"logged {logged}")
+    print(
+        f"{method}: largest update {largest_update:.3e}, largest deviation from -lr·gradient {largest_error:.3e}, "
+        f"logged {logged}"
+    )
     assert largest_update > 1e-2  # the tolerance is small against what the updates change
     assert len(logged) == DDP_EPOCHS
     for one, reference in zip(logged, expected_logged):

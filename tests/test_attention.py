@@ -134,8 +134,9 @@ def test_the_attention_methods_upsample_like_grad_cam():
     x = torch.rand(2, 3, 32, 32)
     maps = attention_maps(model, x, 0)
     rollout = AttentionRollout().attribute(model, x, 0)
-    torch.testing.assert_close(rollout, F.interpolate(maps.rollout[:, None], size=(32, 32), mode="bilinear",
-                                                      align_corners=False)[:, 0])
+    torch.testing.assert_close(
+        rollout, F.interpolate(maps.rollout[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    )
     relevance = AttentionRelevance(upsample=False).attribute(model, x, 0)
     torch.testing.assert_close(relevance, maps.relevance)
     head = RawAttention(attention_layer=0, head=1, upsample=False).attribute(model, x, 0)
@@ -148,5 +149,5 @@ def test_mass_in_mask_on_the_patch_grid_equals_energy_in_mask_of_the_nearest_ups
     masks = torch.rand(4, 32, 32) > 0.6
     on_grid = mass_in_mask_on_grid(maps, masks)
     for head in range(2):
-        upsampled = F.interpolate(maps[:, head:head + 1], size=(32, 32), mode="nearest")[:, 0]
+        upsampled = F.interpolate(maps[:, head : head + 1], size=(32, 32), mode="nearest")[:, 0]
         torch.testing.assert_close(on_grid[:, head], energy_in_mask(upsampled, masks), atol=1e-6, rtol=1e-5)

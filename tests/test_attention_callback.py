@@ -30,13 +30,24 @@ class StepCounter(pl.Callback):
         StepCounter.steps += 1
 
 
-def fit_vit(tmp_path: Path, callbacks: list, logger=None, epochs: int = 2, dropout: float = 0.1,
-            network: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def fit_vit(
+    tmp_path: Path,
+    callbacks: list,
+    logger=None,
+    epochs: int = 2,
+    dropout: float = 0.1,
+    network: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
     pl.seed_everything(0)
     network = network if network is not None else hf_vit(dropout=dropout)
     model = ImageClassifier(network.train(), num_classes=5, lr=1e-3)  # hf_vit() comes in eval mode
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, logger=logger or CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger or CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, small_datamodule(num_train=128, num_val=32))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -53,21 +64,32 @@ def test_hugging_face_vit_trains_bit_identically_with_the_callback_and_logs_maps
     history = read_wandb_history(wandb_run_dir(tmp_path / "observed"))
     scalars = [h for h in history if "attention/rollout/mass_in_mask" in h]
     assert len(scalars) == 2
-    keys = {"attention/mass_in_mask_uniform", "attention/relevance/mass_in_mask", "attention/layer1/mass_in_mask",
-            *(f"attention/layer{layer}/head{head}/mass_in_mask" for layer in range(2) for head in range(4))}
+    keys = {
+        "attention/mass_in_mask_uniform",
+        "attention/relevance/mass_in_mask",
+        "attention/layer1/mass_in_mask",
+        *(f"attention/layer{layer}/head{head}/mass_in_mask" for layer in range(2) for head in range(4)),
+    }
     for record in scalars:
         assert keys <= set(record)
         assert all(0.0 <= record[key] <= 1.0 for key in keys)
     images = {key for record in history for key in record if key.endswith(".filenames")}
-    assert {"attention/maps.filenames", "attention/heads/layer0.filenames", "attention/heads/layer1.filenames"} <= images
+    assert {
+        "attention/maps.filenames",
+        "attention/heads/layer0.filenames",
+        "attention/heads/layer1.filenames",
+    } <= images
     assert callback.history[-1]["attention/mass_in_mask_uniform"] == pytest.approx(
-        float(callback.probe.object_masks.float().mean()), abs=1e-6)
+        float(callback.probe.object_masks.float().mean()), abs=1e-6
+    )
 
 
 def test_a_callable_target_of_the_wrong_shape_fails_at_setup(tmp_path):
     StepCounter.steps = 0
     callback = AttentionCallback(num_probe=4, target=lambda logits: logits)
-    with pytest.raises(ValueError, match=r"returned shape \(1, 5\).*one floating-point score per example, shape \(1,\)"):
+    with pytest.raises(
+        ValueError, match=r"returned shape \(1, 5\).*one floating-point score per example, shape \(1,\)"
+    ):
         fit_vit(tmp_path, [callback, StepCounter()], network=VisionTransformer(dim=16, depth=1, heads=2))
     assert StepCounter.steps == 0
 
@@ -86,9 +108,15 @@ def test_a_missing_output_key_lists_the_keys_at_setup(tmp_path):
     pl.seed_everything(0)
     model = ImageClassifier(DictOutput(), num_classes=5)
     model.forward = lambda x: model.network(x)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[AttentionCallback(num_probe=4, output_key="logit"), StepCounter()],
-                            logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
-    with pytest.raises(TypeError, match=r"output_key='logit' does not select anything.*available: keys \['logits', 'cls'\]"):
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[AttentionCallback(num_probe=4, output_key="logit"), StepCounter()],
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+    )
+    with pytest.raises(
+        TypeError, match=r"output_key='logit' does not select anything.*available: keys \['logits', 'cls'\]"
+    ):
         trainer.fit(model, small_datamodule(num_train=64, num_val=16))
     assert StepCounter.steps == 0
 
@@ -108,9 +136,15 @@ def logged_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     network = VisionTransformer(dim=16, depth=2, heads=2)  # no BatchNorm; lr=0 keeps both runs' weights equal
     model = ImageClassifier(network, num_classes=5, lr=0.0, weight_decay=0.0)
     logger = CSVLogger(str(tmp_path), name="run", version=0)
-    trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=[AttentionCallback(num_probe=7, grid_layers=[])], logger=logger,
-                            enable_checkpointing=False, deterministic=False)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[AttentionCallback(num_probe=7, grid_layers=[])],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=16))
     return logged_csv_figures(tmp_path / "run" / "version_0", "attention/")
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ViewsItsInput
 from torch import nn
 
 from xai_lightning import CifarResNet, ConceptWorld, SmallCNN
 from xai_lightning.attribution import attribute, available_methods, get_method
 from xai_lightning.attribution.registry import _PERTURBATION_METHODS
 from xai_lightning.evaluation import energy_in_mask, uniform_energy_in_mask
-
-from conftest import ViewsItsInput
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -49,8 +48,15 @@ def test_integrated_gradients_completeness_within_one_percent_at_50_steps(traine
     errors = {}
     for rule in ("gauss_legendre", "trapezoid"):
         for steps in (10, 50):
-            attributions, delta = attribute(trained_shape_model, x, labels[:8], "integrated_gradients", steps=steps,
-                                            rule=rule, return_convergence_delta=True)
+            attributions, delta = attribute(
+                trained_shape_model,
+                x,
+                labels[:8],
+                "integrated_gradients",
+                steps=steps,
+                rule=rule,
+                return_convergence_delta=True,
+            )
             torch.testing.assert_close(attributions.flatten(1).sum(1) - difference, delta, atol=1e-4, rtol=0)
             errors[rule, steps] = float(delta.abs().sum() / difference.abs().sum())
     # Within 1 % of F(x) − F(x') over the batch at 50 steps, for both rules; a ReLU network is only
@@ -115,13 +121,16 @@ def test_linear_saliency_is_the_weight_row(linear):
     torch.testing.assert_close(attribute(model, x, targets, "saliency"), w.abs())
 
 
-@pytest.mark.parametrize("method,options", [
-    ("integrated_gradients", {"steps": 7}),
-    ("integrated_gradients", {"steps": 3, "rule": "trapezoid"}),
-    ("integrated_gradients", {"steps": 2, "rule": "trapezoid"}),
-    ("input_x_gradient", {}),
-    ("deeplift", {}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("integrated_gradients", {"steps": 7}),
+        ("integrated_gradients", {"steps": 3, "rule": "trapezoid"}),
+        ("integrated_gradients", {"steps": 2, "rule": "trapezoid"}),
+        ("input_x_gradient", {}),
+        ("deeplift", {}),
+    ],
+)
 def test_linear_zero_baseline_attributions_are_x_times_w(linear, method, options):
     model, x, targets, w = linear
     torch.testing.assert_close(attribute(model, x, targets, method, **options), x * w, atol=1e-6, rtol=1e-5)
@@ -131,13 +140,16 @@ def test_linear_shap_methods_are_x_minus_expected_baseline_times_w(linear):
     model, x, targets, w = linear
     background = torch.randn(6, 12)
     expected = (x - background.mean(0)) * w
-    torch.testing.assert_close(attribute(model, x, targets, "deep_shap", baselines=background), expected,
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        attribute(model, x, targets, "deep_shap", baselines=background), expected, atol=1e-6, rtol=1e-5
+    )
     # GradientSHAP samples baselines; with a one-point distribution the expectation is exact.
     one_point = background[:1].expand(6, -1)
     torch.testing.assert_close(
         attribute(model, x, targets, "gradient_shap", baselines=one_point, n_samples=5, seed=0),
-        (x - background[0]) * w, atol=1e-6, rtol=1e-5,
+        (x - background[0]) * w,
+        atol=1e-6,
+        rtol=1e-5,
     )
 
 
@@ -153,12 +165,15 @@ def test_smoothgrad_of_a_linear_model_is_the_gradient_and_vargrad_is_zero(linear
     assert attribute(model, x, targets, "smoothgrad", variant="vargrad", n_samples=8, seed=0).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("method,expected", [
-    ("saliency", lambda x, w: w.abs()),
-    ("input_x_gradient", lambda x, w: x * w),
-    ("integrated_gradients", lambda x, w: x * w),
-    ("deeplift", lambda x, w: x * w),
-])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        ("saliency", lambda x, w: w.abs()),
+        ("input_x_gradient", lambda x, w: x * w),
+        ("integrated_gradients", lambda x, w: x * w),
+        ("deeplift", lambda x, w: x * w),
+    ],
+)
 def test_image_models_that_need_the_standard_layout_get_closed_form_gradients(method, expected):
     torch.manual_seed(0)
     model = ViewsItsInput(side=6, num_classes=4)
@@ -170,7 +185,9 @@ def test_image_models_that_need_the_standard_layout_get_closed_form_gradients(me
     assert attribution.is_contiguous()
 
 
-@pytest.mark.parametrize("method", ["saliency", "guided_backprop", "deeplift", "guided_gradcam", "integrated_gradients"])
+@pytest.mark.parametrize(
+    "method", ["saliency", "guided_backprop", "deeplift", "guided_gradcam", "integrated_gradients"]
+)
 def test_attributions_come_back_in_the_standard_layout(method):
     """CPU gradient passes run channels-last; what a caller gets is contiguous NCHW (``.view`` works)."""
     torch.manual_seed(0)
@@ -239,8 +256,9 @@ def test_every_method_puts_more_mass_on_the_object_than_a_uniform_map(trained_sh
     assert torch.nanmean(score) > torch.nanmean(uniform) + 0.05, (method, score, uniform)
 
 
-@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad",
-                                    "guided_backprop", "gradient_shap"])
+@pytest.mark.parametrize(
+    "method", ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradient_shap"]
+)
 def test_slicing_into_passes_leaves_attributions_unchanged(method):
     """Per-example targets are sliced with the inputs, whether the passes come from ``max_batch`` or from
     the CPU's rows per pass (IG's 8 × 50 path points here exceed neither; 3 rows per pass do)."""
@@ -255,9 +273,26 @@ def test_slicing_into_passes_leaves_attributions_unchanged(method):
     assert whole.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad",
-                                    "guided_backprop", "deconvnet", "cam", "gradcam", "gradcam_plus_plus", "hirescam",
-                                    "score_cam", "guided_gradcam", "deeplift", "deep_shap", "gradient_shap"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "saliency",
+        "input_x_gradient",
+        "integrated_gradients",
+        "smoothgrad",
+        "guided_backprop",
+        "deconvnet",
+        "cam",
+        "gradcam",
+        "gradcam_plus_plus",
+        "hirescam",
+        "score_cam",
+        "guided_gradcam",
+        "deeplift",
+        "deep_shap",
+        "gradient_shap",
+    ],
+)
 def test_a_frozen_network_gets_the_same_attributions(method):
     """Parameters with ``requires_grad=False`` (a frozen backbone) must not cut the graph a method
     differentiates (Grad-CAM differentiates to a layer, not to the input)."""

@@ -9,10 +9,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from torch import nn
-
 from conftest import (
     assert_bit_identical,
     quiet_trainer,
@@ -22,6 +18,10 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
+from PIL import Image
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from torch import nn
+
 from xai_lightning import AttributionCallback, ImageClassifier, LayerNotFoundError
 from xai_lightning.attribution import available_methods
 
@@ -50,8 +50,13 @@ def test_training_with_the_callback_gives_bit_identical_weights(tmp_path):
     """Dropout draws from the global RNG every step, so SmoothGrad's noise or any RNG leak would show."""
     data = dict(num_train=96, num_val=32)
     reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
-    observed = train_weights(tmp_path / "observed", [fast_callback(methods=DEFAULTS + ["deeplift", "score_cam"], num_probe=4)],
-                             epochs=2, dropout=0.5, **data)
+    observed = train_weights(
+        tmp_path / "observed",
+        [fast_callback(methods=DEFAULTS + ["deeplift", "score_cam"], num_probe=4)],
+        epochs=2,
+        dropout=0.5,
+        **data,
+    )
     assert_bit_identical(reference, observed)
 
 
@@ -59,8 +64,9 @@ def test_wandb_offline_run_has_the_grid_and_every_methods_scalars(tmp_path):
     pl.seed_everything(0)
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="attribution-test")
     callback = fast_callback(methods=DEFAULTS)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], logger=logger, default_root_dir=str(tmp_path),
-                            limit_train_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[callback], logger=logger, default_root_dir=str(tmp_path), limit_train_batches=2
+    )
     trainer.fit(small_classifier(width=4), small_datamodule())
     logger.experiment.finish()
     run = wandb_run_dir(tmp_path)
@@ -86,8 +92,7 @@ def test_logged_scores_are_the_scores_of_the_methods_maps(tmp_path):
     pl.seed_everything(0)
     callback = fast_callback(methods=["integrated_gradients", "gradcam", "occlusion"], num_probe=8)
     model = small_classifier(width=4)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            limit_train_batches=2)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)), limit_train_batches=2)
     trainer.fit(model, small_datamodule())
     probe = callback.probe
     assert probe.object_masks is not None
@@ -104,17 +109,23 @@ def test_yaml_config_trains_and_logs(tmp_path, monkeypatch):
 
     config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_attribution.yaml"
     monkeypatch.chdir(tmp_path)
-    cli = build_cli([
-        "fit", "--config", str(config),
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--data.init_args.num_train=64", "--data.init_args.num_val=16",
-        "--model.init_args.network.init_args.width=4",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-        '--trainer.callbacks=[{"class_path": "xai_lightning.AttributionCallback", "init_args": {"methods": '
-        '["saliency", "occlusion"], "num_probe": 4, "method_options": {"occlusion": {"window": 16, "stride": 16}}}}]',
-    ])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--data.init_args.num_train=64",
+            "--data.init_args.num_val=16",
+            "--model.init_args.network.init_args.width=4",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            '--trainer.callbacks=[{"class_path": "xai_lightning.AttributionCallback", "init_args": {"methods": '
+            '["saliency", "occlusion"], "num_probe": 4, "method_options": {"occlusion": {"window": 16, "stride": 16}}}}]',
+        ]
+    )
     cli.trainer.logger.experiment.finish()
     callback = cli.trainer.callbacks[0]
     assert isinstance(callback, AttributionCallback)
@@ -154,15 +165,18 @@ def test_unknown_method_fails_at_construction_listing_the_available_ones():
 
 
 def test_unknown_method_option_fails_at_setup_listing_valid_options(tmp_path):
-    error = expect_setup_error(tmp_path, fast_callback(methods=["integrated_gradients"],
-                                                       method_options={"integrated_gradients": {"n_steps": 8}}),
-                               "integrated_gradients has no option 'n_steps'")
+    error = expect_setup_error(
+        tmp_path,
+        fast_callback(methods=["integrated_gradients"], method_options={"integrated_gradients": {"n_steps": 8}}),
+        "integrated_gradients has no option 'n_steps'",
+    )
     assert "steps" in str(error) and "baseline" in str(error)
 
 
 def test_wrong_cam_layer_fails_at_setup(tmp_path):
-    error = expect_setup_error(tmp_path, fast_callback(methods=["gradcam"], layer="network.features.99"),
-                               "Unknown layer")
+    error = expect_setup_error(
+        tmp_path, fast_callback(methods=["gradcam"], layer="network.features.99"), "Unknown layer"
+    )
     assert isinstance(error, LayerNotFoundError) and "network.features.13" in str(error)
 
 
@@ -192,8 +206,14 @@ def test_constructor_validation():
 def _frozen_network() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     )
 
 
@@ -202,9 +222,16 @@ def _logged(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     model = ImageClassifier(_frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
     callback = fast_callback(methods=["saliency", "smoothgrad", "gradcam", "occlusion"], num_probe=7, layer="network.3")
     logger = CSVLogger(str(tmp_path), name="run", version=0)
-    trainer = quiet_trainer(max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False,
-                            limit_train_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
+        limit_train_batches=2,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=24))
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
     figures = [{k: float(v) for k, v in row.items() if k.startswith("attribution/") and v} for row in rows]

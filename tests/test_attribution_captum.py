@@ -100,8 +100,9 @@ def test_integrated_gradients_custom_baseline_and_max_batch(model, inputs):
     close(ours, theirs)
 
 
-@pytest.mark.parametrize("variant,nt_type", [("smoothgrad", "smoothgrad"), ("smoothgrad_sq", "smoothgrad_sq"),
-                                             ("vargrad", "vargrad")])
+@pytest.mark.parametrize(
+    "variant,nt_type", [("smoothgrad", "smoothgrad"), ("smoothgrad_sq", "smoothgrad_sq"), ("vargrad", "vargrad")]
+)
 def test_noise_tunnel_with_the_same_noise(model, inputs, variant, nt_type):
     x, t = inputs
     n, stdev = 6, 0.1
@@ -111,8 +112,9 @@ def test_noise_tunnel_with_the_same_noise(model, inputs, variant, nt_type):
     )
     torch.manual_seed(7)  # NoiseTunnel draws torch.normal(0, σ) of shape (B·N, ...), example-major
     noise = torch.normal(0, torch.full((x.shape[0] * n, *x.shape[1:]), stdev)).view(x.shape[0], n, *x.shape[1:])
-    ours = attribute(model, x, t, "smoothgrad", variant=variant, n_samples=n, noise=noise,
-                     wrapped_options={"abs": True})
+    ours = attribute(
+        model, x, t, "smoothgrad", variant=variant, n_samples=n, noise=noise, wrapped_options={"abs": True}
+    )
     close(ours, theirs)
 
 
@@ -125,8 +127,16 @@ def test_smooth_integrated_gradients_matches_noise_tunnel_over_ig(model, inputs)
     )
     torch.manual_seed(3)
     noise = torch.normal(0, torch.full((x.shape[0] * n, *x.shape[1:]), stdev)).view(x.shape[0], n, *x.shape[1:])
-    ours = attribute(model, x, t, "smoothgrad", wrapped="integrated_gradients", wrapped_options={"steps": 8},
-                     n_samples=n, noise=noise)
+    ours = attribute(
+        model,
+        x,
+        t,
+        "smoothgrad",
+        wrapped="integrated_gradients",
+        wrapped_options={"steps": 8},
+        n_samples=n,
+        noise=noise,
+    )
     close(ours, theirs)
 
 
@@ -204,8 +214,10 @@ def test_deeplift(request, inputs, which):
     theirs = captum_attr.DeepLift(network).attribute(x, target=t)
     close(ours, theirs)
     baseline = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
-    close(attribute(network, x, t, "deeplift", baseline=baseline, max_batch=4),
-          captum_attr.DeepLift(network).attribute(x, baselines=baseline, target=t))
+    close(
+        attribute(network, x, t, "deeplift", baseline=baseline, max_batch=4),
+        captum_attr.DeepLift(network).attribute(x, baselines=baseline, target=t),
+    )
 
 
 @pytest.mark.parametrize("which", ["separated_model", "resnet"])
@@ -223,20 +235,45 @@ def test_deeplift_shap(request, inputs, which):
 # any two convolution orders (NCHW vs channels-last, whole images vs incremental patches) differ
 # by ~1e-3; in float64 by ~1e-12, and the 1e-5 tolerance then tests the method, not the rounding.
 @pytest.mark.parametrize("incremental", [False, True])
-@pytest.mark.parametrize("window,stride", [((3, 8, 8), (3, 8, 8)), ((3, 11, 11), (3, 10, 10)), ((1, 16, 12), (1, 8, 10))])
+@pytest.mark.parametrize(
+    "window,stride", [((3, 8, 8), (3, 8, 8)), ((3, 11, 11), (3, 10, 10)), ((1, 16, 12), (1, 8, 10))]
+)
 def test_occlusion(model, inputs, window, stride, incremental):
     model = copy.deepcopy(model).double()
     x, t = inputs[0][:2].double(), inputs[1][:2]
-    ours = attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=0.0, score="logit", max_batch=50,
-                     incremental=incremental)
-    theirs = captum_attr.Occlusion(model).attribute(x, target=t, sliding_window_shapes=window, strides=stride,
-                                                    perturbations_per_eval=16)
+    ours = attribute(
+        model,
+        x,
+        t,
+        "occlusion",
+        window=window,
+        stride=stride,
+        baseline=0.0,
+        score="logit",
+        max_batch=50,
+        incremental=incremental,
+    )
+    theirs = captum_attr.Occlusion(model).attribute(
+        x, target=t, sliding_window_shapes=window, strides=stride, perturbations_per_eval=16
+    )
     close(ours, theirs)
     baseline = 0.3
-    close(attribute(model, x, t, "occlusion", window=window, stride=stride, baseline=baseline, score="logit",
-                    incremental=incremental),
-          captum_attr.Occlusion(model).attribute(x, target=t, sliding_window_shapes=window, strides=stride,
-                                                 baselines=baseline, perturbations_per_eval=16))
+    close(
+        attribute(
+            model,
+            x,
+            t,
+            "occlusion",
+            window=window,
+            stride=stride,
+            baseline=baseline,
+            score="logit",
+            incremental=incremental,
+        ),
+        captum_attr.Occlusion(model).attribute(
+            x, target=t, sliding_window_shapes=window, strides=stride, baselines=baseline, perturbations_per_eval=16
+        ),
+    )
 
 
 def test_occlusion_on_tabular_inputs():

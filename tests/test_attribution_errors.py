@@ -36,8 +36,9 @@ class TupleOutput(DictOutput):
 
 
 def test_unknown_method_lists_every_available_name(model, images):
-    with pytest.raises(ValueError, match="Unknown attribution method 'integrated_gradient'. Did you mean "
-                                         "'integrated_gradients'") as error:
+    with pytest.raises(
+        ValueError, match="Unknown attribution method 'integrated_gradient'. Did you mean 'integrated_gradients'"
+    ) as error:
         attribute(model, images, 0, method="integrated_gradient")
     assert all(name in str(error.value) for name in available_methods())
 
@@ -60,8 +61,9 @@ def test_target_out_of_range(model, images, method):
         attribute(model, images, torch.tensor([0, 1, 2]), method=method)
 
 
-@pytest.mark.parametrize("method,option", [("integrated_gradients", "baseline"), ("deeplift", "baseline"),
-                                           ("occlusion", "baseline")])
+@pytest.mark.parametrize(
+    "method,option", [("integrated_gradients", "baseline"), ("deeplift", "baseline"), ("occlusion", "baseline")]
+)
 def test_baseline_shape_mismatch_names_both_shapes(model, images, method, option):
     bad = torch.zeros(3, 16, 16)
     with pytest.raises(ValueError, match=r"of shape \(3, 16, 16\) does not match the inputs of shape \(2, 3, 32, 32\)"):
@@ -94,8 +96,11 @@ def test_dict_or_tuple_output_needs_output_key(model, images, wrapper, key, meth
 @pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam_plus_plus", "hirescam", "score_cam", "guided_gradcam"])
 def test_image_only_methods_reject_tabular_inputs_and_name_the_alternatives(method):
     mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    with pytest.raises(ValueError, match=r"explains images \(B, C, H, W\); got inputs of shape \(4, 6\). "
-                                         r"For non-image inputs use one of: saliency, input_x_gradient"):
+    with pytest.raises(
+        ValueError,
+        match=r"explains images \(B, C, H, W\); got inputs of shape \(4, 6\). "
+        r"For non-image inputs use one of: saliency, input_x_gradient",
+    ):
         attribute(mlp, torch.randn(4, 6), 0, method=method)
 
 

@@ -27,7 +27,6 @@ from xai_lightning.attribution.rise import Rise
 from xai_lightning.attribution.xrai import Xrai, rank_regions
 from xai_lightning.data import ConceptWorld
 from xai_lightning.evaluation import energy_in_mask, uniform_energy_in_mask
-from xai_lightning.models import SmallCNN
 
 
 class RegionModel(nn.Module):
@@ -44,7 +43,7 @@ class RegionModel(nn.Module):
 
 def region_mask(size: int = 32, top: int = 4, left: int = 4, side: int = 8) -> torch.Tensor:
     mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[top:top + side, left:left + side] = True
+    mask[top : top + side, left : left + side] = True
     return mask
 
 
@@ -64,8 +63,14 @@ def random_cnn():
     """
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5), nn.Identity(),
+        nn.Conv2d(3, 8, 5, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+        nn.Identity(),
     ).eval()
 
 
@@ -127,7 +132,10 @@ def test_sampled_kernel_shap_converges_to_shapley_values():
     torch.manual_seed(5)
     m = 11
     model = nn.Sequential(nn.Linear(m, 16), nn.Tanh(), nn.Linear(16, 2)).double().eval()
-    x, baseline = 3 * torch.randn(1, m, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)  # saturating tanh: interactions
+    x, baseline = (
+        3 * torch.randn(1, m, dtype=torch.float64),
+        torch.zeros(m, dtype=torch.float64),
+    )  # saturating tanh: interactions
     # exact Shapley values from all 2^M subset values at once
     subsets = torch.tensor(list(itertools.product((0, 1), repeat=m)), dtype=torch.float64)
     with torch.no_grad():
@@ -136,8 +144,9 @@ def test_sampled_kernel_shap_converges_to_shapley_values():
     lookup = torch.empty_like(value)
     lookup[codes] = value
     sizes = subsets.sum(1).long()
-    weight = torch.tensor([math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m) for k in range(m)],
-                          dtype=torch.float64)
+    weight = torch.tensor(
+        [math.factorial(k) * math.factorial(m - k - 1) / math.factorial(m) for k in range(m)], dtype=torch.float64
+    )
     exact = torch.zeros(m, dtype=torch.float64)
     for i in range(m):
         without = subsets[:, i] == 0
@@ -170,8 +179,13 @@ def _captum_on_our_coalitions(captum_method, explanation, inputs, baselines, tar
         mask = explanation.feature_masks[b : b + 1]
         mask = mask.unsqueeze(1) if inputs.dim() == 4 else mask
         coefficients = captum_method.attribute(
-            inputs[b : b + 1], baselines=baselines[b : b + 1], target=target, feature_mask=mask,
-            n_samples=coalitions.shape[0], perturbations_per_eval=coalitions.shape[0], return_input_shape=False,
+            inputs[b : b + 1],
+            baselines=baselines[b : b + 1],
+            target=target,
+            feature_mask=mask,
+            n_samples=coalitions.shape[0],
+            perturbations_per_eval=coalitions.shape[0],
+            return_input_shape=False,
         )
         rows.append(coefficients.view(-1))
     return rows
@@ -266,10 +280,12 @@ def test_lime_top_k_refits_the_k_largest_features():
         assert torch.equal(fit.coefficients[b].nonzero().squeeze(1), top)
         # the refit on those columns alone is scikit-learn's weighted least squares
         design = fit.coalitions[b][:, top].double().numpy()
-        reference = LinearRegression().fit(design, fit.scores[b].double().numpy(),
-                                           sample_weight=fit.weights[b].double().numpy())
-        torch.testing.assert_close(fit.coefficients[b, top].double(), torch.from_numpy(reference.coef_),
-                                   atol=1e-5, rtol=0)
+        reference = LinearRegression().fit(
+            design, fit.scores[b].double().numpy(), sample_weight=fit.weights[b].double().numpy()
+        )
+        torch.testing.assert_close(
+            fit.coefficients[b, top].double(), torch.from_numpy(reference.coef_), atol=1e-5, rtol=0
+        )
 
 
 # ----------------------------------------------------------------------------- RISE and PDA: analytic region
@@ -282,8 +298,10 @@ def test_rise_mass_concentrates_on_the_region_the_model_reads():
     far[:18, :18] = False  # farther than two grid cells from the region
     inside, outside = saliency[:, mask], saliency[:, far]
     assert (inside.mean(1) > outside.mean(1) + 5 * outside.std(1)).all()
-    assert (energy_in_mask(saliency - saliency.amin((1, 2), keepdim=True), mask.expand(2, -1, -1))
-            > 2 * uniform_energy_in_mask(mask.expand(2, -1, -1))).all()
+    assert (
+        energy_in_mask(saliency - saliency.amin((1, 2), keepdim=True), mask.expand(2, -1, -1))
+        > 2 * uniform_energy_in_mask(mask.expand(2, -1, -1))
+    ).all()
 
 
 @pytest.mark.parametrize("sampling", ["marginal", "conditional"])

@@ -221,7 +221,7 @@ def test_grey_template_matcher_on_coloured_digits():
     train = ColouredDigits("train", sigma=0.02, image_size=SIZE, seed=0)
     test = ColouredDigits("val", sigma=0.02, image_size=SIZE, seed=0)
     matcher = GreyTemplateMatcher(train.intensity, train.labels)
-    assert (class_output(matcher, test.images, 0, output="logit").shape == (len(test),))
+    assert class_output(matcher, test.images, 0, output="logit").shape == (len(test),)
     logits = torch.stack([class_output(matcher, test.images, k, output="logit") for k in range(10)], 1)
     assert (logits.argmax(1) == test.labels).float().mean() > 0.8
     for target in (0, 4):
@@ -242,7 +242,7 @@ def test_gt_cace_rises_with_confounding(study):
     assert gt[0.9] > 0.25 and gt[0.9] > gt[0.0] + 0.15, gt
     for level in (0.0, 0.9):  # it still reads the shape: above chance on unconfounded test bars
         unconfounded = study[0.0].test
-        accuracy = ((class_output(study[level].model, unconfounded.images, 1) > 0.5).long() == unconfounded.labels)
+        accuracy = (class_output(study[level].model, unconfounded.images, 1) > 0.5).long() == unconfounded.labels
         assert accuracy.float().mean() > 0.6, (level, accuracy.float().mean())
 
 
@@ -291,8 +291,16 @@ def test_concept_world_shape_intervention(trained_shape_model):
 def test_errors_name_the_fix():
     bars = Bars(20, image_size=SIZE, seed=0)
     intervention = bars_colour_intervention(bars)
-    without_generator = ConceptIntervention("c", intervention.images, intervention.labels, intervention.concept, 2,
-                                            intervention.treated, intervention.control, target=1)
+    without_generator = ConceptIntervention(
+        "c",
+        intervention.images,
+        intervention.labels,
+        intervention.concept,
+        2,
+        intervention.treated,
+        intervention.control,
+        target=1,
+    )
     with pytest.raises(ValueError, match="no generator"):
         ground_truth_cace(ColourReader(), without_generator)
     with pytest.raises(ValueError, match="must differ"):

@@ -41,8 +41,13 @@ def train_on_bars(root: Path, callbacks: list, seed: int = 7) -> ImageClassifier
     """A tiny CNN on 90 %-confounded BARS, 8 batches per epoch (so that the shortcut is learned over the epochs)."""
     pl.seed_everything(seed)
     model = ImageClassifier(SmallCNN(num_classes=2, width=4, dropout=0.3), lr=5e-3)
-    trainer = quiet_trainer(max_epochs=EPOCHS, limit_train_batches=8, callbacks=callbacks, logger=CSVLogger(str(root)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=EPOCHS,
+        limit_train_batches=8,
+        callbacks=callbacks,
+        logger=CSVLogger(str(root)),
+        enable_checkpointing=False,
+    )
     trainer.fit(model, bars_datamodule())
     return model
 
@@ -54,8 +59,15 @@ def confounded_run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         root = tmp_path_factory.mktemp("cace_callback")
-        callback = CaCECallback(concept="colour=green", target="vertical", num_probe=192, tcav_layers=LAYER,
-                                num_random=10, examples_per_concept=20, on_error="raise")
+        callback = CaCECallback(
+            concept="colour=green",
+            target="vertical",
+            num_probe=192,
+            tcav_layers=LAYER,
+            num_random=10,
+            examples_per_concept=20,
+            on_error="raise",
+        )
         observed = train_on_bars(root / "observed", [callback])
         plain = train_on_bars(root / "plain", [])
         return callback, observed, plain, root
@@ -107,8 +119,15 @@ def test_callback_estimates_equal_the_direct_estimators(confounded_run):
 
 def test_cace_callback_on_concept_world_is_bit_identical(tmp_path):
     reference = train_weights(tmp_path / "plain", [], dropout=0.3, epochs=2)
-    callback = CaCECallback(concept="colour=red", target="circle", num_probe=64, tcav_layers=LAYER, num_random=10,
-                            examples_per_concept=8, on_error="raise")
+    callback = CaCECallback(
+        concept="colour=red",
+        target="circle",
+        num_probe=64,
+        tcav_layers=LAYER,
+        num_random=10,
+        examples_per_concept=8,
+        on_error="raise",
+    )
     observed = train_weights(tmp_path / "observed", [callback], dropout=0.3, epochs=2)
     assert_bit_identical(reference, observed)
     assert len(callback.history) == 2 and "cace/colour_red/circle/ground_truth" in callback.history[-1]
@@ -129,18 +148,25 @@ class TensorDataModule(pl.LightningDataModule):
         return DataLoader(self.data, batch_size=16)
 
 
-@pytest.mark.parametrize("options, data, message", [
-    ({"concept": "colour=blue"}, "bars", "Unknown BARS colour 'blue'"),
-    ({"concept": "shape=square"}, "bars", "'colour' only"),
-    ({"target": "diagonal"}, "bars", "unknown target class 'diagonal'"),
-    ({"target": 5}, "bars", "out of range"),
-    ({}, "tensors", "not a generator"),
-    ({"estimators": ["conexp"]}, "all_green", "with and without the concept"),
-])
+@pytest.mark.parametrize(
+    "options, data, message",
+    [
+        ({"concept": "colour=blue"}, "bars", "Unknown BARS colour 'blue'"),
+        ({"concept": "shape=square"}, "bars", "'colour' only"),
+        ({"target": "diagonal"}, "bars", "unknown target class 'diagonal'"),
+        ({"target": 5}, "bars", "out of range"),
+        ({}, "tensors", "not a generator"),
+        ({"estimators": ["conexp"]}, "all_green", "with and without the concept"),
+    ],
+)
 def test_bad_input_fails_at_setup_before_training(tmp_path, options, data, message):
-    datamodule = {"bars": lambda: bars_datamodule(), "tensors": TensorDataModule,
-                  "all_green": lambda: BarsDataModule(num_train=64, num_val=64, image_size=16,
-                                                  colour_given_class=[[0.0, 1.0], [0.0, 1.0]])}[data]()
+    datamodule = {
+        "bars": lambda: bars_datamodule(),
+        "tensors": TensorDataModule,
+        "all_green": lambda: BarsDataModule(
+            num_train=64, num_val=64, image_size=16, colour_given_class=[[0.0, 1.0], [0.0, 1.0]]
+        ),
+    }[data]()
     model = ImageClassifier(SmallCNN(num_classes=2, width=4))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     callback = CaCECallback(**{"tcav_layers": LAYER, "num_probe": 64, **options})
@@ -161,8 +187,9 @@ def test_ground_truth_without_a_generator_fails_at_setup(tmp_path):
     with pytest.raises(ValueError, match="needs a generator"):
         trainer.fit(ImageClassifier(SmallCNN(num_classes=2, width=4)), datamodule)
     assert trainer.global_step == 0
-    ok = CaCECallback(num_probe=64, tcav_layers=LAYER, estimators=["conexp", "tcav"], num_random=10,
-                      examples_per_concept=10).set_intervention(intervention, datamodule.val_set.class_names)
+    ok = CaCECallback(
+        num_probe=64, tcav_layers=LAYER, estimators=["conexp", "tcav"], num_random=10, examples_per_concept=10
+    ).set_intervention(intervention, datamodule.val_set.class_names)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, logger=CSVLogger(str(tmp_path)), callbacks=[ok])
     trainer.fit(ImageClassifier(SmallCNN(num_classes=2, width=4)), datamodule)
     assert "cace/colour_green/vertical/conexp" in ok.history[-1]
@@ -187,11 +214,18 @@ def test_two_process_ddp_logs_the_same_figures_as_one_process(tmp_path):
     def logged(root: Path, devices: int) -> list[dict[str, float]]:
         pl.seed_everything(0)
         model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
-        callback = CaCECallback(concept="colour=red", target=0, tcav_layers="network.6", num_random=10,
-                                examples_per_concept=4, num_probe=33)  # 33: uneven shards
-        trainer = quiet_trainer(max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                                callbacks=[callback], logger=CSVLogger(str(root), name="run", version=0),
-                                enable_checkpointing=False, deterministic=False)
+        callback = CaCECallback(
+            concept="colour=red", target=0, tcav_layers="network.6", num_random=10, examples_per_concept=4, num_probe=33
+        )  # 33: uneven shards
+        trainer = quiet_trainer(
+            max_epochs=2,
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            callbacks=[callback],
+            logger=CSVLogger(str(root), name="run", version=0),
+            enable_checkpointing=False,
+            deterministic=False,
+        )
         trainer.fit(model, small_datamodule(num_train=128, num_val=64))
         rows = list(csv.DictReader((root / "run" / "version_0" / "metrics.csv").read_text().splitlines()))
         figures = [{k: float(v) for k, v in row.items() if k.startswith("cace/") and v} for row in rows]

@@ -118,6 +118,9 @@ def test_full_config(tmp_path):
     config = yaml.safe_load((EXPERIMENT / "full.yaml").read_text())
     paths = study.run(config, tmp_path)
     _, summary = read(paths)
-    bars = sorted((float(r["level"]), float(r["gt_cace_mean"])) for r in summary
-                  if r["dataset"] == "bars" and r["row"].startswith("confounding="))
+    bars = sorted(
+        (float(r["level"]), float(r["gt_cace_mean"]))
+        for r in summary
+        if r["dataset"] == "bars" and r["row"].startswith("confounding=")
+    )
     assert abs(bars[0][1]) < 0.1 and bars[-1][1] > bars[0][1] + 0.2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import read_wandb_history, wandb_run_dir
+
 from xai_lightning.cli import build_cli, main
 
 CONFIG = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_gradcam.yaml"
@@ -15,14 +15,20 @@ CONFIG = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "co
 
 def test_fit_from_the_yaml_config_logs_to_wandb_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = build_cli([
-        "fit", "--config", str(CONFIG),
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
-        "--data.init_args.num_train=96", "--data.init_args.num_val=32",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-    ])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=3",
+            "--data.init_args.num_train=96",
+            "--data.init_args.num_val=32",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     cli.trainer.logger.experiment.finish()  # what the end of the process does
     printed = capsys.readouterr().out
     assert "Where to look:" in printed and "GradCAMCallback: 2 observation(s)" in printed
@@ -43,12 +49,18 @@ def test_config_names_only_plain_typed_callback_arguments():
 def test_a_wrong_layer_in_yaml_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Exception, match="Unknown layer 'network.feature.3'"):
-        main([
-            "fit", "--config", str(CONFIG), "--trainer.max_epochs=1",
-            "--data.init_args.num_train=32", "--data.init_args.num_val=16",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            '--trainer.callbacks=[{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"layers": "network.feature.3"}}]',
-        ])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIG),
+                "--trainer.max_epochs=1",
+                "--data.init_args.num_train=32",
+                "--data.init_args.num_val=16",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                '--trainer.callbacks=[{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"layers": "network.feature.3"}}]',
+            ]
+        )
 
 
 def test_console_entry_point_exits_zero(tmp_path):

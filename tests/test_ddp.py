@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer, small_datamodule
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
-from conftest import quiet_trainer, small_datamodule
 from xai_lightning import GradCAMCallback, ImageClassifier
 
 pytestmark = pytest.mark.ddp
@@ -21,8 +21,16 @@ def frozen_network() -> nn.Module:
     """No BatchNorm (per-rank statistics would differ) — with lr=0 both runs keep identical weights."""
     torch.manual_seed(0)
     network = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
     )
     return network
 
@@ -33,14 +41,18 @@ def logged_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     callback = GradCAMCallback(layers=["network.3", "network.6"], num_probe=13)  # 13: uneven shards
     logger = CSVLogger(str(tmp_path), name="run", version=0)
     trainer = quiet_trainer(
-        max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-        callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False,
+        max_epochs=2,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
     )
     trainer.fit(model, small_datamodule(num_train=128, num_val=40))
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
     figures = [
-        {key: float(value) for key, value in row.items() if key.startswith("gradcam/") and value}
-        for row in rows
+        {key: float(value) for key, value in row.items() if key.startswith("gradcam/") and value} for row in rows
     ]
     return [f for f in figures if f]
 

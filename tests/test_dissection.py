@@ -44,8 +44,9 @@ def reference_iou(
     """
     thresholds = reference_thresholds(activations, quantile)
     minima = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).min(1)
-    upsampled = F.interpolate(torch.from_numpy(activations).float(), size=masks.shape[-2:], mode="bilinear",
-                              align_corners=False).numpy()
+    upsampled = F.interpolate(
+        torch.from_numpy(activations).float(), size=masks.shape[-2:], mode="bilinear", align_corners=False
+    ).numpy()
     units, concepts = activations.shape[1], masks.shape[1]
     iou = np.zeros((units, concepts))
     for k in range(units):
@@ -67,7 +68,10 @@ def reference_iou(
 def small_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 5, 3, padding=1),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 3, padding=1),
     ).eval()
 
 
@@ -163,8 +167,15 @@ def test_dissection_iou_equals_brute_force_reference(max_batch):
     images, masks, labelled, vocabulary = random_problem()
     net = small_net()
     layers = ["1", "3"]
-    results = dissect(net, layers, images, ConceptLabels.from_masks(masks, vocabulary, labelled), vocabulary,
-                      quantile=0.05, max_batch=max_batch)
+    results = dissect(
+        net,
+        layers,
+        images,
+        ConceptLabels.from_masks(masks, vocabulary, labelled),
+        vocabulary,
+        quantile=0.05,
+        max_batch=max_batch,
+    )
     categories = vocabulary.category_index.tolist()
     for name, module_index in zip(layers, (2, 4)):
         with torch.no_grad():
@@ -173,14 +184,26 @@ def test_dissection_iou_equals_brute_force_reference(max_batch):
         result = results[name]
         np.testing.assert_allclose(result.iou.numpy(), expected, rtol=0, atol=1e-12)
         assert int((result.iou > 0.02).sum()) >= 5  # the comparison is not between two zero matrices
-        np.testing.assert_array_equal(result.thresholds.double().numpy() >= reference_thresholds(activations, 0.05), True)
+        np.testing.assert_array_equal(
+            result.thresholds.double().numpy() >= reference_thresholds(activations, 0.05), True
+        )
         assert result.empty_concepts == ("b/w",)
         assert int(result.best_concept.max()) < 3  # an empty concept is never a unit's best
 
 
-@pytest.mark.parametrize("source, target", [((8, 8), (32, 32)), ((16, 8), (32, 32)), ((7, 7), (112, 112)),
-                                            ((2, 2), (64, 64)), ((5, 5), (15, 15)), ((8, 8), (24, 24)),
-                                            ((3, 3), (4, 4)), ((6, 6), (6, 6))])
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        ((8, 8), (32, 32)),
+        ((16, 8), (32, 32)),
+        ((7, 7), (112, 112)),
+        ((2, 2), (64, 64)),
+        ((5, 5), (15, 15)),
+        ((8, 8), (24, 24)),
+        ((3, 3), (4, 4)),
+        ((6, 6), (6, 6)),
+    ],
+)
 def test_unit_mask_pixels_equal_thresholding_the_whole_upsampled_maps(source, target):
     """Cells (power-of-two scales) and the whole-map fallback (other scales) find exactly the pixels of
     ``upsample(A) >= t``, each once — with ties, a dead unit at a strict threshold and chunking."""
@@ -289,7 +312,9 @@ def test_trained_network_has_more_interpretable_units_than_at_initialisation(tra
     layers = ["features.13", "features.20"]
     trained = dissect(trained_shape_model.network, layers, world.images, labels, vocabulary)
     untrained = dissect(initial, layers, world.images, labels, vocabulary)
-    count = {name: (int(trained[name].interpretable.sum()), int(untrained[name].interpretable.sum())) for name in layers}
+    count = {
+        name: (int(trained[name].interpretable.sum()), int(untrained[name].interpretable.sum())) for name in layers
+    }
     assert sum(t for t, _ in count.values()) > sum(u for _, u in count.values()), count
     assert trained["features.20"].unique_concepts_by_category()["object"] >= 1, count
 
@@ -309,8 +334,14 @@ def test_broden_round_trip_gives_the_same_ious(tmp_path):
     images = (world.images * 255).round().to(torch.uint8).float() / 255
     original = dissect(net, "1", images, world.masks(torch.arange(24))[:, channels], vocabulary, quantile=0.02)["1"]
     items = [broden[i] for i in range(len(broden))]
-    read = dissect(net, "1", torch.stack([item["image"] for item in items]),
-                   torch.stack([item["masks"] for item in items]), broden.concept_vocabulary, quantile=0.02)["1"]
+    read = dissect(
+        net,
+        "1",
+        torch.stack([item["image"] for item in items]),
+        torch.stack([item["masks"] for item in items]),
+        broden.concept_vocabulary,
+        quantile=0.02,
+    )["1"]
     assert broden.concept_categories["colour/red"] == "color"
     order = [broden.concept_names.index(name) for name in vocabulary.names]
     assert torch.equal(read.iou[:, order], original.iou)

@@ -9,11 +9,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from PIL import Image
-from torch import nn
-
 from conftest import (
     assert_bit_identical,
     quiet_trainer,
@@ -23,6 +18,11 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from torch import nn
+
 from xai_lightning import ConceptWorld, DigitsDataModule, DissectionCallback, ImageClassifier
 from xai_lightning.dissection import ConceptLabels, dissect, vocabulary_from_dataset
 
@@ -56,7 +56,9 @@ def test_logged_scalars_table_and_images_read_back_from_wandb(tmp_path, wandb_di
         if key.startswith(prefix):
             assert scalar_rows[-1][key] == pytest.approx(value), key
     tables = [h for h in history if f"{prefix}/units._type" in h]
-    assert len(tables) == 2 and tables[-1][f"{prefix}/units.nrows"] == 16  # one row per unit of features.13 (2 x width 8)
+    assert (
+        len(tables) == 2 and tables[-1][f"{prefix}/units.nrows"] == 16
+    )  # one row per unit of features.13 (2 x width 8)
     images = [h for h in history if f"{prefix}/top_units.filenames" in h]
     assert len(images) == 2 and "top units by IoU" in images[-1][f"{prefix}/top_units.captions"][0]
     grid = np.asarray(Image.open(wandb_run_dir(wandb_dir) / "files" / images[-1][f"{prefix}/top_units.filenames"][0]))
@@ -66,22 +68,29 @@ def test_logged_scalars_table_and_images_read_back_from_wandb(tmp_path, wandb_di
     probe = callback.probe
     vocabulary, channels = vocabulary_from_dataset(trainer.datamodule.val_dataloader().dataset)
     model.eval()
-    direct = dissect(model, LAYER, probe.images, ConceptLabels.from_masks(probe.masks[:, channels], vocabulary),
-                     vocabulary)[LAYER]
+    direct = dissect(
+        model, LAYER, probe.images, ConceptLabels.from_masks(probe.masks[:, channels], vocabulary), vocabulary
+    )[LAYER]
     assert torch.equal(direct.iou, callback.results[LAYER].iou)
     assert scalar_rows[-1][f"{prefix}/mean_best_iou"] == pytest.approx(float(direct.best_iou.mean()))
     assert scalar_rows[-1][f"{prefix}/interpretable"] == float(direct.interpretable.sum())
 
 
-@pytest.mark.parametrize("options, method", [(dict(threshold_method="sketch"), "sketch"),
-                                             (dict(max_kept_mib=0.0), "sketch"),  # auto: nothing fits
-                                             (dict(), "exact")])  # auto: 40 images fit easily
+@pytest.mark.parametrize(
+    "options, method",
+    [
+        (dict(threshold_method="sketch"), "sketch"),
+        (dict(max_kept_mib=0.0), "sketch"),  # auto: nothing fits
+        (dict(), "exact"),
+    ],
+)  # auto: 40 images fit easily
 def test_threshold_methods_give_what_dissect_gives_with_that_method(tmp_path, options, method):
     pl.seed_everything(0)
     model = small_classifier(width=8)
     callback = DissectionCallback(layers=[LAYER, "network.features.6"], num_probe=40, max_batch=16, **options)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=48))
     assert not callback.failures
     probe = callback.probe
@@ -105,8 +114,9 @@ def test_history_survives_resume_from_checkpoint(tmp_path):
         pl.seed_everything(0)
         callback = DissectionCallback(layers=LAYER, num_probe=16)
         checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
-        trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback, checkpoint],
-                                logger=CSVLogger(str(tmp_path), name="run"))
+        trainer = quiet_trainer(
+            max_epochs=epochs, callbacks=[callback, checkpoint], logger=CSVLogger(str(tmp_path), name="run")
+        )
         trainer.fit(small_classifier(width=8), small_datamodule(num_train=64, num_val=16), ckpt_path=ckpt_path)
         return callback
 
@@ -122,8 +132,14 @@ def test_history_survives_resume_from_checkpoint(tmp_path):
 def frozen_network() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, 5),
     )
 
 
@@ -132,11 +148,21 @@ def dissected_in_processes(
 ) -> tuple[list[dict[str, float]], list[list[str]]]:
     pl.seed_everything(0)
     model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
-    callback = DissectionCallback(layers=["network.1", "network.4"], num_probe=23, max_batch=5,  # uneven shards
-                                  threshold_method=threshold_method)
-    trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=[callback], logger=CSVLogger(str(tmp_path), name="run", version=0),
-                            enable_checkpointing=False, deterministic=False)
+    callback = DissectionCallback(
+        layers=["network.1", "network.4"],
+        num_probe=23,
+        max_batch=5,  # uneven shards
+        threshold_method=threshold_method,
+    )
+    trainer = quiet_trainer(
+        max_epochs=1,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=CSVLogger(str(tmp_path), name="run", version=0),
+        enable_checkpointing=False,
+        deterministic=False,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=30))
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
     scalars = [{k: float(v) for k, v in row.items() if k.startswith("dissection/") and v} for row in rows]
@@ -177,8 +203,9 @@ class _MasksOfAnotherSize(torch.utils.data.Dataset):
 
 
 def _fit_expecting(tmp_path, callback, datamodule, match: str) -> None:
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     model = small_classifier(width=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=match):
@@ -192,23 +219,37 @@ def test_masks_of_another_size_than_the_images_fail_at_setup_naming_both_shapes(
     datamodule.setup("fit")
     wrong = _MasksOfAnotherSize(datamodule.val_dataloader().dataset)
     loader = torch.utils.data.DataLoader(wrong, batch_size=8)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[DissectionCallback(layers=LAYER, num_probe=8)],
-                            logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[DissectionCallback(layers=LAYER, num_probe=8)],
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+    )
     with pytest.raises(ValueError, match=r"\(8, 23, 16, 16\).*\(8, 3, 32, 32\)"):
         trainer.fit(small_classifier(width=8), train_dataloaders=datamodule.train_dataloader(), val_dataloaders=loader)
     assert trainer.global_step == 0
 
 
 def test_a_layer_without_spatial_output_fails_at_setup(tmp_path):
-    _fit_expecting(tmp_path, DissectionCallback(layers="network.classifier", num_probe=8),
-                   small_datamodule(num_train=32, num_val=16), "network.classifier.*no spatial")
+    _fit_expecting(
+        tmp_path,
+        DissectionCallback(layers="network.classifier", num_probe=8),
+        small_datamodule(num_train=32, num_val=16),
+        "network.classifier.*no spatial",
+    )
 
 
 def test_data_without_concept_masks_fails_at_setup(tmp_path):
-    trainer = quiet_trainer(max_epochs=1, callbacks=[DissectionCallback(layers="auto", num_probe=8)],
-                            logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
-    model = ImageClassifier(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                          nn.Linear(4, 10)), num_classes=10)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[DissectionCallback(layers="auto", num_probe=8)],
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+    )
+    model = ImageClassifier(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)),
+        num_classes=10,
+    )
     with pytest.raises(ValueError, match="masks"):
         trainer.fit(model, DigitsDataModule(batch_size=32))
     assert trainer.global_step == 0
@@ -220,8 +261,9 @@ def test_a_concept_without_pixels_is_warned_and_counted_not_divided_by_zero(tmp_
     datamodule.setup("fit")
     datamodule.val_set = ConceptWorld(24, seed=5, shapes=("circle",))
     callback = DissectionCallback(layers=LAYER, num_probe=24)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     with pytest.warns(UserWarning, match=r"\['part/corner'\] have no pixel"):
         trainer.fit(small_classifier(width=8), datamodule)
     assert not callback.failures
@@ -232,12 +274,15 @@ def test_a_concept_without_pixels_is_warned_and_counted_not_divided_by_zero(tmp_
     assert not bool((result.best_concept == corner).any())
 
 
-@pytest.mark.parametrize("options, match", [
-    (dict(threshold_method="median"), "threshold_method must be 'auto', 'exact' or 'sketch'"),
-    (dict(max_kept_mib=-1.0), "max_kept_mib must be >= 0"),
-    (dict(sketch_accuracy=0.0), r"sketch_accuracy must be in \(0, 1\)"),
-    (dict(quantile=1.5), r"quantile must be in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(threshold_method="median"), "threshold_method must be 'auto', 'exact' or 'sketch'"),
+        (dict(max_kept_mib=-1.0), "max_kept_mib must be >= 0"),
+        (dict(sketch_accuracy=0.0), r"sketch_accuracy must be in \(0, 1\)"),
+        (dict(quantile=1.5), r"quantile must be in \(0, 1\)"),
+    ],
+)
 def test_bad_settings_fail_at_construction_naming_the_setting(options, match):
     with pytest.raises(ValueError, match=match):
         DissectionCallback(layers=LAYER, **options)

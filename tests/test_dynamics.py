@@ -147,8 +147,9 @@ def test_kernel_roughness_closed_forms_and_a_loop():
             squared_steps = np.square(np.diff(w, axis=1)).sum() + np.square(np.diff(w, axis=0)).sum()
             values.append(squared_steps / np.square(w).sum())
     assert float(kernel_roughness(weight)) == pytest.approx(float(np.mean(values)), rel=1e-6)
-    smoothed = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(weight.flatten(0, 1).unsqueeze(1), (1, 1, 1, 1),
-                                                                      mode="replicate"), 3, 1)
+    smoothed = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(weight.flatten(0, 1).unsqueeze(1), (1, 1, 1, 1), mode="replicate"), 3, 1
+    )
     assert float(kernel_roughness(smoothed.view_as(weight))) < float(kernel_roughness(weight))
 
 
@@ -170,8 +171,9 @@ def test_pca_agrees_with_scikit_learn(oversample):
     reference = PCA(3, svd_solver="full").fit(features.numpy())
     tolerance = 1e-9 if oversample == 100 else 1e-6
     np.testing.assert_allclose(ours.explained_variance.numpy(), reference.explained_variance_, rtol=tolerance)
-    np.testing.assert_allclose(ours.explained_variance_ratio.numpy(), reference.explained_variance_ratio_,
-                               rtol=tolerance)
+    np.testing.assert_allclose(
+        ours.explained_variance_ratio.numpy(), reference.explained_variance_ratio_, rtol=tolerance
+    )
     # Sign-aligned: both make each component's largest-magnitude entry positive.
     np.testing.assert_allclose(ours.components.numpy(), reference.components_, atol=1e-6)
     np.testing.assert_allclose(ours.projected.numpy(), reference.transform(features.numpy()), atol=1e-5)
@@ -200,8 +202,10 @@ def test_linear_probe_matches_scikit_learn_logistic_regression():
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 12, generator=g, dtype=torch.float64)
-    y = (x @ torch.randn(12, 3, generator=g, dtype=torch.float64) + 0.8 * torch.randn(400, 3, generator=g,
-                                                                                      dtype=torch.float64)).argmax(1)
+    y = (
+        x @ torch.randn(12, 3, generator=g, dtype=torch.float64)
+        + 0.8 * torch.randn(400, 3, generator=g, dtype=torch.float64)
+    ).argmax(1)
     ours = linear_probe_accuracy(x, y, train_fraction=0.5, l2=1e-2, seed=7, max_iter=500)
     order = torch.randperm(400, generator=torch.Generator().manual_seed(7))
     train, test = order[:200].numpy(), order[200:].numpy()
@@ -238,8 +242,9 @@ def test_neighbour_counts_match_scikit_learn_nearest_neighbours():
     expected = np.stack([np.bincount(reference_labels.numpy()[row], minlength=4) for row in neighbours])
     np.testing.assert_array_equal(counts.numpy(), expected)
     predictions = torch.randint(0, 4, (30,), generator=g)
-    np.testing.assert_allclose(knn_conformity(counts, predictions).numpy(),
-                               expected[np.arange(30), predictions.numpy()] / 9)
+    np.testing.assert_allclose(
+        knn_conformity(counts, predictions).numpy(), expected[np.arange(30), predictions.numpy()] / 9
+    )
     # k larger than the reference: capped
     assert neighbour_label_counts(query, reference[:5], reference_labels[:5], k=75).sum(1).eq(5).all()
 
@@ -346,7 +351,7 @@ def test_margin_of_a_linear_classifier_is_the_analytic_distance_within_the_subsp
     subspace = DCTSubspace(16, 16, kind, 4)
     result = subspace_margins(model, x, subspace, candidates=classes, max_batch=10)
     expected = analytic_linear_margin(linear, x, subspace)
-    relative = ((result.margin.double() - expected).abs() / expected)
+    relative = (result.margin.double() - expected).abs() / expected
     assert float(relative.max()) <= 0.01, relative
     assert bool((result.upper.double() >= expected * (1 - 1e-4)).all())  # verified adversarial: never below
     assert result.iterations.eq(1).all()  # DeepFool lands on an affine boundary in one step

@@ -45,8 +45,15 @@ def four_callbacks(num_probe: int = 16, **overrides) -> list[pl.Callback]:
     """All four with small settings (fast), failing loudly."""
     callbacks = [
         FrequencyCallback(num_probe=num_probe, radii=[4, 8], clean=True, on_error="raise"),
-        EmbeddingCallback(num_probe=num_probe, tsne_perplexity=4, knn_reference=40, knn_k=10, knn_every_n_epochs=1,
-                          factor="colour", on_error="raise"),
+        EmbeddingCallback(
+            num_probe=num_probe,
+            tsne_perplexity=4,
+            knn_reference=40,
+            knn_k=10,
+            knn_every_n_epochs=1,
+            factor="colour",
+            on_error="raise",
+        ),
         MarginCallback(num_probe=min(num_probe, 8), subspaces=["low", "high", "full"], on_error="raise"),
         InformationPlaneCallback(num_probe=num_probe, decoder_images=48, decoder_steps=20, on_error="raise"),
     ]
@@ -77,8 +84,13 @@ def test_all_four_callbacks_leave_weights_bit_identical_and_the_random_streams_u
 # ------------------------------------------------------------------ what is logged
 def fit_small(tmp_path, callbacks, logger=None, epochs=2, **data):
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, logger=logger or CSVLogger(str(tmp_path)),
-                            default_root_dir=str(tmp_path), enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger or CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+    )
     trainer.fit(small_classifier(), small_datamodule(**data))
     return trainer
 
@@ -90,17 +102,34 @@ def test_csv_logger_gets_every_documented_key_and_the_figures(tmp_path):
     rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").read_text().splitlines()))
     logged = {key for row in rows for key, value in row.items() if value}
     expected = {
-        "frequency/r4/low_acc", "frequency/r8/high_acc", "frequency/clean_acc", "frequency/kernel_roughness",
-        "embedding/penultimate/pca/explained_variance_ratio/1", "embedding/penultimate/pca/explained_variance_ratio/2",
-        "embedding/penultimate/silhouette", "embedding/penultimate/linear_probe_acc",
+        "frequency/r4/low_acc",
+        "frequency/r8/high_acc",
+        "frequency/clean_acc",
+        "frequency/kernel_roughness",
+        "embedding/penultimate/pca/explained_variance_ratio/1",
+        "embedding/penultimate/pca/explained_variance_ratio/2",
+        "embedding/penultimate/silhouette",
+        "embedding/penultimate/linear_probe_acc",
         "embedding/penultimate/knn_conformity",
-        "margin/low/median", "margin/high/q25", "margin/full/q75", "margin/low/found", "margin/high_over_low",
-        "information/penultimate/ixh", "information/penultimate/iyh", "information/decoder_steps",
+        "margin/low/median",
+        "margin/high/q25",
+        "margin/full/q75",
+        "margin/low/found",
+        "margin/high_over_low",
+        "information/penultimate/ixh",
+        "information/penultimate/iyh",
+        "information/decoder_steps",
     }
     assert expected <= logged, expected - logged
     files = Path(logger.log_dir) / "xai"
-    for key, count in (("frequency/curves", 2), ("frequency/strip", 1), ("embedding/penultimate/pca", 2),
-                       ("embedding/penultimate/tsne", 1), ("margin/bands", 2), ("information/plane", 2)):
+    for key, count in (
+        ("frequency/curves", 2),
+        ("frequency/strip", 1),
+        ("embedding/penultimate/pca", 2),
+        ("embedding/penultimate/tsne", 1),
+        ("margin/bands", 2),
+        ("information/plane", 2),
+    ):
         assert len(list((files / key).glob("*.png"))) == count, key
     table = list(csv.reader(next((files / "embedding/penultimate/points").glob("*.csv")).read_text().splitlines()))
     assert table[0] == ["epoch", "probe", "label", "prediction", "factor", "pc1", "pc2", "tsne1", "tsne2"]
@@ -115,8 +144,14 @@ def test_wandb_offline_run_holds_the_scalars_figures_and_the_embedding_table(tmp
     logger.experiment.finish()
     history = read_wandb_history(wandb_run_dir(tmp_path))
     keys = {key for record in history for key in record}
-    for key in ("frequency/curves.filenames", "embedding/penultimate/pca.filenames", "margin/bands.filenames",
-                "information/plane.filenames", "information/penultimate/iyh", "margin/high/median"):
+    for key in (
+        "frequency/curves.filenames",
+        "embedding/penultimate/pca.filenames",
+        "margin/bands.filenames",
+        "information/plane.filenames",
+        "information/penultimate/iyh",
+        "margin/high/median",
+    ):
         assert key in keys, key
     tables = [record for record in history if "embedding/penultimate/points._type" in record]
     assert len(tables) == 2 and tables[0]["embedding/penultimate/points._type"] == "table-file"
@@ -141,15 +176,19 @@ def test_embedding_factor_colours_match_the_concept_world_latent(tmp_path):
 MAX_EPOCHS = 10
 
 
-def train_until(threshold: float, monitor: str, callbacks: list[pl.Callback], root: Path, seed: int,
-                **data) -> pl.Trainer:
+def train_until(
+    threshold: float, monitor: str, callbacks: list[pl.Callback], root: Path, seed: int, **data
+) -> pl.Trainer:
     """SmallCNN (width 8) on 800 ConceptWorld images (seed ``seed``) until ``monitor`` reaches ``threshold``."""
     pl.seed_everything(seed)
     stop = EarlyStopping(monitor=monitor, mode="max", stopping_threshold=threshold, patience=MAX_EPOCHS)
-    trainer = quiet_trainer(max_epochs=MAX_EPOCHS, callbacks=[*callbacks, stop], enable_checkpointing=False,
-                            logger=CSVLogger(str(root)))
-    trainer.fit(ImageClassifier(SmallCNN(num_classes=5, width=8), lr=3e-3),
-                ConceptWorldDataModule(num_train=800, num_val=128, batch_size=32, seed=seed, **data))
+    trainer = quiet_trainer(
+        max_epochs=MAX_EPOCHS, callbacks=[*callbacks, stop], enable_checkpointing=False, logger=CSVLogger(str(root))
+    )
+    trainer.fit(
+        ImageClassifier(SmallCNN(num_classes=5, width=8), lr=3e-3),
+        ConceptWorldDataModule(num_train=800, num_val=128, batch_size=32, seed=seed, **data),
+    )
     reached = float(trainer.callback_metrics[monitor])
     assert reached >= threshold, f"{monitor} = {reached:.3f} after {MAX_EPOCHS} epochs (seed {seed}): did not learn"
     return trainer
@@ -159,8 +198,9 @@ def concept_world_histories(root: Path, seed: int = 0) -> dict[str, list[dict[st
     """All four callbacks, every epoch, while SmallCNN learns ConceptWorld shapes (val/acc >= 0.95)."""
     callbacks = [
         FrequencyCallback(num_probe=128, radii=[4, 8], on_error="raise"),
-        EmbeddingCallback(num_probe=128, knn_reference=200, knn_k=20, knn_every_n_epochs=1, tsne_epochs=[],
-                          on_error="raise"),
+        EmbeddingCallback(
+            num_probe=128, knn_reference=200, knn_k=20, knn_every_n_epochs=1, tsne_epochs=[], on_error="raise"
+        ),
         MarginCallback(num_probe=48, on_error="raise"),
         InformationPlaneCallback(num_probe=128, decoder_images=256, decoder_steps=100, on_error="raise"),
     ]
@@ -171,8 +211,9 @@ def concept_world_histories(root: Path, seed: int = 0) -> dict[str, list[dict[st
 def low_pass_history(root: Path, seed: int = 0) -> dict[str, float]:
     """FrequencyCallback's last record for a model trained on images low-pass filtered at r = 8, trained until
     it scores 90 % on the low-pass part (r = 8) of the rendered probe images."""
-    callback = FrequencyCallback(num_probe=128, radii=[8], clean=True, kernel_layer=None, max_images=0,
-                                 on_error="raise")
+    callback = FrequencyCallback(
+        num_probe=128, radii=[8], clean=True, kernel_layer=None, max_images=0, on_error="raise"
+    )
     train_until(0.9, "frequency/r8/low_acc", [callback], root, seed, train_low_pass_radius=8)
     return callback.history[-1]
 
@@ -238,8 +279,9 @@ def test_resume_continues_the_histories_and_the_decoders(tmp_path):
     trainer = quiet_trainer(max_epochs=2, callbacks=[*first, checkpoint], logger=CSVLogger(str(tmp_path)))
     trainer.fit(small_classifier(), small_datamodule())
     resumed = four_callbacks()
-    trainer = quiet_trainer(max_epochs=3, callbacks=[*resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=3, callbacks=[*resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], logger=CSVLogger(str(tmp_path))
+    )
     trainer.fit(small_classifier(), small_datamodule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     for old, new in zip(first, resumed):
         assert [h["epoch"] for h in new.history] == [0.0, 1.0, 2.0], type(new).__name__
@@ -252,8 +294,11 @@ def test_resume_continues_the_histories_and_the_decoders(tmp_path):
 def test_decoders_are_restored_from_the_checkpoint_before_they_train_again(tmp_path):
     first = InformationPlaneCallback(num_probe=16, decoder_images=48, decoder_steps=20, on_error="raise")
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        logger=CSVLogger(str(tmp_path)),
+    )
     trainer.fit(small_classifier(), small_datamodule())
     resumed = InformationPlaneCallback(num_probe=16, decoder_images=48, decoder_steps=20, on_error="raise")
     restored = {}
@@ -262,8 +307,9 @@ def test_decoders_are_restored_from_the_checkpoint_before_they_train_again(tmp_p
         def on_train_start(self, trainer, pl_module):
             restored.update({k: v.clone() for k, v in resumed.plane.state_dict().items()})
 
-    trainer = quiet_trainer(max_epochs=2, callbacks=[resumed, Inspect()], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[resumed, Inspect()], logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     trainer.fit(small_classifier(), small_datamodule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     for key, value in first.plane.state_dict().items():
         assert torch.equal(restored[key], value), key
@@ -282,12 +328,18 @@ def test_two_process_ddp_logs_the_same_figures_as_one_process(tmp_path):
             FrequencyCallback(num_probe=13, radii=[4, 8], clean=True),
             EmbeddingCallback(num_probe=13, tsne_epochs=[], knn_reference=31, knn_k=5, knn_every_n_epochs=1),
             MarginCallback(num_probe=13, subspaces=["low", "high"]),
-            InformationPlaneCallback(layers=["penultimate", "network.3"], num_probe=13, decoder_images=31,
-                                     decoder_steps=15),
+            InformationPlaneCallback(
+                layers=["penultimate", "network.3"], num_probe=13, decoder_images=31, decoder_steps=15
+            ),
         ]
         trainer = quiet_trainer(
-            max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", callbacks=callbacks,
-            logger=CSVLogger(str(root), name="run", version=0), enable_checkpointing=False, deterministic=False,
+            max_epochs=2,
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            callbacks=callbacks,
+            logger=CSVLogger(str(root), name="run", version=0),
+            enable_checkpointing=False,
+            deterministic=False,
         )
         trainer.fit(model, small_datamodule(num_train=128, num_val=64))
         rows = list(csv.DictReader((root / "run" / "version_0" / "metrics.csv").read_text().splitlines()))
@@ -330,11 +382,14 @@ def expect_setup_error(tmp_path, callback, match, datamodule=None):
     return error.value
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: EmbeddingCallback(layers=["penultimate", "network.features.99"], tsne_epochs=[], knn_reference=0),
-    lambda: InformationPlaneCallback(layers="network.feature.3"),
-    lambda: FrequencyCallback(kernel_layer="network.features.30"),
-])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: EmbeddingCallback(layers=["penultimate", "network.features.99"], tsne_epochs=[], knn_reference=0),
+        lambda: InformationPlaneCallback(layers="network.feature.3"),
+        lambda: FrequencyCallback(kernel_layer="network.features.30"),
+    ],
+)
 def test_unknown_layers_fail_at_setup_listing_the_valid_names(tmp_path, factory):
     error = expect_setup_error(tmp_path, factory(), "Unknown layer")
     assert isinstance(error, LayerNotFoundError)
@@ -343,8 +398,9 @@ def test_unknown_layers_fail_at_setup_listing_the_valid_names(tmp_path, factory)
 
 def test_radii_larger_than_the_image_fail_at_setup_with_the_largest_valid_radius(tmp_path):
     expect_setup_error(tmp_path, FrequencyCallback(radii=[8, 20]), "Radius 20 .* largest valid radius is 16")
-    expect_setup_error(tmp_path, FrequencyCallback(radii=[6]), "largest valid radius is 4",
-                       datamodule=small_datamodule(image_size=8))
+    expect_setup_error(
+        tmp_path, FrequencyCallback(radii=[6]), "largest valid radius is 4", datamodule=small_datamodule(image_size=8)
+    )
 
 
 def test_tsne_with_too_few_probes_fails_naming_the_minimum(tmp_path):
@@ -363,8 +419,12 @@ def test_other_bad_configurations_fail_early(tmp_path):
     expect_setup_error(tmp_path, MarginCallback(block=20), "DCT block 20 does not fit 32×32 images: use 1..16")
     from xai_lightning import DigitsDataModule
 
-    expect_setup_error(tmp_path, EmbeddingCallback(num_probe=16, tsne_epochs=[], knn_reference=0, factor="colour"),
-                       "not ConceptWorld", datamodule=DigitsDataModule(batch_size=32))
+    expect_setup_error(
+        tmp_path,
+        EmbeddingCallback(num_probe=16, tsne_epochs=[], knn_reference=0, factor="colour"),
+        "not ConceptWorld",
+        datamodule=DigitsDataModule(batch_size=32),
+    )
 
 
 def test_trainer_validate_observes_once_under_inference_mode(tmp_path):

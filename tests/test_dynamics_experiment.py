@@ -32,7 +32,8 @@ def test_small_config_writes_a_consistent_summary_comparison_and_report(tmp_path
             assert math.isfinite(float(row[key])), key
         assert float(row["iyh_last"]) <= math.log2(5) + 1e-6  # a lower bound never exceeds H(y) on 5 classes
         assert float(row["margin_high_over_low"]) == pytest.approx(
-            float(row["margin_high_median"]) / float(row["margin_low_median"]), rel=1e-6)
+            float(row["margin_high_median"]) / float(row["margin_low_median"]), rel=1e-6
+        )
     low_pass = next(r for r in rows if r["variant"] == "low_pass")
     assert float(low_pass["high_acc"]) < 0.4  # never saw frequencies above the radius it is scored at
     comparisons = {r["variant"]: r for r in csv.DictReader(paths["margins"].read_text().splitlines())}
@@ -53,15 +54,26 @@ def test_cli_yaml_configures_all_four_callbacks(tmp_path, monkeypatch):
     for callback in config["trainer"]["callbacks"]:
         assert all(isinstance(v, (int, float, str, list)) for v in callback["init_args"].values())
     monkeypatch.chdir(tmp_path)
-    cli = build_cli([
-        "fit", "--config", str(EXPERIMENT / "cli.yaml"),
-        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-        "--data.init_args.num_train=64", "--data.init_args.num_val=96",
-        "--trainer.logger=pytorch_lightning.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.default_root_dir={tmp_path}",
-    ])
-    kinds = [type(c) for c in cli.trainer.callbacks
-             if isinstance(c, (FrequencyCallback, EmbeddingCallback, MarginCallback, InformationPlaneCallback))]
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(EXPERIMENT / "cli.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.num_train=64",
+            "--data.init_args.num_val=96",
+            "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    kinds = [
+        type(c)
+        for c in cli.trainer.callbacks
+        if isinstance(c, (FrequencyCallback, EmbeddingCallback, MarginCallback, InformationPlaneCallback))
+    ]
     assert kinds == [FrequencyCallback, EmbeddingCallback, MarginCallback, InformationPlaneCallback]
     for callback in cli.trainer.callbacks[:4]:
         assert len(callback.history) == 1 and not callback.failures, type(callback).__name__

@@ -120,8 +120,9 @@ def test_integrated_gradients_on_a_linear_model_has_zero_infidelity(perturbation
     target = torch.tensor([0, 1, 2, 3, 0, 1])
     ig = IntegratedGradients(steps=4).attribute(model, x, target)
     scale = float(ig.abs().sum(dim=(1, 2, 3)).mean())
-    value = infidelity(model, x, ig, target, perturbation=perturbation, multiply_by_inputs=True, normalize=False,
-                       samples=20, square=3)
+    value = infidelity(
+        model, x, ig, target, perturbation=perturbation, multiply_by_inputs=True, normalize=False, samples=20, square=3
+    )
     assert value.max() < 1e-20 * max(scale, 1.0) ** 2 + 1e-24
     # Under a mismatched perturbation (noise, no input factor) IG is not exact: the test can fail.
     mismatched = infidelity(model, x, ig, target, perturbation="noise", normalize=False, samples=20)
@@ -133,8 +134,9 @@ def test_integrated_gradients_on_a_linear_model_has_zero_infidelity(perturbation
 
 def test_noisy_linear_imputation_reproduces_a_linear_image():
     """The 8-neighbour weights are symmetric, so a linear ramp is its own neighbour mean."""
-    rows, cols = torch.meshgrid(torch.arange(12.0, dtype=torch.float64), torch.arange(10.0, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(12.0, dtype=torch.float64), torch.arange(10.0, dtype=torch.float64), indexing="ij"
+    )
     image = torch.stack([0.3 * rows + 0.1 * cols, -0.2 * rows + 0.5 * cols + 1]).unsqueeze(0)
     removed = torch.zeros(1, 12, 10, dtype=torch.bool)
     removed[0, 2:9, 3:8] = True  # an interior block: every removed pixel has all 8 neighbours in the image
@@ -149,8 +151,9 @@ def test_noisy_linear_imputation_reproduces_a_linear_image():
 # ------------------------------------------------------------------ batching and the torchmetrics form
 def trained_like_model() -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                        nn.Linear(32, 4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4)
+    )
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.mul_(3.0)
@@ -184,16 +187,22 @@ def test_every_metric_is_the_same_in_any_batch_and_slice():
     for name, metric in all_metrics(model).items():
         whole = metric.values(x, maps, "predicted", masks)
         assert torch.isfinite(whole).all(), name
-        halves = torch.cat([metric.values(x[rows], maps[rows], "predicted", masks[rows])
-                            for rows in (slice(0, 2), slice(2, 6))])
+        halves = torch.cat(
+            [metric.values(x[rows], maps[rows], "predicted", masks[rows]) for rows in (slice(0, 2), slice(2, 6))]
+        )
         torch.testing.assert_close(halves, whole, atol=1e-5, rtol=1e-5, msg=name)
         if "max_batch" in getattr(metric, "options", {}):
             metric.options["max_batch"] = 5
-            torch.testing.assert_close(metric.values(x, maps, "predicted", masks), whole, atol=1e-5, rtol=1e-5,
-                                       msg=name)
+            torch.testing.assert_close(
+                metric.values(x, maps, "predicted", masks), whole, atol=1e-5, rtol=1e-5, msg=name
+            )
         chance = random_map_reference(metric, x, maps, "predicted", num_maps=2, masks=masks)
-        chance_halves = torch.cat([random_map_reference(metric, x[rows], maps[rows], "predicted", num_maps=2,
-                                                        masks=masks[rows]) for rows in (slice(0, 3), slice(3, 6))])
+        chance_halves = torch.cat(
+            [
+                random_map_reference(metric, x[rows], maps[rows], "predicted", num_maps=2, masks=masks[rows])
+                for rows in (slice(0, 3), slice(3, 6))
+            ]
+        )
         torch.testing.assert_close(chance_halves, chance, atol=1e-5, rtol=1e-5, msg=name)
 
 
@@ -228,7 +237,8 @@ def test_torchmetric_accumulates_the_function_mean_and_never_owns_the_model():
     reference = RandomMapReference(metric, num_maps=2, seed=3)
     reference.update(x, maps, "predicted")
     assert float(reference.compute()) == pytest.approx(
-        float(random_map_reference(metric, x, maps, "predicted", num_maps=2, seed=3).mean()), abs=1e-6)
+        float(random_map_reference(metric, x, maps, "predicted", num_maps=2, seed=3).mean()), abs=1e-6
+    )
 
 
 def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
@@ -266,8 +276,9 @@ def test_metric_states_sync_across_two_gloo_processes():
     model = trained_like_model()
     x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     maps = torch.rand(6, 12, 12, generator=torch.Generator().manual_seed(2))
-    assert synced == pytest.approx(float(faithfulness_correlation(model, x, maps, "predicted", draws=6).mean()),
-                                   abs=1e-6)
+    assert synced == pytest.approx(
+        float(faithfulness_correlation(model, x, maps, "predicted", draws=6).mean()), abs=1e-6
+    )
 
 
 # ------------------------------------------------------------------ degenerate maps and bad input
@@ -283,12 +294,24 @@ def test_all_zero_and_nan_maps_get_defined_values():
         assert pointing_game_score(x, maps, masks).tolist() == [0.5, 0.5, 0.5]  # chance: the mask's area
         assert relevance_mass(x, maps, masks).tolist() == [0.5, 0.5, 0.5]
     zero = torch.zeros(3, 12, 12)
-    assert max_sensitivity(model, x, zero, "predicted", explain=lambda m, i, t: torch.zeros(i.shape[0], 12, 12)).tolist() \
-        == [0.0, 0.0, 0.0]
+    assert max_sensitivity(
+        model, x, zero, "predicted", explain=lambda m, i, t: torch.zeros(i.shape[0], 12, 12)
+    ).tolist() == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("name", ["deletion_auc", "insertion_auc", "faithfulness_correlation", "infidelity",
-                                  "max_sensitivity", "road_morf", "pointing_game", "relevance_mass"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deletion_auc",
+        "insertion_auc",
+        "faithfulness_correlation",
+        "infidelity",
+        "max_sensitivity",
+        "road_morf",
+        "pointing_game",
+        "relevance_mass",
+    ],
+)
 def test_maps_that_do_not_match_the_inputs_name_both_shapes(name):
     model = trained_like_model()
     metric = all_metrics(model)[name]
@@ -327,7 +350,10 @@ def test_the_evaluation_package_imports_without_lightning():
     forward, which needs only ``models.normalize``), so both load as bare stand-ins here."""
     stand_ins = "".join(
         f"m = types.ModuleType({name!r}); m.__path__ = [{str(path)!r}]; sys.modules[{name!r}] = m; "
-        for name, path in (("xai_lightning", ROOT / "xai_lightning"), ("xai_lightning.models", ROOT / "xai_lightning" / "models"))
+        for name, path in (
+            ("xai_lightning", ROOT / "xai_lightning"),
+            ("xai_lightning.models", ROOT / "xai_lightning" / "models"),
+        )
     )
     code = (
         f"import sys, types; {stand_ins}"

@@ -44,8 +44,13 @@ def small_net(channels: int, seed: int = 0) -> nn.Module:
     """A BN-free CNN whose random weights already give varied logits (the metrics need signal)."""
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5),
+        nn.Conv2d(channels, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 5),
     )
     with torch.no_grad():
         for parameter in net.parameters():
@@ -84,8 +89,15 @@ class Recorder:
 
 def run_quantus(metric, model, x, y, a, **kwargs):
     with isolated_rng():  # Quantus seeds and draws from the global generators
-        return metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), channel_first=True,
-                      device="cpu", **kwargs)
+        return metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=a.numpy(),
+            channel_first=True,
+            device="cpu",
+            **kwargs,
+        )
 
 
 @pytest.mark.parametrize("score", ["probability", "logit"])
@@ -96,9 +108,16 @@ def test_deletion_curve_is_quantus_pixel_flipping(score):
     features_in_step = 16  # Quantus wants it to divide H·W as well as C·H·W
     steps = maps[0].numel() // features_in_step
     ours = perturbation_curve(model, x, maps, y, mode="deletion", steps=steps, baseline="zero", score=score)
-    theirs = run_quantus(quantus.PixelFlipping(features_in_step=features_in_step, perturb_baseline=0.0,
-                                               normalise=False, abs=False, disable_warnings=True),
-                         model, x, y, maps, softmax=score == "probability")
+    theirs = run_quantus(
+        quantus.PixelFlipping(
+            features_in_step=features_in_step, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
+        ),
+        model,
+        x,
+        y,
+        maps,
+        softmax=score == "probability",
+    )
     theirs = torch.tensor(np.asarray(theirs), dtype=torch.float32)
     assert theirs.shape == (4, steps)
     torch.testing.assert_close(ours.scores[:, 1:], theirs, atol=CURVE_TOLERANCE, rtol=0)
@@ -112,10 +131,18 @@ def test_deletion_with_per_pixel_maps_of_one_channel_images_is_pixel_flipping():
     x, maps = batch(channels=1)
     y = targets_of(model, x)
     ours = perturbation_curve(model, x, maps[:, 0], y, mode="deletion", steps=8, baseline="zero")
-    theirs = run_quantus(quantus.PixelFlipping(features_in_step=8, perturb_baseline=0.0, normalise=False,
-                                               abs=False, disable_warnings=True), model, x, y, maps)
-    torch.testing.assert_close(ours.scores[:, 1:], torch.tensor(np.asarray(theirs), dtype=torch.float32),
-                               atol=CURVE_TOLERANCE, rtol=0)
+    theirs = run_quantus(
+        quantus.PixelFlipping(
+            features_in_step=8, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
+        ),
+        model,
+        x,
+        y,
+        maps,
+    )
+    torch.testing.assert_close(
+        ours.scores[:, 1:], torch.tensor(np.asarray(theirs), dtype=torch.float32), atol=CURVE_TOLERANCE, rtol=0
+    )
 
 
 def test_faithfulness_correlation_on_quantus_subsets():
@@ -123,9 +150,16 @@ def test_faithfulness_correlation_on_quantus_subsets():
     x, maps = batch()
     y = targets_of(model, x)
     recorder = Recorder(quantus_perturb.batch_baseline_replacement_by_indices)
-    metric = quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=24, perturb_baseline=0.0, perturb_func=recorder,
-                                             normalise=False, abs=False, return_aggregate=False,
-                                             disable_warnings=True)
+    metric = quantus.FaithfulnessCorrelation(
+        nr_runs=20,
+        subset_size=24,
+        perturb_baseline=0.0,
+        perturb_func=recorder,
+        normalise=False,
+        abs=False,
+        return_aggregate=False,
+        disable_warnings=True,
+    )
     theirs = torch.tensor(run_quantus(metric, model, x, y, maps), dtype=torch.float64)
     subsets = torch.tensor(np.stack(recorder.indices, axis=1))  # (B, runs, k) input-element indices
     assert subsets.shape == (4, 20, 24)
@@ -139,8 +173,15 @@ def test_infidelity_on_quantus_patch_sequence():
     x, maps = batch()
     y = targets_of(model, x)
     recorder = Recorder(quantus_perturb.batch_baseline_replacement_by_indices)
-    metric = quantus.Infidelity(perturb_patch_sizes=[4], n_perturb_samples=1, perturb_baseline=0.0,
-                                perturb_func=recorder, normalise=False, abs=False, disable_warnings=True)
+    metric = quantus.Infidelity(
+        perturb_patch_sizes=[4],
+        n_perturb_samples=1,
+        perturb_baseline=0.0,
+        perturb_func=recorder,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+    )
     theirs = torch.tensor(np.asarray(run_quantus(metric, model, x, y, maps)), dtype=torch.float64)
     # Each call replaces one more patch of the running copy: I = x − (that copy).
     perturbed = torch.tensor(np.stack(recorder.outputs, axis=1)).view(4, -1, *x.shape[1:])
@@ -163,10 +204,12 @@ def test_max_sensitivity_on_quantus_noise():
     y = targets_of(model, x)
     maps = Saliency(abs=False).attribute(model, x, y)
     recorder = Recorder(quantus_perturb.batch_uniform_noise)
-    metric = quantus.MaxSensitivity(nr_samples=6, lower_bound=0.05, perturb_func=recorder, normalise=False,
-                                    abs=False, disable_warnings=True)
-    theirs = torch.tensor(np.asarray(run_quantus(metric, model, x, y, maps, explain_func=saliency_numpy)),
-                          dtype=torch.float64)
+    metric = quantus.MaxSensitivity(
+        nr_samples=6, lower_bound=0.05, perturb_func=recorder, normalise=False, abs=False, disable_warnings=True
+    )
+    theirs = torch.tensor(
+        np.asarray(run_quantus(metric, model, x, y, maps, explain_func=saliency_numpy)), dtype=torch.float64
+    )
     noise = torch.tensor(np.stack(recorder.outputs, axis=1) - np.stack(recorder.inputs, axis=1)).float()
     noise = noise.view(4, 6, *x.shape[1:])
     ours = max_sensitivity(model, x, maps, y, explain=Saliency(abs=False), noise=noise, relative=True)
@@ -192,8 +235,9 @@ def test_road_morf_accuracy_curve_is_quantus_road():
     percentages = [10, 30, 50, 70, 90]
     metric = quantus.ROAD(percentages=percentages, noise=0.0, normalise=False, abs=False, disable_warnings=True)
     theirs = run_quantus(metric, model, x, y, maps)
-    ours = road_curve(model, x, maps[:, 0], y, order="morf", fractions=[p / 100 for p in percentages], noise=0.0,
-                      score="accuracy")
+    ours = road_curve(
+        model, x, maps[:, 0], y, order="morf", fractions=[p / 100 for p in percentages], noise=0.0, score="accuracy"
+    )
     assert ours.scores.mean(0).tolist() == pytest.approx([theirs[p] for p in percentages], abs=1e-6)
     assert len(set(ours.scores.mean(0).tolist())) > 1  # the curve moves: a meaningful comparison
 
@@ -205,15 +249,31 @@ def test_pointing_game_and_relevance_mass_are_quantus_localisation_metrics():
     masks[:, :, 2:6, 1:5] = True
     y = torch.zeros(6, dtype=torch.long)
     model = small_net(3)
-    quantus_pointing = run_quantus(quantus.PointingGame(normalise=False, abs=False, disable_warnings=True), model, x, y,
-                                   maps, s_batch=masks.numpy())
-    quantus_mass = run_quantus(quantus.RelevanceMassAccuracy(normalise=False, abs=False, disable_warnings=True), model,
-                               x, y, maps, s_batch=masks.numpy())
+    quantus_pointing = run_quantus(
+        quantus.PointingGame(normalise=False, abs=False, disable_warnings=True),
+        model,
+        x,
+        y,
+        maps,
+        s_batch=masks.numpy(),
+    )
+    quantus_mass = run_quantus(
+        quantus.RelevanceMassAccuracy(normalise=False, abs=False, disable_warnings=True),
+        model,
+        x,
+        y,
+        maps,
+        s_batch=masks.numpy(),
+    )
     pointing = pointing_game_score(x, maps, masks[:, 0])
     assert pointing.tolist() == [float(v) for v in quantus_pointing]
     assert 0 < pointing.sum() < 6
-    torch.testing.assert_close(relevance_mass(x, maps, masks[:, 0]).double(),
-                               torch.tensor(quantus_mass, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        relevance_mass(x, maps, masks[:, 0]).double(),
+        torch.tensor(quantus_mass, dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def saliency_map_numpy(model, inputs, targets, **kwargs):
@@ -235,6 +295,10 @@ def test_parameter_randomisation_is_quantus_mprt(mode, order):
     assert ours.layers == ["6", "2", "0"]  # from the logits down (Quantus' "independent" goes bottom-up)
     assert sorted(name for name in theirs if name != "original") == sorted(ours.layers)
     for step, layer in enumerate(ours.layers):
-        torch.testing.assert_close(ours.similarity["spearman_abs"][step], torch.tensor(theirs[layer], dtype=torch.float64),
-                                   atol=CORRELATION_TOLERANCE, rtol=0)
+        torch.testing.assert_close(
+            ours.similarity["spearman_abs"][step],
+            torch.tensor(theirs[layer], dtype=torch.float64),
+            atol=CORRELATION_TOLERANCE,
+            rtol=0,
+        )
     assert ours.similarity["spearman_abs"][-1].mean() < 0.9  # randomisation changed the maps

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
 from conftest import (
     assert_bit_identical,
     quiet_trainer,
@@ -19,6 +14,9 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
 from xai_lightning import ExplainerNetworkCallback, ImageClassifier, LayerNotFoundError
 
 INPUT, TARGET = "network.features.13", "network.features.20"
@@ -39,10 +37,15 @@ def test_performer_weights_are_bit_identical_with_and_without_the_callback(tmp_p
 def test_short_concept_world_training_gives_stable_part_filters_and_faithful_reconstruction(wandb_dir):
     pl.seed_everything(0)
     model = small_classifier(width=8, lr=3e-3)
-    callback = ExplainerNetworkCallback(INPUT, TARGET, num_filters=8, lr=3e-3, steps_per_batch=4, num_probe=128, top_k=20,
-                                        on_error="raise")
-    trainer = quiet_trainer(max_epochs=8, callbacks=[callback], enable_checkpointing=False,
-                            logger=WandbLogger(offline=True, save_dir=str(wandb_dir)))
+    callback = ExplainerNetworkCallback(
+        INPUT, TARGET, num_filters=8, lr=3e-3, steps_per_batch=4, num_probe=128, top_k=20, on_error="raise"
+    )
+    trainer = quiet_trainer(
+        max_epochs=8,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        logger=WandbLogger(offline=True, save_dir=str(wandb_dir)),
+    )
     epochs = trainer.max_epochs
     trainer.fit(model, small_datamodule(num_train=1024, num_val=128, batch_size=64))
     import wandb
@@ -52,8 +55,17 @@ def test_short_concept_world_training_gives_stable_part_filters_and_faithful_rec
     last = callback.history[-1]
     logged = [h for h in history if "explainer/location_instability/explainer" in h]
     assert len(logged) == epochs  # one evaluation per epoch
-    for key in ("p", "reconstruction_error", "filter_loss", "accuracy/explainer", "delta_error",
-                "location_instability/input", "location_instability/target", "train/loss", "steps"):
+    for key in (
+        "p",
+        "reconstruction_error",
+        "filter_loss",
+        "accuracy/explainer",
+        "delta_error",
+        "location_instability/input",
+        "location_instability/target",
+        "train/loss",
+        "steps",
+    ):
         assert logged[-1][f"explainer/{key}"] == pytest.approx(last[f"explainer/{key}"], rel=1e-5), key
     assert logged[-1]["explainer/steps"] == epochs * 4 * 1024 // 64
     maps = [h for h in history if "explainer/activation_maps.filenames" in h]
@@ -65,15 +77,17 @@ def test_short_concept_world_training_gives_stable_part_filters_and_faithful_rec
     assert instability < 0.8 * last["explainer/location_instability/target"]
     assert last["explainer/accuracy/explainer"] >= last["explainer/accuracy/performer"] - 0.03
     assert last["explainer/delta_error"] == pytest.approx(
-        last["explainer/accuracy/performer"] - last["explainer/accuracy/explainer"], abs=1e-6)
+        last["explainer/accuracy/performer"] - last["explainer/accuracy/explainer"], abs=1e-6
+    )
 
 
 def fit_with(tmp_path, callback):
     pl.seed_everything(0)
     model = small_classifier(width=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     try:
         trainer.fit(model, small_datamodule(num_train=64, num_val=16))
     finally:
@@ -126,9 +140,17 @@ def ddp_network() -> torch.nn.Module:
     evaluation); dropout so that any leak into the training random stream changes the weights."""
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 5),
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(16, 5),
     )
 
 
@@ -144,9 +166,12 @@ class SaveRankState(pl.Callback):
             if isinstance(callback, RecordingExplainerCallback):
                 state.update(
                     explainer={k: v.detach().cpu().clone() for k, v in callback.explainer.state_dict().items()},
-                    batches=callback.batches, local_sums=callback.local_sums, steps=callback.steps,
+                    batches=callback.batches,
+                    local_sums=callback.local_sums,
+                    steps=callback.steps,
                     history=callback.history,
-                    probe_images=callback.probe.images, probe_labels=callback.probe.labels,
+                    probe_images=callback.probe.images,
+                    probe_labels=callback.probe.labels,
                     landmarks=callback.landmarks,
                 )
         torch.save(state, f"{self.out_dir}/rank{trainer.global_rank}.pt")
@@ -176,20 +201,31 @@ def ddp_run(root, with_callback: bool) -> list[dict]:
     root.mkdir(parents=True)
     callbacks: list[pl.Callback] = [SaveRankState(str(root))]
     if with_callback:
-        explainer = RecordingExplainerCallback(DDP_INPUT, DDP_TARGET, num_filters=4, steps_per_batch=2, num_probe=13,
-                                               top_k=5, on_error="raise")  # 13 probe images: uneven shards
+        explainer = RecordingExplainerCallback(
+            DDP_INPUT, DDP_TARGET, num_filters=4, steps_per_batch=2, num_probe=13, top_k=5, on_error="raise"
+        )  # 13 probe images: uneven shards
         # As after an earlier fit in this process: the parent already holds a set-up explainer, which
         # ddp_spawn puts in memory shared with the ranks; each rank must still train a private copy.
-        quiet_trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, callbacks=[explainer],
-                      logger=CSVLogger(str(root / "earlier"))).fit(ImageClassifier(ddp_network(), num_classes=5),
-                                                                  small_datamodule(num_train=128, num_val=32))
+        quiet_trainer(
+            max_epochs=1,
+            limit_train_batches=0,
+            limit_val_batches=0,
+            callbacks=[explainer],
+            logger=CSVLogger(str(root / "earlier")),
+        ).fit(ImageClassifier(ddp_network(), num_classes=5), small_datamodule(num_train=128, num_val=32))
         assert explainer.explainer is not None and explainer.steps == 0
         callbacks.insert(0, explainer)
     pl.seed_everything(0)
     model = ImageClassifier(ddp_network(), num_classes=5, lr=3e-3)
-    trainer = quiet_trainer(max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=callbacks,
-                            logger=CSVLogger(str(root), name="run", version=0), enable_checkpointing=False,
-                            deterministic=False)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        devices=2,
+        strategy="ddp_spawn",
+        callbacks=callbacks,
+        logger=CSVLogger(str(root), name="run", version=0),
+        enable_checkpointing=False,
+        deterministic=False,
+    )
     trainer.fit(model, small_datamodule(num_train=128, num_val=32))
     ranks = [torch.load(root / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     if with_callback:
@@ -253,8 +289,16 @@ def test_two_process_ddp_keeps_explainer_copies_identical_and_logs_what_one_proc
     explainer = ExplainerNetwork(8, 16, (16, 16), num_filters=4)
     explainer.load_state_dict(ranks[0]["explainer"])
     assert ranks[0]["probe_images"].shape[0] == 13 and ranks[0]["landmarks"] is not None
-    expected = evaluate_explainer(model.eval(), explainer.eval(), DDP_INPUT, DDP_TARGET, ranks[0]["probe_images"],
-                                  labels=ranks[0]["probe_labels"], landmarks=ranks[0]["landmarks"], top_k=5).scalars
+    expected = evaluate_explainer(
+        model.eval(),
+        explainer.eval(),
+        DDP_INPUT,
+        DDP_TARGET,
+        ranks[0]["probe_images"],
+        labels=ranks[0]["probe_labels"],
+        landmarks=ranks[0]["landmarks"],
+        top_k=5,
+    ).scalars
     assert "location_instability/explainer" in expected and "accuracy/explainer" in expected
     for key, value in expected.items():
         assert logged[-1][f"explainer/{key}"] == pytest.approx(value, abs=1e-5), key
@@ -262,14 +306,15 @@ def test_two_process_ddp_keeps_explainer_copies_identical_and_logs_what_one_proc
     steps_per_epoch = len(losses) // 2
     for rank_index, rank in enumerate(ranks):
         for epoch, sums in enumerate(rank["local_sums"]):
-            own = [step[rank_index] for step in losses[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]]
+            own = [step[rank_index] for step in losses[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]]
             assert float(sums[-1]) == steps_per_epoch
             assert float(sums[0]) == pytest.approx(sum(own), rel=1e-5)
     # ... and the logged value is the mean over both ranks' steps of that epoch.
     for epoch, row in enumerate(logged):
-        epoch_losses = losses[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+        epoch_losses = losses[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]
         assert row["explainer/train/loss"] == pytest.approx(
-            sum(sum(step) for step in epoch_losses) / (2 * steps_per_epoch), rel=1e-5)
+            sum(sum(step) for step in epoch_losses) / (2 * steps_per_epoch), rel=1e-5
+        )
     assert logged[-1]["explainer/steps"] == ranks[0]["steps"]
 
 
@@ -278,13 +323,15 @@ def test_gradient_averaging_matches_ddp_for_missing_gradients():
 
     params = [torch.nn.Parameter(torch.zeros(2, 3)) for _ in range(3)]
     params[0].grad = torch.full((2, 3), 4.0)  # both ranks have one
-    params[1].grad = None                      # only the other rank has one
-    params[2].grad = None                      # no rank has one
+    params[1].grad = None  # only the other rank has one
+    params[2].grad = None  # no rank has one
     other_rank = [torch.full((2, 3), 2.0), torch.full((2, 3), 6.0), None]
 
     def all_reduce_with_other_rank(flat):  # what a 2-rank sum brings in from the other rank
-        other = torch.cat([(g if g is not None else torch.zeros(2, 3)).reshape(-1) for g in other_rank]
-                          + [torch.tensor([1.0, 1.0, 0.0])])
+        other = torch.cat(
+            [(g if g is not None else torch.zeros(2, 3)).reshape(-1) for g in other_rank]
+            + [torch.tensor([1.0, 1.0, 0.0])]
+        )
         flat += other
 
     average_gradients(params, 2, all_reduce_with_other_rank)
@@ -297,7 +344,12 @@ def test_the_explainer_api_is_exported_at_the_top_level():
     import xai_lightning
     import xai_lightning.explainer as explainer
 
-    for name in ("ExplainerNetwork", "fit_explainer", "evaluate_explainer", "knowledge_consistency",
-                 "location_instability"):
+    for name in (
+        "ExplainerNetwork",
+        "fit_explainer",
+        "evaluate_explainer",
+        "knowledge_consistency",
+        "location_instability",
+    ):
         assert getattr(xai_lightning, name) is getattr(explainer, name) and name in xai_lightning.__all__
     assert xai_lightning.ExplainerNetworkCallback is xai_lightning.callbacks.ExplainerNetworkCallback

@@ -58,12 +58,21 @@ def test_training_with_both_evaluation_callbacks_gives_bit_identical_weights(tmp
     data = {"num_train": 96, "num_val": 32}
     reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
     callbacks = [
-        fast_quality(methods=["saliency", "smoothgrad"], metrics=list(available_metrics()), num_probe=4,
-                     method_options={"smoothgrad": {"n_samples": 3}},
-                     metric_options={"deletion_auc": {"steps": 4}, "insertion_auc": {"steps": 4},
-                                     "faithfulness_correlation": {"draws": 4}, "infidelity": {"samples": 3},
-                                     "max_sensitivity": {"samples": 2}, "road_morf": {"fractions": [0.5]},
-                                     "road_lerf": {"fractions": [0.5]}}),
+        fast_quality(
+            methods=["saliency", "smoothgrad"],
+            metrics=list(available_metrics()),
+            num_probe=4,
+            method_options={"smoothgrad": {"n_samples": 3}},
+            metric_options={
+                "deletion_auc": {"steps": 4},
+                "insertion_auc": {"steps": 4},
+                "faithfulness_correlation": {"draws": 4},
+                "infidelity": {"samples": 3},
+                "max_sensitivity": {"samples": 2},
+                "road_morf": {"fractions": [0.5]},
+                "road_lerf": {"fractions": [0.5]},
+            },
+        ),
         SanityCheckCallback(methods=["saliency", "gradcam"], num_probe=3, similarities=["spearman_abs", "ssim"]),
     ]
     observed = train_weights(tmp_path / "observed", callbacks, epochs=2, dropout=0.5, **data)
@@ -75,8 +84,9 @@ def test_wandb_run_has_every_methods_metrics_and_the_random_reference(tmp_path):
     pl.seed_everything(0)
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="quality-test")
     callback = fast_quality(methods=["saliency", "gradcam"], metrics=[*FAST_METRICS, "pointing_game"])
-    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], logger=logger, default_root_dir=str(tmp_path),
-                            limit_train_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[callback], logger=logger, default_root_dir=str(tmp_path), limit_train_batches=2
+    )
     model = small_classifier(width=4)
     trainer.fit(model, small_datamodule())
     logger.experiment.finish()
@@ -92,8 +102,11 @@ def test_wandb_run_has_every_methods_metrics_and_the_random_reference(tmp_path):
         method = get_method(name, seed=0, max_batch=256)
         maps = method.to_map(method.attribute(model, probe.images, targets))
         for metric_name, options in FAST_METRICS.items():
-            metric = build_metric(metric_name, model, seed=0, **options) if metric_name == "faithfulness_correlation" \
+            metric = (
+                build_metric(metric_name, model, seed=0, **options)
+                if metric_name == "faithfulness_correlation"
                 else build_metric(metric_name, model, **options)
+            )
             expected = float(metric.values(probe.images, maps, targets).mean())
             assert callback.history[-1][f"quality/{name}/{metric_name}"] == pytest.approx(expected, abs=1e-5)
     assert 0 <= history[-1]["quality/random/pointing_game"] <= 1
@@ -108,8 +121,9 @@ def test_all_zero_gradcam_maps_get_defined_values_and_one_warning_naming_method_
     model = ImageClassifier(network, lr=0.0, weight_decay=0.0)
     quality = fast_quality(methods=["gradcam"], metrics=[*FAST_METRICS, "relevance_mass"])
     gradcam = GradCAMCallback(layers="auto", num_probe=6)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[quality, gradcam], logger=CSVLogger(str(tmp_path)),
-                            limit_train_batches=1)
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[quality, gradcam], logger=CSVLogger(str(tmp_path)), limit_train_batches=1
+    )
     with pytest.warns(UserWarning) as records:
         trainer.fit(model, small_datamodule())
     messages = [str(r.message) for r in records if "all zero" in str(r.message)]
@@ -132,19 +146,33 @@ def test_history_survives_a_checkpoint_resume(tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     first = fast_quality(methods=["saliency"], metrics=["deletion_auc"], num_probe=3)
-    sanity = SanityCheckCallback(methods=["saliency"], similarities=["spearman_abs"], num_probe=2,
-                                 layers=["network.classifier"])
+    sanity = SanityCheckCallback(
+        methods=["saliency"], similarities=["spearman_abs"], num_probe=2, layers=["network.classifier"]
+    )
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=1, callbacks=[first, sanity, ModelCheckpoint(dirpath=tmp_path / "ckpt",
-                            save_last=True)], logger=CSVLogger(str(tmp_path)), limit_train_batches=1)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[first, sanity, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        logger=CSVLogger(str(tmp_path)),
+        limit_train_batches=1,
+    )
     trainer.fit(small_classifier(width=4), small_datamodule(num_train=32, num_val=8))
     resumed = fast_quality(methods=["saliency"], metrics=["deletion_auc"], num_probe=3)
-    resumed_sanity = SanityCheckCallback(methods=["saliency"], similarities=["spearman_abs"], num_probe=2,
-                                         layers=["network.classifier"])
-    trainer = quiet_trainer(max_epochs=2, callbacks=[resumed, resumed_sanity], logger=CSVLogger(str(tmp_path)),
-                            limit_train_batches=1, enable_checkpointing=False)
-    trainer.fit(small_classifier(width=4), small_datamodule(num_train=32, num_val=8),
-                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    resumed_sanity = SanityCheckCallback(
+        methods=["saliency"], similarities=["spearman_abs"], num_probe=2, layers=["network.classifier"]
+    )
+    trainer = quiet_trainer(
+        max_epochs=2,
+        callbacks=[resumed, resumed_sanity],
+        logger=CSVLogger(str(tmp_path)),
+        limit_train_batches=1,
+        enable_checkpointing=False,
+    )
+    trainer.fit(
+        small_classifier(width=4),
+        small_datamodule(num_train=32, num_val=8),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
     assert [h["epoch"] for h in resumed.history] == [0.0, 1.0]
     assert [h["epoch"] for h in resumed_sanity.history] == [0.0, 1.0]
 
@@ -169,8 +197,11 @@ def test_a_mask_metric_on_data_without_masks_fails_at_setup(tmp_path):
 
 def test_wrong_layer_fails_at_setup_and_bad_arguments_at_construction(tmp_path):
     CountingClassifier.steps = 0
-    trainer = quiet_trainer(max_epochs=1, callbacks=[fast_quality(methods=["gradcam"], layer="network.nope")],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=1,
+        callbacks=[fast_quality(methods=["gradcam"], layer="network.nope")],
+        logger=CSVLogger(str(tmp_path)),
+    )
     with pytest.raises(ValueError, match="Unknown layer 'network.nope'"):
         trainer.fit(CountingClassifier(SmallCNN(num_classes=5, width=4)), small_datamodule())
     assert CountingClassifier.steps == 0
@@ -197,12 +228,22 @@ def test_yaml_config_with_both_callbacks(tmp_path, monkeypatch):
         '"road_morf": {"fractions": [0.5]}}}}, {"class_path": "xai_lightning.SanityCheckCallback", "init_args": '
         '{"methods": ["saliency"], "similarities": ["spearman_abs"], "num_probe": 2, "at_epochs": [0]}}]'
     )
-    cli = build_cli([
-        "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-        "--data.init_args.num_train=32", "--data.init_args.num_val=8", "--model.init_args.network.init_args.width=4",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false", f"--trainer.callbacks={callbacks}",
-    ])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--data.init_args.num_train=32",
+            "--data.init_args.num_val=8",
+            "--model.init_args.network.init_args.width=4",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.callbacks={callbacks}",
+        ]
+    )
     cli.trainer.logger.experiment.finish()
     quality, sanity = cli.trainer.callbacks[:2]
     assert isinstance(quality, ExplanationQualityCallback) and isinstance(sanity, SanityCheckCallback)
@@ -216,8 +257,13 @@ def test_yaml_config_with_both_callbacks(tmp_path, monkeypatch):
 def _frozen_network() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
         torch.nn.Linear(8, 5),
     )
 
@@ -226,14 +272,26 @@ def _logged(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     pl.seed_everything(0)
     model = ImageClassifier(_frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
     callbacks = [
-        fast_quality(methods=["saliency", "gradcam"], metrics=[*FAST_METRICS, "relevance_mass", "road_lerf"],
-                     num_probe=7, layer="network.3", metric_options={**FAST_METRICS, "road_lerf": {"fractions": [0.3]}}),
+        fast_quality(
+            methods=["saliency", "gradcam"],
+            metrics=[*FAST_METRICS, "relevance_mass", "road_lerf"],
+            num_probe=7,
+            layer="network.3",
+            metric_options={**FAST_METRICS, "road_lerf": {"fractions": [0.3]}},
+        ),
         SanityCheckCallback(methods=["saliency"], num_probe=5, similarities=["spearman_abs", "hog_pearson"]),
     ]
     logger = CSVLogger(str(tmp_path), name="run", version=0)
-    trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=callbacks, logger=logger, enable_checkpointing=False, deterministic=False,
-                            limit_train_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=callbacks,
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
+        limit_train_batches=2,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=24))
     rows = list(csv.DictReader((tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()))
     figures = [{k: float(v) for k, v in row.items() if k.split("/")[0] in ("quality", "sanity") and v} for row in rows]

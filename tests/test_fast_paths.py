@@ -128,7 +128,7 @@ def test_per_problem_gram_entries_and_combinations_equal_the_full_gram_ones():
     for problems in (2, 40):  # 2 problems: gathered per problem; 40: the whole Gram matrix is cheaper
         train = torch.randint(0, 30, (problems, 6), generator=generator)
         test = torch.randint(0, 30, (problems, 3), generator=generator)
-        gram = (flat.double() @ flat.double().T)
+        gram = flat.double() @ flat.double().T
         fit, cross = problem_grams(flat, train, test)
         assert torch.allclose(fit, gram[train.unsqueeze(2), train.unsqueeze(1)], rtol=1e-5, atol=1e-4)
         assert torch.allclose(cross, gram[test.unsqueeze(2), train.unsqueeze(1)], rtol=1e-5, atol=1e-4)
@@ -158,8 +158,9 @@ def test_streamed_probe_derivatives_equal_the_one_batch_reference(model, images)
     targets = torch.tensor([0, 1, 2, 3, 0, 1])
     gradients = tcav.gradients(model, images, targets, cavs.layers)
     expected = directional_derivatives(gradients, cavs)["features.13"]
-    similarity = cav_similarity(layer_activations(model, images, ["features.13"])["features.13"],
-                                cavs.mean_vector("features.13"))
+    similarity = cav_similarity(
+        layer_activations(model, images, ["features.13"])["features.13"], cavs.mean_vector("features.13")
+    )
     tcav.max_batch = 4  # two slices
     derivatives, similarities = tcav.probe_derivatives(model, images, targets, cavs, similarity=True)
     assert torch.allclose(derivatives["features.13"], expected, rtol=1e-5, atol=1e-7)
@@ -173,14 +174,16 @@ def test_one_streamed_probe_pass_serves_concept_and_relative_cavs(model, images)
     layers = ["features.6", "features.13"]
     tcav = TCAV(layers=layers, num_random=2, examples_per_concept=6, max_batch=None)
     cavs = tcav.fit_cavs(model, {"bright": world[:12] + 0.5}, world[24:], layers=layers)
-    relative = tcav.fit_relative_cavs(model, {"bright vs dark": (world[:12] + 0.5, world[12:24] * 0.2)}, world[24:],
-                                      layers=layers)
+    relative = tcav.fit_relative_cavs(
+        model, {"bright vs dark": (world[:12] + 0.5, world[12:24] * 0.2)}, world[24:], layers=layers
+    )
     targets = torch.tensor([0, 1, 2, 3, 0, 1])
     alone, similar_alone = tcav.probe_derivatives(model, images, targets, cavs, similarity=True)
     relative_alone, _ = tcav.probe_derivatives(model, images, targets, relative)
     tcav.max_batch = 4  # two slices
-    (both, relative_both), similar = tcav.probe_derivative_sets(model, images, targets, [cavs, relative],
-                                                                similarity_cavs=cavs)
+    (both, relative_both), similar = tcav.probe_derivative_sets(
+        model, images, targets, [cavs, relative], similarity_cavs=cavs
+    )
     for layer in layers:
         assert torch.allclose(both[layer], alone[layer], rtol=1e-5, atol=1e-7)
         assert torch.allclose(relative_both[layer], relative_alone[layer], rtol=1e-5, atol=1e-7)
@@ -225,6 +228,7 @@ def test_threshold_estimators_merged_across_processes_equal_one_stream(kind):
     whole.update(values)
     first.update(values[:25])
     second.update(values[25:])
+
     def gather(tensor: torch.Tensor) -> torch.Tensor:  # what all_gather gives: every process's copy
         for name in ("counts", "minimum", "maximum", "count", "top"):
             if getattr(first, name, None) is tensor:
@@ -251,6 +255,7 @@ def host_conversions():
         def wrapper(self, *args, **kwargs):
             counts["n"] += 1
             return original(self, *args, **kwargs)
+
         return wrapper
 
     for name, original in originals.items():
@@ -348,9 +353,14 @@ class ReadsItsConvolutionTwice(torch.nn.Module):
         return self.head((self.bn(z) + z).mean((2, 3)))
 
 
-@pytest.mark.parametrize("build, folded", [(lambda: SmallCNN(num_classes=4, width=4), 6),
-                                           (lambda: __import__("xai_lightning").models.resnet20(num_classes=4), 21),
-                                           (ReadsItsConvolutionTwice, 0)])
+@pytest.mark.parametrize(
+    "build, folded",
+    [
+        (lambda: SmallCNN(num_classes=4, width=4), 6),
+        (lambda: __import__("xai_lightning").models.resnet20(num_classes=4), 21),
+        (ReadsItsConvolutionTwice, 0),
+    ],
+)
 def test_folded_batchnorm_passes_give_the_plain_model_gradients(images, build, folded):
     from xai_lightning.core.batchnorm_folding import _CHECKED
 

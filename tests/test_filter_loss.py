@@ -22,8 +22,9 @@ def reference_templates(n: int, tau: float, beta: float) -> list[list[list[float
     templates = []
     for mu_i in range(n):
         for mu_j in range(n):
-            templates.append([[tau * max(1 - beta * (abs(i - mu_i) + abs(j - mu_j)) / n, -1.0) for j in range(n)]
-                              for i in range(n)])
+            templates.append(
+                [[tau * max(1 - beta * (abs(i - mu_i) + abs(j - mu_j)) / n, -1.0) for j in range(n)] for i in range(n)]
+            )
     templates.append([[-tau] * n for _ in range(n)])
     return templates
 

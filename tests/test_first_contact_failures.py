@@ -318,31 +318,6 @@ def test_no_package_attribute_hides_a_submodule():
 
     import xai_lightning
 
-    # Functions named like their module, merged from other branches. Renaming these modules touches
-    # files that parallel branches are editing; the lead renames them once those are merged. Any
-    # new one fails this test.
-    remaining = {
-        "xai_lightning.attribution.attention_maps",
-        "xai_lightning.attribution.attention_relevance",
-        "xai_lightning.attribution.attention_rollout",
-        "xai_lightning.attribution.grad_cam",
-        "xai_lightning.concepts.dec_cace",
-        "xai_lightning.concepts.encdec_cace",
-        "xai_lightning.dissection.unit_mask_pixels",
-        "xai_lightning.evaluation.degenerate_maps",
-        "xai_lightning.evaluation.faithfulness_correlation",
-        "xai_lightning.evaluation.infidelity",
-        "xai_lightning.evaluation.max_sensitivity",
-        "xai_lightning.evaluation.noisy_linear_imputation",
-        "xai_lightning.evaluation.road",
-        "xai_lightning.evaluation.sanity.ssim",
-        "xai_lightning.explainer.filter_loss",
-        "xai_lightning.explainer.fit_explainer",
-        "xai_lightning.explainer.knowledge_consistency",
-        "xai_lightning.explainer.layer_features",
-        "xai_lightning.explainer.location_instability",
-        "xai_lightning.logging.token_html",
-    }
     shadowed = set()
     for info in pkgutil.walk_packages(xai_lightning.__path__, "xai_lightning."):
         if not info.ispkg:
@@ -352,7 +327,7 @@ def test_no_package_attribute_hides_a_submodule():
             value = getattr(package, sub.name, None)
             if value is not None and not isinstance(value, type(package)):
                 shadowed.add(f"{info.name}.{sub.name}")
-    assert shadowed <= remaining, f"functions named like their module: {sorted(shadowed - remaining)}"
+    assert not shadowed, f"functions named like their module: {sorted(shadowed)}"
     from xai_lightning.robustness import pgd, projected_gradient_descent
 
     assert callable(pgd) and projected_gradient_descent.pgd is pgd

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
+from conftest import quiet_trainer, read_wandb_history, small_classifier, small_datamodule, wandb_run_dir
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import quiet_trainer, read_wandb_history, small_classifier, small_datamodule, wandb_run_dir
 from xai_lightning import GradCAMCallback, ImageClassifier, LayerNotFoundError
 
 SCALARS = ("energy_in_mask", "energy_in_mask_uniform", "pointing_game", "empty_maps")
@@ -26,8 +25,13 @@ SCALARS = ("energy_in_mask", "energy_in_mask_uniform", "pointing_game", "empty_m
 def fit(tmp_path, callback, logger=None, epochs=2, model=None, datamodule=None, **trainer_kwargs):
     pl.seed_everything(0)
     model = model or small_classifier()
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback], logger=logger or CSVLogger(str(tmp_path)),
-                            default_root_dir=str(tmp_path), **trainer_kwargs)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=logger or CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule or small_datamodule())
     return trainer, model
 
@@ -105,8 +109,9 @@ def test_history_and_previous_maps_survive_a_checkpoint_resume(tmp_path):
     trainer = quiet_trainer(max_epochs=2, callbacks=[first, checkpoint], logger=CSVLogger(str(tmp_path)))
     trainer.fit(small_classifier(), small_datamodule())
     resumed = GradCAMCallback(layers="network.features.13", num_probe=8)
-    trainer = quiet_trainer(max_epochs=3, callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=3, callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], logger=CSVLogger(str(tmp_path))
+    )
     trainer.fit(small_classifier(), small_datamodule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [h["epoch"] for h in resumed.history] == [0.0, 1.0, 2.0]
     assert resumed.history[:2] == first.history
@@ -149,7 +154,9 @@ def counting_model(**kwargs):
 
 def expect_setup_error(tmp_path, callback, match, model=None, logger=None, datamodule=None, fit_kwargs=None):
     model = model or counting_model()
-    trainer = quiet_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)) if logger is None else logger)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[callback], logger=CSVLogger(str(tmp_path)) if logger is None else logger
+    )
     with pytest.raises(Exception, match=match) as error:
         trainer.fit(model, datamodule=datamodule, **(fit_kwargs or {}))
     assert CountingClassifier.steps == 0
@@ -157,8 +164,9 @@ def expect_setup_error(tmp_path, callback, match, model=None, logger=None, datam
 
 
 def test_unknown_layer_fails_at_setup_listing_valid_names(tmp_path):
-    error = expect_setup_error(tmp_path, GradCAMCallback(layers="network.features.99"), "Unknown layer",
-                               datamodule=small_datamodule())
+    error = expect_setup_error(
+        tmp_path, GradCAMCallback(layers="network.features.99"), "Unknown layer", datamodule=small_datamodule()
+    )
     assert isinstance(error, LayerNotFoundError)
     assert "network.features.13" in str(error) and "Did you mean" in str(error)
 
@@ -171,8 +179,13 @@ def test_auto_on_a_model_without_spatial_layers_fails_at_setup(tmp_path):
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 5))
     CountingClassifier.steps = 0
     model = FlatClassifier(mlp, num_classes=5)
-    expect_setup_error(tmp_path, GradCAMCallback(layers="auto"), "found no module with a 4-D",
-                       model=model, datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        GradCAMCallback(layers="auto"),
+        "found no module with a 4-D",
+        model=model,
+        datamodule=small_datamodule(),
+    )
 
 
 def test_no_validation_data_and_no_probe_fails_at_setup(tmp_path):
@@ -189,13 +202,15 @@ def test_no_validation_data_and_no_probe_fails_at_setup(tmp_path):
 
 
 def test_no_logger_fails_at_setup(tmp_path):
-    expect_setup_error(tmp_path, GradCAMCallback(), "no logger.*WandbLogger", logger=False,
-                       datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path, GradCAMCallback(), "no logger.*WandbLogger", logger=False, datamodule=small_datamodule()
+    )
 
 
 def test_target_class_out_of_range_fails_at_setup(tmp_path):
-    expect_setup_error(tmp_path, GradCAMCallback(target=7), "out of range: the model has 5 classes",
-                       datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path, GradCAMCallback(target=7), "out of range: the model has 5 classes", datamodule=small_datamodule()
+    )
 
 
 def test_more_probes_than_data_warns_and_uses_what_exists(tmp_path):
@@ -238,8 +253,12 @@ def test_a_failing_explanation_never_loses_the_run(tmp_path):
     model = ImageClassifier(network)
     callback = GradCAMCallback(layers="network.features.20", num_probe=4)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer = quiet_trainer(max_epochs=3, callbacks=[EpochTracker(), callback, checkpoint],
-                            logger=CSVLogger(str(tmp_path)), limit_val_batches=0)
+    trainer = quiet_trainer(
+        max_epochs=3,
+        callbacks=[EpochTracker(), callback, checkpoint],
+        logger=CSVLogger(str(tmp_path)),
+        limit_val_batches=0,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, small_datamodule())

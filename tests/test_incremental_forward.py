@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ViewsItsInput
 from torch import nn
 
 import xai_lightning.attribution.incremental_forward as incremental_forward
@@ -18,8 +19,6 @@ from xai_lightning.attribution import Occlusion, attribute
 from xai_lightning.attribution.incremental_forward import IncrementalForward, trace_leading_chain
 from xai_lightning.attribution.occlusion import occlusion_windows, window_boxes
 from xai_lightning.models import Normalize
-
-from conftest import ViewsItsInput
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -49,15 +48,24 @@ def resnet() -> nn.Module:
 def exotic_chain() -> nn.Module:
     """Stride, dilation, groups, asymmetric kernels, 'same' padding, padded ceil-mode max-pool."""
     torch.manual_seed(0)
-    return _randomise(nn.Sequential(
-        Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-        nn.MaxPool2d(2, stride=1, padding=1),  # pads with −∞ on inputs that are often negative: 33×33
-        nn.Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(1, 2)), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4),
-        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),  # pads with −∞ (its inputs can be negative)
-        nn.ReLU(inplace=True), nn.Conv2d(8, 16, 1, stride=2), nn.Identity(), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ))
+    return _randomise(
+        nn.Sequential(
+            Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+            nn.MaxPool2d(2, stride=1, padding=1),  # pads with −∞ on inputs that are often negative: 33×33
+            nn.Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(1, 2)),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4),
+            nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),  # pads with −∞ (its inputs can be negative)
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 1, stride=2),
+            nn.Identity(),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 4),
+        )
+    )
 
 
 def plain_logits(model, inputs, masks, baselines, examples, windows):
@@ -71,14 +79,18 @@ def incremental_and_plain(model, inputs, window, stride, max_patch_fraction=0.5,
     if keep is not None:
         masks = masks[keep(window_boxes(masks))]
     baselines = torch.rand_like(inputs)
-    incremental, why = IncrementalForward.build(model, inputs, window_boxes(masks),
-                                                max_patch_fraction=max_patch_fraction)
+    incremental, why = IncrementalForward.build(
+        model, inputs, window_boxes(masks), max_patch_fraction=max_patch_fraction
+    )
     assert incremental is not None, why
     count = masks.shape[0]
     index = torch.arange(inputs.shape[0] * count)
     examples, windows = index // count, index % count
-    patch = torch.where(incremental.crop(masks, windows, windows), incremental.crop(baselines, examples, windows),
-                        incremental.crop(inputs, examples, windows))
+    patch = torch.where(
+        incremental.crop(masks, windows, windows),
+        incremental.crop(baselines, examples, windows),
+        incremental.crop(inputs, examples, windows),
+    )
     with torch.no_grad():
         ours = incremental.logits(examples, windows, patch)
     return incremental, ours, plain_logits(model, inputs, masks, baselines, examples, windows)
@@ -111,8 +123,13 @@ def test_windows_that_change_nothing():
     """A 1×1 stride-2 convolution padded by 1 never reads even positions: occluding them changes
     nothing downstream, and the patch of such windows is an unchanged position, recomputed."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 1, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
-                          nn.Flatten(), nn.Linear(4 * 9 * 9, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 9 * 9, 3),
+    ).eval()
     inputs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     even = lambda boxes: (boxes[:, 0] % 2 == 0) & (boxes[:, 2] % 2 == 0)  # noqa: E731
     _, ours, plain = incremental_and_plain(model, inputs, (3, 1, 1), (3, 1, 1), max_patch_fraction=1.0, keep=even)
@@ -170,16 +187,20 @@ class ScaledInput(InputReadAgain):
 
 def train_mode_batchnorm():
     """A train-mode BatchNorm mixes the rows of a batch: the chain stops before it."""
-    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 16 * 16, 2)).train()
+    return nn.Sequential(
+        nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 2)
+    ).train()
 
 
-@pytest.mark.parametrize("build,reason", [
-    (InputReadAgain, "reads the input or an inner activation"),
-    (InnerActivationReadAgain, "reads the input or an inner activation"),
-    (ScaledInput, "no convolution"),
-    (train_mode_batchnorm, "train mode"),
-])
+@pytest.mark.parametrize(
+    "build,reason",
+    [
+        (InputReadAgain, "reads the input or an inner activation"),
+        (InnerActivationReadAgain, "reads the input or an inner activation"),
+        (ScaledInput, "no convolution"),
+        (train_mode_batchnorm, "train mode"),
+    ],
+)
 def test_unanalysable_models_are_declined_with_a_reason(build, reason):
     torch.manual_seed(0)
     model = build()
@@ -241,8 +262,12 @@ def test_auto_keeps_the_plain_path_when_the_saving_is_small():
     incremental, why = IncrementalForward.build(model, x, window_boxes(masks), min_saving=0.3)
     assert incremental is None and "would save 9%" in why  # the stem of this small ResNet (ResNet-20: 1%)
     options = dict(window=8, stride=4, score="logit")
-    torch.testing.assert_close(attribute(model, x, 0, "occlusion", incremental="auto", **options),
-                               attribute(model, x, 0, "occlusion", incremental=False, **options), atol=0, rtol=0)
+    torch.testing.assert_close(
+        attribute(model, x, 0, "occlusion", incremental="auto", **options),
+        attribute(model, x, 0, "occlusion", incremental=False, **options),
+        atol=0,
+        rtol=0,
+    )
     incremental, _ = IncrementalForward.build(small_cnn(), x, window_boxes(masks), min_saving=0.3)
     assert incremental is not None
 
@@ -261,6 +286,7 @@ def test_models_that_need_the_standard_layout_get_it():
 def test_training_with_incremental_occlusion_gives_bit_identical_weights(tmp_path, monkeypatch):
     """The chain's forwards are replaced only for the explanation's own calls (and restored)."""
     from conftest import assert_bit_identical, train_weights
+
     from xai_lightning import AttributionCallback
 
     calls = []
@@ -268,8 +294,11 @@ def test_training_with_incremental_occlusion_gives_bit_identical_weights(tmp_pat
     monkeypatch.setattr(IncrementalForward, "logits", lambda self, *args: calls.append(1) or logits(self, *args))
 
     data = dict(num_train=96, num_val=32)
-    callback = AttributionCallback(methods=["occlusion"], num_probe=4,
-                                   method_options={"occlusion": {"window": 8, "stride": 4, "incremental": True}})
+    callback = AttributionCallback(
+        methods=["occlusion"],
+        num_probe=4,
+        method_options={"occlusion": {"window": 8, "stride": 4, "incremental": True}},
+    )
     reference = train_weights(tmp_path / "plain", [], epochs=2, dropout=0.5, **data)
     observed = train_weights(tmp_path / "observed", [callback], epochs=2, dropout=0.5, **data)
     assert calls, "the callback did not take the incremental path"

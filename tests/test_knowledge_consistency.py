@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import small_classifier, small_datamodule, train_until_accurate
+
 from xai_lightning import ConceptWorld
 from xai_lightning.explainer import ConsistencyNetwork, fit_knowledge_consistency, knowledge_consistency
 
@@ -23,8 +23,9 @@ def trained(seed: int, train: bool = True):
     pl.seed_everything(seed)
     model = small_classifier(width=8, lr=3e-3)
     if train:
-        accuracy = train_until_accurate(model, small_datamodule(num_train=1024, num_val=128, batch_size=64),
-                                        accuracy=0.98, max_epochs=20)
+        accuracy = train_until_accurate(
+            model, small_datamodule(num_train=1024, num_val=128, batch_size=64), accuracy=0.98, max_epochs=20
+        )
         # Comparing two barely trained models says nothing about shared knowledge: fail loudly.
         assert accuracy > 0.95, "the compared model did not train"
     return model.eval()

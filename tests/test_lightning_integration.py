@@ -427,4 +427,3 @@ def test_nothing_is_left_on_the_model_after_an_interrupted_fit(tmp_path, case: C
     assert getattr(model, "trades_batch", None) is None
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     assert torch.get_default_dtype() == torch.float32
-

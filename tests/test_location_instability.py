@@ -69,11 +69,13 @@ def test_hand_computed_instability_with_missing_landmarks_and_top_k():
     # Three images, one filter; landmark 1 is missing on image 2. Image 3 has the lowest score and is dropped.
     positions = torch.tensor([[[0.5, 0.5]], [[0.5, 0.5]], [[0.0, 0.0]]])
     scores = torch.tensor([[3.0], [2.0], [1.0]])
-    landmarks = torch.tensor([
-        [[0.5, 0.8], [0.1, 0.5]],
-        [[0.5, 0.6], [float("nan"), float("nan")]],
-        [[0.9, 0.9], [0.9, 0.9]],
-    ])
+    landmarks = torch.tensor(
+        [
+            [[0.5, 0.8], [0.1, 0.5]],
+            [[0.5, 0.6], [float("nan"), float("nan")]],
+            [[0.9, 0.9], [0.9, 0.9]],
+        ]
+    )
     result = location_instability(positions, scores, landmarks, top_k=2, image_size=(10, 10))
     diagonal = math.sqrt(2)
     # landmark 0: distances 0.3 and 0.1 (fractions of a side) → std 0.1 → / diagonal

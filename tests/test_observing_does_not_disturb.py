@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import assert_bit_identical, train_weights
+
 from xai_lightning import GradCAMCallback
 
 

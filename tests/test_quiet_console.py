@@ -57,17 +57,37 @@ def noise_in(text: str) -> list[str]:
 def test_the_main_study_command_is_quiet(tmp_path):
     config = tmp_path / "micro.yaml"
     config.write_text(yaml.safe_dump(MICRO_STUDY))
-    done = run_quietly([str(ROOT / "experiments" / "robust_vs_standard.py"), "--config", str(config),
-                        "--output-dir", str(tmp_path / "runs")], tmp_path)
+    done = run_quietly(
+        [
+            str(ROOT / "experiments" / "robust_vs_standard.py"),
+            "--config",
+            str(config),
+            "--output-dir",
+            str(tmp_path / "runs"),
+        ],
+        tmp_path,
+    )
     assert "Report:" in done.stdout and (tmp_path / "runs" / "report.html").exists()
     assert noise_in(done.stdout + done.stderr) == []
 
 
 def test_the_cli_fit_command_is_quiet(tmp_path):
-    done = run_quietly(["-m", "xai_lightning.cli", "fit", "--config", "concept_world_gradcam",
-                        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--data.init_args.num_train=64",
-                        "--data.init_args.num_val=16", "--trainer.enable_progress_bar=false",
-                        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"],
-                       tmp_path)
+    done = run_quietly(
+        [
+            "-m",
+            "xai_lightning.cli",
+            "fit",
+            "--config",
+            "concept_world_gradcam",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--data.init_args.num_train=64",
+            "--data.init_args.num_val=16",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        tmp_path,
+    )
     assert "Where to look:" in done.stdout
     assert noise_in(done.stdout + done.stderr) == []

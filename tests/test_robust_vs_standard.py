@@ -18,9 +18,20 @@ SMALL = CONFIGS / "robust_vs_standard_small.yaml"
 CI = CONFIGS / "robust_vs_standard_ci.yaml"
 WORDS = {"robust higher", "robust lower", "no significant difference", "too few seeds to tell"}
 #: The rows the issue asks for, by a word of their name.
-EXPECTED_ROWS = ("clean accuracy", "robust accuracy", "Grad-CAM energy", "gradient energy", "pointing game",
-                 "deletion AUC", "insertion AUC", "faithfulness correlation", "sanity-check similarity",
-                 "relative TCAV shape vs colour", "dissection shape units", "dissection colour units")
+EXPECTED_ROWS = (
+    "clean accuracy",
+    "robust accuracy",
+    "Grad-CAM energy",
+    "gradient energy",
+    "pointing game",
+    "deletion AUC",
+    "insertion AUC",
+    "faithfulness correlation",
+    "sanity-check similarity",
+    "relative TCAV shape vs colour",
+    "dissection shape units",
+    "dissection colour units",
+)
 
 
 def _experiment():
@@ -33,8 +44,9 @@ def _experiment():
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory):
     config = load_study_config(CI)
-    result, report = _experiment().run(config, tmp_path_factory.mktemp("robust_vs_standard_ci"), wandb=True,
-                                       progress=False)
+    result, report = _experiment().run(
+        config, tmp_path_factory.mktemp("robust_vs_standard_ci"), wandb=True, progress=False
+    )
     return result, report.read_text(), config
 
 

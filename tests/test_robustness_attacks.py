@@ -54,8 +54,16 @@ def test_pgd_loss_never_decreases_with_more_steps_on_a_fixed_model(trained_shape
     start = torch.Generator().manual_seed(0)
     losses = []
     for steps in (0, 2, 8):
-        result = pgd(trained_shape_model, images, labels, norm=norm, eps=eps, steps=steps, step_size=step,
-                     generator=torch.Generator().manual_seed(0))
+        result = pgd(
+            trained_shape_model,
+            images,
+            labels,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            step_size=step,
+            generator=torch.Generator().manual_seed(0),
+        )
         losses.append(result.loss)
     losses = torch.stack(losses)  # (3, B)
     # Worst iterate: with the same start and step size, more steps can only find a higher loss.
@@ -63,8 +71,17 @@ def test_pgd_loss_never_decreases_with_more_steps_on_a_fixed_model(trained_shape
     # ... and the ascent really climbs: the mean loss after 8 steps far exceeds the start's.
     assert losses[-1].mean() > 3 * losses[0].mean() + 0.1
     # With a small step the *last* iterate's mean loss rises at every step too (gradient ascent).
-    trace = pgd(trained_shape_model, images, labels, norm=norm, eps=eps, steps=8, step_size=step,
-                keep_worst=False, generator=start).loss_trace.mean(1)
+    trace = pgd(
+        trained_shape_model,
+        images,
+        labels,
+        norm=norm,
+        eps=eps,
+        steps=8,
+        step_size=step,
+        keep_worst=False,
+        generator=start,
+    ).loss_trace.mean(1)
     assert (trace[1:] > trace[:-1]).all(), trace
 
 
@@ -104,8 +121,16 @@ def test_linf_pgd_matches_captum_pgd_with_the_same_seed(targeted):
     # model); we move every coordinate with a non-zero gradient, as sign(g) says. Same rule for the test:
     captum_pgd.fgsm.zero_thresh = 0.0
     torch.manual_seed(11)
-    reference = captum_pgd.perturb(images, settings["eps"], settings["step_size"], settings["steps"], targets,
-                                   targeted=targeted, random_start=True, norm="Linf")
+    reference = captum_pgd.perturb(
+        images,
+        settings["eps"],
+        settings["step_size"],
+        settings["steps"],
+        targets,
+        targeted=targeted,
+        random_start=True,
+        norm="Linf",
+    )
     torch.manual_seed(11)
     ours = pgd(model, images, targets, norm="linf", targeted=targeted, random_start=True, keep_worst=False, **settings)
     torch.testing.assert_close(ours.adversarial, reference, atol=1e-6, rtol=0)
@@ -120,10 +145,11 @@ def test_l2_random_start_and_projection_match_captum():
     model = random_model()
     images, labels, _ = shape_batch(4)
     for row in range(4):
-        x, y = images[row:row + 1], labels[row:row + 1]
+        x, y = images[row : row + 1], labels[row : row + 1]
         torch.manual_seed(row)
         reference = CaptumPGD(model, ce_sum, lower_bound=0.0, upper_bound=1.0).perturb(
-            x, 0.5, 0.1, 0, y, random_start=True, norm="L2")
+            x, 0.5, 0.1, 0, y, random_start=True, norm="L2"
+        )
         torch.manual_seed(row)
         ours = pgd(model, x, y, norm="l2", eps=0.5, steps=0, random_start=True)
         torch.testing.assert_close(ours.adversarial, reference, atol=1e-6, rtol=1e-5)
@@ -180,9 +206,19 @@ def test_pgd_finds_the_exact_worst_case_of_a_linear_binary_classifier(norm):
 
 def test_pgd_does_not_depend_on_max_batch(trained_shape_model):
     images, labels, _ = shape_batch(10)
-    whole = pgd(trained_shape_model, images, labels, norm="l2", eps=0.5, steps=3, generator=torch.Generator().manual_seed(4))
-    sliced = pgd(trained_shape_model, images, labels, norm="l2", eps=0.5, steps=3, max_batch=3,
-                 generator=torch.Generator().manual_seed(4))
+    whole = pgd(
+        trained_shape_model, images, labels, norm="l2", eps=0.5, steps=3, generator=torch.Generator().manual_seed(4)
+    )
+    sliced = pgd(
+        trained_shape_model,
+        images,
+        labels,
+        norm="l2",
+        eps=0.5,
+        steps=3,
+        max_batch=3,
+        generator=torch.Generator().manual_seed(4),
+    )
     # Convolutions sum in a batch-size-dependent order; three normalised L2 steps amplify that
     # float32 rounding to ~1e-4 on a few pixels, far below the step size (0.5 / 3 * 2.5).
     torch.testing.assert_close(whole.adversarial, sliced.adversarial, atol=1e-3, rtol=0)
@@ -226,7 +262,9 @@ def test_trades_loss_matches_its_definition():
     labels = torch.randint(0, 5, (8,))
     # The TRADES authors' code: KLDivLoss(sum)(log_softmax(adv), softmax(clean)) / batch.
     kl = F.kl_div(F.log_softmax(adversarial, 1), F.softmax(clean, 1), reduction="sum") / 8
-    torch.testing.assert_close(trades_loss(clean, adversarial, labels, beta=6.0), F.cross_entropy(clean, labels) + 6 * kl)
+    torch.testing.assert_close(
+        trades_loss(clean, adversarial, labels, beta=6.0), F.cross_entropy(clean, labels) + 6 * kl
+    )
     # Per example, from the definition Σ p log(p/q).
     p, q = clean.softmax(1), adversarial.softmax(1)
     torch.testing.assert_close(trades_kl(clean, adversarial), (p * (p / q).log()).sum(1))
@@ -235,12 +273,15 @@ def test_trades_loss_matches_its_definition():
 
 def test_trades_inner_maximisation_raises_the_kl_inside_the_ball(trained_shape_model):
     images, _, _ = shape_batch(12)
-    result = trades_adversarial(trained_shape_model, images, eps=0.031, steps=10, step_size=0.007,
-                                generator=torch.Generator().manual_seed(0))
+    result = trades_adversarial(
+        trained_shape_model, images, eps=0.031, steps=10, step_size=0.007, generator=torch.Generator().manual_seed(0)
+    )
     assert (result.perturbation.abs().flatten(1).amax(1) <= 0.031 + 1e-6).all()
     with torch.no_grad():
         clean = trained_shape_model(images)
-        noisy = trained_shape_model((images + 0.001 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1))
+        noisy = trained_shape_model(
+            (images + 0.001 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+        )
         kl_adversarial = trades_kl(clean, trained_shape_model(result.adversarial))
     torch.testing.assert_close(kl_adversarial, result.loss, atol=1e-4, rtol=1e-3)
     assert kl_adversarial.mean() > 10 * trades_kl(clean, noisy).mean() + 1e-3
@@ -262,7 +303,9 @@ def test_gradients_are_taken_in_pixel_space_with_the_normalisation_inside_the_mo
     torch.manual_seed(0)
     inside = SmallCNN(num_classes=5, width=8, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]).eval()
     outside = SmallCNN(num_classes=5, width=8).eval()
-    outside.load_state_dict({k: v for k, v in inside.state_dict().items() if not k.startswith("features.0.")}, strict=False)
+    outside.load_state_dict(
+        {k: v for k, v in inside.state_dict().items() if not k.startswith("features.0.")}, strict=False
+    )
     images, labels, _ = shape_batch(4)
     mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
     pixels = loss_gradients(inside, images, "label", labels=labels).gradients
@@ -277,7 +320,9 @@ def test_gradient_object_energy_against_conceptworld_masks():
     off = (~masks).unsqueeze(1).float().expand(-1, 3, -1, -1) * torch.randn(6, 3, 32, 32)
     torch.testing.assert_close(gradient_object_energy(on, masks), torch.ones(6))
     torch.testing.assert_close(gradient_object_energy(off, masks), torch.zeros(6))
-    torch.testing.assert_close(gradient_object_energy(torch.ones(6, 3, 32, 32), masks), masks.flatten(1).float().mean(1))
+    torch.testing.assert_close(
+        gradient_object_energy(torch.ones(6, 3, 32, 32), masks), masks.flatten(1).float().mean(1)
+    )
     # A model that only looks at the object has all its loss-gradient energy on it.
     weight = torch.zeros(5, 3, 32, 32)
     weight[:, :, masks[0]] = torch.randn(5, 3, int(masks[0].sum()))

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
 from conftest import (
     assert_bit_identical,
     quiet_trainer,
@@ -20,19 +18,41 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
 from xai_lightning import RobustnessCallback
 from xai_lightning.core import LayerNotFoundError
 from xai_lightning.robustness import gradient_object_energy, loss_gradients, pgd, random_point
 
-FAST = dict(num_probe=8, steps=2, max_images=3, morph_steps=3, inversion_steps=3, visualization_steps=3,
-            visualization_units=[0, 1], vae_images=32, vae_epochs=1)
+FAST = dict(
+    num_probe=8,
+    steps=2,
+    max_images=3,
+    morph_steps=3,
+    inversion_steps=3,
+    visualization_steps=3,
+    visualization_units=[0, 1],
+    vae_images=32,
+    vae_epochs=1,
+)
 
-SCALARS = ["robustness/clean_acc", "robustness/robust_acc", "robustness/gradient_energy_in_mask",
-           "robustness/gradient_energy_in_mask_uniform"]
-SYNTHESIS = ["robustness/morph_success_rate", "robustness/inversion_error",
-             "robustness/feature_visualization_activation"]
-IMAGES = ["robustness/gradient_maps", "robustness/targeted_morph", "robustness/inversion",
-          "robustness/feature_visualization"]
+SCALARS = [
+    "robustness/clean_acc",
+    "robustness/robust_acc",
+    "robustness/gradient_energy_in_mask",
+    "robustness/gradient_energy_in_mask_uniform",
+]
+SYNTHESIS = [
+    "robustness/morph_success_rate",
+    "robustness/inversion_error",
+    "robustness/feature_visualization_activation",
+]
+IMAGES = [
+    "robustness/gradient_maps",
+    "robustness/targeted_morph",
+    "robustness/inversion",
+    "robustness/feature_visualization",
+]
 
 
 def test_observing_robustness_leaves_training_bit_identical(tmp_path):
@@ -65,14 +85,16 @@ def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(trained_
     attack = pgd(model, probe.images, probe.labels, norm="l2", eps=2.0, steps=5, start=start)
     robust = (~attack.success).float().mean().item()
     assert robust < clean  # the check below can tell robust from clean accuracy
-    energy = gradient_object_energy(loss_gradients(model, probe.images, "label", labels=probe.labels).gradients,
-                                    probe.object_masks)
+    energy = gradient_object_energy(
+        loss_gradients(model, probe.images, "label", labels=probe.labels).gradients, probe.object_masks
+    )
     last = callback.history[-1]
     assert last["robustness/clean_acc"] == pytest.approx(clean)
     assert last["robustness/robust_acc"] == pytest.approx(robust)
     assert last["robustness/gradient_energy_in_mask"] == pytest.approx(energy.nanmean().item(), abs=1e-6)
     assert last["robustness/gradient_energy_in_mask_uniform"] == pytest.approx(
-        probe.object_masks.flatten(1).float().mean(1).mean().item())
+        probe.object_masks.flatten(1).float().mean(1).mean().item()
+    )
 
     history = read_wandb_history(wandb_run_dir(wandb_dir))
     logged = {key: record[key] for record in history for key in record}
@@ -97,8 +119,15 @@ def logged_scalars(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
     callback = RobustnessCallback(num_probe=13, steps=3, synthesis_epochs=[])  # 13: uneven shards
     logger = CSVLogger(str(tmp_path), name="run", version=0)
-    trainer = quiet_trainer(max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=40))
     rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
     figures = [{k: float(v) for k, v in row.items() if k.startswith("robustness/") and v} for row in rows]
@@ -118,21 +147,29 @@ def test_two_process_ddp_logs_the_same_scores_as_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(eps=0.0), "eps must be a positive"),
-    (dict(norm="l1"), "Unknown norm 'l1'"),
-    (dict(steps=0), "steps must be >= 1"),
-    (dict(visualization_prior="gan"), "Unknown visualization_prior 'gan'"),
-    (dict(morph_eps=-2.0), "morph_eps must be a positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(eps=0.0), "eps must be a positive"),
+        (dict(norm="l1"), "Unknown norm 'l1'"),
+        (dict(steps=0), "steps must be >= 1"),
+        (dict(visualization_prior="gan"), "Unknown visualization_prior 'gan'"),
+        (dict(morph_eps=-2.0), "morph_eps must be a positive"),
+    ],
+)
 def test_bad_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RobustnessCallback(**kwargs)
 
 
 def fit_setup_only(tmp_path, callback, **datamodule_kwargs):
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, callbacks=[callback],
-                            logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        callbacks=[callback],
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+    )
     started = []
 
     class Model(type(small_classifier())):
@@ -142,7 +179,9 @@ def fit_setup_only(tmp_path, callback, **datamodule_kwargs):
 
     from xai_lightning.models import SmallCNN
 
-    trainer.fit(Model(SmallCNN(num_classes=5, width=8)), small_datamodule(num_train=32, num_val=32, **datamodule_kwargs))
+    trainer.fit(
+        Model(SmallCNN(num_classes=5, width=8)), small_datamodule(num_train=32, num_val=32, **datamodule_kwargs)
+    )
     return started
 
 

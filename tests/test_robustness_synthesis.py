@@ -20,7 +20,6 @@ from xai_lightning.robustness import (
     targeted_morph,
     total_variation,
     train_vae,
-    vae_loss,
     visualize_features,
 )
 
@@ -47,12 +46,23 @@ def test_feature_visualisation_drives_a_unit_far_above_dataset_images(trained_sh
     images, _ = dataset_images()
     layer, units = "network.features.13", [0, 5]
     reached = unit_activation(trained_shape_model, layer, images)[:, units].max(0).values  # best dataset image
-    result = visualize_features(trained_shape_model, layer, units=units, prior=prior, steps=128, lr=0.1,
-                                generator=torch.Generator().manual_seed(0))
+    result = visualize_features(
+        trained_shape_model,
+        layer,
+        units=units,
+        prior=prior,
+        steps=128,
+        lr=0.1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.images.shape == (2, 3, 32, 32) and result.images.min() >= 0 and result.images.max() <= 1
     # The reported activation is the unit's spatial mean at the final image (recomputed independently).
-    torch.testing.assert_close(result.activation, unit_activation(trained_shape_model, layer, result.images)[
-        torch.arange(2), units], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        result.activation,
+        unit_activation(trained_shape_model, layer, result.images)[torch.arange(2), units],
+        atol=1e-4,
+        rtol=1e-4,
+    )
     assert (result.activation > 3 * reached).all(), (prior, result.activation, reached)
 
 
@@ -61,8 +71,16 @@ def test_generator_prior_optimises_the_code_towards_the_unit(trained_shape_model
     # measured against what the generator makes: the best of 64 random codes per unit. Its own start is
     # the best of 64 *other* draws, which alone would tie with that (ratio ~1); the margin is the ascent's.
     layer, units = "network.features.13", list(range(8))
-    result = visualize_features(trained_shape_model, layer, units=units, prior="generator", vae=vae, steps=128,
-                                lr=0.1, generator=torch.Generator().manual_seed(0))
+    result = visualize_features(
+        trained_shape_model,
+        layer,
+        units=units,
+        prior="generator",
+        vae=vae,
+        steps=128,
+        lr=0.1,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         samples = vae.decode(torch.randn(64, vae.latent_dim, generator=torch.Generator().manual_seed(1)))
     from_random_codes = unit_activation(trained_shape_model, layer, samples)[:, units].max(0).values
@@ -72,8 +90,15 @@ def test_generator_prior_optimises_the_code_towards_the_unit(trained_shape_model
     assert ratio.log().mean().exp() > 1.4, ratio  # geometric mean over the 8 units
     assert result.objective_trace[-8:].mean() > result.objective_trace[:8].mean()
     # The prior keeps the visualisations near the data, where the pixel-space ones are not.
-    pixels = visualize_features(trained_shape_model, layer, units=units, prior="none", steps=128, lr=0.1,
-                                generator=torch.Generator().manual_seed(0))
+    pixels = visualize_features(
+        trained_shape_model,
+        layer,
+        units=units,
+        prior="none",
+        steps=128,
+        lr=0.1,
+        generator=torch.Generator().manual_seed(0),
+    )
     data, _ = dataset_images(512, seed=3)
 
     def distance_to_data(images):
@@ -88,9 +113,18 @@ def test_generator_prior_starts_from_the_best_of_its_prior_draws(trained_shape_m
     # With a negligible step, the result is the start: the best (for each unit) of code_samples draws
     # of N(0, I), drawn first from the given generator.
     layer, units, samples = "network.features.13", [0, 4, 6], 16
-    result = visualize_features(trained_shape_model, layer, units=units, prior="generator", vae=vae, steps=1,
-                                lr=1e-9, transforms=False, code_samples=samples,
-                                generator=torch.Generator().manual_seed(5))
+    result = visualize_features(
+        trained_shape_model,
+        layer,
+        units=units,
+        prior="generator",
+        vae=vae,
+        steps=1,
+        lr=1e-9,
+        transforms=False,
+        code_samples=samples,
+        generator=torch.Generator().manual_seed(5),
+    )
     draws = torch.randn((len(units), samples, vae.latent_dim), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         images = vae.decode(draws.flatten(0, 1))
@@ -103,28 +137,39 @@ def test_generator_prior_starts_from_the_best_of_its_prior_draws(trained_shape_m
 def test_feature_visualisation_of_a_direction_equals_the_unit_for_a_one_hot_direction(trained_shape_model):
     layer = "network.features.13"
     options = dict(prior="none", steps=5, transforms=False)
-    unit = visualize_features(trained_shape_model, layer, units=[2], generator=torch.Generator().manual_seed(0), **options)
+    unit = visualize_features(
+        trained_shape_model, layer, units=[2], generator=torch.Generator().manual_seed(0), **options
+    )
     direction = torch.zeros(1, 32)  # features.13 ends the second stage: 2·16 channels
     direction[0, 2] = 1.0
-    along = visualize_features(trained_shape_model, layer, directions=direction,
-                               generator=torch.Generator().manual_seed(0), **options)
+    along = visualize_features(
+        trained_shape_model, layer, directions=direction, generator=torch.Generator().manual_seed(0), **options
+    )
     torch.testing.assert_close(unit.images, along.images)
     assert along.units is None and unit.units == (2,)
 
 
 def test_the_tv_prior_gives_smoother_images_than_no_prior(trained_shape_model):
     common = dict(units=[0, 3], steps=48, transforms=False)
-    plain = visualize_features(trained_shape_model, "network.features.13", prior="none",
-                               generator=torch.Generator().manual_seed(0), **common)
-    smooth = visualize_features(trained_shape_model, "network.features.13", prior="tv", tv_weight=20.0,
-                                generator=torch.Generator().manual_seed(0), **common)
+    plain = visualize_features(
+        trained_shape_model, "network.features.13", prior="none", generator=torch.Generator().manual_seed(0), **common
+    )
+    smooth = visualize_features(
+        trained_shape_model,
+        "network.features.13",
+        prior="tv",
+        tv_weight=20.0,
+        generator=torch.Generator().manual_seed(0),
+        **common,
+    )
     assert (total_variation(smooth.images) < total_variation(plain.images)).all()
 
 
 def test_inversion_recovers_the_representation(trained_shape_model):
     images, _ = dataset_images(6)
-    result = invert_representation(trained_shape_model, images, layer="network.features.13", steps=60,
-                                   generator=torch.Generator().manual_seed(0))
+    result = invert_representation(
+        trained_shape_model, images, layer="network.features.13", steps=60, generator=torch.Generator().manual_seed(0)
+    )
     assert result.layer == "network.features.13"
     # The objective falls, and the inversion's representation is far closer to its target than another
     # dataset image's representation is.

@@ -51,8 +51,14 @@ def test_hog_matches_scikit_image(size, cell, block):
     a, _ = random_maps(size=size, signed=False)
     ours = hog_features(a, pixels_per_cell=cell, cells_per_block=block)
     for i in range(a.shape[0]):
-        theirs = hog(a[i].numpy(), orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(block, block),
-                     block_norm="L2-Hys", feature_vector=True)
+        theirs = hog(
+            a[i].numpy(),
+            orientations=9,
+            pixels_per_cell=(cell, cell),
+            cells_per_block=(block, block),
+            block_norm="L2-Hys",
+            feature_vector=True,
+        )
         # scikit-image sums each cell in C float (32 bit): agreement to ~1e-7
         np.testing.assert_allclose(ours[i].numpy(), theirs, rtol=1e-6, atol=1e-7)
 
@@ -64,7 +70,9 @@ def test_spearman_similarities_match_scipy_and_constants_score_zero():
         absolute = spearmanr(a[i].abs().flatten(), b[i].abs().flatten()).statistic
         assert float(spearman_signed(a, b)[i]) == pytest.approx(signed, abs=1e-6)
         assert float(spearman_abs(a, b)[i]) == pytest.approx(absolute, abs=1e-6)
-    assert float(spearman_abs(a, -a).min()) == pytest.approx(1.0) and float(spearman_signed(a, -a).max()) == pytest.approx(-1.0)
+    assert float(spearman_abs(a, -a).min()) == pytest.approx(1.0) and float(
+        spearman_signed(a, -a).max()
+    ) == pytest.approx(-1.0)
     zero = torch.zeros_like(a)
     for name in ("spearman_abs", "spearman", "hog_pearson"):
         assert map_similarity(name, a, zero).tolist() == [0.0] * 4, name
@@ -79,8 +87,14 @@ def test_spearman_similarities_match_scipy_and_constants_score_zero():
 
 def small_bn_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
 
 
 def storages(module: nn.Module) -> set[int]:
@@ -99,8 +113,11 @@ def test_randomised_copies_never_alias_or_touch_the_model(mode):
     seen = []
     for step, (layer, copy) in enumerate(randomised_copies(model, mode, seed=3)):
         assert not storages(copy) & storages(model)
-        changed = {name.rsplit(".", 1)[0] for name, value in copy.state_dict().items()
-                   if name.split(".")[0] in layers and not torch.equal(value, before[name])}
+        changed = {
+            name.rsplit(".", 1)[0]
+            for name, value in copy.state_dict().items()
+            if name.split(".")[0] in layers and not torch.equal(value, before[name])
+        }
         expected = set(layers[: step + 1]) if mode == "cascading" else {layer}
         assert changed == expected, (step, changed)
         seen.append(layer)
@@ -108,7 +125,9 @@ def test_randomised_copies_never_alias_or_touch_the_model(mode):
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.equal(torch.get_rng_state(), rng)
-    with pytest.raises(ValueError, match=r"Cannot randomise \['2'\].*Randomisable layers, top first: \['5', '1', '0'\]"):
+    with pytest.raises(
+        ValueError, match=r"Cannot randomise \['2'\].*Randomisable layers, top first: \['5', '1', '0'\]"
+    ):
         next(randomised_copies(model, layers=["2"]))
 
 
@@ -152,8 +171,9 @@ def test_published_sanity_check_result_on_a_trained_model(trained_shape_model, s
     layers = randomisable_layers(model)[:TOP_LAYERS]
     curves = {}
     for method in ("saliency", "gradcam", "guided_backprop"):
-        result = model_parameter_randomisation(model, images, labels, get_method(method), layers=layers, seed=seed,
-                                               similarities=["spearman_abs"])
+        result = model_parameter_randomisation(
+            model, images, labels, get_method(method), layers=layers, seed=seed, similarities=["spearman_abs"]
+        )
         curves[method] = result.curve("spearman_abs")
     assert float(curves["guided_backprop"].mean()) > 0.85
     assert float(curves["guided_backprop"].min()) > 0.8
@@ -171,8 +191,9 @@ def test_randomisation_leaves_the_trained_model_and_rng_untouched(trained_shape_
         torch.manual_seed(7)
         expected = torch.rand(3)
         torch.manual_seed(7)
-        model_parameter_randomisation(trained_shape_model, images[:4], labels[:4], "saliency",
-                                      layers=randomisable_layers(trained_shape_model)[:2])
+        model_parameter_randomisation(
+            trained_shape_model, images[:4], labels[:4], "saliency", layers=randomisable_layers(trained_shape_model)[:2]
+        )
         assert torch.equal(torch.rand(3), expected)
     for key, value in trained_shape_model.state_dict().items():
         assert torch.equal(value, before[key]), key

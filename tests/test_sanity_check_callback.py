@@ -20,8 +20,13 @@ from xai_lightning.evaluation.sanity import model_parameter_randomisation, rando
 def fit(tmp_path, callback, epochs=1, model=None, **trainer_kwargs):
     pl.seed_everything(0)
     model = model or small_classifier(width=4)
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback], logger=CSVLogger(str(tmp_path), name="run",
-                            version=0), limit_train_batches=2, **trainer_kwargs)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=CSVLogger(str(tmp_path), name="run", version=0),
+        limit_train_batches=2,
+        **trainer_kwargs,
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=16))
     return trainer, model
 
@@ -33,8 +38,9 @@ def test_logged_curves_are_the_randomisation_test_of_the_trained_model(tmp_path)
     assert callback.randomised_layers == layers and layers[0] == "network.classifier"
     record = callback.history[-1]
     for name in ("saliency", "gradcam"):
-        result = model_parameter_randomisation(model, callback.probe.images, callback.probe.labels,
-                                               get_method(name, seed=0, max_batch=256), seed=0)
+        result = model_parameter_randomisation(
+            model, callback.probe.images, callback.probe.labels, get_method(name, seed=0, max_batch=256), seed=0
+        )
         for similarity in ("spearman_abs", "spearman", "ssim", "hog_pearson"):
             prefix = f"sanity/{name}/cascading/{similarity}"
             curve = [record[f"{prefix}/{layer}"] for layer in layers]
@@ -51,13 +57,21 @@ def test_logged_curves_are_the_randomisation_test_of_the_trained_model(tmp_path)
 
 
 def test_independent_mode_at_given_epochs_and_the_model_untouched(tmp_path):
-    callback = SanityCheckCallback(methods=["saliency"], mode="independent", similarities=["spearman_abs"],
-                                   layers=["network.classifier", "network.features.18"], num_probe=3, at_epochs=[1])
+    callback = SanityCheckCallback(
+        methods=["saliency"],
+        mode="independent",
+        similarities=["spearman_abs"],
+        layers=["network.classifier", "network.features.18"],
+        num_probe=3,
+        at_epochs=[1],
+    )
     trainer, model = fit(tmp_path, callback, epochs=3)
     assert [h["epoch"] for h in callback.history] == [1.0]
-    assert set(callback.history[0]) >= {"sanity/saliency/independent/spearman_abs/network.classifier",
-                                        "sanity/saliency/independent/spearman_abs/network.features.18",
-                                        "sanity/saliency/independent/spearman_abs/mean"}
+    assert set(callback.history[0]) >= {
+        "sanity/saliency/independent/spearman_abs/network.classifier",
+        "sanity/saliency/independent/spearman_abs/network.features.18",
+        "sanity/saliency/independent/spearman_abs/mean",
+    }
     before = {k: v.clone() for k, v in model.state_dict().items()}
     callback.run(trainer, model)
     for key, value in model.state_dict().items():
@@ -70,8 +84,9 @@ def test_empty_maps_of_the_trained_model_warn_once_naming_method_and_layer(tmp_p
     with torch.no_grad():
         network.classifier.weight.copy_(-network.classifier.weight.abs() - 0.1)  # Grad-CAM = ReLU(negative) = 0
     model = ImageClassifier(network, lr=0.0, weight_decay=0.0)
-    callback = SanityCheckCallback(methods=["gradcam"], num_probe=3, similarities=["spearman_abs", "ssim"],
-                                   layers=["network.classifier"])
+    callback = SanityCheckCallback(
+        methods=["gradcam"], num_probe=3, similarities=["spearman_abs", "ssim"], layers=["network.classifier"]
+    )
     with pytest.warns(UserWarning) as records:
         fit(tmp_path, callback, epochs=2, model=model)
     trained = [str(r.message) for r in records if "of the trained model" in str(r.message)]
@@ -82,7 +97,9 @@ def test_empty_maps_of_the_trained_model_warn_once_naming_method_and_layer(tmp_p
 
 def test_setup_and_construction_errors(tmp_path):
     callback = SanityCheckCallback(methods=["saliency"], layers=["network.pool"], num_probe=2)
-    with pytest.raises(ValueError, match=r"cannot randomise layers \['network.pool'\].*top first: \['network.classifier'"):
+    with pytest.raises(
+        ValueError, match=r"cannot randomise layers \['network.pool'\].*top first: \['network.classifier'"
+    ):
         fit(tmp_path, callback)
     with pytest.raises(ValueError, match="Unknown similarities"):
         SanityCheckCallback(similarities=["pearson"])

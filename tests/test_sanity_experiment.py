@@ -30,7 +30,10 @@ def check(result, config, out: Path) -> None:
             assert len(stored["curves"][f"cascading/{method}/{similarity}"]) == len(layers)
         assert set(stored["data_randomisation"][method]) == set(config["similarities"])
     top = slice(0, 5)  # the classifier and the last stage
-    curve = {m: statistics.mean(result["curves"][f"cascading/{m}/spearman_abs"][top]) for m in ("gradient", "guided_backprop")}
+    curve = {
+        m: statistics.mean(result["curves"][f"cascading/{m}/spearman_abs"][top])
+        for m in ("gradient", "guided_backprop")
+    }
     assert curve["guided_backprop"] > curve["gradient"] + 0.1
     assert result["random_label_train_accuracy"] > 0.5  # the permuted labels were (partly) memorised
 

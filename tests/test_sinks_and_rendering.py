@@ -7,10 +7,10 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import read_wandb_config, read_wandb_history, wandb_run_dir
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from conftest import read_wandb_config, read_wandb_history, wandb_run_dir
 from xai_lightning.logging import (
     FileSink,
     SinkSet,
@@ -196,7 +196,9 @@ def test_sink_set_at_step_overrides_the_step_it_is_given(tmp_path):
         sink.images("a/grid", [image], None, step=999)
     sink.images("a/grid", [image], None, step=5)
     assert sorted(p.name for p in (tmp_path / "xai" / "a" / "grid").glob("*.png")) == [
-        "step_00000003.png", "step_00000005.png"]
+        "step_00000003.png",
+        "step_00000005.png",
+    ]
 
 
 def test_file_sink_tables_save_image_cells_and_settings(tmp_path):
@@ -210,7 +212,10 @@ def test_file_sink_tables_save_image_cells_and_settings(tmp_path):
     assert np.array_equal(saved, image)
     import json
 
-    assert json.loads((tmp_path / "xai" / "demo" / "settings.json").read_text()) == {"num_probe": 8, "layers": ["a", "b"]}
+    assert json.loads((tmp_path / "xai" / "demo" / "settings.json").read_text()) == {
+        "num_probe": 8,
+        "layers": ["a", "b"],
+    }
 
 
 def test_deferred_wandb_media_join_one_row_and_settings_reach_run_config(tmp_path):

@@ -42,8 +42,14 @@ def test_bootstrap_interval_is_seeded_contains_the_t_centre_and_agrees_with_scip
     assert bootstrap_interval(spread_out, seed=3) != bootstrap_interval(spread_out, seed=4)  # the seed matters
     centre = t_interval(VALUES).estimate
     assert first.low < centre < first.high
-    reference = stats.bootstrap((np.asarray(VALUES),), np.mean, n_resamples=10_000, method="percentile",
-                                confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    reference = stats.bootstrap(
+        (np.asarray(VALUES),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     # Two independent 10 000-resample estimates of the same quantiles: agree to a small fraction of the spread.
     spread = float(np.std(VALUES, ddof=1))
     assert first.low == pytest.approx(reference.low, abs=0.05 * spread)

@@ -85,11 +85,15 @@ def report_tables(html: str) -> list[list[list[str]]]:
 
 
 def test_instantiate_builds_nested_class_paths():
-    built = instantiate({
-        "callbacks": [{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"num_probe": 3}}],
-        "model": {"class_path": "xai_lightning.ImageClassifier",
-                  "init_args": {"network": {"class_path": "xai_lightning.SmallCNN", "init_args": {"num_classes": 4}}}},
-    })
+    built = instantiate(
+        {
+            "callbacks": [{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"num_probe": 3}}],
+            "model": {
+                "class_path": "xai_lightning.ImageClassifier",
+                "init_args": {"network": {"class_path": "xai_lightning.SmallCNN", "init_args": {"num_classes": 4}}},
+            },
+        }
+    )
     assert isinstance(built["callbacks"][0], GradCAMCallback) and built["callbacks"][0].num_probe == 3
     assert isinstance(built["model"].network, SmallCNN) and built["model"].num_classes == 4
     with pytest.raises(ValueError, match="Cannot import class_path 'xai_lightning.Nope'"):
@@ -115,30 +119,48 @@ VERDICT = {
     "treatment": "robust",
     "measures": [
         {"name": "clean accuracy", "key": "val/acc", "better": "higher"},
-        {"name": "Grad-CAM energy in mask", "key": "gradcam/.*/energy_in_mask", "better": "higher",
-         "baseline": "gradcam/.*/energy_in_mask_uniform"},
-        {"name": "deletion AUC", "key": "quality/gradcam/deletion_auc", "better": "lower",
-         "baseline": "quality/random/deletion_auc", "requires": "ExplanationQualityCallback"},
+        {
+            "name": "Grad-CAM energy in mask",
+            "key": "gradcam/.*/energy_in_mask",
+            "better": "higher",
+            "baseline": "gradcam/.*/energy_in_mask_uniform",
+        },
+        {
+            "name": "deletion AUC",
+            "key": "quality/gradcam/deletion_auc",
+            "better": "lower",
+            "baseline": "quality/random/deletion_auc",
+            "requires": "ExplanationQualityCallback",
+        },
     ],
 }
 STUDY = {
     "name": "tiny",
     "seeds": [0, 1, 2],
-    "data": {"class_path": "xai_lightning.ConceptWorldDataModule",
-             "init_args": {"num_train": 96, "num_val": 32, "batch_size": 32}},
-    "model": {"class_path": "xai_lightning.ImageClassifier",
-              "init_args": {"network": {"class_path": "xai_lightning.SmallCNN",
-                                        "init_args": {"num_classes": 5, "width": 4}}}},
+    "data": {
+        "class_path": "xai_lightning.ConceptWorldDataModule",
+        "init_args": {"num_train": 96, "num_val": 32, "batch_size": 32},
+    },
+    "model": {
+        "class_path": "xai_lightning.ImageClassifier",
+        "init_args": {"network": {"class_path": "xai_lightning.SmallCNN", "init_args": {"num_classes": 5, "width": 4}}},
+    },
     "trainer": {"max_epochs": 2, "enable_checkpointing": False, "deterministic": True},
     "observers": [{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"num_probe": 4}}],
     "variants": {"standard": [], "robust": [ADVERSARIAL]},
     "verdict": VERDICT,
     "report": {
         "title": "Tiny study",
-        "plots": [{"title": "Accuracy", "keys": ["val/acc"], "chance": 0.2},
-                  {"title": "Localisation", "keys": ["gradcam/.*/energy_in_mask"],
-                   "baseline": "gradcam/.*/energy_in_mask_uniform", "baseline_label": "uniform map"},
-                  {"title": "Nothing logs this", "keys": ["absent/key"]}],
+        "plots": [
+            {"title": "Accuracy", "keys": ["val/acc"], "chance": 0.2},
+            {
+                "title": "Localisation",
+                "keys": ["gradcam/.*/energy_in_mask"],
+                "baseline": "gradcam/.*/energy_in_mask_uniform",
+                "baseline_label": "uniform map",
+            },
+            {"title": "Nothing logs this", "keys": ["absent/key"]},
+        ],
         "images": [{"title": "Grad-CAM", "key": "gradcam/grid", "colormap": "jet"}],
     },
 }
@@ -152,7 +174,13 @@ def tiny_study(tmp_path_factory):
 
 def test_study_trains_every_arm_per_seed_and_logs_each_run_to_its_own_wandb_run(tiny_study):
     assert [(run.variant, run.seed) for run in tiny_study.runs] == [
-        ("standard", 0), ("robust", 0), ("standard", 1), ("robust", 1), ("standard", 2), ("robust", 2)]
+        ("standard", 0),
+        ("robust", 0),
+        ("standard", 1),
+        ("robust", 1),
+        ("standard", 2),
+        ("robust", 2),
+    ]
     for run in tiny_study.runs:
         assert run.matching(r"gradcam/.*/energy_in_mask") and [e for e, _ in run.scalars["val/acc"]] == [0, 1]
         assert len(run.matching_images("gradcam/grid")) == 2 and run.seconds > 0 and run.cpu_seconds > 0
@@ -260,8 +288,11 @@ def _pairing_study(shuffle_seed: object = "study") -> dict:
     study = copy.deepcopy(STUDY)
     study.update(seeds=[3], observers=[{"class_path": "tests.test_studies.RecordTraining"}], verdict=None, report={})
     del study["verdict"]
-    study["variants"] = {"standard": [], "robust": [ADVERSARIAL],
-                         "noisy": [{"class_path": "tests.test_studies.DrawsRandomNumbers"}]}
+    study["variants"] = {
+        "standard": [],
+        "robust": [ADVERSARIAL],
+        "noisy": [{"class_path": "tests.test_studies.DrawsRandomNumbers"}],
+    }
     study["trainer"] = dict(study["trainer"], max_epochs=2, limit_val_batches=0)
     if shuffle_seed != "study":
         study["data"]["init_args"]["shuffle_seed"] = shuffle_seed
@@ -279,8 +310,9 @@ def test_runs_of_one_seed_share_initial_weights_and_data_order(tmp_path):
     # Epochs are shuffled differently from each other (the generator advances), but reproducibly.
     assert not torch.equal(standard.labels[0], standard.labels[3])
     # Without the data module's own generator, extra random draws change the order: the control.
-    unpaired = run_study(_pairing_study(shuffle_seed=None), output_dir=tmp_path / "unpaired", wandb=False,
-                         progress=False)
+    unpaired = run_study(
+        _pairing_study(shuffle_seed=None), output_dir=tmp_path / "unpaired", wandb=False, progress=False
+    )
     recorders = {label.split(" ")[0]: callbacks[-1] for label, callbacks in unpaired.callbacks.items()}
     assert not all(torch.equal(a, b) for a, b in zip(recorders["standard"].labels, recorders["noisy"].labels))
 
@@ -297,8 +329,9 @@ def test_study_config_errors_name_the_offending_entry(tmp_path):
         plan_study(unknown)
     misspelt = copy.deepcopy(STUDY)
     misspelt["verdict"]["measures"][0]["beter"] = "higher"
-    with pytest.raises(ValueError,
-                       match=r"verdict.measures\[0\] \('clean accuracy'\) has unknown field\(s\) \['beter'\]"):
+    with pytest.raises(
+        ValueError, match=r"verdict.measures\[0\] \('clean accuracy'\) has unknown field\(s\) \['beter'\]"
+    ):
         plan_study(misspelt)
     direction = copy.deepcopy(STUDY)
     direction["verdict"]["measures"][1]["better"] = "up"
@@ -317,7 +350,11 @@ def test_study_config_errors_name_the_offending_entry(tmp_path):
 def test_an_epsilon_sweep_has_one_robust_arm_per_epsilon():
     plan = plan_study(dict(STUDY, epsilons=[0.5, 1.0, 2.0]))
     assert [(arm.name, arm.epsilon) for arm in plan.arms] == [
-        ("standard", None), ("robust_eps0.5", 0.5), ("robust", 1.0), ("robust_eps2", 2.0)]
+        ("standard", None),
+        ("robust_eps0.5", 0.5),
+        ("robust", 1.0),
+        ("robust_eps2", 2.0),
+    ]
     assert [arm.callbacks[0]["init_args"]["eps"] for arm in plan.arms[1:]] == [0.5, 1.0, 2.0]
     assert plan.config_id == plan_study(dict(STUDY, epsilons=[0.5, 1.0, 2.0], seeds=[7])).config_id
     assert plan.config_id != plan_study(STUDY).config_id
@@ -358,9 +395,13 @@ def test_a_plain_run_without_a_study_gets_curves_and_panels(tmp_path):
     from tests.conftest import quiet_trainer, small_classifier, small_datamodule
 
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[GradCAMCallback(num_probe=4)],
-                            logger=CSVLogger(str(tmp_path), name="plain"), enable_checkpointing=False,
-                            limit_train_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        callbacks=[GradCAMCallback(num_probe=4)],
+        logger=CSVLogger(str(tmp_path), name="plain"),
+        enable_checkpointing=False,
+        limit_train_batches=2,
+    )
     trainer.fit(small_classifier(width=4), small_datamodule(num_train=64, num_val=16))
     runs = load_runs([tmp_path / "plain"])
     assert len(runs) == 1 and runs[0].seed is None and runs[0].config is None
@@ -376,5 +417,8 @@ def test_verdict_parsing_accepts_rows_for_callbacks_the_study_does_not_configure
     assert [m.requires for m in spec.measures] == [None, None, "ExplanationQualityCallback"]
     run = RunRecord(path=None, variant="standard", seed=0, scalars={"val/acc": [(0, 0.5)]})
     rows = verdict_table([run], spec)
-    assert [row.verdict for row in rows] == ["not logged", "not logged",
-                                             "not logged (needs ExplanationQualityCallback)"]
+    assert [row.verdict for row in rows] == [
+        "not logged",
+        "not logged",
+        "not logged (needs ExplanationQualityCallback)",
+    ]

@@ -42,8 +42,11 @@ def test_an_output_key_that_does_not_exist_lists_the_available_keys():
     from transformers.modeling_outputs import SequenceClassifierOutput
 
     logits = torch.rand(2, 3)
-    with pytest.raises(TypeError, match=r"output_key='logit' does not select anything .*available: keys \['logits', "
-                                        r"'features'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"output_key='logit' does not select anything .*available: keys \['logits', "
+        r"'features'\]",
+    ):
         select_logits({"logits": logits, "features": torch.rand(2, 4)}, "logit")
     hf = SequenceClassifierOutput(logits=logits, attentions=(torch.rand(2, 1, 3, 3),))
     with pytest.raises(TypeError, match=r"available: keys \['logits', 'attentions'\]"):
@@ -67,16 +70,23 @@ def test_callable_target_grad_cam_is_the_difference_of_the_class_maps(cnn):
 def test_callable_target_ig_and_logit_occlusion_are_linear_in_the_score(cnn):
     x = torch.rand(3, 3, 32, 32)
     ig = IntegratedGradients(steps=16)
-    torch.testing.assert_close(ig.attribute(cnn, x, margin), ig.attribute(cnn, x, 1) - ig.attribute(cnn, x, 0),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ig.attribute(cnn, x, margin), ig.attribute(cnn, x, 1) - ig.attribute(cnn, x, 0), atol=1e-5, rtol=1e-4
+    )
     occlusion = Occlusion(window=8, stride=8, score="logit")
-    torch.testing.assert_close(occlusion.attribute(cnn, x, margin),
-                               occlusion.attribute(cnn, x, 1) - occlusion.attribute(cnn, x, 0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        occlusion.attribute(cnn, x, margin),
+        occlusion.attribute(cnn, x, 1) - occlusion.attribute(cnn, x, 0),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_callable_target_of_the_wrong_shape_fails_naming_the_shape(cnn):
     x = torch.rand(4, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"returned shape \(4, 3\) .*one floating-point score per example, shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"returned shape \(4, 3\) .*one floating-point score per example, shape \(4,\)"
+    ):
         attribute(cnn, x, lambda out: out, method="saliency")
     with pytest.raises(ValueError, match=r"shape \(\)"):
         grad_cam(cnn, x, lambda out: out.sum(), "features.13")

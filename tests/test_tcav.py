@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from concept_fixtures import trained_texture_model  # noqa: F401 - session fixture
 from PIL import Image
 from torch import nn
 
-from concept_fixtures import trained_texture_model  # noqa: F401 - session fixture
 from xai_lightning import ConceptWorld, LayerNotFoundError
 from xai_lightning.concepts import (
     TCAV,
@@ -123,7 +123,8 @@ def test_tcav_of_a_linear_model_is_the_sign_of_the_class_weight_along_the_concep
     inputs = torch.rand(60, 3, 4, 4, generator=generator)
     labels = torch.arange(60) % 3
     result = TCAV(layers="flat", num_random=5, examples_per_concept=40).attribute(
-        model, inputs, labels, {"bright": concept}, random_pool=pool)
+        model, inputs, labels, {"bright": concept}, random_pool=pool
+    )
     # ∂logit_k/∂flat = W_k, the same for every input: TCAV is 1 where W_k·v > 0 and 0 where it is < 0.
     assert torch.all(result.scores[0, 0, 0] == 1.0) and torch.all(result.scores[0, 0, 1] == 0.0)
     expected = (weight[2] @ result_cavs_t(model, pool, concept) > 0).float()
@@ -173,7 +174,9 @@ def test_sign_count_matches_captum_tcav_with_the_same_cavs(trained_texture_model
 
     random_sets = draw_random_sets(val.images, 4, 40, seed=3)[:2]
     concept = Concept(0, "striped", DataLoader(striped, batch_size=64))
-    randoms = [Concept(1 + r, f"random{r}", DataLoader(val.images[rows], batch_size=64)) for r, rows in enumerate(random_sets)]
+    randoms = [
+        Concept(1 + r, f"random{r}", DataLoader(val.images[rows], batch_size=64)) for r, rows in enumerate(random_sets)
+    ]
     captum = CaptumTCAV(model, LAYERS, model_id="parity", classifier=OurCAVClassifier(), save_path=str(tmp_path))
     for k in range(3):
         scores = captum.interpret(inputs[labels == k], [[concept, random] for random in randoms], target=k)
@@ -196,8 +199,9 @@ def test_texture_model_uses_striped_for_the_striped_class(trained_texture_model)
     world = ConceptWorld(900, seed=5, label_by="texture")
     concepts = {name: concept_examples_from_world(world, name, 120) for name in ("striped", "red")}
     tcav = TCAV(layers=LAYERS, num_random=10, examples_per_concept=50)
-    result = tcav.attribute(model, val.images[:150], val.labels[:150], concepts, random_pool=val.images,
-                            class_names=val.class_names)
+    result = tcav.attribute(
+        model, val.images[:150], val.labels[:150], concepts, random_pool=val.images, class_names=val.class_names
+    )
     striped = val.class_names.index("striped")
     for layer in LAYERS:
         li, ci, ki = result.index(layer, "striped", striped)
@@ -226,7 +230,8 @@ def test_random_concepts_are_not_significant_and_their_cavs_are_at_chance(traine
         generator = torch.Generator().manual_seed(100 + seed)
         fakes = {f"random{j}": pool[torch.randperm(len(pool), generator=generator)[:150]] for j in range(5)}
         result = TCAV(layers=LAYERS[:1], num_random=10, examples_per_concept=40, seed=seed).attribute(
-            model, val.images[:90], val.labels[:90], fakes, random_pool=pool)
+            model, val.images[:90], val.labels[:90], fakes, random_pool=pool
+        )
         significant += int(result.significant.sum())
         total += result.significant.numel()
         accuracy.append(result.cav_accuracy.mean())
@@ -254,7 +259,8 @@ def test_scores_do_not_depend_on_concept_order_and_repeat_with_the_same_seed(tra
     again = tcav.attribute(model, inputs, labels, {"striped": a, "red": b}, random_pool=val.images)
     assert torch.equal(forward.scores, again.scores) and torch.equal(forward.cav_accuracy, again.cav_accuracy)
     other = TCAV(layers=LAYERS[:1], num_random=3, examples_per_concept=30, seed=5).attribute(
-        model, inputs, labels, {"striped": a, "red": b}, random_pool=val.images)
+        model, inputs, labels, {"striped": a, "red": b}, random_pool=val.images
+    )
     assert not torch.equal(forward.cav_accuracy, other.cav_accuracy)
 
 
@@ -291,14 +297,15 @@ def test_most_cav_similar_probe_images_carry_the_concept(trained_texture_model):
     val = datamodule.val_set
     world = ConceptWorld(600, seed=5, label_by="texture")
     cavs = TCAV(layers=LAYERS[:1], num_random=4, examples_per_concept=50).fit_cavs(
-        model, {"striped": concept_examples_from_world(world, "striped", 100)}, no_stripes_pool())
+        model, {"striped": concept_examples_from_world(world, "striped", 100)}, no_stripes_pool()
+    )
     order, similarity = sort_by_cav_similarity(model, val.images[:120], LAYERS[0], cavs.mean_vector(LAYERS[0])[0])
     is_striped = val.labels[:120] == val.class_names.index("striped")
     assert float(is_striped[order[:15]].float().mean()) >= 0.9
     assert float(is_striped[order[-15:]].float().mean()) <= 0.1
     assert torch.all(similarity[order[:-1]] >= similarity[order[1:]])
     direct = cav_similarity(torch.eye(3), torch.tensor([[1.0, 1.0, 0.0]]))[:, 0]
-    torch.testing.assert_close(direct, torch.tensor([2 ** -0.5, 2 ** -0.5, 0.0]))
+    torch.testing.assert_close(direct, torch.tensor([2**-0.5, 2**-0.5, 0.0]))
 
 
 # ---------------------------------------------------------------------- concept sources and bad input
@@ -340,15 +347,18 @@ def test_bad_input_fails_with_a_message_naming_the_fix(trained_texture_model):
     with pytest.raises(ValueError, match="examples_per_concept must be >= 3"):
         TCAV(examples_per_concept=2)
     with pytest.raises(ValueError, match="Too few examples for the CAV train/test split"):
-        TCAV(layers=LAYERS[:1], num_random=2).attribute(model, val.images[:9], val.labels[:9],
-                                                        {"tiny": concept["striped"][:2]}, random_pool=val.images)
+        TCAV(layers=LAYERS[:1], num_random=2).attribute(
+            model, val.images[:9], val.labels[:9], {"tiny": concept["striped"][:2]}, random_pool=val.images
+        )
     with pytest.raises(LayerNotFoundError, match="network.features.13"):
         TCAV(layers=["network.featurez.13"], num_random=2).attribute(model, val.images[:9], val.labels[:9], concept)
     with pytest.raises(ValueError, match="Class index 7 is out of range.*3 classes"):
         TCAV(layers=LAYERS[:1], num_random=2, examples_per_concept=10).attribute(
-            model, val.images[:30], val.labels[:30], concept, random_pool=val.images, classes=[0, 7])
+            model, val.images[:30], val.labels[:30], concept, random_pool=val.images, classes=[0, 7]
+        )
     with pytest.raises(ValueError, match="random pool has 5 images"):
         TCAV(layers=LAYERS[:1], num_random=2, examples_per_concept=10).attribute(
-            model, val.images[:5], val.labels[:5], concept)
+            model, val.images[:5], val.labels[:5], concept
+        )
     with pytest.raises(ValueError, match="num_random must be >= 2"):
         TCAV(num_random=1)

@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
 from conftest import (
     assert_bit_identical,
     quiet_trainer,
@@ -23,6 +19,10 @@ from conftest import (
     train_weights,
     wandb_run_dir,
 )
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
 from xai_lightning import ConceptWorld, LayerNotFoundError, TCAVCallback
 from xai_lightning.concepts import concept_examples_from_world
 
@@ -38,8 +38,9 @@ def one_thread():
 
 
 def small_tcav(**kwargs) -> TCAVCallback:
-    defaults = dict(layers=LAYERS, concepts=["striped", "red"], num_random=3, examples_per_concept=8, num_probe=24,
-                    num_similar=3)
+    defaults = dict(
+        layers=LAYERS, concepts=["striped", "red"], num_random=3, examples_per_concept=8, num_probe=24, num_similar=3
+    )
     defaults.update(kwargs)
     return TCAVCallback(**defaults)
 
@@ -47,8 +48,13 @@ def small_tcav(**kwargs) -> TCAVCallback:
 def fit(tmp_path, callback, logger=None, epochs=2, datamodule=None, **trainer_kwargs):
     pl.seed_everything(0)
     model = small_classifier()
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback], logger=logger or CSVLogger(str(tmp_path)),
-                            default_root_dir=str(tmp_path), **trainer_kwargs)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=logger or CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule or small_datamodule())
     return trainer, model
 
@@ -72,7 +78,8 @@ def test_wandb_run_holds_scalars_table_bars_and_similar_images_every_epoch(tmp_p
     for logged, kept in zip(scalars, callback.history):
         assert logged[key] == pytest.approx(kept[key])
         assert logged["tcav/network.features.20/striped/cav_accuracy"] == pytest.approx(
-            kept["tcav/network.features.20/striped/cav_accuracy"])
+            kept["tcav/network.features.20/striped/cav_accuracy"]
+        )
     assert not any("tcav/network.features.13/red/circle/score" in h for h in history)  # not a chosen scalar
     tables = [h for h in history if "tcav/scores._type" in h]
     assert len(tables) == 2 and all(h["tcav/scores._type"] == "table-file" for h in tables)
@@ -95,20 +102,26 @@ def test_wandb_run_holds_scalars_table_bars_and_similar_images_every_epoch(tmp_p
 def test_cavs_and_histories_survive_a_checkpoint_resume(tmp_path):
     first = small_tcav(layers=LAYERS[:1])
     pl.seed_everything(0)
-    trainer = quiet_trainer(max_epochs=2, callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
-                            logger=CSVLogger(str(tmp_path)), default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(
+        max_epochs=2,
+        callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        logger=CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(small_classifier(), small_datamodule())
     restored = small_tcav(layers=LAYERS[:1])
-    trainer = quiet_trainer(max_epochs=2, callbacks=[restored], logger=CSVLogger(str(tmp_path / "r")),
-                            default_root_dir=str(tmp_path / "r"))
+    trainer = quiet_trainer(
+        max_epochs=2, callbacks=[restored], logger=CSVLogger(str(tmp_path / "r")), default_root_dir=str(tmp_path / "r")
+    )
     trainer.fit(small_classifier(), small_datamodule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert restored.history == first.history and restored.table_history == first.table_history
     layer = LAYERS[0]
     assert torch.equal(restored.cavs.vectors[layer], first.cavs.vectors[layer])
     assert torch.equal(restored.cavs.accuracy, first.cavs.accuracy)
     resumed = small_tcav(layers=LAYERS[:1])
-    trainer = quiet_trainer(max_epochs=3, callbacks=[resumed], logger=CSVLogger(str(tmp_path / "s")),
-                            default_root_dir=str(tmp_path / "s"))
+    trainer = quiet_trainer(
+        max_epochs=3, callbacks=[resumed], logger=CSVLogger(str(tmp_path / "s")), default_root_dir=str(tmp_path / "s")
+    )
     trainer.fit(small_classifier(), small_datamodule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [h["epoch"] for h in resumed.history] == [0.0, 1.0, 2.0]
     assert resumed.history[:2] == first.history
@@ -132,12 +145,22 @@ def test_concept_folders_from_a_yaml_config(tmp_path, monkeypatch):
         f'"concepts": ["striped", "dotted"], "concept_dir": "{tmp_path / "concepts"}", "num_random": 2, '
         '"examples_per_concept": 8, "num_probe": 16, "classes": [0, 1]}}]'
     )
-    cli = build_cli([
-        "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--data.init_args.num_train=64", "--data.init_args.num_val=48", "--model.init_args.network.init_args.width=8",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false", f"--trainer.callbacks={callbacks}",
-    ])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--data.init_args.num_train=64",
+            "--data.init_args.num_val=48",
+            "--model.init_args.network.init_args.width=8",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.callbacks={callbacks}",
+        ]
+    )
     cli.trainer.logger.experiment.finish()
     callback = cli.trainer.callbacks[0]
     assert isinstance(callback, TCAVCallback) and callback.failures == []
@@ -168,8 +191,11 @@ def test_bad_configuration_fails_at_setup_before_training(tmp_path, kwargs, erro
 
 def test_empty_folder_too_few_examples_and_non_concept_world_data_fail_at_setup(tmp_path):
     (tmp_path / "concepts" / "empty").mkdir(parents=True)
-    trainer = quiet_trainer(max_epochs=1, logger=CSVLogger(str(tmp_path)),
-                            callbacks=[small_tcav(concepts=["empty"], concept_dir=str(tmp_path / "concepts"))])
+    trainer = quiet_trainer(
+        max_epochs=1,
+        logger=CSVLogger(str(tmp_path)),
+        callbacks=[small_tcav(concepts=["empty"], concept_dir=str(tmp_path / "concepts"))],
+    )
     with pytest.raises(ValueError, match=f"{tmp_path / 'concepts' / 'empty'}.*no image files"):
         trainer.fit(small_classifier(), small_datamodule())
     tiny = small_tcav().set_concepts({"tiny": torch.rand(2, 3, 32, 32)})
@@ -194,11 +220,22 @@ def test_two_process_ddp_logs_the_same_tcav_scores_as_one_process(tmp_path):
     def logged(root: Path, devices: int) -> list[dict[str, float]]:
         pl.seed_everything(0)
         model = ImageClassifier(frozen_network(), num_classes=5, lr=0.0, weight_decay=0.0)
-        callback = TCAVCallback(layers=["network.3", "network.6"], concepts=["striped", "red"], num_random=3,
-                                examples_per_concept=8, num_probe=13, num_similar=2)  # 13: uneven shards
+        callback = TCAVCallback(
+            layers=["network.3", "network.6"],
+            concepts=["striped", "red"],
+            num_random=3,
+            examples_per_concept=8,
+            num_probe=13,
+            num_similar=2,
+        )  # 13: uneven shards
         trainer = quiet_trainer(
-            max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", callbacks=[callback],
-            logger=CSVLogger(str(root), name="run", version=0), enable_checkpointing=False, deterministic=False,
+            max_epochs=2,
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            callbacks=[callback],
+            logger=CSVLogger(str(root), name="run", version=0),
+            enable_checkpointing=False,
+            deterministic=False,
         )
         trainer.fit(model, small_datamodule(num_train=128, num_val=64))
         rows = list(csv.DictReader(open(root / "run" / "version_0" / "metrics.csv")))

@@ -48,11 +48,13 @@ class BagOfWords(nn.Module):
         return nn.functional.one_hot(ids, VOCAB).double().sum(1) @ self.weight + self.bias
 
 
-SENTENCES = torch.tensor([
-    [3, 4, 3, 5, 3, 0, 0, 0],
-    [6, 6, 2, 7, 9, 11, 10, 0],
-    [8, 0, 0, 0, 0, 0, 0, 0],
-])
+SENTENCES = torch.tensor(
+    [
+        [3, 4, 3, 5, 3, 0, 0, 0],
+        [6, 6, 2, 7, 9, 11, 10, 0],
+        [8, 0, 0, 0, 0, 0, 0, 0],
+    ]
+)
 
 
 @pytest.mark.parametrize("mode", ["remove", "pad"])
@@ -83,8 +85,15 @@ def test_ngram_occlusion_drops_the_windows_sum_and_tokens_average_their_windows(
     torch.testing.assert_close(result.window_drops[0, :4].double(), first[:-1] + first[1:], atol=1e-6, rtol=0)
     assert torch.isnan(result.window_drops[0, 4:]).all() and result.window_starts[0].tolist()[:5] == [0, 1, 2, 3, -1]
     windows = first[:-1] + first[1:]
-    expected = torch.stack([windows[0], (windows[0] + windows[1]) / 2, (windows[1] + windows[2]) / 2,
-                            (windows[2] + windows[3]) / 2, windows[3]])
+    expected = torch.stack(
+        [
+            windows[0],
+            (windows[0] + windows[1]) / 2,
+            (windows[1] + windows[2]) / 2,
+            (windows[2] + windows[3]) / 2,
+            windows[3],
+        ]
+    )
     torch.testing.assert_close(result.attributions[0, :5].double(), expected, atol=1e-6, rtol=0)
     # A one-word sentence has one window: the word itself.
     torch.testing.assert_close(result.attributions[2, 0].double(), weights[8], atol=1e-6, rtol=0)
@@ -111,8 +120,9 @@ def test_token_occlusion_with_padding_equals_captums_feature_ablation():
         return model(ids).softmax(1)[:, 1]
 
     mask = torch.arange(8).expand(3, -1)
-    captum = FeatureAblation(probability).attribute(SENTENCES, baselines=PAD, feature_mask=mask,
-                                                    perturbations_per_eval=4)
+    captum = FeatureAblation(probability).attribute(
+        SENTENCES, baselines=PAD, feature_mask=mask, perturbations_per_eval=4
+    )
     captum = torch.where(SENTENCES != PAD, captum, 0.0)  # padding is no token: we never occlude it
     torch.testing.assert_close(ours, captum.float(), atol=1e-6, rtol=1e-5)
 
@@ -132,8 +142,9 @@ def test_trimming_padding_is_exact_for_a_padding_blind_model_and_skipped_for_oth
 
     auto = TokenOcclusion(score="logit").explain(CountsPadding(), SENTENCES, 1)
     assert not auto.trimmed
-    torch.testing.assert_close(auto.attributions, TokenOcclusion(score="logit", trim_padding=False).attribute(
-        CountsPadding(), SENTENCES, 1))
+    torch.testing.assert_close(
+        auto.attributions, TokenOcclusion(score="logit", trim_padding=False).attribute(CountsPadding(), SENTENCES, 1)
+    )
 
 
 @pytest.mark.parametrize("baseline", ["zero", "pad"])
@@ -143,7 +154,8 @@ def test_ig_on_the_embedding_layer_is_complete_and_equals_captum(baseline):
     torch.manual_seed(2)
     model = TextClassifier(VOCAB, 2, dim=16, depth=2, max_length=8).eval()
     ours, delta = LayerIntegratedGradients(steps=64, baseline=baseline).attribute(
-        model, SENTENCES, 1, return_convergence_delta=True)
+        model, SENTENCES, 1, return_convergence_delta=True
+    )
     assert ours.shape == (3, 8, 16)
     logits = model(SENTENCES)[:, 1]
     with torch.no_grad():
@@ -156,9 +168,17 @@ def test_ig_on_the_embedding_layer_is_complete_and_equals_captum(baseline):
         handle.remove()
     torch.testing.assert_close(ours.sum((1, 2)), (logits - empty).detach(), atol=2e-4, rtol=1e-3)
     assert delta.abs().max() < 2e-4
-    captum = CaptumLayerIG(model, model.embedding).attribute(
-        SENTENCES, baselines=torch.zeros_like(SENTENCES), target=1, n_steps=64, method="gausslegendre",
-    ) if baseline == "pad" else None
+    captum = (
+        CaptumLayerIG(model, model.embedding).attribute(
+            SENTENCES,
+            baselines=torch.zeros_like(SENTENCES),
+            target=1,
+            n_steps=64,
+            method="gausslegendre",
+        )
+        if baseline == "pad"
+        else None
+    )
     if captum is not None:  # Captum's baseline is a token-id tensor: the padding ids
         torch.testing.assert_close(ours, captum.float(), atol=1e-5, rtol=1e-4)
     assert token_scores(ours).shape == (3, 8)
@@ -181,8 +201,9 @@ def test_kernel_shap_over_tokens_is_exact_on_a_bag_of_words_and_lime_keeps_prote
     weights = model.weight.detach()[:, 1]
     shap = TokenKernelShap(num_samples=256, score="logit").explain(model, SENTENCES, 1)
     assert shap.num_features.tolist() == [5, 7, 1]
-    torch.testing.assert_close(shap.attributions.double(), torch.where(SENTENCES != PAD, weights[SENTENCES], 0.0),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        shap.attributions.double(), torch.where(SENTENCES != PAD, weights[SENTENCES], 0.0), atol=1e-5, rtol=0
+    )
     lime = TokenLime(num_samples=200, protected_ids=(2,), seed=0).attribute(model, SENTENCES, 1)
     assert lime.shape == SENTENCES.shape and (lime[SENTENCES == 2] == 0).all() and (lime[SENTENCES == PAD] == 0).all()
 
@@ -215,7 +236,7 @@ def trained_text_model():
     for _ in range(4):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train), 64):
-            rows = order[start:start + 64]
+            rows = order[start : start + 64]
             loss = nn.functional.cross_entropy(model(train.ids[rows]), train.labels[rows])
             optimizer.zero_grad()
             loss.backward()
@@ -229,8 +250,11 @@ def trained_text_model():
 @pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input", "occlusion"])
 def test_a_trained_models_top_tokens_hit_the_trigger_words_far_above_chance(trained_text_model, method):
     model, val = trained_text_model
-    explainer = {"integrated_gradients": LayerIntegratedGradients(steps=16, baseline="pad"),
-                 "gradient_x_input": LayerGradientXActivation(), "occlusion": TokenOcclusion()}[method]
+    explainer = {
+        "integrated_gradients": LayerIntegratedGradients(steps=16, baseline="pad"),
+        "gradient_x_input": LayerGradientXActivation(),
+        "occlusion": TokenOcclusion(),
+    }[method]
     scores = explainer.to_map(explainer.attribute(model, val.ids, val.labels))
     valid = val.ids != val.pad_id
     precision = top_k_precision(scores, val.trigger_mask, valid).nanmean()
@@ -255,8 +279,11 @@ def test_the_library_imports_without_transformers():
     importing = []
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             if any(name == "transformers" or name.startswith("transformers.") for name in names):
                 importing.append(str(path.relative_to(root)))
     assert not importing, importing

@@ -32,8 +32,13 @@ class StepCounter(pl.Callback):
 def fit_text(tmp_path: Path, network: nn.Module, callbacks: list, logger=None, epochs: int = 2, num_train: int = 128):
     pl.seed_everything(0)
     model = SequenceClassifier(network.train(), pad_id=0, lr=3e-3)
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, logger=logger or CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger or CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule(num_train))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, trainer
 
@@ -66,8 +71,9 @@ def test_our_text_classifier_writes_html_files_for_a_csv_logger_and_learns_the_t
     vocab = datamodule()._make(0, 0).vocab_size
     callback = TextAttributionCallback(methods=["integrated_gradients", "occlusion"], num_probe=16, steps=16)
     torch.manual_seed(0)  # the network is built before fit_text seeds
-    _, trainer = fit_text(tmp_path, TextClassifier(vocab, 2, dim=32, depth=1, max_length=16), [callback], epochs=3,
-                          num_train=1024)
+    _, trainer = fit_text(
+        tmp_path, TextClassifier(vocab, 2, dim=32, depth=1, max_length=16), [callback], epochs=3, num_train=1024
+    )
     files = sorted(Path(trainer.logger.log_dir).glob("xai/text/tokens/step_*.html"))
     assert len(files) == 3
     text = files[-1].read_text()
@@ -96,8 +102,11 @@ def test_a_model_without_an_embedding_layer_fails_at_setup(tmp_path):
 
     vocab = datamodule()._make(0, 0).vocab_size
     StepCounter.steps = 0
-    with pytest.raises(LayerNotFoundError, match=r"Found no embedding layer in .*no nn.Embedding receives the input "
-                                                 r"token ids.*embedding_layer='<dotted name>'"):
+    with pytest.raises(
+        LayerNotFoundError,
+        match=r"Found no embedding layer in .*no nn.Embedding receives the input "
+        r"token ids.*embedding_layer='<dotted name>'",
+    ):
         fit_text(tmp_path, OneHotText(vocab), [TextAttributionCallback(num_probe=4), StepCounter()])
     assert StepCounter.steps == 0
     # Occlusion needs no embedding layer: the same model is explained.
@@ -110,8 +119,11 @@ def test_bad_targets_and_probes_fail_at_setup(tmp_path):
     vocab = datamodule()._make(0, 0).vocab_size
     StepCounter.steps = 0
     with pytest.raises(ValueError, match=r"returned shape \(1, 2\)"):
-        fit_text(tmp_path, TextClassifier(vocab, 2, max_length=16),
-                 [TextAttributionCallback(num_probe=4, target=lambda logits: logits), StepCounter()])
+        fit_text(
+            tmp_path,
+            TextClassifier(vocab, 2, max_length=16),
+            [TextAttributionCallback(num_probe=4, target=lambda logits: logits), StepCounter()],
+        )
     with pytest.raises(ValueError, match="out of range: the model has 2 classes"):
         fit_text(tmp_path, TextClassifier(vocab, 2, max_length=16), [TextAttributionCallback(num_probe=4, target=5)])
     assert StepCounter.steps == 0
@@ -121,8 +133,9 @@ def test_bad_targets_and_probes_fail_at_setup(tmp_path):
 
 def test_a_callable_target_explains_the_margin(tmp_path):
     vocab = datamodule()._make(0, 0).vocab_size
-    callback = TextAttributionCallback(methods=["gradient_x_input"], num_probe=4,
-                                       target=lambda logits: logits[:, 1] - logits[:, 0])
+    callback = TextAttributionCallback(
+        methods=["gradient_x_input"], num_probe=4, target=lambda logits: logits[:, 1] - logits[:, 0]
+    )
     fit_text(tmp_path, TextClassifier(vocab, 2, max_length=16), [callback], epochs=1)
     assert callback.failures == [] and "text/gradient_x_input/top1_precision" in callback.history[-1]
 
@@ -134,8 +147,15 @@ def logged_text_figures(tmp_path: Path, devices: int) -> list[dict[str, float]]:
     model = SequenceClassifier(TextClassifier(vocab, 2, dim=16, max_length=16), pad_id=0, lr=0.0, weight_decay=0.0)
     logger = CSVLogger(str(tmp_path), name="run", version=0)
     callback = TextAttributionCallback(methods=["integrated_gradients", "occlusion"], num_probe=7, steps=8)
-    trainer = quiet_trainer(max_epochs=1, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
+    )
     trainer.fit(model, datamodule())
     return logged_csv_figures(tmp_path / "run" / "version_0", "text/")
 
@@ -164,8 +184,13 @@ def test_html_goes_to_files_for_file_and_tensorboard_sinks_and_through_a_sinks_o
 
     document = token_html([["a", "<b>"]], {"ig": [torch.tensor([0.5, -1.0])]}, relevant=[[True, False]])
     assert "&lt;b&gt;" in document and "xai-gt" in document and "rgba(40,90,220,1.000)" in document
-    sinks = SinkSet([FileSink(directory=tmp_path / "files"), TensorBoardSink(TensorBoardLogger(str(tmp_path / "tb"))),
-                     HtmlAware(directory=tmp_path / "aware")])
+    sinks = SinkSet(
+        [
+            FileSink(directory=tmp_path / "files"),
+            TensorBoardSink(TensorBoardLogger(str(tmp_path / "tb"))),
+            HtmlAware(directory=tmp_path / "aware"),
+        ]
+    )
     written = log_html(sinks, "text/tokens", document, 7)
     assert len(written) == 2 and all(path.name == "step_00000007.html" for path in written)
     assert all(path.read_text() == document for path in written)

@@ -132,7 +132,8 @@ def test_auroc_and_fpr95_agree_with_scikit_learn(seed, n_in, n_out, decimals):
     expected_auroc = roc_auc_score(y, np.r_[in_scores, out_scores])
     assert ood_auroc(torch.tensor(in_scores), torch.tensor(out_scores)) == pytest.approx(expected_auroc, abs=1e-12)
     assert fpr_at_tpr(torch.tensor(in_scores), torch.tensor(out_scores)) == pytest.approx(
-        sklearn_fpr_at_95(in_scores, out_scores), abs=1e-12)
+        sklearn_fpr_at_95(in_scores, out_scores), abs=1e-12
+    )
 
 
 def test_ood_extremes_and_errors():
@@ -150,8 +151,9 @@ def test_reliability_diagram_draws_the_bins():
 
     probs, labels = two_class([0.95] * 10 + [0.55] * 10, ([True] * 5 + [False] * 5) * 2)
     report = calibration_report(probs, labels)
-    figure = reliability_diagram(report.bin_edges, report.bin_accuracy, report.bin_confidence, report.bin_count,
-                                 title="test", ece=report.ece)
+    figure = reliability_diagram(
+        report.bin_edges, report.bin_accuracy, report.bin_confidence, report.bin_count, title="test", ece=report.ece
+    )
     diagram, histogram = figure.axes
     accuracy_bars = [patch for patch in diagram.patches if patch.get_facecolor()[2] > 0.5][:2]  # tab:blue bars
     assert sorted(round(bar.get_height(), 6) for bar in accuracy_bars) == [0.5, 0.5]

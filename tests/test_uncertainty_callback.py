@@ -62,8 +62,9 @@ def test_training_with_the_callback_is_bit_identical(tmp_path, reference_weights
 
 
 def test_training_with_feature_familiarity_every_second_epoch_is_bit_identical(tmp_path, reference_weights):
-    callback = UncertaintyCallback(num_probe=8, num_ood=6, mc_passes=3, familiarity="network.features.13",
-                                   every_n_epochs=2, max_batch=5)
+    callback = UncertaintyCallback(
+        num_probe=8, num_ood=6, mc_passes=3, familiarity="network.features.13", every_n_epochs=2, max_batch=5
+    )
     observed = train_weights(tmp_path, [callback], dropout=0.3)
     assert_bit_identical(reference_weights, observed)
     assert not callback.failures and [h["epoch"] for h in callback.history] == [1.0, 2.0]
@@ -73,8 +74,13 @@ def test_training_with_feature_familiarity_every_second_epoch_is_bit_identical(t
 def fit(tmp_path, callback, model=None, epochs=2, logger=None, **trainer_kwargs):
     pl.seed_everything(0)
     model = model or dropout_classifier()
-    trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback], logger=logger or CSVLogger(str(tmp_path)),
-                            default_root_dir=str(tmp_path), **trainer_kwargs)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=logger or CSVLogger(str(tmp_path)),
+        default_root_dir=str(tmp_path),
+        **trainer_kwargs,
+    )
     trainer.fit(model, small_datamodule())
     return trainer, model
 
@@ -104,8 +110,7 @@ def test_logged_values_match_a_direct_computation_and_files_are_written(tmp_path
     samples_out = mc_dropout_logits(model, ood.images, passes=6, seed=0, keys=ood.indices + (1 << 30)).softmax(-1)
     expected = ood_auroc(mutual_information(samples_in), mutual_information(samples_out))
     assert last["uncertainty/ood/mc_dropout_mi/auroc"] == pytest.approx(expected, abs=1e-6)
-    assert last["uncertainty/ood/accuracy"] == pytest.approx(
-        float((ood_logits.argmax(1) == ood.labels).float().mean()))
+    assert last["uncertainty/ood/accuracy"] == pytest.approx(float((ood_logits.argmax(1) == ood.labels).float().mean()))
     root = Path(trainer.logger.log_dir)
     with open(root / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("uncertainty/ood/entropy/auroc")]
@@ -140,8 +145,9 @@ def test_familiarity_autoencoder_and_history_survive_a_checkpoint_resume(tmp_pat
     trainer.fit(dropout_classifier(), small_datamodule())
     saved = {key: value.clone() for key, value in first.autoencoder.state_dict().items()}
     resumed = UncertaintyCallback(num_probe=8, mc_passes=3, familiarity="input")
-    trainer = quiet_trainer(max_epochs=3, callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
-                            logger=CSVLogger(str(tmp_path)))
+    trainer = quiet_trainer(
+        max_epochs=3, callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")], logger=CSVLogger(str(tmp_path))
+    )
     observed = {}
 
     class Peek(pl.Callback):
@@ -222,8 +228,10 @@ def test_bayesian_std_and_the_most_and_least_certain_images_match_a_direct_compu
     images = torch.cat([probe.images, ood.images])
     (most_panels, most_captions), (least_panels, least_captions) = grids
     order = torch.argsort(pooled)
-    for panels, captions, rows in ((most_panels, most_captions, order[:4]), (least_panels, least_captions,
-                                                                              order.flip(0)[:4])):
+    for panels, captions, rows in (
+        (most_panels, most_captions, order[:4]),
+        (least_panels, least_captions, order.flip(0)[:4]),
+    ):
         shown = [float(re.search(r"bayesian_std=([0-9.]+)", caption).group(1)) for caption in captions]
         assert shown == pytest.approx([float(pooled[row]) for row in rows], abs=6e-4)
         assert [caption.split()[0] for caption in captions] == [f"[{tags[row]}]" for row in rows]
@@ -255,27 +263,43 @@ def expect_setup_error(tmp_path, callback, match, model=None, datamodule=None, f
 
 def test_ood_probe_of_another_image_shape_fails_at_setup(tmp_path):
     callback = UncertaintyCallback(num_probe=8).set_ood_probe(torch.rand(6, 3, 16, 16))
-    expect_setup_error(tmp_path, callback, r"OOD probe's images are \(3, 16, 16\).*\(3, 32, 32\).*same shape",
-                       datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        callback,
+        r"OOD probe's images are \(3, 16, 16\).*\(3, 32, 32\).*same shape",
+        datamodule=small_datamodule(),
+    )
 
 
-@pytest.mark.parametrize("scores,dropout,match", [
-    (["mc_dropout_mi"], 0.0, r"mc_dropout_mi: .*all have p=0.*SmallCNN\(dropout=0.2\)"),
-    (["ensemble_disagreement"], 0.3, "EnsembleClassifier"),
-    (["bayesian_std"], 0.3, "VariationalClassifier"),
-    (["entropy", "reconstruction_error"], 0.3, "familiarity='input'"),
-])
+@pytest.mark.parametrize(
+    "scores,dropout,match",
+    [
+        (["mc_dropout_mi"], 0.0, r"mc_dropout_mi: .*all have p=0.*SmallCNN\(dropout=0.2\)"),
+        (["ensemble_disagreement"], 0.3, "EnsembleClassifier"),
+        (["bayesian_std"], 0.3, "VariationalClassifier"),
+        (["entropy", "reconstruction_error"], 0.3, "familiarity='input'"),
+    ],
+)
 def test_a_score_the_model_cannot_provide_fails_at_setup_naming_the_fix(tmp_path, scores, dropout, match):
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, scores=scores, rank_by=scores[0]), match,
-                       model=counting(dropout), datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8, scores=scores, rank_by=scores[0]),
+        match,
+        model=counting(dropout),
+        datamodule=small_datamodule(),
+    )
 
 
 def test_mc_dropout_on_a_model_without_dropout_layers_fails_at_setup(tmp_path):
     network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
     Counting.steps = 0
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, scores=["mc_dropout_mi"], rank_by="mc_dropout_mi"),
-                       r"no dropout layer.*Add dropout", model=Counting(network, num_classes=5),
-                       datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8, scores=["mc_dropout_mi"], rank_by="mc_dropout_mi"),
+        r"no dropout layer.*Add dropout",
+        model=Counting(network, num_classes=5),
+        datamodule=small_datamodule(),
+    )
 
 
 class OneMember(ImageClassifier):
@@ -299,8 +323,13 @@ def test_fewer_than_two_members_or_passes_fail_early(tmp_path):
     with pytest.raises(ValueError, match="bayesian_samples"):
         UncertaintyCallback(bayesian_samples=1)
     Counting.steps = 0
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8), r"K >= 2 members.*num_members >= 2",
-                       model=OneMember(SmallCNN(num_classes=5, width=4)), datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8),
+        r"K >= 2 members.*num_members >= 2",
+        model=OneMember(SmallCNN(num_classes=5, width=4)),
+        datamodule=small_datamodule(),
+    )
 
 
 def test_other_bad_configurations_fail_at_setup_or_construction(tmp_path):
@@ -313,17 +342,33 @@ def test_other_bad_configurations_fail_at_setup_or_construction(tmp_path):
     images, labels = data.train_set.tensors()
     loader = DataLoader(TensorDataset(images, labels), batch_size=32)
     # Not ConceptWorld data: ood='colour' cannot render shifted images.
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8), r"no ConceptWorld.*set_ood_probe",
-                       fit_kwargs={"train_dataloaders": loader, "val_dataloaders": loader})
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8),
+        r"no ConceptWorld.*set_ood_probe",
+        fit_kwargs={"train_dataloaders": loader, "val_dataloaders": loader},
+    )
     unlabelled = DataLoader(TensorDataset(images), batch_size=32)
     callback = UncertaintyCallback(num_probe=8, ood=None)
-    expect_setup_error(tmp_path, callback, "needs labelled probe images",
-                       fit_kwargs={"train_dataloaders": loader, "val_dataloaders": unlabelled})
-    error = expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, familiarity="network.features.99"),
-                               "Unknown layer", datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        callback,
+        "needs labelled probe images",
+        fit_kwargs={"train_dataloaders": loader, "val_dataloaders": unlabelled},
+    )
+    error = expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8, familiarity="network.features.99"),
+        "Unknown layer",
+        datamodule=small_datamodule(),
+    )
     assert isinstance(error, LayerNotFoundError)
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, rank_by="bayesian_std"),
-                       "rank_by='bayesian_std' is not among the scores", datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8, rank_by="bayesian_std"),
+        "rank_by='bayesian_std' is not among the scores",
+        datamodule=small_datamodule(),
+    )
 
 
 def test_yaml_config_trains_an_ensemble_with_the_callback(tmp_path, monkeypatch):
@@ -331,12 +376,21 @@ def test_yaml_config_trains_an_ensemble_with_the_callback(tmp_path, monkeypatch)
 
     config = Path(__file__).resolve().parents[1] / "xai_lightning" / "configs" / "concept_world_uncertainty.yaml"
     monkeypatch.chdir(tmp_path)
-    cli = build_cli([
-        "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--data.init_args.num_train=128", "--data.init_args.num_val=32", "--model.init_args.num_members=2",
-        '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}',
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-    ])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--data.init_args.num_train=128",
+            "--data.init_args.num_val=32",
+            "--model.init_args.num_members=2",
+            '--trainer.logger={"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}',
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, UncertaintyCallback)]
     assert callback.ood == "colour" and callback.familiarity == "input" and callback.num_probe == 256
     assert callback.active_scores == ["max_softmax", "entropy", "ensemble_disagreement", "reconstruction_error"]
@@ -361,6 +415,10 @@ def test_dropout_layers_that_never_run_are_left_out_of_auto_and_fail_when_reques
         fit(tmp_path, callback, model=ImageClassifier(UnusedDropout(), num_classes=5), epochs=1)
     assert callback.active_scores == ["max_softmax", "entropy"]
     Counting.steps = 0
-    expect_setup_error(tmp_path, UncertaintyCallback(num_probe=8, scores=["mc_dropout_mi"], rank_by="mc_dropout_mi"),
-                       "none of them ran", model=Counting(UnusedDropout(), num_classes=5),
-                       datamodule=small_datamodule())
+    expect_setup_error(
+        tmp_path,
+        UncertaintyCallback(num_probe=8, scores=["mc_dropout_mi"], rank_by="mc_dropout_mi"),
+        "none of them ran",
+        model=Counting(UnusedDropout(), num_classes=5),
+        datamodule=small_datamodule(),
+    )

@@ -22,8 +22,15 @@ def frozen_dropout_network() -> nn.Module:
     makes MC dropout available: its masks are keyed by image, so sharding must not change them."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(16, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(16, 5),
     )
 
 
@@ -34,14 +41,20 @@ def logged_figures(tmp_path: Path, devices: int) -> tuple[list[dict[str, float]]
     callback = UncertaintyCallback(num_probe=13, num_ood=11, mc_passes=5, familiarity="input", max_images=3)
     logger = CSVLogger(str(tmp_path), name="run", version=0)
     trainer = quiet_trainer(
-        max_epochs=2, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-        callbacks=[callback], logger=logger, enable_checkpointing=False, deterministic=False,
+        max_epochs=2,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        deterministic=False,
     )
     trainer.fit(model, small_datamodule(num_train=128, num_val=40))
     with open(tmp_path / "run" / "version_0" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    figures = [{key: float(value) for key, value in row.items() if key.startswith("uncertainty/") and value}
-               for row in rows]
+    figures = [
+        {key: float(value) for key, value in row.items() if key.startswith("uncertainty/") and value} for row in rows
+    ]
     return [f for f in figures if f], sorted((tmp_path / "run").glob("**/uncertainty/*/*.png"))
 
 

@@ -36,18 +36,30 @@ def test_summary_uses_paired_tests_with_holm_across_variants_against_scipy():
     dropout = [0.79, 0.84, 0.77, 0.80, 0.81]  # indistinguishable from it
     rows = []
     for seed in range(5):
-        for variant, score, values in (("ensemble", "ensemble_disagreement", ensemble),
-                                       ("mc_dropout", "mc_dropout_mi", dropout)):
-            rows.append({"variant": variant, "seed": seed, "epoch": 0, "ood/max_softmax/auroc": 0.5,
-                         f"ood/{score}/auroc": 0.5})  # an earlier epoch: ignored by the summary
-            rows.append({"variant": variant, "seed": seed, "epoch": 1, "ood/max_softmax/auroc": baseline[seed],
-                         f"ood/{score}/auroc": values[seed]})
+        for variant, score, values in (
+            ("ensemble", "ensemble_disagreement", ensemble),
+            ("mc_dropout", "mc_dropout_mi", dropout),
+        ):
+            rows.append(
+                {"variant": variant, "seed": seed, "epoch": 0, "ood/max_softmax/auroc": 0.5, f"ood/{score}/auroc": 0.5}
+            )  # an earlier epoch: ignored by the summary
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "epoch": 1,
+                    "ood/max_softmax/auroc": baseline[seed],
+                    f"ood/{score}/auroc": values[seed],
+                }
+            )
     summary = {entry["variant"]: entry for entry in study.summarise(rows, ["ensemble", "mc_dropout"])}
     mean = sum(ensemble) / 5
     half = stats.t.ppf(0.975, 4) * stats.tstd(ensemble) / math.sqrt(5)
     assert summary["ensemble"]["ood/ensemble_disagreement/auroc"] == pytest.approx((mean, mean - half, mean + half))
-    p_values = {"ensemble": stats.ttest_rel(ensemble, baseline).pvalue,
-                "mc_dropout": stats.ttest_rel(dropout, baseline).pvalue}
+    p_values = {
+        "ensemble": stats.ttest_rel(ensemble, baseline).pvalue,
+        "mc_dropout": stats.ttest_rel(dropout, baseline).pvalue,
+    }
     # Holm with m = 2: the smaller p doubled; the larger one as it is, but never below the first.
     smaller = min(p_values.values())
     holm = {name: (min(1, 2 * p) if p == smaller else max(min(1, 2 * smaller), p)) for name, p in p_values.items()}
@@ -79,8 +91,12 @@ def test_small_config_writes_history_summary_curves_and_report(tmp_path):
     for row in history:
         assert 0 <= float(row["calibration/ece"]) <= 1 and float(row["temperature"]) > 0
         assert 0 <= float(row["ood/max_softmax/auroc"]) <= 1
-    expected_scores = {"standard": "reconstruction_error", "mc_dropout": "mc_dropout_mi",
-                       "ensemble": "ensemble_disagreement", "bayesian": "bayesian_std"}
+    expected_scores = {
+        "standard": "reconstruction_error",
+        "mc_dropout": "mc_dropout_mi",
+        "ensemble": "ensemble_disagreement",
+        "bayesian": "bayesian_std",
+    }
     for variant, score in expected_scores.items():
         rows = [row for row in history if row["variant"] == variant]
         assert all(row[f"ood/{score}/auroc"] for row in rows), variant
@@ -109,8 +125,13 @@ def test_an_epistemic_score_flags_unseen_colours_after_training(tmp_path):
     datamodule = ConceptWorldDataModule(num_train=2000, num_val=256, image_size=16, batch_size=64, seed=0)
     model = EnsembleClassifier(SmallCNN(num_classes=5, width=8), num_members=5, lr=3e-3)
     callback = UncertaintyCallback(num_probe=256, num_ood=256)
-    trainer = quiet_trainer(max_epochs=8, callbacks=[callback], logger=CSVLogger(str(tmp_path)),
-                            enable_checkpointing=False, limit_val_batches=0)
+    trainer = quiet_trainer(
+        max_epochs=8,
+        callbacks=[callback],
+        logger=CSVLogger(str(tmp_path)),
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, datamodule)
     last = callback.history[-3:]
     disagreement = sum(h["uncertainty/ood/ensemble_disagreement/auroc"] for h in last) / 3

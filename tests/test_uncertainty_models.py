@@ -69,8 +69,9 @@ def test_variational_classifier_trains_on_the_elbo():
             seen["size"] = pl_module._dataset_size(32)
             seen["loss"] = float(outputs["loss"])
 
-    trainer = quiet_trainer(max_epochs=1, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                            callbacks=[Spy()])
+    trainer = quiet_trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, limit_val_batches=0, callbacks=[Spy()]
+    )
     trainer.fit(model, train_dataloaders=loader())
     assert seen["size"] == 96  # KL weighted by the training-set size: KL / N per example
     metrics = trainer.callback_metrics

@@ -124,8 +124,10 @@ def test_mc_dropout_equals_train_mode_dropout_in_expectation_and_is_batching_inv
     with torch.no_grad():
         assert torch.allclose(logits.mean(0), model.eval()(x), atol=0.05)
     before, after = [], []  # the dropout layer's input, and what reaches the next layer
-    handles = [model[0].register_forward_hook(lambda m, i, o: before.append(o)),
-               model[2].register_forward_pre_hook(lambda m, i: after.append(i[0]))]
+    handles = [
+        model[0].register_forward_hook(lambda m, i, o: before.append(o)),
+        model[2].register_forward_pre_hook(lambda m, i: after.append(i[0])),
+    ]
     mc_dropout_logits(model, x, passes=50)
     for handle in handles:
         handle.remove()
@@ -137,8 +139,9 @@ def test_mc_dropout_equals_train_mode_dropout_in_expectation_and_is_batching_inv
     # (equal up to the rounding of matrix products of other sizes).
     full = mc_dropout_logits(model, x, passes=6, seed=1)
     assert torch.allclose(mc_dropout_logits(model, x, passes=6, seed=1, max_batch=7), full, atol=1e-6, rtol=0)
-    assert torch.allclose(mc_dropout_logits(model, x[3:], passes=6, seed=1, keys=torch.tensor([3, 4])), full[:, 3:],
-                          atol=1e-6, rtol=0)
+    assert torch.allclose(
+        mc_dropout_logits(model, x[3:], passes=6, seed=1, keys=torch.tensor([3, 4])), full[:, 3:], atol=1e-6, rtol=0
+    )
     assert not torch.equal(mc_dropout_logits(model, x, passes=6, seed=2), full)
 
 
@@ -313,8 +316,9 @@ def test_make_bayesian_keeps_the_function_at_the_posterior_means():
         make_bayesian(SmallCNN(width=4), ["features.2"])
     logits = bayesian_logits(converted, x, samples=4)
     assert logits.shape == (4, 3, 5)
-    assert torch.allclose(bayesian_logits(converted, x[1:], samples=4, keys=torch.tensor([1, 2])), logits[:, 1:],
-                          atol=1e-5, rtol=0)
+    assert torch.allclose(
+        bayesian_logits(converted, x[1:], samples=4, keys=torch.tensor([1, 2])), logits[:, 1:], atol=1e-5, rtol=0
+    )
     with pytest.raises(ValueError, match="Bayesian layers"):
         bayesian_logits(SmallCNN(width=4), x, samples=4)
     with pytest.raises(ValueError, match="at least 2"):
@@ -328,9 +332,13 @@ def test_bayes_by_backprop_predictive_std_grows_away_from_the_training_data(seed
     x = torch.rand(128, 1, generator=generator) * 2 - 1
     y = torch.sin(3 * x) + 0.05 * torch.randn(128, 1, generator=generator)
     torch.manual_seed(seed)
-    model = nn.Sequential(BayesianLinear(1, 16, prior_sigma=1.0, init_rho=-4), nn.ReLU(),
-                          BayesianLinear(16, 16, prior_sigma=1.0, init_rho=-4), nn.ReLU(),
-                          BayesianLinear(16, 1, prior_sigma=1.0, init_rho=-4))
+    model = nn.Sequential(
+        BayesianLinear(1, 16, prior_sigma=1.0, init_rho=-4),
+        nn.ReLU(),
+        BayesianLinear(16, 16, prior_sigma=1.0, init_rho=-4),
+        nn.ReLU(),
+        BayesianLinear(16, 1, prior_sigma=1.0, init_rho=-4),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     noise_sigma = 0.1
     model.train()

@@ -69,8 +69,11 @@ def test_token_grid_folds_patches_row_major_and_drops_the_special_tokens():
 
 
 def test_the_reshape_rejects_a_token_count_that_is_not_a_square_plus_the_special_tokens_showing_both_numbers():
-    with pytest.raises(ValueError, match=r"has 16 tokens; minus the 1 declared special token\(s\) that leaves 15, "
-                                         r"which is not a square"):
+    with pytest.raises(
+        ValueError,
+        match=r"has 16 tokens; minus the 1 declared special token\(s\) that leaves 15, "
+        r"which is not a square",
+    ):
         TokenGrid(1)(torch.rand(2, 16, 8))
     with pytest.raises(ValueError, match=r"has 21 tokens; minus the 1 declared special token\(s\) that leaves 20"):
         parse_layer("blocks.0@vit").apply(torch.rand(1, 21, 8))  # CLS + 4 registers + 16 patches, registers undeclared
@@ -104,7 +107,9 @@ def test_auto_picks_the_input_of_the_last_blocks_first_layernorm(vit):
     x = torch.rand(1, 3, 32, 32)
     assert resolve_layers(vit, "auto", forward=lambda: vit(x)) == ["blocks.1.norm1:input@vit"]
     with_registers = VisionTransformer(dim=16, depth=3, heads=2, num_registers=4).eval()
-    assert resolve_layers(with_registers, "auto", forward=lambda: with_registers(x)) == ["blocks.2.norm1:input@vit_reg4"]
+    assert resolve_layers(with_registers, "auto", forward=lambda: with_registers(x)) == [
+        "blocks.2.norm1:input@vit_reg4"
+    ]
     hf = hf_vit(layers=3)
     assert resolve_layers(hf, "auto", forward=lambda: hf(x)) == ["vit.layers.2.layernorm_before:input@vit"]
 
@@ -124,8 +129,12 @@ def test_grad_cam_on_a_vit_block_equals_the_hand_computation_on_the_folded_token
     assert expected.abs().max() > 0
     torch.testing.assert_close(result.maps[key], expected, atol=1e-6, rtol=1e-5)
     upsampled = grad_cam(model, x, target, "auto").maps[key]
-    torch.testing.assert_close(upsampled, F.interpolate(expected[:, None], size=(32, 32), mode="bilinear",
-                                                        align_corners=False)[:, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        upsampled,
+        F.interpolate(expected[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0],
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 def test_grad_cam_at_the_last_blocks_output_is_zero_which_is_why_auto_reads_its_input(vit):
@@ -143,7 +152,9 @@ def test_the_cam_family_runs_on_a_reshaped_layer_and_hirescam_sums_gradient_time
         assert maps.shape == (3, 32, 32) and torch.isfinite(maps).all() and maps.abs().sum() > 0
     hires = HiResCAM(layer=layer, reshape="vit", relu=False, upsample=False).attribute(vit, x, 0)
     tokens, gradient = hand_tokens_and_gradient(vit, vit.blocks[1].norm1, x, 0)
-    torch.testing.assert_close(hires, (fold_by_hand(tokens, 1) * fold_by_hand(gradient, 1)).sum(1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        hires, (fold_by_hand(tokens, 1) * fold_by_hand(gradient, 1)).sum(1), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_capture_of_a_reshaped_layer_gives_the_folded_tensor_and_its_folded_gradient(vit):
@@ -169,7 +180,8 @@ def test_tcav_activations_and_gradients_on_a_transformer_layer_are_the_folded_gr
     world = ConceptWorld(60, seed=3)
     striped = ConceptWorld(40, seed=4).images
     result = TCAV(layers=[layer], num_random=3, examples_per_concept=10).attribute(
-        vit, world.images, world.labels, {"striped": striped}, classes=[0, 1])
+        vit, world.images, world.labels, {"striped": striped}, classes=[0, 1]
+    )
     assert result.scores.shape == (1, 1, 2, 3) and torch.isfinite(result.cav_accuracy).all()
 
 
@@ -207,11 +219,20 @@ def test_the_image_callbacks_run_on_a_vit_through_auto_and_layer_specs(tmp_path)
     callbacks = [
         GradCAMCallback(layers="auto", num_probe=8),
         AttributionCallback(methods=["gradcam", "attention_rollout", "attention_relevance"], num_probe=8),
-        TCAVCallback(layers="auto", concepts=["striped"], classes=[0, 1], num_random=2, examples_per_concept=10,
-                     num_probe=16, num_similar=0),
+        TCAVCallback(
+            layers="auto",
+            concepts=["striped"],
+            classes=[0, 1],
+            num_random=2,
+            examples_per_concept=10,
+            num_probe=16,
+            num_similar=0,
+        ),
         DissectionCallback(layers=[spec], num_probe=32, top_units=1, top_images=2),
     ]
-    trainer = quiet_trainer(max_epochs=1, callbacks=callbacks, logger=CSVLogger(str(tmp_path)), enable_checkpointing=False)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=callbacks, logger=CSVLogger(str(tmp_path)), enable_checkpointing=False
+    )
     trainer.fit(model, small_datamodule(num_train=64, num_val=48))
     auto = "network.blocks.1.norm1:input@vit"
     assert all(not callback.failures for callback in callbacks), [c.failures for c in callbacks]

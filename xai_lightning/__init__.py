@@ -88,14 +88,59 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("CifarResNet", "ImageClassifier", "SmallCNN"), "xai_lightning.models"),
     **dict.fromkeys(("FGSM", "PGD", "fgsm", "pgd"), "xai_lightning.robustness"),
-    **dict.fromkeys(("ExplanationQualityCallback", "SanityCheckCallback", "AttentionCallback", "TextAttributionCallback",), "xai_lightning.callbacks"),
-    **dict.fromkeys(("AttentionRelevance", "AttentionRollout", "LayerIntegratedGradients", "TokenOcclusion", "attention_maps",), "xai_lightning.attribution"),
+    **dict.fromkeys(
+        (
+            "ExplanationQualityCallback",
+            "SanityCheckCallback",
+            "AttentionCallback",
+            "TextAttributionCallback",
+        ),
+        "xai_lightning.callbacks",
+    ),
+    **dict.fromkeys(
+        (
+            "AttentionRelevance",
+            "AttentionRollout",
+            "LayerIntegratedGradients",
+            "TokenOcclusion",
+            "attention_maps",
+        ),
+        "xai_lightning.attribution",
+    ),
     **dict.fromkeys(("LayerSpec",), "xai_lightning.core"),
-    **dict.fromkeys(("TriggerText", "TriggerTextDataModule",), "xai_lightning.data"),
-    **dict.fromkeys(("PaddingMasked", "SequenceClassifier", "TextClassifier", "VisionTransformer",), "xai_lightning.models"),
+    **dict.fromkeys(
+        (
+            "TriggerText",
+            "TriggerTextDataModule",
+        ),
+        "xai_lightning.data",
+    ),
+    **dict.fromkeys(
+        (
+            "PaddingMasked",
+            "SequenceClassifier",
+            "TextClassifier",
+            "VisionTransformer",
+        ),
+        "xai_lightning.models",
+    ),
     "UncertaintyCallback": "xai_lightning.callbacks",
-    **dict.fromkeys(("EnsembleClassifier", "VariationalClassifier",), "xai_lightning.models"),
-    **dict.fromkeys(("EmbeddingCallback", "FrequencyCallback", "InformationPlaneCallback", "MarginCallback",), "xai_lightning.callbacks"),
+    **dict.fromkeys(
+        (
+            "EnsembleClassifier",
+            "VariationalClassifier",
+        ),
+        "xai_lightning.models",
+    ),
+    **dict.fromkeys(
+        (
+            "EmbeddingCallback",
+            "FrequencyCallback",
+            "InformationPlaneCallback",
+            "MarginCallback",
+        ),
+        "xai_lightning.callbacks",
+    ),
     "CaCECallback": "xai_lightning.callbacks",
     "dec_cace": "xai_lightning.concepts",
 }
@@ -107,30 +152,45 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run time
     from xai_lightning.attribution import (
+        AttentionRelevance,
+        AttentionRollout,
         GradCAM,
         IntegratedGradients,
         KernelShap,
+        LayerIntegratedGradients,
         Lime,
         Occlusion,
         PredictionDifferenceAnalysis,
         Rise,
         Saliency,
         SmoothGrad,
+        TokenOcclusion,
         Xrai,
+        attention_maps,
         attribute,
         available_methods,
         grad_cam,
     )
     from xai_lightning.callbacks import (
         AdversarialTrainingCallback,
+        AttentionCallback,
         AttributionCallback,
+        CaCECallback,
         DissectionCallback,
+        EmbeddingCallback,
         ExplainerNetworkCallback,
+        ExplanationQualityCallback,
+        FrequencyCallback,
         GradCAMCallback,
+        InformationPlaneCallback,
+        MarginCallback,
         ObserverCallback,
         ProbeSet,
         RobustnessCallback,
+        SanityCheckCallback,
         TCAVCallback,
+        TextAttributionCallback,
+        UncertaintyCallback,
     )
     from xai_lightning.concepts import (
         TCAV,
@@ -139,11 +199,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         TCAVResult,
         compare_cace_estimators,
         conexp,
+        dec_cace,
         encdec_cace,
         ground_truth_cace,
         train_cavs,
     )
-    from xai_lightning.core import LayerCapture, LayerNotFoundError, ObserverGuard, observe
+    from xai_lightning.core import LayerCapture, LayerNotFoundError, LayerSpec, ObserverGuard, observe
     from xai_lightning.data import (
         Bars,
         BarsDataModule,
@@ -152,6 +213,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         ConceptWorld,
         ConceptWorldDataModule,
         DigitsDataModule,
+        TriggerText,
+        TriggerTextDataModule,
     )
     from xai_lightning.dissection import BrodenDataset, ConceptVocabulary, DissectionResult, dissect, export_broden
     from xai_lightning.explainer import (
@@ -161,15 +224,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
         knowledge_consistency,
         location_instability,
     )
-    from xai_lightning.models import CifarResNet, ImageClassifier, SmallCNN
+    from xai_lightning.models import (
+        CifarResNet,
+        EnsembleClassifier,
+        ImageClassifier,
+        PaddingMasked,
+        SequenceClassifier,
+        SmallCNN,
+        TextClassifier,
+        VariationalClassifier,
+        VisionTransformer,
+    )
     from xai_lightning.robustness import FGSM, PGD, fgsm, pgd
-    from xai_lightning.callbacks import ExplanationQualityCallback, SanityCheckCallback, AttentionCallback, TextAttributionCallback
-    from xai_lightning.attribution import AttentionRelevance, AttentionRollout, LayerIntegratedGradients, TokenOcclusion, attention_maps
-    from xai_lightning.core import LayerSpec
-    from xai_lightning.data import TriggerText, TriggerTextDataModule
-    from xai_lightning.models import PaddingMasked, SequenceClassifier, TextClassifier, VisionTransformer
-    from xai_lightning.callbacks import UncertaintyCallback
-    from xai_lightning.models import EnsembleClassifier, VariationalClassifier
-    from xai_lightning.callbacks import EmbeddingCallback, FrequencyCallback, InformationPlaneCallback, MarginCallback
-    from xai_lightning.callbacks import CaCECallback
-    from xai_lightning.concepts import dec_cace

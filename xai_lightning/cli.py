@@ -258,8 +258,11 @@ def _list_configs(args: list[str]) -> int:
 
 register_subcommand("configs", "list the shipped configs (or print one: configs NAME)", _list_configs)
 
-register_subcommand("report", "build the HTML report (curves, panels, verdict) of logged runs: report RUN_DIR [RUN_DIR...]",
-                    "xai_lightning.studies.report_command:main")
+register_subcommand(
+    "report",
+    "build the HTML report (curves, panels, verdict) of logged runs: report RUN_DIR [RUN_DIR...]",
+    "xai_lightning.studies.report_command:main",
+)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,15 @@ def workload(name: str) -> Workload:
         raise ValueError(name)
     images = torch.rand(batch, 3, size, size)
     targets = torch.randint(0, 5, (batch,))
-    return Workload(name, model.eval(), images, targets, torch.rand(8, 3, size, size), layer,
-                    {"window": occlusion[0], "stride": occlusion[1]})
+    return Workload(
+        name,
+        model.eval(),
+        images,
+        targets,
+        torch.rand(8, 3, size, size),
+        layer,
+        {"window": occlusion[0], "stride": occlusion[1]},
+    )
 
 
 def layer_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -104,7 +111,11 @@ def candidates(method: str, w: Workload) -> tuple[Callable[[], torch.Tensor], di
         return noise.view(w.images.shape[0], N_NOISE, *w.images.shape[1:])
 
     ours_options: dict[str, dict] = {
-        "saliency": {}, "input_x_gradient": {}, "guided_backprop": {}, "deconvnet": {}, "deeplift": {},
+        "saliency": {},
+        "input_x_gradient": {},
+        "guided_backprop": {},
+        "deconvnet": {},
+        "deeplift": {},
         "integrated_gradients": {"steps": 50},
         "integrated_gradients_folded": {"steps": 50, "fold_batchnorm": True},
         "gradcam": {"layer": w.cam_layer},
@@ -116,8 +127,9 @@ def candidates(method: str, w: Workload) -> tuple[Callable[[], torch.Tensor], di
         noise = noise_for_ours()
 
         def ours() -> torch.Tensor:
-            return attribute(model, w.images, t, "smoothgrad", n_samples=N_NOISE, wrapped_options={"abs": True},
-                             noise=noise)
+            return attribute(
+                model, w.images, t, "smoothgrad", n_samples=N_NOISE, wrapped_options={"abs": True}, noise=noise
+            )
     else:
         name = method.removesuffix("_folded")
 
@@ -139,42 +151,78 @@ def candidates(method: str, w: Workload) -> tuple[Callable[[], torch.Tensor], di
         captum = one_pass(lambda x: ca.DeepLift(model).attribute(x, target=t))
     elif method == "deep_shap":
         background = {"NCHW": w.background, "channels-last": w.background.contiguous(memory_format=CHANNELS_LAST)}
-        captum = {layout: (lambda x=x, b=background[layout]: ca.DeepLiftShap(model).attribute(x, baselines=b, target=t))
-                  for layout, x in inputs.items()}
+        captum = {
+            layout: (lambda x=x, b=background[layout]: ca.DeepLiftShap(model).attribute(x, baselines=b, target=t))
+            for layout, x in inputs.items()
+        }
     elif method == "gradcam":
+
         def gradcam(x):
             raw = ca.LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
             return F.interpolate(raw, size=size, mode="bilinear", align_corners=False).squeeze(1)
+
         captum = one_pass(gradcam)
     elif method == "guided_gradcam":
         captum = one_pass(lambda x: ca.GuidedGradCam(model, layer).attribute(x, target=t))
     elif method in ("integrated_gradients", "integrated_gradients_folded"):
-        captum = {f"{layout}, internal_batch_size={ibs}":
-                  (lambda x=x, ibs=ibs: ca.IntegratedGradients(model).attribute(x, target=t, n_steps=50,
-                                                                                 internal_batch_size=ibs))
-                  for ibs in (None, 64, 128, 256, 512) for layout, x in inputs.items()}
+        captum = {
+            f"{layout}, internal_batch_size={ibs}": (
+                lambda x=x, ibs=ibs: ca.IntegratedGradients(model).attribute(
+                    x, target=t, n_steps=50, internal_batch_size=ibs
+                )
+            )
+            for ibs in (None, 64, 128, 256, 512)
+            for layout, x in inputs.items()
+        }
     elif method == "smoothgrad":
+
         def smoothgrad(x, batch):
             torch.manual_seed(NOISE_SEED)
-            return ca.NoiseTunnel(ca.Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=N_NOISE,
-                                                                 stdevs=STDEV, target=t, nt_samples_batch_size=batch)
-        captum = {f"{layout}, nt_samples_batch_size={batch}": (lambda x=x, batch=batch: smoothgrad(x, batch))
-                  for batch in (None, 1, 2, 5) for layout, x in inputs.items()}
+            return ca.NoiseTunnel(ca.Saliency(model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=N_NOISE, stdevs=STDEV, target=t, nt_samples_batch_size=batch
+            )
+
+        captum = {
+            f"{layout}, nt_samples_batch_size={batch}": (lambda x=x, batch=batch: smoothgrad(x, batch))
+            for batch in (None, 1, 2, 5)
+            for layout, x in inputs.items()
+        }
     elif method == "occlusion":
         shape, strides = (3, window, window), (3, stride, stride)
-        captum = {f"{layout}, perturbations_per_eval={ppe}":
-                  (lambda x=x, ppe=ppe: ca.Occlusion(model).attribute(x, target=t, sliding_window_shapes=shape,
-                                                                       strides=strides, perturbations_per_eval=ppe))
-                  for ppe in (1, 2, 4, 16, 64) for layout, x in inputs.items()}
+        captum = {
+            f"{layout}, perturbations_per_eval={ppe}": (
+                lambda x=x, ppe=ppe: ca.Occlusion(model).attribute(
+                    x, target=t, sliding_window_shapes=shape, strides=strides, perturbations_per_eval=ppe
+                )
+            )
+            for ppe in (1, 2, 4, 16, 64)
+            for layout, x in inputs.items()
+        }
     else:
         raise ValueError(method)
     return ours, captum
 
 
-METHODS = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam", "deeplift",
-           "deep_shap", "integrated_gradients", "integrated_gradients_folded", "smoothgrad", "occlusion")
-TARGETS = {name: 0.95 for name in METHODS} | {"integrated_gradients": 0.7, "integrated_gradients_folded": 0.7,
-                                              "smoothgrad": 0.7, "occlusion": 0.7}
+METHODS = (
+    "saliency",
+    "input_x_gradient",
+    "guided_backprop",
+    "deconvnet",
+    "gradcam",
+    "guided_gradcam",
+    "deeplift",
+    "deep_shap",
+    "integrated_gradients",
+    "integrated_gradients_folded",
+    "smoothgrad",
+    "occlusion",
+)
+TARGETS = {name: 0.95 for name in METHODS} | {
+    "integrated_gradients": 0.7,
+    "integrated_gradients_folded": 0.7,
+    "smoothgrad": 0.7,
+    "occlusion": 0.7,
+}
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU time; steadier on a shared machine)
@@ -214,19 +262,29 @@ def ratio_text(ours: list[float], theirs: list[float]) -> str:
 
 def machine_line() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
-            f"{torch.get_num_threads()} torch thread(s); load average at start {load:.1f}")
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} torch thread(s); load average at start {load:.1f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=["smallcnn", "resnet20", "smallcnn128"],
-                        choices=["smallcnn", "resnet20", "smallcnn128"])
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=["smallcnn", "resnet20", "smallcnn128"],
+        choices=["smallcnn", "resnet20", "smallcnn128"],
+    )
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: this process's CPU time, for a machine shared with other work (1 thread)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time, for a machine shared with other work (1 thread)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global CLOCK
@@ -234,18 +292,25 @@ def main() -> None:
     print(machine_line() + f"; clock: {args.clock}")
     for model_name in args.models:
         w = workload(model_name)
-        print(f"\n{model_name}: inputs {tuple(w.images.shape)}, median of {args.repeats} interleaved repeats, ratio "
-              "ranges over the repeats; time in ms")
-        print("| method | ours | Captum default | Captum best | best setting | ours / default | ours / best | target "
-              "| max abs diff |")
+        print(
+            f"\n{model_name}: inputs {tuple(w.images.shape)}, median of {args.repeats} interleaved repeats, ratio "
+            "ranges over the repeats; time in ms"
+        )
+        print(
+            "| method | ours | Captum default | Captum best | best setting | ours / default | ours / best | target "
+            "| max abs diff |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for method in args.methods:
             found = compare(method, w, args.repeats)
             times = found["times"]
             ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
-            print(f"| {method} | {ms['ours']:.0f} | {ms['default']:.0f} | {ms['best']:.0f} | {found['best']} | "
-                  f"{ratio_text(times['ours'], times['default'])} | {ratio_text(times['ours'], times['best'])} | "
-                  f"≤ {TARGETS[method]} | {found['difference']:.1e} |", flush=True)
+            print(
+                f"| {method} | {ms['ours']:.0f} | {ms['default']:.0f} | {ms['best']:.0f} | {found['best']} | "
+                f"{ratio_text(times['ours'], times['default'])} | {ratio_text(times['ours'], times['best'])} | "
+                f"≤ {TARGETS[method]} | {found['difference']:.1e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

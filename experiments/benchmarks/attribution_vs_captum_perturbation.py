@@ -37,14 +37,13 @@ import time
 import warnings
 
 import torch
+from timing import median_seconds, timed_interleaved  # this folder is on sys.path when run as a script
 
 from xai_lightning.attribution.kernel_shap import KernelShap
 from xai_lightning.attribution.lime import Lime
 from xai_lightning.attribution.registry import get_method
 from xai_lightning.data import ConceptWorld
 from xai_lightning.models import SmallCNN
-
-from timing import median_seconds, timed_interleaved  # this folder is on sys.path when run as a script
 
 warnings.filterwarnings("ignore")
 
@@ -59,8 +58,15 @@ def lime_similarity(kernel_width: float):
     return similarity
 
 
-def run_captum(captum_method, explanation, images, baselines, target, perturbations_per_eval: int | None = None,
-               layout: torch.memory_format = torch.contiguous_format):
+def run_captum(
+    captum_method,
+    explanation,
+    images,
+    baselines,
+    target,
+    perturbations_per_eval: int | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
+):
     """Captum's attributions replaying our coalitions; ``perturbations_per_eval`` None: all of an image's."""
     images, baselines = images.contiguous(memory_format=layout), baselines.contiguous(memory_format=layout)
     rows = []
@@ -72,11 +78,17 @@ def run_captum(captum_method, explanation, images, baselines, target, perturbati
                 yield coalition.view(1, -1)
 
         captum_method.perturb_func = replay
-        rows.append(captum_method.attribute(
-            images[b:b + 1], baselines=baselines[b:b + 1], target=target,
-            feature_mask=explanation.feature_masks[b:b + 1].unsqueeze(1), n_samples=coalitions.shape[0],
-            perturbations_per_eval=perturbations_per_eval or coalitions.shape[0], return_input_shape=False,
-        ).view(-1))
+        rows.append(
+            captum_method.attribute(
+                images[b : b + 1],
+                baselines=baselines[b : b + 1],
+                target=target,
+                feature_mask=explanation.feature_masks[b : b + 1].unsqueeze(1),
+                n_samples=coalitions.shape[0],
+                perturbations_per_eval=perturbations_per_eval or coalitions.shape[0],
+                return_input_shape=False,
+            ).view(-1)
+        )
     return rows
 
 
@@ -85,8 +97,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-batch", type=int, default=256,
-                        help="rows per forward pass; on a CPU, batches beyond a few hundred images are slower, not faster")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="rows per forward pass; on a CPU, batches beyond a few hundred images are slower, not faster",
+    )
     parser.add_argument("--captum-only", action="store_true", help="skip the methods without a Captum counterpart")
     args = parser.parse_args()
 
@@ -100,13 +116,21 @@ def main() -> None:
     baselines = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     target = 1
     print(f"batch {tuple(images.shape)}, {args.samples} coalitions per image, max_batch {args.max_batch}")
-    print(f"{'method':<12} {'ours s':>8} {'captum default s':>17} {'captum tuned s':>15} {'vs default':>11} "
-          f"{'vs tuned':>9} {'max |diff|':>11}")
+    print(
+        f"{'method':<12} {'ours s':>8} {'captum default s':>17} {'captum tuned s':>15} {'vs default':>11} "
+        f"{'vs tuned':>9} {'max |diff|':>11}"
+    )
     for name, ours_method, captum_method in [
-        ("lime", Lime(num_samples=args.samples, baseline="mean", max_batch=args.max_batch, seed=0),
-         CaptumLime(model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=lime_similarity(0.25))),
-        ("kernel_shap", KernelShap(num_samples=args.samples, baseline="mean", max_batch=args.max_batch, seed=0),
-         CaptumKernelShap(model)),
+        (
+            "lime",
+            Lime(num_samples=args.samples, baseline="mean", max_batch=args.max_batch, seed=0),
+            CaptumLime(model, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=lime_similarity(0.25)),
+        ),
+        (
+            "kernel_shap",
+            KernelShap(num_samples=args.samples, baseline="mean", max_batch=args.max_batch, seed=0),
+            CaptumKernelShap(model),
+        ),
     ]:
         explanation = ours_method.explain(model, images, target)
         # Our timing includes the superpixel segmentation; Captum gets the masks for free.
@@ -116,27 +140,38 @@ def main() -> None:
             run_captum(captum_method, explanation, images, baselines, target, layout=layout)
             first_pass[layout] = time.perf_counter() - start
         tuned_layout = min(first_pass, key=first_pass.get)
-        timed = timed_interleaved({
-            "ours": lambda: ours_method.explain(model, images, target),
-            "default": lambda: run_captum(captum_method, explanation, images, baselines, target, 1),
-            "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target, layout=tuned_layout),
-        }, args.repeats)
+        timed = timed_interleaved(
+            {
+                "ours": lambda: ours_method.explain(model, images, target),
+                "default": lambda: run_captum(captum_method, explanation, images, baselines, target, 1),
+                "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target, layout=tuned_layout),
+            },
+            args.repeats,
+        )
         ours_time, default_time, tuned_time = (timed[key][0] for key in ("ours", "default", "tuned"))
         difference = max(
             float((explanation.coefficients[b, : int(explanation.num_features[b])] - row.float()).abs().max())
-            for rows in (timed["default"][1], timed["tuned"][1]) for b, row in enumerate(rows)
+            for rows in (timed["default"][1], timed["tuned"][1])
+            for b, row in enumerate(rows)
         )
-        print(f"{name:<12} {ours_time:8.3f} {default_time:17.3f} {tuned_time:15.3f} {ours_time / default_time:11.3f} "
-              f"{ours_time / tuned_time:9.3f} {difference:11.2e}  (tuned layout: "
-              f"{'channels-last' if tuned_layout == torch.channels_last else 'NCHW'})")
+        print(
+            f"{name:<12} {ours_time:8.3f} {default_time:17.3f} {tuned_time:15.3f} {ours_time / default_time:11.3f} "
+            f"{ours_time / tuned_time:9.3f} {difference:11.2e}  (tuned layout: "
+            f"{'channels-last' if tuned_layout == torch.channels_last else 'NCHW'})"
+        )
 
     if args.captum_only:
         return
     print("\nwithout a Captum counterpart (our time only):")
-    for name, options in [("rise", dict(num_masks=1000)), ("prediction_difference", dict(stride=2, num_samples=10)),
-                          ("xrai", dict(ig_steps=32, scales=(20, 50, 100, 200)))]:
+    for name, options in [
+        ("rise", dict(num_masks=1000)),
+        ("prediction_difference", dict(stride=2, num_samples=10)),
+        ("xrai", dict(ig_steps=32, scales=(20, 50, 100, 200))),
+    ]:
         method = get_method(name, max_batch=args.max_batch, seed=0, **options)
-        print(f"{name:<22} {median_seconds(lambda: method.attribute(model, images, target), 1, warm_up=False):8.3f} s  {options}")
+        print(
+            f"{name:<22} {median_seconds(lambda: method.attribute(model, images, target), 1, warm_up=False):8.3f} s  {options}"
+        )
 
 
 if __name__ == "__main__":

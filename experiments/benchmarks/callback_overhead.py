@@ -61,8 +61,7 @@ warnings.filterwarnings("ignore")
 for _name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-TARGETS = {"gradcam": 1.05, "attribution": 1.10, "tcav": 1.10, "dissection": 1.10, "explainer": 1.3,
-           "robustness": 1.5}
+TARGETS = {"gradcam": 1.05, "attribution": 1.10, "tcav": 1.10, "dissection": 1.10, "explainer": 1.3, "robustness": 1.5}
 
 
 def make_callback(name: str) -> pl.Callback:
@@ -113,9 +112,17 @@ def one_epoch(datamodule, name: str | None, width: int, root: str, accelerator: 
         callback = make_callback(name)
         inside = InsideTime(callback)
         callbacks.append(callback)
-    trainer = pl.Trainer(max_epochs=1, callbacks=callbacks, logger=CSVLogger(root), enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         accelerator=accelerator, devices=1)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=CSVLogger(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator=accelerator,
+        devices=1,
+    )
     trainer.fit(model, datamodule)
     if accelerator == "cuda":
         torch.cuda.synchronize()
@@ -128,8 +135,10 @@ def machine_line(device: str) -> str:
     else:
         where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"machine: {where}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
-            f"load average at start {load:.1f}")
+    return (
+        f"machine: {where}; torch {torch.__version__}; {torch.get_num_threads()} torch threads; "
+        f"load average at start {load:.1f}"
+    )
 
 
 def main() -> None:
@@ -157,19 +166,25 @@ def main() -> None:
                 epochs[name].append(seconds)
                 inside[name].append(own)
     plain = statistics.median(epochs[None])
-    print(f"SmallCNN(width={args.width}), {args.num_train} training + 500 validation ConceptWorld images, batch 64, "
-          f"one epoch; medians of {args.repeats} interleaved repeats")
+    print(
+        f"SmallCNN(width={args.width}), {args.num_train} training + 500 validation ConceptWorld images, batch 64, "
+        f"one epoch; medians of {args.repeats} interleaved repeats"
+    )
     print(f"without callback: {plain:.2f} s (range {min(epochs[None]):.2f}-{max(epochs[None]):.2f})")
     print()
-    print("| callback | epoch (s) | ratio (median) | ratio range | inside callback (s) | (plain + inside) / plain "
-          "| target |")
+    print(
+        "| callback | epoch (s) | ratio (median) | ratio range | inside callback (s) | (plain + inside) / plain "
+        "| target |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.only:
         ratios = [seconds / base for seconds, base in zip(epochs[name], epochs[None])]
         own = statistics.median(inside[name])
-        print(f"| {name} | {statistics.median(epochs[name]):.2f} | {statistics.median(epochs[name]) / plain:.3f} | "
-              f"{min(ratios):.3f}-{max(ratios):.3f} | {own:.2f} | {(plain + own) / plain:.3f} | "
-              f"≤ {TARGETS[name]} |")
+        print(
+            f"| {name} | {statistics.median(epochs[name]):.2f} | {statistics.median(epochs[name]) / plain:.3f} | "
+            f"{min(ratios):.3f}-{max(ratios):.3f} | {own:.2f} | {(plain + own) / plain:.3f} | "
+            f"≤ {TARGETS[name]} |"
+        )
 
 
 if __name__ == "__main__":

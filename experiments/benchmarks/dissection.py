@@ -46,7 +46,9 @@ def probe(num_images: int) -> tuple[torch.Tensor, ConceptLabels, object]:
     world = ConceptWorld(num_images, seed=1)
     vocabulary, channels = vocabulary_from_dataset(world)
     parts = [
-        ConceptLabels.from_masks(world.masks(torch.arange(start, min(start + 500, num_images)))[:, channels], vocabulary)
+        ConceptLabels.from_masks(
+            world.masks(torch.arange(start, min(start + 500, num_images)))[:, channels], vocabulary
+        )
         for start in range(0, num_images, 500)
     ]
     return world.images, ConceptLabels.cat(parts), vocabulary
@@ -136,12 +138,19 @@ def memory(layer: str) -> None:
     for method in ("exact", "sketch"):
         added = {}
         for n in (500, 5000):
-            out = subprocess.run([sys.executable, __file__, "--child", str(n), "--layer", layer, "--method", method],
-                                 check=True, capture_output=True, text=True, env=LIVE_MEMORY_ENV).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(n), "--layer", layer, "--method", method],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=LIVE_MEMORY_ENV,
+            ).stdout
             added[n] = json.loads(out.strip().splitlines()[-1])["added_mib"]
         note = "(flat = 1)" if method == "sketch" else "(keeps N x K x h x w float32 by design)"
-        print(f"  {method:6s}: 500 images {added[500]:7.1f} MiB   5,000 images {added[5000]:7.1f} MiB   "
-              f"ratio {added[5000] / max(added[500], 1e-9):5.2f}  {note}")
+        print(
+            f"  {method:6s}: 500 images {added[500]:7.1f} MiB   5,000 images {added[5000]:7.1f} MiB   "
+            f"ratio {added[5000] / max(added[500], 1e-9):5.2f}  {note}"
+        )
 
 
 def main() -> None:

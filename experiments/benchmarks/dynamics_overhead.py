@@ -95,9 +95,17 @@ def fit(datamodule, name: str | None, epochs: int, root: str) -> tuple[list[floa
         callback = FACTORIES[name]()
         observed = time_observations(callback)
         callbacks.append(callback)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[*callbacks, clock], logger=CSVLogger(root),
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[*callbacks, clock],
+        logger=CSVLogger(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, datamodule)
     return clock.seconds, observed
 
@@ -132,14 +140,18 @@ def main() -> None:
                 last[name].append(epochs[-1] / base)
                 own[name].append((base + statistics.median(observed[1:-1])) / base)
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-    print(f"device: cpu x{torch.get_num_threads()} threads; SmallCNN width 32; {args.num_train} training + 500 "
-          f"validation images, batch 64; {args.epochs} epochs per fit, {args.repeats} repeat(s), interleaved")
+    print(
+        f"device: cpu x{torch.get_num_threads()} threads; SmallCNN width 32; {args.num_train} training + 500 "
+        f"validation images, batch 64; {args.epochs} epochs per fit, {args.repeats} repeat(s), interleaved"
+    )
     print(f"bare epoch: median {summary(bare)} s")
     headers = ("regular epoch ratio", "from callback time", "last epoch ratio")
     print(f"{'callback':>18}  " + "  ".join(f"{h:>26}" for h in headers) + "  target")
     for name in args.only:
-        print(f"{name:>18}  {summary(regular[name]):>26}  {summary(own[name]):>26}  {summary(last[name]):>26}  "
-              f"<= {TARGETS[name]}")
+        print(
+            f"{name:>18}  {summary(regular[name]):>26}  {summary(own[name]):>26}  {summary(last[name]):>26}  "
+            f"<= {TARGETS[name]}"
+        )
     print("Ratios are median [min, max] over repeats; a shared machine makes them noisy — re-measure on a quiet one.")
 
 

@@ -52,8 +52,16 @@ def trained_model(seed: int = 0) -> torch.nn.Module:
 
 def quantus_call(metric, model, x, y, a, batch_size: int, **kwargs):
     with isolated_rng():
-        return metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), channel_first=True,
-                      device="cpu", batch_size=batch_size, **kwargs)
+        return metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=a.numpy(),
+            channel_first=True,
+            device="cpu",
+            batch_size=batch_size,
+            **kwargs,
+        )
 
 
 def fastest_batch_size(make_call: Callable[[int], Callable[[], object]], sizes: list[int]) -> tuple[int, float]:
@@ -104,29 +112,45 @@ def main() -> None:
         return perturbation_curve(model, x, maps, y, steps=steps, baseline="zero", score="probability")
 
     def quantus_deletion(size):
-        metric = quantus.PixelFlipping(features_in_step=features_in_step, perturb_baseline=0.0, normalise=False,
-                                       abs=False, disable_warnings=True)
+        metric = quantus.PixelFlipping(
+            features_in_step=features_in_step, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
+        )
         return lambda: quantus_call(metric, model, x, y, maps, size, softmax=True)
 
     def our_correlation():
         return faithfulness_correlation(model, x, maps, y, draws=draws, subset_size=subset, baseline="zero")
 
     def quantus_correlation(size):
-        metric = quantus.FaithfulnessCorrelation(nr_runs=draws, subset_size=subset, perturb_baseline=0.0,
-                                                 normalise=False, abs=False, return_aggregate=False,
-                                                 disable_warnings=True)
+        metric = quantus.FaithfulnessCorrelation(
+            nr_runs=draws,
+            subset_size=subset,
+            perturb_baseline=0.0,
+            normalise=False,
+            abs=False,
+            return_aggregate=False,
+            disable_warnings=True,
+        )
         return lambda: quantus_call(metric, model, x, y, maps, size)
 
     gradient_maps = Saliency().to_map(Saliency().attribute(model, x, y))
 
     def our_mprt():
-        return model_parameter_randomisation(model, x, y, Saliency(), mode="cascading", similarities=["spearman_abs"],
-                                             seed=43, original=gradient_maps)
+        return model_parameter_randomisation(
+            model, x, y, Saliency(), mode="cascading", similarities=["spearman_abs"], seed=43, original=gradient_maps
+        )
 
     def quantus_mprt(size):
         metric = quantus.MPRT(layer_order="top_down", seed=42, abs=True, normalise=True, disable_warnings=True)
-        return lambda: quantus_call(metric, model, x, y, gradient_maps.unsqueeze(1), size,
-                                    explain_func=quantus.explain, explain_func_kwargs={"method": "Saliency"})
+        return lambda: quantus_call(
+            metric,
+            model,
+            x,
+            y,
+            gradient_maps.unsqueeze(1),
+            size,
+            explain_func=quantus.explain,
+            explain_func_kwargs={"method": "Saliency"},
+        )
 
     def forward_floor(rows: int) -> Callable[[], object]:
         inputs = x.repeat(-(-rows // len(x)), 1, 1, 1)[:rows].contiguous(memory_format=torch.channels_last)
@@ -148,23 +172,32 @@ def main() -> None:
 
         return passes
 
-    floors = {"deletion / pixel flipping": forward_floor(len(x) * (steps + 1)),
-              "faithfulness correlation": forward_floor(len(x) * (draws + 1)),
-              "MPRT (cascading)": gradient_floor(len(x) * 13)}
+    floors = {
+        "deletion / pixel flipping": forward_floor(len(x) * (steps + 1)),
+        "faithfulness correlation": forward_floor(len(x) * (draws + 1)),
+        "MPRT (cascading)": gradient_floor(len(x) * 13),
+    }
     print(f"SmallCNN width 16, {args.images} x 3 x 32 x 32 images, {args.threads} thread(s), {args.rounds} rounds")
-    print(f"settings: deletion {steps} steps of {features_in_step} elements (probability); faithfulness correlation "
-          f"{draws} draws of {subset} elements (logit); MPRT cascading over 13 layers, gradient maps, Spearman |.|")
-    for label, ours, theirs in (("deletion / pixel flipping", our_deletion, quantus_deletion),
-                                ("faithfulness correlation", our_correlation, quantus_correlation),
-                                ("MPRT (cascading)", our_mprt, quantus_mprt)):
+    print(
+        f"settings: deletion {steps} steps of {features_in_step} elements (probability); faithfulness correlation "
+        f"{draws} draws of {subset} elements (logit); MPRT cascading over 13 layers, gradient maps, Spearman |.|"
+    )
+    for label, ours, theirs in (
+        ("deletion / pixel flipping", our_deletion, quantus_deletion),
+        ("faithfulness correlation", our_correlation, quantus_correlation),
+        ("MPRT (cascading)", our_mprt, quantus_mprt),
+    ):
         size, _ = fastest_batch_size(theirs, sizes)
         times = interleaved_rounds({"ours": ours, "quantus": theirs(size), "floor": floors[label]}, args.rounds)
         ratios = [a / b for a, b in zip(times["ours"], times["quantus"])]
-        print(f"{label:>28}: ours {statistics.median(times['ours']):.3f} s, Quantus (batch_size={size}) "
-              f"{statistics.median(times['quantus']):.3f} s, model floor {statistics.median(times['floor']):.3f} s; "
-              f"ours/Quantus median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}), "
-              f"floor/Quantus {statistics.median(times['floor']) / statistics.median(times['quantus']):.3f}"
-              "   goal <= 0.2", flush=True)
+        print(
+            f"{label:>28}: ours {statistics.median(times['ours']):.3f} s, Quantus (batch_size={size}) "
+            f"{statistics.median(times['quantus']):.3f} s, model floor {statistics.median(times['floor']):.3f} s; "
+            f"ours/Quantus median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}), "
+            f"floor/Quantus {statistics.median(times['floor']) / statistics.median(times['quantus']):.3f}"
+            "   goal <= 0.2",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

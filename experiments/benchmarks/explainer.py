@@ -37,11 +37,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from timing import Stopwatch, median_seconds  # this folder is on sys.path when run as a script
 
 from xai_lightning import ConceptWorld, ConceptWorldDataModule, ExplainerNetworkCallback, ImageClassifier, SmallCNN
 from xai_lightning.explainer import evaluate_explainer, knowledge_consistency
-
-from timing import Stopwatch, median_seconds  # this folder is on sys.path when run as a script
 
 warnings.filterwarnings("ignore")
 for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
@@ -82,11 +81,21 @@ def one_epoch(datamodule, steps_per_batch: int | None, logger_kind: str, root: s
     if steps_per_batch is not None:
         explainer = TimedExplainer(INPUT, TARGET, num_filters=16, steps_per_batch=steps_per_batch, num_probe=64)
         callbacks.append(explainer)
-    logger = (WandbLogger(offline=True, save_dir=root, project="explainer-benchmark") if logger_kind == "wandb"
-              else CSVLogger(root))
-    trainer = pl.Trainer(max_epochs=1, callbacks=callbacks, logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         accelerator="cpu")
+    logger = (
+        WandbLogger(offline=True, save_dir=root, project="explainer-benchmark")
+        if logger_kind == "wandb"
+        else CSVLogger(root)
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
     trainer.fit(model, datamodule)
     if logger_kind == "wandb":
         logger.experiment.finish()
@@ -107,15 +116,21 @@ def training(args, root: str):
         inside_run.append(explainer.run_seconds)
     base, with_cb = statistics.median(plain), statistics.median(observed)
     steps = explainer.steps
-    print(f"1. training: SmallCNN width 16, {args.num_train} training + 500 validation ConceptWorld images, batch 64, "
-          f"one epoch; explainer {INPUT} -> {TARGET}, 16 filters, steps_per_batch={args.steps_per_batch} "
-          f"({steps} explainer steps), 64 probe images; logger {args.logger}")
+    print(
+        f"1. training: SmallCNN width 16, {args.num_train} training + 500 validation ConceptWorld images, batch 64, "
+        f"one epoch; explainer {INPUT} -> {TARGET}, 16 filters, steps_per_batch={args.steps_per_batch} "
+        f"({steps} explainer steps), 64 probe images; logger {args.logger}"
+    )
     print(f"   one epoch without callback: median {base:.2f} s  ({', '.join(f'{t:.2f}' for t in plain)})")
-    print(f"   one epoch with ExplainerNetworkCallback: median {with_cb:.2f} s  "
-          f"({', '.join(f'{t:.2f}' for t in observed)})")
+    print(
+        f"   one epoch with ExplainerNetworkCallback: median {with_cb:.2f} s  "
+        f"({', '.join(f'{t:.2f}' for t in observed)})"
+    )
     train_seconds, run_seconds = statistics.median(inside_train), statistics.median(inside_run)
-    print(f"   inside the callback: training steps {train_seconds:.2f} s ({1000 * train_seconds / steps:.1f} ms per "
-          f"explainer step), evaluation {run_seconds:.2f} s")
+    print(
+        f"   inside the callback: training steps {train_seconds:.2f} s ({1000 * train_seconds / steps:.1f} ms per "
+        f"explainer step), evaluation {run_seconds:.2f} s"
+    )
     print(f"   ratio (with / without), end to end: {with_cb / base:.3f}   (target <= 1.5 at steps_per_batch=1; noisy)")
     print(f"   ratio from the callback's own time: {(base + train_seconds + run_seconds) / base:.3f}")
     return explainer, trainer, model
@@ -130,16 +145,26 @@ def evaluation(explainer, trainer, model, repeats: int) -> None:
             module(probe.images)
 
     def evaluate():
-        evaluate_explainer(module, explainer.explainer, INPUT, TARGET, probe.images, labels=probe.labels,
-                           landmarks=explainer.landmarks, top_k=explainer.top_k)
+        evaluate_explainer(
+            module,
+            explainer.explainer,
+            INPUT,
+            TARGET,
+            probe.images,
+            labels=probe.labels,
+            landmarks=explainer.landmarks,
+            top_k=explainer.top_k,
+        )
 
     forward = median_seconds(bare_forward, repeats)
     evaluated = median_seconds(evaluate, repeats)
     observation = median_seconds(lambda: explainer.run(trainer, model), repeats)
     print(f"2. evaluation on the {len(probe)} probe images")
-    print(f"   bare forward {1000 * forward:.1f} ms; evaluate_explainer {1000 * evaluated:.1f} ms "
-          f"(ratio {evaluated / forward:.1f}); the callback's whole observation (with image and table) "
-          f"{1000 * observation:.1f} ms")
+    print(
+        f"   bare forward {1000 * forward:.1f} ms; evaluate_explainer {1000 * evaluated:.1f} ms "
+        f"(ratio {evaluated / forward:.1f}); the callback's whole observation (with image and table) "
+        f"{1000 * observation:.1f} ms"
+    )
 
 
 def consistency(repeats: int) -> None:
@@ -159,10 +184,14 @@ def consistency(repeats: int) -> None:
 
     forward = median_seconds(bare_forward, repeats)
     seconds = median_seconds(measure, max(1, repeats - 1))
-    print(f"3. knowledge_consistency: two SmallCNNs (width 16) at {layer} (32 x 16 x 16), order 2, 400 steps of "
-          f"batch 64, 512 fitting + 256 held-out images")
-    print(f"   {seconds:.2f} s ({1000 * seconds / 400:.1f} ms per step); bare forward of both models on the 768 "
-          f"images {1000 * forward:.0f} ms (ratio {seconds / forward:.0f})")
+    print(
+        f"3. knowledge_consistency: two SmallCNNs (width 16) at {layer} (32 x 16 x 16), order 2, 400 steps of "
+        f"batch 64, 512 fitting + 256 held-out images"
+    )
+    print(
+        f"   {seconds:.2f} s ({1000 * seconds / 400:.1f} ms per step); bare forward of both models on the 768 "
+        f"images {1000 * forward:.0f} ms (ratio {seconds / forward:.0f})"
+    )
 
 
 def main() -> None:

@@ -61,8 +61,10 @@ def main() -> None:
     print(f"interpreter start {baseline:.3f} s (subtracted); {args.repeats} interleaved repeats")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<45} median {median:6.2f} s  range {min(values):5.2f}-{max(values):5.2f}  "
-              f"ratio to import torch {median / reference:5.2f}")
+        print(
+            f"{name:<45} median {median:6.2f} s  range {min(values):5.2f}-{max(values):5.2f}  "
+            f"ratio to import torch {median / reference:5.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from timing import Stopwatch  # this folder is on sys.path when run as a script
 
 from xai_lightning import ConceptWorldDataModule, GradCAMCallback, ImageClassifier, SmallCNN
-
-from timing import Stopwatch  # this folder is on sys.path when run as a script
 
 warnings.filterwarnings("ignore")
 
@@ -61,8 +60,15 @@ def one_epoch(datamodule, with_callback: bool, logger_kind: str, root: str) -> t
     if gradcam is not None:
         callbacks.append(gradcam)
     logger = WandbLogger(offline=True, save_dir=root, project="overhead") if logger_kind == "wandb" else CSVLogger(root)
-    trainer = pl.Trainer(max_epochs=1, callbacks=callbacks, logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule)
     if logger_kind == "wandb":
         logger.experiment.finish()
@@ -88,8 +94,10 @@ def main() -> None:
             setups.append(setup)
             runs.append(run)
     base, with_cb = statistics.median(plain), statistics.median(observed)
-    print(f"device: cpu x{torch.get_num_threads()} threads; logger: {args.logger}; "
-          f"{args.num_train} training + 1000 validation images; 64 probe images, 2 layers")
+    print(
+        f"device: cpu x{torch.get_num_threads()} threads; logger: {args.logger}; "
+        f"{args.num_train} training + 1000 validation images; 64 probe images, 2 layers"
+    )
     print(f"one epoch without callback: median {base:.2f} s  ({', '.join(f'{t:.2f}' for t in plain)})")
     print(f"one epoch with GradCAMCallback: median {with_cb:.2f} s  ({', '.join(f'{t:.2f}' for t in observed)})")
     print(f"one-time callback setup: median {statistics.median(setups):.3f} s")

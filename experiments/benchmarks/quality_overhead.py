@@ -48,12 +48,22 @@ def one_epoch(datamodule, with_callback: bool, root: str) -> tuple[float, float]
     model = ImageClassifier(SmallCNN(num_classes=5, width=32))
     watch = Stopwatch()
     callbacks: list[pl.Callback] = [watch]
-    quality = TimedQuality(methods=["saliency", "gradcam"], metrics=["deletion_auc", "insertion_auc"],
-                           num_probe=16) if with_callback else None
+    quality = (
+        TimedQuality(methods=["saliency", "gradcam"], metrics=["deletion_auc", "insertion_auc"], num_probe=16)
+        if with_callback
+        else None
+    )
     if quality is not None:
         callbacks.append(quality)
-    trainer = pl.Trainer(max_epochs=1, callbacks=callbacks, logger=CSVLogger(root), enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=CSVLogger(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule)
     return watch.elapsed, getattr(quality, "run_seconds", 0.0)
 
@@ -77,14 +87,20 @@ def main() -> None:
             inside.append(callback)
     base = statistics.median(plain)
     ratios = [o / p for o, p in zip(observed, plain)]
-    print(f"cpu x{args.threads} thread(s); {args.num_train} training + 1000 validation images; SmallCNN width 32; "
-          "2 methods (saliency, gradcam) x 2 metrics (deletion_auc, insertion_auc), 16 probes, defaults")
+    print(
+        f"cpu x{args.threads} thread(s); {args.num_train} training + 1000 validation images; SmallCNN width 32; "
+        "2 methods (saliency, gradcam) x 2 metrics (deletion_auc, insertion_auc), 16 probes, defaults"
+    )
     print(f"one epoch without callback: median {base:.2f} s  ({', '.join(f'{t:.2f}' for t in plain)})")
-    print(f"one epoch with the callback: median {statistics.median(observed):.2f} s  "
-          f"({', '.join(f'{t:.2f}' for t in observed)})")
+    print(
+        f"one epoch with the callback: median {statistics.median(observed):.2f} s  "
+        f"({', '.join(f'{t:.2f}' for t in observed)})"
+    )
     print(f"time inside the callback per epoch: median {statistics.median(inside):.3f} s")
-    print(f"overhead ratio end to end: median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-"
-          f"{max(ratios):.3f})   goal <= 1.15")
+    print(
+        f"overhead ratio end to end: median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-"
+        f"{max(ratios):.3f})   goal <= 1.15"
+    )
     print(f"overhead ratio from the callback's own time: {(base + statistics.median(inside)) / base:.3f}")
 
 

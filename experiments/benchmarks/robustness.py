@@ -43,20 +43,44 @@ def main() -> None:
         return pgd(model, images, labels, norm="l2", eps=0.5, steps=10, start=start).adversarial
 
     def pgd_loop():
-        return torch.cat([pgd(model, images[i:i + 1], labels[i:i + 1], norm="l2", eps=0.5, steps=10,
-                              start=start[i:i + 1]).adversarial for i in range(64)])
+        return torch.cat(
+            [
+                pgd(
+                    model, images[i : i + 1], labels[i : i + 1], norm="l2", eps=0.5, steps=10, start=start[i : i + 1]
+                ).adversarial
+                for i in range(64)
+            ]
+        )
 
     def vis_batched():
-        return visualize_features(model, "features.13", units=list(range(8)), steps=64,
-                                  generator=torch.Generator().manual_seed(0), transforms=False).images
+        return visualize_features(
+            model,
+            "features.13",
+            units=list(range(8)),
+            steps=64,
+            generator=torch.Generator().manual_seed(0),
+            transforms=False,
+        ).images
 
     def vis_loop():
-        return torch.cat([visualize_features(model, "features.13", units=[u], steps=64,
-                                             generator=torch.Generator().manual_seed(0), transforms=False).images
-                          for u in range(8)])
+        return torch.cat(
+            [
+                visualize_features(
+                    model,
+                    "features.13",
+                    units=[u],
+                    steps=64,
+                    generator=torch.Generator().manual_seed(0),
+                    transforms=False,
+                ).images
+                for u in range(8)
+            ]
+        )
 
-    for name, batched, loop in (("PGD, 64 images x 10 steps", pgd_batched, pgd_loop),
-                                ("feature visualisation, 8 units x 64 steps", vis_batched, vis_loop)):
+    for name, batched, loop in (
+        ("PGD, 64 images x 10 steps", pgd_batched, pgd_loop),
+        ("feature visualisation, 8 units x 64 steps", vis_batched, vis_loop),
+    ):
         times = {"batched": [], "loop": []}
         outputs = {}
         for _ in range(args.repeats):

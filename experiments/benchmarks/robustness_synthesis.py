@@ -35,8 +35,14 @@ STEPS = {"morph": (10, 20, 30, 60), "inversion": (25, 50, 100, 200), "visualizat
 def trained_model(seed: int, epochs: int) -> torch.nn.Module:
     pl.seed_everything(seed, verbose=False)
     module = ImageClassifier(SmallCNN(num_classes=5, width=32))
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, ConceptWorldDataModule(num_train=2000, num_val=200, batch_size=64))
     return module.eval()
 
@@ -48,8 +54,9 @@ def run(kind: str, model: torch.nn.Module, images: torch.Tensor, steps: int) -> 
         return float(result.success.float().mean())
     if kind == "inversion":
         return float(invert_representation(model, images, steps=steps, generator=generator).representation_error.mean())
-    features = visualize_features(model, "logits", prior="fourier", image_shape=tuple(images.shape[1:]), steps=steps,
-                                  generator=generator)
+    features = visualize_features(
+        model, "logits", prior="fourier", image_shape=tuple(images.shape[1:]), steps=steps, generator=generator
+    )
     return float(features.activation.mean())
 
 
@@ -61,8 +68,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = ConceptWorld(num_samples=8, seed=123).images
-    print(f"{torch.get_num_threads()} thread(s); SmallCNN(width=32) trained {args.epochs} epochs on 2,000 "
-          "ConceptWorld images; 8 images; CPU seconds")
+    print(
+        f"{torch.get_num_threads()} thread(s); SmallCNN(width=32) trained {args.epochs} epochs on 2,000 "
+        "ConceptWorld images; 8 images; CPU seconds"
+    )
     print("| synthesis | seed | steps | quality | relative to the longest | CPU s |")
     print("|---|---|---|---|---|---|")
     for seed in args.seeds:

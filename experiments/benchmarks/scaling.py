@@ -68,8 +68,13 @@ def child(kind: str, count: int, method: str) -> dict:
 
 
 def measure(kind: str, count: int, method: str = "") -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(count), method or "-"], check=True,
-                         capture_output=True, text=True, env=LIVE_MEMORY_ENV).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(count), method or "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=LIVE_MEMORY_ENV,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["added_mib"]
 
 
@@ -87,8 +92,10 @@ def main() -> None:
     from xai_lightning.dissection import QuantileSketch
 
     units = model().features[18].out_channels
-    print(f"dissection of {LAYER} (SmallCNN width 16: {units} units, 8 × 8), batch {BATCH}; peak resident memory "
-          "added (MiB)")
+    print(
+        f"dissection of {LAYER} (SmallCNN width 16: {units} units, 8 × 8), batch {BATCH}; peak resident memory "
+        "added (MiB)"
+    )
     print("| probe images | exact | sketch | sketch / exact | exact's activations (MiB) |")
     print("|---|---|---|---|---|")
     for count in args.dissection:
@@ -97,8 +104,10 @@ def main() -> None:
         print(f"| {count} | {exact:.1f} | {sketch:.1f} | {sketch / max(exact, 1e-9):.2f} | {kept:.1f} |", flush=True)
     print(f"(the sketch's bucket counts: {QuantileSketch.memory_bytes(units) / 2**20:.1f} MiB by construction)")
     print()
-    print("TCAV of features.13 (3 concepts x 10 random sets x 50 examples), scoring N probe images; peak resident "
-          "memory added (MiB)")
+    print(
+        "TCAV of features.13 (3 concepts x 10 random sets x 50 examples), scoring N probe images; peak resident "
+        "memory added (MiB)"
+    )
     print("| probe images | TCAV |")
     print("|---|---|")
     for count in args.tcav:

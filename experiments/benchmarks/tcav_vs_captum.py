@@ -50,8 +50,9 @@ def workload():
 
 def run_ours(model, concepts, pool, inputs):
     tcav = TCAV(layers=LAYERS, num_random=NUM_RANDOM, examples_per_concept=EXAMPLES, classifier="hinge")
-    result = tcav.attribute(model, inputs, torch.full((len(inputs),), TARGET), concepts, random_pool=pool,
-                            classes=[TARGET])
+    result = tcav.attribute(
+        model, inputs, torch.full((len(inputs),), TARGET), concepts, random_pool=pool, classes=[TARGET]
+    )
     return result.p_values
 
 
@@ -61,6 +62,7 @@ def run_captum(model, concepts, pool, inputs, batch_size: int = 64, layout=torch
 
     random_index = draw_random_sets(pool, NUM_RANDOM + 1, EXAMPLES, seed=0)
     ids = iter(range(1000))
+
     def loader(images):
         return DataLoader(images.contiguous(memory_format=layout), batch_size=batch_size)
 
@@ -96,22 +98,31 @@ def main() -> None:
         function()
         return clock() - start
 
-    settings = {(size, layout): (lambda size=size, layout=layout: run_captum(model, concepts, pool, inputs, size,
-                                                                             layout))
-                for size in (64, 256, 1000) for layout in (torch.contiguous_format, torch.channels_last)}
+    settings = {
+        (size, layout): (lambda size=size, layout=layout: run_captum(model, concepts, pool, inputs, size, layout))
+        for size in (64, 256, 1000)
+        for layout in (torch.contiguous_format, torch.channels_last)
+    }
     first = {key: seconds(function) for key, function in settings.items()}
     best = min(first, key=first.get)
-    runs = {"ours": lambda: run_ours(model, concepts, pool, inputs), "default": settings[(64, torch.contiguous_format)],
-            "best": settings[best]}
+    runs = {
+        "ours": lambda: run_ours(model, concepts, pool, inputs),
+        "default": settings[(64, torch.contiguous_format)],
+        "best": settings[best],
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, function in runs.items():
             times[name].append(seconds(function))
     load = os.getloadavg()[0]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; {torch.get_num_threads()} "
-          f"torch thread(s); load average {load:.1f}; clock: {args.clock}")
-    print(f"workload: {len(LAYERS)} layers x {len(CONCEPTS)} concepts x {NUM_RANDOM} random sets x {EXAMPLES} "
-          f"examples, {len(inputs)} inputs, with significance; median of {args.repeats} interleaved repeats")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; {torch.get_num_threads()} "
+        f"torch thread(s); load average {load:.1f}; clock: {args.clock}"
+    )
+    print(
+        f"workload: {len(LAYERS)} layers x {len(CONCEPTS)} concepts x {NUM_RANDOM} random sets x {EXAMPLES} "
+        f"examples, {len(inputs)} inputs, with significance; median of {args.repeats} interleaved repeats"
+    )
     layout_name = "channels-last" if best[1] == torch.channels_last else "NCHW"
     print("| ours (s) | Captum default (s) | Captum best (s) | best setting | ours / default | ours / best | target |")
     print("|---|---|---|---|---|---|---|")
@@ -121,8 +132,10 @@ def main() -> None:
         per = [a / b for a, b in zip(times["ours"], times[other])]
         return f"{med['ours'] / med[other]:.3f} ({min(per):.3f}-{max(per):.3f})"
 
-    print(f"| {med['ours']:.2f} | {med['default']:.2f} | {med['best']:.2f} | batch {best[0]}, {layout_name} | "
-          f"{ratio('default')} | {ratio('best')} | ≤ 0.2 |")
+    print(
+        f"| {med['ours']:.2f} | {med['default']:.2f} | {med['best']:.2f} | batch {best[0]}, {layout_name} | "
+        f"{ratio('default')} | {ratio('best')} | ≤ 0.2 |"
+    )
 
 
 if __name__ == "__main__":

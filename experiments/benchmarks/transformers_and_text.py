@@ -58,15 +58,19 @@ def attention_benchmark(probes: int, repeats: int) -> None:
         return attention_maps(model, images, "predicted", kinds=kinds)
 
     def looped():
-        return [attention_maps(model, images[i:i + 1], "predicted", kinds=kinds) for i in range(probes)]
+        return [attention_maps(model, images[i : i + 1], "predicted", kinds=kinds) for i in range(probes)]
 
     timed = timed_interleaved({"batched": batched, "per image": looped}, repeats)
     together, one_by_one = timed["batched"][1], timed["per image"][1]
-    difference = max(float((together.rollout - torch.cat([r.rollout for r in one_by_one])).abs().max()),
-                     float((together.relevance - torch.cat([r.relevance for r in one_by_one])).abs().max()))
+    difference = max(
+        float((together.rollout - torch.cat([r.rollout for r in one_by_one])).abs().max()),
+        float((together.relevance - torch.cat([r.relevance for r in one_by_one])).abs().max()),
+    )
     print(f"[attention] rollout + Chefer relevance, {probes} probes, ViT(dim 64, depth 4, 8x8 patches):")
-    print(f"  one batched pass {timed['batched'][0] * 1e3:8.1f} ms   per image {timed['per image'][0] * 1e3:8.1f} ms   "
-          f"ratio {timed['batched'][0] / timed['per image'][0]:.2f}   max |difference| {difference:.1e}")
+    print(
+        f"  one batched pass {timed['batched'][0] * 1e3:8.1f} ms   per image {timed['per image'][0] * 1e3:8.1f} ms   "
+        f"ratio {timed['batched'][0] / timed['per image'][0]:.2f}   max |difference| {difference:.1e}"
+    )
 
 
 def forward_seconds(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
@@ -86,8 +90,10 @@ def matched_cnn(vit: torch.nn.Module, images: torch.Tensor, repeats: int) -> tup
         forward = forward_seconds(cnn, images, repeats)
         if best is None or abs(forward / vit_forward - 1) < abs(best[2] / vit_forward - 1):
             best = (cnn, width, forward)
-    print(f"  forward (no grad, as Grad-CAM runs it): ViT {vit_forward * 1e3:.1f} ms; closest CNN: "
-          f"SmallCNN(width={best[1]}) {best[2] * 1e3:.1f} ms")
+    print(
+        f"  forward (no grad, as Grad-CAM runs it): ViT {vit_forward * 1e3:.1f} ms; closest CNN: "
+        f"SmallCNN(width={best[1]}) {best[2] * 1e3:.1f} ms"
+    )
     return best[0], vit_forward, best[2]
 
 
@@ -110,22 +116,31 @@ def grad_cam_benchmark(probes: int, repeats: int) -> None:
     cnn, vit_forward, cnn_forward = matched_cnn(vit, images, repeats)
     blocks = [f"blocks.{i}.norm1:input@vit" for i in range(4)]
     stages = ["features.6", "features.13", "features.17", "features.20"]
-    timed = timed_interleaved({
-        "vit last": lambda: grad_cam(vit, images, "predicted", "auto"),
-        "cnn last": lambda: grad_cam(cnn, images, "predicted", "auto"),
-        "vit all": lambda: grad_cam(vit, images, "predicted", blocks),
-        "cnn all": lambda: grad_cam(cnn, images, "predicted", stages),
-        "vit hand last": lambda: hand_grad_cam_gradient(vit, images, 3),
-    }, repeats)
-    for which, what in (("last", "the last block ('auto') vs the CNN's last layer ('auto')"),
-                        ("all", "all 4 blocks vs 4 layers from every stage")):
+    timed = timed_interleaved(
+        {
+            "vit last": lambda: grad_cam(vit, images, "predicted", "auto"),
+            "cnn last": lambda: grad_cam(cnn, images, "predicted", "auto"),
+            "vit all": lambda: grad_cam(vit, images, "predicted", blocks),
+            "cnn all": lambda: grad_cam(cnn, images, "predicted", stages),
+            "vit hand last": lambda: hand_grad_cam_gradient(vit, images, 3),
+        },
+        repeats,
+    )
+    for which, what in (
+        ("last", "the last block ('auto') vs the CNN's last layer ('auto')"),
+        ("all", "all 4 blocks vs 4 layers from every stage"),
+    ):
         vit_time, cnn_time = timed[f"vit {which}"][0], timed[f"cnn {which}"][0]
         relative = (vit_time / vit_forward) / (cnn_time / cnn_forward)
-        print(f"  {what}: ViT {vit_time * 1e3:.1f} ms ({vit_time / vit_forward:.2f}x its forward), CNN "
-              f"{cnn_time * 1e3:.1f} ms ({cnn_time / cnn_forward:.2f}x); at equal forward cost ViT/CNN = "
-              f"{relative:.2f} (target <= 1.2)")
-    print(f"  hand-written minimum for the last block (hooked forward + autograd.grad, no maps): "
-          f"{timed['vit hand last'][0] * 1e3:.1f} ms; ours / minimum {timed['vit last'][0] / timed['vit hand last'][0]:.2f}")
+        print(
+            f"  {what}: ViT {vit_time * 1e3:.1f} ms ({vit_time / vit_forward:.2f}x its forward), CNN "
+            f"{cnn_time * 1e3:.1f} ms ({cnn_time / cnn_forward:.2f}x); at equal forward cost ViT/CNN = "
+            f"{relative:.2f} (target <= 1.2)"
+        )
+    print(
+        f"  hand-written minimum for the last block (hooked forward + autograd.grad, no maps): "
+        f"{timed['vit hand last'][0] * 1e3:.1f} ms; ours / minimum {timed['vit last'][0] / timed['vit hand last'][0]:.2f}"
+    )
 
 
 def occlusion_benchmark(sentences: int, repeats: int, sweep: tuple[int, ...]) -> None:
@@ -143,21 +158,25 @@ def occlusion_benchmark(sentences: int, repeats: int, sweep: tuple[int, ...]) ->
     mask = torch.arange(ids.shape[1]).expand_as(ids)
     functions = {"ours": lambda: ours.attribute(model, ids, targets)}
     for per_eval in sweep:
-        functions[f"captum ppe={per_eval}"] = (
-            lambda per_eval=per_eval: FeatureAblation(probability).attribute(
-                ids, baselines=0, target=targets, feature_mask=mask, perturbations_per_eval=per_eval))
+        functions[f"captum ppe={per_eval}"] = lambda per_eval=per_eval: FeatureAblation(probability).attribute(
+            ids, baselines=0, target=targets, feature_mask=mask, perturbations_per_eval=per_eval
+        )
     with torch.no_grad():
         timed = timed_interleaved(functions, repeats)
     reference = timed[f"captum ppe={sweep[0]}"][1]
     difference = float((timed["ours"][1] - torch.where(ids != 0, reference, 0.0)).abs().max())
     captum = {name: seconds for name, (seconds, _) in timed.items() if name != "ours"}
     best = min(captum, key=captum.get)
-    print(f"[token occlusion] {sentences} sentences, {int((ids != 0).sum())} tokens (padded to {ids.shape[1]}), "
-          f"TextClassifier(dim 32, depth 2):")
+    print(
+        f"[token occlusion] {sentences} sentences, {int((ids != 0).sum())} tokens (padded to {ids.shape[1]}), "
+        f"TextClassifier(dim 32, depth 2):"
+    )
     for name, seconds in captum.items():
         print(f"  {name:16s} {seconds * 1e3:8.1f} ms")
-    print(f"  ours             {timed['ours'][0] * 1e3:8.1f} ms   ours / Captum best ({best}) "
-          f"{timed['ours'][0] / captum[best]:.2f} (target <= 0.5); max |difference| {difference:.1e}")
+    print(
+        f"  ours             {timed['ours'][0] * 1e3:8.1f} ms   ours / Captum best ({best}) "
+        f"{timed['ours'][0] / captum[best]:.2f} (target <= 0.5); max |difference| {difference:.1e}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,8 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--only", choices=["attention", "gradcam", "occlusion"], default=None)
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; timings are medians of {args.repeats} "
-          "interleaved runs (re-measure on a quiet machine)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; timings are medians of {args.repeats} "
+        "interleaved runs (re-measure on a quiet machine)"
+    )
     if args.only in (None, "attention"):
         attention_benchmark(args.probes, args.repeats)
     if args.only in (None, "gradcam"):

@@ -59,8 +59,9 @@ def mc_dropout_benchmark(repeats: int, passes: int = 20, probes: int = 256) -> N
         "mc_dropout_logits (one forward)": lambda: mc_dropout_logits(model, x, passes=passes),
         "  same, max_batch=1024": lambda: mc_dropout_logits(model, x, passes=passes, max_batch=1024),
         "  input repeated (share_prefix=False)": lambda: mc_dropout_logits(model, x, passes=passes, share_prefix=False),
-        "  input repeated, max_batch=1024": lambda: mc_dropout_logits(model, x, passes=passes, share_prefix=False,
-                                                                      max_batch=1024),
+        "  input repeated, max_batch=1024": lambda: mc_dropout_logits(
+            model, x, passes=passes, share_prefix=False, max_batch=1024
+        ),
     }
     # What is timed computes what it should: T passes, and the chunked passes equal the one-forward passes.
     one_forward = functions["mc_dropout_logits (one forward)"]()
@@ -108,14 +109,19 @@ def ensemble_steps(members: int, width: int, size: int, batch: int) -> dict:
 
 
 def ensemble_benchmark(repeats: int, members: int, configurations: list[tuple[int, int, int]]) -> None:
-    print(f"\nEnsemble of K={members} SmallCNNs, one training step (forward + backward + Adam), "
-          f"median [min, max] of {repeats}:")
+    print(
+        f"\nEnsemble of K={members} SmallCNNs, one training step (forward + backward + Adam), "
+        f"median [min, max] of {repeats}:"
+    )
     print(f"  {'width':>5} {'image':>5} {'batch':>5}  {'vectorised':>12} {'5 separate':>12}  ratio")
     for width, size, batch in configurations:
         results = spread(ensemble_steps(members, width, size, batch), repeats)
         (v, v_low, v_high), (s, s_low, s_high) = results["vectorised"], results["separate"]
-        print(f"  {width:>5} {size:>5} {batch:>5}  {v * 1e3:7.1f} ms [{v_low * 1e3:.0f}-{v_high * 1e3:.0f}] "
-              f"{s * 1e3:7.1f} ms [{s_low * 1e3:.0f}-{s_high * 1e3:.0f}]  {v / s:.2f}", flush=True)
+        print(
+            f"  {width:>5} {size:>5} {batch:>5}  {v * 1e3:7.1f} ms [{v_low * 1e3:.0f}-{v_high * 1e3:.0f}] "
+            f"{s * 1e3:7.1f} ms [{s_low * 1e3:.0f}-{s_high * 1e3:.0f}]  {v / s:.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -128,8 +134,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     mc_dropout_benchmark(args.repeats)
-    ensemble_benchmark(args.repeats, args.members,
-                       [(4, 16, 32), (8, 16, 32), (4, 32, 64), (8, 32, 64), (16, 32, 64), (32, 32, 64)])
+    ensemble_benchmark(
+        args.repeats, args.members, [(4, 16, 32), (8, 16, 32), (4, 32, 64), (8, 32, 64), (16, 32, 64), (32, 32, 64)]
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,13 @@ def study_margins(seed: int, threads: int) -> None:
     split = {key: tuple(round(v, 3) for v in rows[key].gt_class) for key in ("horizontal_red", "vertical_green")}
     balanced = {level: round(rows[level].estimates["balanced"]["encdec_cace"], 3) for level in (0.0, 0.5, 0.9)}
     shifts = {name: round(rows[0.9].estimates[name]["shape_shift"], 2) for name in ("balanced", "plain")}
-    print(f"seed={seed} threads={threads} GT={gt} GT by class (asym)={split} EncDec={balanced} "
-          f"MAE EncDec={mean_absolute_error(rows, 'encdec_cace'):.3f} "
-          f"ConExp={mean_absolute_error(rows, 'conexp'):.3f} "
-          f"shape shift at 0.9={shifts}", flush=True)
+    print(
+        f"seed={seed} threads={threads} GT={gt} GT by class (asym)={split} EncDec={balanced} "
+        f"MAE EncDec={mean_absolute_error(rows, 'encdec_cace'):.3f} "
+        f"ConExp={mean_absolute_error(rows, 'conexp'):.3f} "
+        f"shape shift at 0.9={shifts}",
+        flush=True,
+    )
 
 
 def callback_margins(seed: int, threads: int) -> None:
@@ -44,8 +47,15 @@ def callback_margins(seed: int, threads: int) -> None:
 
     from xai_lightning import CaCECallback
 
-    callback = CaCECallback(concept="colour=green", target="vertical", num_probe=192, tcav_layers=LAYER,
-                            num_random=10, examples_per_concept=20, on_error="raise")
+    callback = CaCECallback(
+        concept="colour=green",
+        target="vertical",
+        num_probe=192,
+        tcav_layers=LAYER,
+        num_random=10,
+        examples_per_concept=20,
+        on_error="raise",
+    )
     with tempfile.TemporaryDirectory() as root:
         train_on_bars(Path(root), [callback], seed=seed)
     assert len(callback.history) == EPOCHS

@@ -65,13 +65,46 @@ from xai_lightning.models import ImageClassifier, SmallCNN
 DEFAULT_CONFIG = Path(__file__).parent / "small.yaml"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: Headline estimators: column, label, colour in the plots.
-ESTIMATORS = (("gt_cace", "GT-CaCE", "black"), ("encdec_cace", "EncDec-CaCE", "tab:blue"),
-              ("dec_cace", "Dec-CaCE", "tab:cyan"), ("conexp", "ConExp", "tab:red"))
-RUN_COLUMNS = ("dataset", "row", "level", "seed", "target", "accuracy", "gt_cace", "gt_cace_stderr", "gt_cace_class0",
-               "gt_cace_class1", "encdec_cace", "dec_cace", "shape_shift", "conexp", "tcav", "tcav_std", "tcav_p_value",
-               "tcav_significant", "tcav_cav_accuracy", "seconds")
-SUMMARY_KEYS = ("accuracy", "gt_cace", "gt_cace_class0", "gt_cace_class1", "encdec_cace", "dec_cace", "shape_shift",
-                "conexp", "tcav", "tcav_p_value")
+ESTIMATORS = (
+    ("gt_cace", "GT-CaCE", "black"),
+    ("encdec_cace", "EncDec-CaCE", "tab:blue"),
+    ("dec_cace", "Dec-CaCE", "tab:cyan"),
+    ("conexp", "ConExp", "tab:red"),
+)
+RUN_COLUMNS = (
+    "dataset",
+    "row",
+    "level",
+    "seed",
+    "target",
+    "accuracy",
+    "gt_cace",
+    "gt_cace_stderr",
+    "gt_cace_class0",
+    "gt_cace_class1",
+    "encdec_cace",
+    "dec_cace",
+    "shape_shift",
+    "conexp",
+    "tcav",
+    "tcav_std",
+    "tcav_p_value",
+    "tcav_significant",
+    "tcav_cav_accuracy",
+    "seconds",
+)
+SUMMARY_KEYS = (
+    "accuracy",
+    "gt_cace",
+    "gt_cace_class0",
+    "gt_cace_class1",
+    "encdec_cace",
+    "dec_cace",
+    "shape_shift",
+    "conexp",
+    "tcav",
+    "tcav_p_value",
+)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -84,8 +117,10 @@ def output_directory(config: dict[str, Any], override: Path | None) -> Path:
     path = Path(override or config.get("output_dir") or Path("runs") / "cace" / config["name"]).resolve()
     inside = path == SOURCE_ROOT or SOURCE_ROOT in path.parents
     if inside and not (path == SOURCE_ROOT / "runs" or SOURCE_ROOT / "runs" in path.parents):
-        raise ValueError(f"Study outputs must not go into the source tree ({path}); use runs/... (git-ignored) or a "
-                         "directory outside the repository (--output-dir).")
+        raise ValueError(
+            f"Study outputs must not go into the source tree ({path}); use runs/... (git-ignored) or a "
+            "directory outside the repository (--output-dir)."
+        )
     return path
 
 
@@ -93,12 +128,24 @@ def bars_rows(settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The BARS rows of a config: symmetric ``levels`` then ``asymmetric`` tables, each with its P(colour | class)."""
     rows = []
     for level in settings.get("levels", []):
-        rows.append({"row": f"confounding={level:g}", "table": colour_given_class_table(confounding=float(level)),
-                     "confounding": float(level), "colour_given_class": None})
+        rows.append(
+            {
+                "row": f"confounding={level:g}",
+                "table": colour_given_class_table(confounding=float(level)),
+                "confounding": float(level),
+                "colour_given_class": None,
+            }
+        )
     for entry in settings.get("asymmetric", []):
         table = colour_given_class_table(colour_given_class=entry["colour_given_class"])
-        rows.append({"row": entry.get("label", f"P(colour|class)={table.tolist()}"), "table": table,
-                     "confounding": None, "colour_given_class": table.tolist()})
+        rows.append(
+            {
+                "row": entry.get("label", f"P(colour|class)={table.tolist()}"),
+                "table": table,
+                "confounding": None,
+                "colour_given_class": table.tolist(),
+            }
+        )
     for row in rows:
         row["level"] = colour_class_correlation(row["table"])
     return rows
@@ -114,14 +161,24 @@ def colour_class_correlation(table: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------- training
-def train_classifier(datamodule: pl.LightningDataModule, num_classes: int, settings: dict[str, Any],
-                     seed: int) -> ImageClassifier:
+def train_classifier(
+    datamodule: pl.LightningDataModule, num_classes: int, settings: dict[str, Any], seed: int
+) -> ImageClassifier:
     """A SmallCNN trained with our ImageClassifier and a quiet Lightning trainer; returned in eval mode."""
     pl.seed_everything(seed, workers=True, verbose=False)
     model = ImageClassifier(SmallCNN(num_classes=num_classes, width=settings["width"]), lr=settings["lr"])
-    trainer = pl.Trainer(max_epochs=settings["epochs"], accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
+    trainer = pl.Trainer(
+        max_epochs=settings["epochs"],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
+    )
     trainer.fit(model, datamodule)
     return model.eval()
 
@@ -131,19 +188,37 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return float((scores.argmax(1) == labels).float().mean())
 
 
-def estimate(model: torch.nn.Module, intervention: Any, vaes: dict[str, Any], tcav: TCAV, config: dict[str, Any],
-             shape_readout: Any = None) -> dict[str, Any]:
+def estimate(
+    model: torch.nn.Module,
+    intervention: Any,
+    vaes: dict[str, Any],
+    tcav: TCAV,
+    config: dict[str, Any],
+    shape_readout: Any = None,
+) -> dict[str, Any]:
     """Every estimator on one trained model; the first VAE variant fills the headline EncDec/Dec columns."""
     variants = list(vaes)
     counterfactual = vae_counterfactual(config, variants[0]) if variants else "decoded"
-    row = compare_cace_estimators(model, intervention, vae=vaes[variants[0]] if variants else None, tcav=tcav,
-                                  tcav_layers=config["tcav"]["layers"], counterfactual=counterfactual,
-                                  shape_readout=shape_readout)
+    row = compare_cace_estimators(
+        model,
+        intervention,
+        vae=vaes[variants[0]] if variants else None,
+        tcav=tcav,
+        tcav_layers=config["tcav"]["layers"],
+        counterfactual=counterfactual,
+        shape_readout=shape_readout,
+    )
     for name in variants[1:]:
-        extra = vae_estimates(model, intervention, vaes[name], counterfactual=vae_counterfactual(config, name),
-                              shape_readout=shape_readout)
-        row.update({f"{key.removesuffix('_cace')}_{name}": value for key, value in extra.items()
-                    if not key.endswith("stderr")})
+        extra = vae_estimates(
+            model,
+            intervention,
+            vaes[name],
+            counterfactual=vae_counterfactual(config, name),
+            shape_readout=shape_readout,
+        )
+        row.update(
+            {f"{key.removesuffix('_cace')}_{name}": value for key, value in extra.items() if not key.endswith("stderr")}
+        )
     return row
 
 
@@ -170,20 +245,40 @@ def run_bars(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[st
         for seed in config["seeds"]:
             started = time.perf_counter()
             progress.set_postfix_str(f"bars {spec['row']} seed {seed}: classifier")
-            datamodule = BarsDataModule(settings["num_train"], 0, confounding=spec["confounding"], image_size=size,
-                                        seed=seed, batch_size=config["classifier"]["batch_size"],
-                                        colour_given_class=spec["colour_given_class"], **geometry)
+            datamodule = BarsDataModule(
+                settings["num_train"],
+                0,
+                confounding=spec["confounding"],
+                image_size=size,
+                seed=seed,
+                batch_size=config["classifier"]["batch_size"],
+                colour_given_class=spec["colour_given_class"],
+                **geometry,
+            )
             datamodule.setup("fit")
             model = train_classifier(datamodule, 2, config["classifier"], seed)
             progress.set_postfix_str(f"bars {spec['row']} seed {seed}: VAE")
             vaes = fit_vaes(bars_colour_intervention(datamodule.train_set), config, seed)
             progress.set_postfix_str(f"bars {spec['row']} seed {seed}: estimators")
-            test = Bars(settings["num_test"], spec["confounding"], size, seed=seed * 1000 + 2,
-                        colour_given_class=spec["colour_given_class"], **geometry)
-            row = estimate(model, bars_colour_intervention(test), vaes, tcav, config,
-                           shape_readout=orientation_evidence)
-            row.update(dataset="bars", row=spec["row"], level=spec["level"], seed=seed,
-                       accuracy=accuracy(model, test.images, test.labels, 2), seconds=time.perf_counter() - started)
+            test = Bars(
+                settings["num_test"],
+                spec["confounding"],
+                size,
+                seed=seed * 1000 + 2,
+                colour_given_class=spec["colour_given_class"],
+                **geometry,
+            )
+            row = estimate(
+                model, bars_colour_intervention(test), vaes, tcav, config, shape_readout=orientation_evidence
+            )
+            row.update(
+                dataset="bars",
+                row=spec["row"],
+                level=spec["level"],
+                seed=seed,
+                accuracy=accuracy(model, test.images, test.labels, 2),
+                seconds=time.perf_counter() - started,
+            )
             runs.append(row)
             progress.write(describe(row))
             progress.update()
@@ -197,9 +292,13 @@ def run_digits(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[
         for seed in config["seeds"]:
             started = time.perf_counter()
             progress.set_postfix_str(f"digits sigma={sigma:g} seed {seed}: classifier")
-            datamodule = ColouredDigitsDataModule(sigma=sigma, image_size=size, seed=seed,
-                                                  batch_size=config["classifier"]["batch_size"],
-                                                  jitter=settings.get("jitter", 0))
+            datamodule = ColouredDigitsDataModule(
+                sigma=sigma,
+                image_size=size,
+                seed=seed,
+                batch_size=config["classifier"]["batch_size"],
+                jitter=settings.get("jitter", 0),
+            )
             datamodule.setup("fit")
             model = train_classifier(datamodule, 10, config["classifier"], seed)
             train, test = datamodule.train_set, datamodule.val_set
@@ -210,8 +309,14 @@ def run_digits(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[
             for target in settings["targets"]:
                 intervention = coloured_digits_intervention(test, target=target, seed=seed)
                 row = estimate(model, intervention, vaes, tcav, config)
-                row.update(dataset="coloured_digits", row=f"sigma={sigma:g}", level=sigma, seed=seed,
-                           accuracy=test_accuracy, seconds=time.perf_counter() - started)
+                row.update(
+                    dataset="coloured_digits",
+                    row=f"sigma={sigma:g}",
+                    level=sigma,
+                    seed=seed,
+                    accuracy=test_accuracy,
+                    seconds=time.perf_counter() - started,
+                )
                 runs.append(row)
                 progress.write(describe(row))
             progress.update()
@@ -219,10 +324,12 @@ def run_digits(config: dict[str, Any], tcav: TCAV, progress: tqdm) -> list[dict[
 
 
 def describe(row: dict[str, Any]) -> str:
-    return (f"{row['dataset']:>15} {row['row']:<24} seed={row['seed']} target={row['target']} "
-            f"acc={row['accuracy']:.3f}  GT={row['gt_cace']:+.3f} EncDec={row['encdec_cace']:+.3f} "
-            f"Dec={row['dec_cace']:+.3f} ConExp={row['conexp']:+.3f} shift={row['shape_shift']:+.2f} "
-            f"TCAV={row['tcav']:.2f} (p={row['tcav_p_value']:.2g})")
+    return (
+        f"{row['dataset']:>15} {row['row']:<24} seed={row['seed']} target={row['target']} "
+        f"acc={row['accuracy']:.3f}  GT={row['gt_cace']:+.3f} EncDec={row['encdec_cace']:+.3f} "
+        f"Dec={row['dec_cace']:+.3f} ConExp={row['conexp']:+.3f} shift={row['shape_shift']:+.2f} "
+        f"TCAV={row['tcav']:.2f} (p={row['tcav_p_value']:.2g})"
+    )
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -246,8 +353,14 @@ def per_seed(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, row): every estimate as a :class:`SeedSummary`, TCAV p as median, significance as k/n."""
     seeds = per_seed(runs)
-    extra_keys = sorted({k for run in seeds for k in run if k.startswith(("encdec_", "dec_", "shape_shift_"))
-                         and k not in SUMMARY_KEYS and not k.endswith("stderr")})
+    extra_keys = sorted(
+        {
+            k
+            for run in seeds
+            for k in run
+            if k.startswith(("encdec_", "dec_", "shape_shift_")) and k not in SUMMARY_KEYS and not k.endswith("stderr")
+        }
+    )
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in seeds:
         groups.setdefault((run["dataset"], run["row"]), []).append(run)
@@ -257,8 +370,9 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in (*SUMMARY_KEYS, *extra_keys):
             entry[key] = summarise_seeds([m.get(key, float("nan")) for m in members])
         entry["tcav_p_median"] = float(np.nanmedian([m["tcav_p_value"] for m in members]))
-        entry["tcav_significant"] = sum(float(m["tcav_significant"]) > 0.5 for m in members if not math.isnan(
-            float(m["tcav_significant"])))
+        entry["tcav_significant"] = sum(
+            float(m["tcav_significant"]) > 0.5 for m in members if not math.isnan(float(m["tcav_significant"]))
+        )
         summary.append(entry)
     return summary
 
@@ -268,16 +382,26 @@ def error_comparison(runs: Sequence[dict[str, Any]], dataset: str) -> list[dict[
     seeds = [r for r in per_seed(runs) if r["dataset"] == dataset]
     if not seeds:
         return []
-    candidates = ["encdec_cace", "dec_cace"] + sorted({k for r in seeds for k in r
-                                                      if k.startswith(("encdec_", "dec_")) and not k.endswith("stderr")
-                                                      and k not in ("encdec_cace", "dec_cace")})
+    candidates = ["encdec_cace", "dec_cace"] + sorted(
+        {
+            k
+            for r in seeds
+            for k in r
+            if k.startswith(("encdec_", "dec_")) and not k.endswith("stderr") and k not in ("encdec_cace", "dec_cace")
+        }
+    )
     conexp = mean_absolute_errors(seeds, "conexp")
     table = [{"estimator": "conexp", "mae": summarise_seeds(list(conexp.values())), "vs_conexp": None}]
     for name in candidates:
         errors = mean_absolute_errors(seeds, name)
         if errors:
-            table.append({"estimator": name, "mae": summarise_seeds(list(errors.values())),
-                          "vs_conexp": compare_paired(errors, conexp)})
+            table.append(
+                {
+                    "estimator": name,
+                    "mae": summarise_seeds(list(errors.values())),
+                    "vs_conexp": compare_paired(errors, conexp),
+                }
+            )
     return table
 
 
@@ -287,8 +411,9 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]
         writer = csv.DictWriter(handle, fieldnames=[*columns, *extra], extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (v.mean if hasattr(v, "mean") and not isinstance(v, float) else v)
-                             for k, v in row.items()})
+            writer.writerow(
+                {k: (v.mean if hasattr(v, "mean") and not isinstance(v, float) else v) for k, v in row.items()}
+            )
 
 
 def write_summary_csv(summary: Sequence[dict[str, Any]], path: Path) -> None:
@@ -297,8 +422,14 @@ def write_summary_csv(summary: Sequence[dict[str, Any]], path: Path) -> None:
         flat: dict[str, Any] = {}
         for key, value in entry.items():
             if hasattr(value, "ci_low"):
-                flat.update({f"{key}_mean": value.mean, f"{key}_sd": value.sd, f"{key}_ci_low": value.ci_low,
-                             f"{key}_ci_high": value.ci_high})
+                flat.update(
+                    {
+                        f"{key}_mean": value.mean,
+                        f"{key}_sd": value.sd,
+                        f"{key}_ci_low": value.ci_low,
+                        f"{key}_ci_high": value.ci_high,
+                    }
+                )
             else:
                 flat[key] = value
         rows.append(flat)
@@ -313,10 +444,12 @@ def markdown(summary: Sequence[dict[str, Any]], errors: dict[str, list[dict[str,
     lines = [
         "# Causal concept effect of colour vs its estimators",
         "",
-        ("Effect of the colour concept on the target class probability, mean ± sd over seeds (coloured digits: "
-         "averaged over targets first). Level: colour–class correlation (BARS) or hue spread sigma (digits). "
-         "GT-CaCE intervenes in the generator; shift = shape shift of the VAE's counterfactuals (0 = shape "
-         "untouched); TCAV is a fraction (0.5 = no direction), p its median over seeds, sig. = seeds with p < 0.05."),
+        (
+            "Effect of the colour concept on the target class probability, mean ± sd over seeds (coloured digits: "
+            "averaged over targets first). Level: colour–class correlation (BARS) or hue spread sigma (digits). "
+            "GT-CaCE intervenes in the generator; shift = shape shift of the VAE's counterfactuals (0 = shape "
+            "untouched); TCAV is a fraction (0.5 = no direction), p its median over seeds, sig. = seeds with p < 0.05."
+        ),
         "",
         "| dataset | row | level | seeds | accuracy | GT-CaCE | EncDec-CaCE | Dec-CaCE | ConExp | shift | TCAV "
         "| TCAV p | sig. |",
@@ -328,21 +461,28 @@ def markdown(summary: Sequence[dict[str, Any]], errors: dict[str, list[dict[str,
             f"{r['gt_cace'].format()} | {r['encdec_cace'].format()} | {r['dec_cace'].format()} | "
             f"{r['conexp'].format()} | "
             f"{r['shape_shift'].format(2)} | {r['tcav'].format(2, signed=False)} | {r['tcav_p_median']:.2g} | "
-            f"{r['tcav_significant']}/{r['seeds']} |")
+            f"{r['tcav_significant']}/{r['seeds']} |"
+        )
     for dataset, table in errors.items():
         if not table:
             continue
-        lines += ["", f"## Mean absolute error to GT-CaCE over the rows ({dataset})", "",
-                  "| estimator | MAE (mean ± sd over seeds) | minus ConExp's MAE [95 % CI] | paired p | verdict |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Mean absolute error to GT-CaCE over the rows ({dataset})",
+            "",
+            "| estimator | MAE (mean ± sd over seeds) | minus ConExp's MAE [95 % CI] | paired p | verdict |",
+            "|---|---|---|---|---|",
+        ]
         for item in table:
             comparison = item["vs_conexp"]
             if comparison is None:
                 lines.append(f"| {item['estimator']} | {item['mae'].format(signed=False)} | — | — | — |")
                 continue
             d = comparison.difference
-            lines.append(f"| {item['estimator']} | {item['mae'].format(signed=False)} | {d.mean:+.3f} "
-                         f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}] | {comparison.p_value:.2g} | {comparison.verdict} |")
+            lines.append(
+                f"| {item['estimator']} | {item['mae'].format(signed=False)} | {d.mean:+.3f} "
+                f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}] | {comparison.p_value:.2g} | {comparison.verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -351,8 +491,9 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
     rows = [r for r in summary if r["dataset"] == dataset]
     if not rows:
         return None
-    symmetric = sorted((r for r in rows if not r["row"].startswith(("P(", "asym")) and "=" in r["row"]),
-                       key=lambda r: r["level"])
+    symmetric = sorted(
+        (r for r in rows if not r["row"].startswith(("P(", "asym")) and "=" in r["row"]), key=lambda r: r["level"]
+    )
     others = [r for r in rows if r not in symmetric]
     x_label = "colour–class correlation" if dataset == "bars" else "hue spread sigma (smaller = more confounded)"
     figure = Figure(figsize=(10, 3.8))
@@ -366,11 +507,19 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
         effects.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
         for r in others:
             spread = [[r[key].mean - r[key].ci_low], [r[key].ci_high - r[key].mean]]
-            effects.errorbar([r["level"]], [r[key].mean], yerr=None if math.isnan(r[key].ci_low) else spread,
-                             marker="D", color=colour, capsize=3, linestyle="none")
+            effects.errorbar(
+                [r["level"]],
+                [r[key].mean],
+                yerr=None if math.isnan(r[key].ci_low) else spread,
+                marker="D",
+                color=colour,
+                capsize=3,
+                linestyle="none",
+            )
     for r in others:
-        effects.annotate(r["row"], (r["level"], r["gt_cace"].mean), fontsize=6, textcoords="offset points",
-                         xytext=(4, -10))
+        effects.annotate(
+            r["row"], (r["level"], r["gt_cace"].mean), fontsize=6, textcoords="offset points", xytext=(4, -10)
+        )
     effects.axhline(0, color="grey", lw=0.6)
     effects.set_xlabel(x_label)
     effects.set_ylabel("effect of colour on P(target)")
@@ -382,9 +531,14 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
     high = [r["tcav"].mean if math.isnan(r["tcav"].ci_high) else r["tcav"].ci_high for r in symmetric]
     tcav_axis.fill_between(x, low, high, color="tab:purple", alpha=0.15, linewidth=0)
     for r in symmetric + others:
-        tcav_axis.annotate(f"p={r['tcav_p_median']:.2g} ({r['tcav_significant']}/{r['seeds']})",
-                           (r["level"], r["tcav"].mean), fontsize=6, textcoords="offset points", xytext=(0, 6),
-                           ha="center")
+        tcav_axis.annotate(
+            f"p={r['tcav_p_median']:.2g} ({r['tcav_significant']}/{r['seeds']})",
+            (r["level"], r["tcav"].mean),
+            fontsize=6,
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+        )
     for r in others:
         tcav_axis.plot([r["level"]], [r["tcav"].mean], marker="D", color="tab:purple")
     tcav_axis.axhline(0.5, color="grey", lw=0.6)
@@ -402,8 +556,10 @@ def plot(summary: Sequence[dict[str, Any]], dataset: str, path: Path) -> Figure 
 
 def write_report(config: dict[str, Any], table: str, figures: dict[str, Figure | None], path: Path) -> Path:
     report = HtmlReport(f"CaCE study: {config['name']}")
-    report.text("Causal concept effect (Goyal et al. 2019) of colour against the estimators a user without a generator "
-                "has. Bands are 95 % t-intervals over seeds.")
+    report.text(
+        "Causal concept effect (Goyal et al. 2019) of colour against the estimators a user without a generator "
+        "has. Bands are 95 % t-intervals over seeds."
+    )
     for name, figure in figures.items():
         if figure is not None:
             report.figure(figure, caption=name)
@@ -430,14 +586,25 @@ def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
         torch.set_num_threads(int(config["threads"]))
     try:
         settings = config["tcav"]
-        tcav = TCAV(layers=settings["layers"], num_random=settings["num_random"],
-                    examples_per_concept=settings["examples_per_concept"], seed=config["seeds"][0])
+        tcav = TCAV(
+            layers=settings["layers"],
+            num_random=settings["num_random"],
+            examples_per_concept=settings["examples_per_concept"],
+            seed=config["seeds"][0],
+        )
         runs: list[dict[str, Any]] = []
-        total = len(config["seeds"]) * ((len(bars_rows(config["bars"])) if config.get("bars") else 0)
-                                        + (len(config["digits"]["sigmas"]) if config.get("digits") else 0))
+        total = len(config["seeds"]) * (
+            (len(bars_rows(config["bars"])) if config.get("bars") else 0)
+            + (len(config["digits"]["sigmas"]) if config.get("digits") else 0)
+        )
         # One bar over every (dataset, row, seed) run, with its ETA; each finished run prints its line above it.
-        with tqdm(total=total, desc=f"CaCE study {config['name']}", unit="run",
-                  disable=not config.get("progress", True), dynamic_ncols=True) as progress:
+        with tqdm(
+            total=total,
+            desc=f"CaCE study {config['name']}",
+            unit="run",
+            disable=not config.get("progress", True),
+            dynamic_ncols=True,
+        ) as progress:
             if config.get("bars"):
                 runs += run_bars(config, tcav, progress)
             if config.get("digits"):
@@ -446,15 +613,22 @@ def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
         torch.set_num_threads(threads)
     summary = summarise(runs)
     errors = {dataset: error_comparison(runs, dataset) for dataset in ("bars", "coloured_digits")}
-    paths = {"runs": output_dir / "cace_runs.csv", "summary": output_dir / "cace_summary.csv",
-             "markdown": output_dir / "cace_table.md", "bars_plot": output_dir / "cace_bars.png",
-             "digits_plot": output_dir / "cace_digits.png", "html": output_dir / "report.html"}
+    paths = {
+        "runs": output_dir / "cace_runs.csv",
+        "summary": output_dir / "cace_summary.csv",
+        "markdown": output_dir / "cace_table.md",
+        "bars_plot": output_dir / "cace_bars.png",
+        "digits_plot": output_dir / "cace_digits.png",
+        "html": output_dir / "report.html",
+    }
     write_csv(runs, paths["runs"], RUN_COLUMNS)
     write_summary_csv(summary, paths["summary"])
     table = markdown(summary, errors)
     paths["markdown"].write_text(table)
-    figures = {"BARS": plot(summary, "bars", paths["bars_plot"]),
-               "coloured digits": plot(summary, "coloured_digits", paths["digits_plot"])}
+    figures = {
+        "BARS": plot(summary, "bars", paths["bars_plot"]),
+        "coloured digits": plot(summary, "coloured_digits", paths["digits_plot"]),
+    }
     write_report(config, table, figures, paths["html"])
     return {key: path for key, path in paths.items() if path.exists()}
 
@@ -462,8 +636,12 @@ def run(config: dict[str, Any], output_dir: Path) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="study YAML (default: the small config)")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="run directory (default: the config's output_dir, else runs/cace/<name>)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="run directory (default: the config's output_dir, else runs/cace/<name>)",
+    )
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text())
     warnings.filterwarnings("ignore", ".*does not have many workers.*")

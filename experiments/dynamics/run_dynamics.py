@@ -52,8 +52,21 @@ from xai_lightning.logging import HtmlReport, display_images, labelled_grid, to_
 DEFAULT_CONFIG = Path(__file__).parent / "small.yaml"
 VARIANTS = ("standard", "low_pass")
 SUMMARY_COLUMNS = (
-    "variant", "seed", "val_acc", "radius", "low_acc", "high_acc", "margin_low_median", "margin_high_median",
-    "margin_high_over_low", "ixh_first", "ixh_last", "iyh_first", "iyh_last", "silhouette_last", "linear_probe_last",
+    "variant",
+    "seed",
+    "val_acc",
+    "radius",
+    "low_acc",
+    "high_acc",
+    "margin_low_median",
+    "margin_high_median",
+    "margin_high_over_low",
+    "ixh_first",
+    "ixh_last",
+    "iyh_first",
+    "iyh_last",
+    "silhouette_last",
+    "linear_probe_last",
     "knn_conformity_last",
 )
 
@@ -81,17 +94,31 @@ def train_run(config: dict[str, Any], variant: str, seed: int, root: Path) -> di
         logger = WandbLogger(offline=True, save_dir=str(root), project="xai-lightning-dynamics", name=name)
     else:
         logger = CSVLogger(str(root), name=name)
-    trainer = pl.Trainer(max_epochs=config["model"]["epochs"], accelerator="cpu", devices=1, logger=logger,
-                         callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
+    trainer = pl.Trainer(
+        max_epochs=config["model"]["epochs"],
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
     trainer.fit(model, datamodule)
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
     for callback in callbacks:
         if callback.failures:
             raise RuntimeError(f"{type(callback).__name__} failed in {name}: {callback.failures[0]}")
-    return {"variant": variant, "seed": seed, "callbacks": callbacks, "datamodule": datamodule,
-            "val_acc": float(trainer.callback_metrics["val/acc"])}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "callbacks": callbacks,
+        "datamodule": datamodule,
+        "val_acc": float(trainer.callback_metrics["val/acc"]),
+    }
 
 
 def summarise(run: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -104,14 +131,19 @@ def summarise(run: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     knn = [h for h in embedding.history if f"embedding/{emb_layer}/knn_conformity" in h]
     final_margin = margin.history[-1]
     return {
-        "variant": run["variant"], "seed": run["seed"], "val_acc": run["val_acc"], "radius": radius,
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "val_acc": run["val_acc"],
+        "radius": radius,
         "low_acc": frequency.history[-1][f"frequency/{tag}/low_acc"],
         "high_acc": frequency.history[-1][f"frequency/{tag}/high_acc"],
         "margin_low_median": final_margin.get("margin/low/median", float("nan")),
         "margin_high_median": final_margin.get("margin/high/median", float("nan")),
         "margin_high_over_low": final_margin.get("margin/high_over_low", float("nan")),
-        "ixh_first": first[f"information/{layer}/ixh"], "ixh_last": last[f"information/{layer}/ixh"],
-        "iyh_first": first[f"information/{layer}/iyh"], "iyh_last": last[f"information/{layer}/iyh"],
+        "ixh_first": first[f"information/{layer}/ixh"],
+        "ixh_last": last[f"information/{layer}/ixh"],
+        "iyh_first": first[f"information/{layer}/iyh"],
+        "iyh_last": last[f"information/{layer}/iyh"],
         "silhouette_last": embedding.history[-1][f"embedding/{emb_layer}/silhouette"],
         "linear_probe_last": embedding.history[-1][f"embedding/{emb_layer}/linear_probe_acc"],
         "knn_conformity_last": knn[-1][f"embedding/{emb_layer}/knn_conformity"] if knn else float("nan"),
@@ -124,11 +156,19 @@ def paired_margin_comparison(rows: list[dict[str, Any]], variant: str) -> dict[s
     Mean ± t-interval over seeds and a one-sample t-test of the log ratio against 0; verdict words
     as in REFERENCE.md ("too few seeds" below 3).
     """
-    ratios = [math.log2(r["margin_high_over_low"]) for r in rows
-              if r["variant"] == variant and r["margin_high_over_low"] > 0]
+    ratios = [
+        math.log2(r["margin_high_over_low"]) for r in rows if r["variant"] == variant and r["margin_high_over_low"] > 0
+    ]
     n = len(ratios)
-    out: dict[str, Any] = {"variant": variant, "seeds": n, "mean_log2_ratio": float("nan"), "ci_low": float("nan"),
-                           "ci_high": float("nan"), "p_value": float("nan"), "verdict": "too few seeds"}
+    out: dict[str, Any] = {
+        "variant": variant,
+        "seeds": n,
+        "mean_log2_ratio": float("nan"),
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "p_value": float("nan"),
+        "verdict": "too few seeds",
+    }
     if n == 0:
         return out
     mean = sum(ratios) / n
@@ -157,13 +197,19 @@ def write_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str], 
 def _strip(datamodule: ConceptWorldDataModule, radius: float, count: int = 6) -> Any:
     images = datamodule.val_set.images[:count]
     low, high = frequency_split(images, radius)
-    panels = torch.stack([display_images(images), display_images(low.clamp(0, 1)),
-                          display_images((high + 0.5).clamp(0, 1))], dim=1)
+    panels = torch.stack(
+        [display_images(images), display_images(low.clamp(0, 1)), display_images((high + 0.5).clamp(0, 1))], dim=1
+    )
     return labelled_grid(to_uint8_hwc(panels), column_titles=["x", f"x_low r={radius:g}", f"x_high r={radius:g}"])
 
 
-def write_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]], comparisons: list[dict[str, Any]],
-                 config: dict[str, Any], path: Path) -> Path:
+def write_report(
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    comparisons: list[dict[str, Any]],
+    config: dict[str, Any],
+    path: Path,
+) -> Path:
     report = HtmlReport("What is the model learning, and when? — ConceptWorld training dynamics")
     report.text(
         "SmallCNN trained on ConceptWorld (class = shape) with FrequencyCallback (Wang et al. 2019), "
@@ -174,9 +220,11 @@ def write_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]], compari
     report.heading("Summary (final epoch)")
     report.table(list(SUMMARY_COLUMNS), [[row[c] for c in SUMMARY_COLUMNS] for row in rows])
     report.heading("High- vs low-frequency margins, paired by seed")
-    report.text("log2(median high-frequency margin / median low-frequency margin) per run; mean over seeds with a "
-                "95 % t-interval and a one-sample t-test against 0. Published finding on natural images: high > low.",
-                css_class="note")
+    report.text(
+        "log2(median high-frequency margin / median low-frequency margin) per run; mean over seeds with a "
+        "95 % t-interval and a one-sample t-test against 0. Published finding on natural images: high > low.",
+        css_class="note",
+    )
     columns = ["variant", "seeds", "mean_log2_ratio", "ci_low", "ci_high", "p_value", "verdict"]
     report.table(columns, [[c[k] for k in columns] for c in comparisons])
     report.heading("Frequency split of validation images")
@@ -193,12 +241,15 @@ def write_report(runs: list[dict[str, Any]], rows: list[dict[str, Any]], compari
             colourings = [("class", stored["labels"].numpy(), tuple(run["datamodule"].val_set.class_names))]
             if stored["factor"] is not None:
                 colourings.append((embedding.factor or "factor", stored["factor"].numpy(), embedding.factor_names))
-            report.figure(scatter_figure(stored["pca"].numpy(), colourings, f"{layer}: PCA, last epoch",
-                                         ("PC1", "PC2")),
-                          f"{layer}: PCA of the probe features")
+            report.figure(
+                scatter_figure(stored["pca"].numpy(), colourings, f"{layer}: PCA, last epoch", ("PC1", "PC2")),
+                f"{layer}: PCA of the probe features",
+            )
             if stored["tsne"] is not None:
-                report.figure(scatter_figure(stored["tsne"].numpy(), colourings, f"{layer}: t-SNE",
-                                             ("t-SNE 1", "t-SNE 2")), f"{layer}: t-SNE of the probe features")
+                report.figure(
+                    scatter_figure(stored["tsne"].numpy(), colourings, f"{layer}: t-SNE", ("t-SNE 1", "t-SNE 2")),
+                    f"{layer}: t-SNE of the probe features",
+                )
     report.heading("Configuration")
     report.preformatted(yaml.safe_dump(config, sort_keys=False))
     return report.write(path)
@@ -216,13 +267,18 @@ def run(config: dict[str, Any], output_dir: str | Path | None = None) -> dict[st
             result = train_run(config, variant, seed, root)
             runs.append(result)
             rows.append(summarise(result, config))
-            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
-                  flush=True)
+            print(
+                " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
+                flush=True,
+            )
     comparisons = [paired_margin_comparison(rows, variant) for variant in VARIANTS]
     paths = {"summary": root / "summary.csv", "margins": root / "margins.csv", "report": root / "report.html"}
     write_csv(rows, SUMMARY_COLUMNS, paths["summary"])
-    write_csv(comparisons, ["variant", "seeds", "mean_log2_ratio", "ci_low", "ci_high", "p_value", "verdict"],
-              paths["margins"])
+    write_csv(
+        comparisons,
+        ["variant", "seeds", "mean_log2_ratio", "ci_low", "ci_high", "p_value", "verdict"],
+        paths["margins"],
+    )
     write_report(runs, rows, comparisons, config, paths["report"])
     return paths
 

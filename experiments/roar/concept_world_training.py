@@ -22,9 +22,16 @@ def train(images: torch.Tensor, labels: torch.Tensor, settings: dict[str, Any], 
     pl.seed_everything(seed, workers=True, verbose=False)
     model = ImageClassifier(SmallCNN(num_classes=int(labels.max()) + 1, width=settings["width"]), lr=settings["lr"])
     loader = DataLoader(TensorDataset(images, labels), batch_size=settings["batch_size"], shuffle=True)
-    trainer = pl.Trainer(max_epochs=settings["epochs"], accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=True)
+    trainer = pl.Trainer(
+        max_epochs=settings["epochs"],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     trainer.fit(model, loader)
     return model.eval()
 

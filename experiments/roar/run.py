@@ -39,7 +39,9 @@ from xai_lightning.attribution import get_method
 from xai_lightning.logging import HtmlReport, display_images, labelled_grid, to_uint8_hwc
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("concept_world_training", Path(__file__).with_name("concept_world_training.py"))
+_spec = importlib.util.spec_from_file_location(
+    "concept_world_training", Path(__file__).with_name("concept_world_training.py")
+)
 _training = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_training)
 train, accuracy, confidence_interval = _training.train, _training.accuracy, _training.confidence_interval
@@ -53,8 +55,15 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 ORACLES = ("random", "ground_truth")
 
 
-def ranking_scores(name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   masks: torch.Tensor, seed: int, chunk: int = 256) -> torch.Tensor:
+def ranking_scores(
+    name: str,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    seed: int,
+    chunk: int = 256,
+) -> torch.Tensor:
     """``(N, H, W)`` scores; the highest are removed first."""
     generator = torch.Generator().manual_seed(seed)
     if name == "random":
@@ -63,8 +72,10 @@ def ranking_scores(name: str, model: torch.nn.Module, images: torch.Tensor, labe
         return masks.float() + 0.5 * torch.rand(masks.shape, generator=generator)
     registry_name, options = METHODS[name]
     method = get_method(registry_name, seed=seed, max_batch=256, **options)
-    parts = [method.to_map(method.attribute(model, images[i : i + chunk], labels[i : i + chunk]))
-             for i in range(0, len(images), chunk)]
+    parts = [
+        method.to_map(method.attribute(model, images[i : i + chunk], labels[i : i + chunk]))
+        for i in range(0, len(images), chunk)
+    ]
     return torch.cat(parts).float()
 
 
@@ -93,8 +104,14 @@ def run(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     intervals = {m: {f: confidence_interval(v) for f, v in per.items()} for m, per in summary.items()}  # type: ignore[arg-type]
     means = {m: {f: statistics.mean(v) for f, v in per.items()} for m, per in summary.items()}  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
-    result = {"rows": rows, "summary": means, "intervals": intervals, "base_accuracy": base_accuracy,
-              "seconds": seconds, "config": config}
+    result = {
+        "rows": rows,
+        "summary": means,
+        "intervals": intervals,
+        "base_accuracy": base_accuracy,
+        "seconds": seconds,
+        "config": config,
+    }
     _write(result, examples, out_dir)
     return result
 
@@ -119,8 +136,9 @@ def _study(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, torc
         train_scores = ranking_scores(name, base, train_x, train_y, train_masks, seed)
         test_scores = ranking_scores(name, base, test_x, test_y, test_masks, seed + 1)
         shown = min(4, len(test_x))
-        examples[name] = torch.stack([remove_top(test_x[:shown], test_scores[:shown], f, fill)
-                                      for f in config["fractions"]], dim=1)
+        examples[name] = torch.stack(
+            [remove_top(test_x[:shown], test_scores[:shown], f, fill) for f in config["fractions"]], dim=1
+        )
         for fraction in config["fractions"]:
             modified_train = remove_top(train_x, train_scores, fraction, fill)
             modified_test = remove_top(test_x, test_scores, fraction, fill)
@@ -138,8 +156,11 @@ def _write(result: dict[str, Any], examples: dict[str, torch.Tensor], out_dir: P
         writer = csv.DictWriter(handle, fieldnames=["method", "fraction", "seed", "accuracy"])
         writer.writeheader()
         writer.writerows(rows)
-    serialisable = {**result, "summary": {m: {str(f): v for f, v in per.items()} for m, per in means.items()},
-                    "intervals": {m: {str(f): v for f, v in per.items()} for m, per in intervals.items()}}
+    serialisable = {
+        **result,
+        "summary": {m: {str(f): v for f, v in per.items()} for m, per in means.items()},
+        "intervals": {m: {str(f): v for f, v in per.items()} for m, per in intervals.items()},
+    }
     (out_dir / "results.json").write_text(json.dumps(serialisable, indent=2))
 
     figure = Figure(figsize=(6.5, 3.8))
@@ -159,23 +180,32 @@ def _write(result: dict[str, Any], examples: dict[str, torch.Tensor], out_dir: P
     figure.savefig(out_dir / "accuracy_vs_removed.png", dpi=110)
 
     report = HtmlReport("ROAR on ConceptWorld: accuracy after removing the top-ranked pixels and retraining")
-    report.text("Hooker et al. (2019): rank each image's pixels by an attribution map of the trained model, replace "
-                "the top t % by the per-channel training mean in the training and the test images, retrain from "
-                "scratch, and measure test accuracy. A ranking that finds what the model needs makes accuracy fall "
-                "fastest; 'random' is chance, 'ground_truth' removes the object first (an oracle). Lines: means over "
-                "retraining seeds; dots: single seeds. Table: mean ± half-width of the 95 % t-interval over the seeds "
-                "(0 with one seed).")
+    report.text(
+        "Hooker et al. (2019): rank each image's pixels by an attribution map of the trained model, replace "
+        "the top t % by the per-channel training mean in the training and the test images, retrain from "
+        "scratch, and measure test accuracy. A ranking that finds what the model needs makes accuracy fall "
+        "fastest; 'random' is chance, 'ground_truth' removes the object first (an oracle). Lines: means over "
+        "retraining seeds; dots: single seeds. Table: mean ± half-width of the 95 % t-interval over the seeds "
+        "(0 with one seed)."
+    )
     report.figure(figure, "test accuracy vs removed fraction")
     fractions = sorted({row["fraction"] for row in rows})
     table = [[name, *[f"{means[name][f]:.3f} ± {intervals[name][f]:.3f}" for f in fractions]] for name in means]
-    report.table(["ranking", *[f"t = {f:.0%}" for f in fractions]], table,
-                 caption=f"mean test accuracy (trained model without removal: {result['base_accuracy']:.3f})")
+    report.table(
+        ["ranking", *[f"t = {f:.0%}" for f in fractions]],
+        table,
+        caption=f"mean test accuracy (trained model without removal: {result['base_accuracy']:.3f})",
+    )
     report.heading("Removed pixels (test images)")
     names = list(examples)
     for index in range(next(iter(examples.values())).shape[0]):
         panels = torch.stack([display_images(examples[name][index]) for name in names])  # (methods, T, H, W, 3)
-        grid = labelled_grid(to_uint8_hwc(panels), row_captions=names,
-                             column_titles=[f"t={f:.0%}" for f in result["config"]["fractions"]], scale=2)
+        grid = labelled_grid(
+            to_uint8_hwc(panels),
+            row_captions=names,
+            column_titles=[f"t={f:.0%}" for f in result["config"]["fractions"]],
+            scale=2,
+        )
         report.image(np.ascontiguousarray(grid), f"test image {index}")
     report.preformatted(yaml.safe_dump(result["config"], sort_keys=False) + f"\nrun time: {result['seconds']:.0f} s")
     report.write(out_dir / "report.html")

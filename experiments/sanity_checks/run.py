@@ -41,8 +41,9 @@ from xai_lightning.logging import HtmlReport, display_images, heatmaps, labelled
 
 ROOT = Path(__file__).resolve().parents[2]
 # Training and the t-interval live with the ROAR experiment: one home for both studies.
-_spec = importlib.util.spec_from_file_location("concept_world_training",
-                                               ROOT / "experiments" / "roar" / "concept_world_training.py")
+_spec = importlib.util.spec_from_file_location(
+    "concept_world_training", ROOT / "experiments" / "roar" / "concept_world_training.py"
+)
 _training = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_training)
 train, accuracy, interval = _training.train, _training.accuracy, _training.confidence_interval
@@ -55,8 +56,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "gradcam": ("gradcam", {}),
     "guided_gradcam": ("guided_gradcam", {}),
 }
-TITLES = {"gradient": "Gradient", "smoothgrad": "SmoothGrad", "integrated_gradients": "Integrated Gradients",
-          "guided_backprop": "Guided Backprop", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM"}
+TITLES = {
+    "gradient": "Gradient",
+    "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients",
+    "guided_backprop": "Guided Backprop",
+    "gradcam": "Grad-CAM",
+    "guided_gradcam": "Guided Grad-CAM",
+}
 
 
 class Explainer:
@@ -64,8 +71,9 @@ class Explainer:
 
     def __init__(self, name: str, options: dict[str, Any], signed: bool, seed: int) -> None:
         registry_name, signed_options = METHODS[name]
-        self.method = get_method(registry_name, seed=seed, max_batch=256,
-                                 **({**signed_options, **options} if signed else options))
+        self.method = get_method(
+            registry_name, seed=seed, max_batch=256, **({**signed_options, **options} if signed else options)
+        )
         self.signed = signed
 
     def __call__(self, model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -98,19 +106,33 @@ def _study(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     val_x, val_y = val_world.tensors()
     model = train(train_x, train_y, settings, seed)
     probe_x, probe_y = val_x[: config["num_probe"]], val_y[: config["num_probe"]]
-    result: dict[str, Any] = {"accuracy": accuracy(model, val_x, val_y), "layers": randomisable_layers(model),
-                              "curves": {}, "intervals": {}, "data_randomisation": {}}
+    result: dict[str, Any] = {
+        "accuracy": accuracy(model, val_x, val_y),
+        "layers": randomisable_layers(model),
+        "curves": {},
+        "intervals": {},
+        "data_randomisation": {},
+    }
     print(f"trained model: validation accuracy {result['accuracy']:.3f}", flush=True)
     options = config.get("method_options", {})
-    explainers = {name: Explainer(name, options.get(name, {}), config["signed_maps"], seed) for name in config["methods"]}
+    explainers = {
+        name: Explainer(name, options.get(name, {}), config["signed_maps"], seed) for name in config["methods"]
+    }
     figures: dict[str, Any] = {"probe": probe_x, "maps": {}, "random_label_maps": {}}
     for mode in config["modes"]:
         for name, explainer in explainers.items():
             per_seed = []
             for randomisation_seed in config["randomisation_seeds"]:
-                outcome = model_parameter_randomisation(model, probe_x, probe_y, explainer, mode=mode,
-                                                        similarities=config["similarities"], seed=randomisation_seed,
-                                                        keep_maps=randomisation_seed == config["randomisation_seeds"][0])
+                outcome = model_parameter_randomisation(
+                    model,
+                    probe_x,
+                    probe_y,
+                    explainer,
+                    mode=mode,
+                    similarities=config["similarities"],
+                    seed=randomisation_seed,
+                    keep_maps=randomisation_seed == config["randomisation_seeds"][0],
+                )
                 per_seed.append(outcome)
                 if outcome.maps is not None:
                     figures["maps"][(mode, name)] = torch.cat([outcome.original.unsqueeze(0), outcome.maps])
@@ -119,9 +141,11 @@ def _study(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                 key = f"{mode}/{name}/{similarity}"
                 result["curves"][key] = [statistics.mean(step) for step in zip(*curves)]
                 result["intervals"][key] = [interval(list(step)) for step in zip(*curves)]
-            print(f"{mode:>11} {name:>21}: spearman_abs after all layers "
-                  f"{result['curves'][f'{mode}/{name}/spearman_abs'][-1] if 'spearman_abs' in config['similarities'] else float('nan'):+.2f}",
-                  flush=True)
+            print(
+                f"{mode:>11} {name:>21}: spearman_abs after all layers "
+                f"{result['curves'][f'{mode}/{name}/spearman_abs'][-1] if 'spearman_abs' in config['similarities'] else float('nan'):+.2f}",
+                flush=True,
+            )
     if config.get("data_randomisation"):
         generator = torch.Generator().manual_seed(seed + 7)
         permuted = train_y[torch.randperm(len(train_y), generator=generator)]
@@ -130,14 +154,18 @@ def _study(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         random_model = train(train_x[:subset], permuted[:subset], random_settings, seed)
         result["random_label_train_accuracy"] = accuracy(random_model, train_x[:subset], permuted[:subset])
         result["random_label_val_accuracy"] = accuracy(random_model, val_x, val_y)
-        print(f"random-label model: train accuracy {result['random_label_train_accuracy']:.3f} (memorised), "
-              f"validation {result['random_label_val_accuracy']:.3f}", flush=True)
+        print(
+            f"random-label model: train accuracy {result['random_label_train_accuracy']:.3f} (memorised), "
+            f"validation {result['random_label_val_accuracy']:.3f}",
+            flush=True,
+        )
         for name, explainer in explainers.items():
             real = explainer(model, probe_x, probe_y)
             memorised = explainer(random_model, probe_x, probe_y)
             figures["random_label_maps"][name] = (real, memorised)
             result["data_randomisation"][name] = {
-                similarity: float(map_similarity(similarity, real, memorised).mean()) for similarity in config["similarities"]
+                similarity: float(map_similarity(similarity, real, memorised).mean())
+                for similarity in config["similarities"]
             }
     return result, figures
 
@@ -166,12 +194,14 @@ def _curve_figure(result: dict[str, Any], config: dict[str, Any], mode: str) -> 
 def _write(result: dict[str, Any], figures: dict[str, Any], config: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps({**result, "config": config}, indent=2))
     report = HtmlReport("Sanity checks for saliency maps on ConceptWorld")
-    report.text(f"SmallCNN (width {config['classifier']['width']}) trained on {config['data']['num_train']} ConceptWorld "
-                f"images (class = shape): validation accuracy {result['accuracy']:.3f}. Probe: "
-                f"{config['num_probe']} validation images; re-initialisation seeds {config['randomisation_seeds']} "
-                "(error bars: 95 % t-intervals over those seeds; none with one seed). Adebayo et al. (2018) found that "
-                "gradients, Integrated Gradients and Grad-CAM change as the top layers are randomised, while Guided "
-                "Backprop and Guided Grad-CAM stay similar.")
+    report.text(
+        f"SmallCNN (width {config['classifier']['width']}) trained on {config['data']['num_train']} ConceptWorld "
+        f"images (class = shape): validation accuracy {result['accuracy']:.3f}. Probe: "
+        f"{config['num_probe']} validation images; re-initialisation seeds {config['randomisation_seeds']} "
+        "(error bars: 95 % t-intervals over those seeds; none with one seed). Adebayo et al. (2018) found that "
+        "gradients, Integrated Gradients and Grad-CAM change as the top layers are randomised, while Guided "
+        "Backprop and Guided Grad-CAM stay similar."
+    )
     probe = figures["probe"]
     shown = min(config.get("max_images", 2), len(probe))
     for mode in config["modes"]:
@@ -179,33 +209,57 @@ def _write(result: dict[str, Any], figures: dict[str, Any], config: dict[str, An
         figure = _curve_figure(result, config, mode)
         figure.savefig(out_dir / f"curves_{mode}.png", dpi=100)
         report.figure(figure, f"similarity vs randomised layer ({mode})")
-        rows = [[TITLES[name], *[f"{statistics.mean(result['curves'][f'{mode}/{name}/{s}']):.3f}"
-                                 for s in config["similarities"]]] for name in config["methods"]]
+        rows = [
+            [
+                TITLES[name],
+                *[f"{statistics.mean(result['curves'][f'{mode}/{name}/{s}']):.3f}" for s in config["similarities"]],
+            ]
+            for name in config["methods"]
+        ]
         report.table(["method", *config["similarities"]], rows, caption="mean similarity over the randomisation curve")
         layers = [layer.split(".", 1)[-1] for layer in result["layers"]]
         for index in range(shown):
-            panels = [torch.cat([display_images(probe[index : index + 1]),
-                                 heatmaps(figures["maps"][(mode, name)][:, index].abs())])
-                      for name in config["methods"]]
-            grid = labelled_grid(to_uint8_hwc(torch.stack(panels)), row_captions=[TITLES[n] for n in config["methods"]],
-                                 column_titles=["image", "trained", *layers], scale=2)
+            panels = [
+                torch.cat(
+                    [display_images(probe[index : index + 1]), heatmaps(figures["maps"][(mode, name)][:, index].abs())]
+                )
+                for name in config["methods"]
+            ]
+            grid = labelled_grid(
+                to_uint8_hwc(torch.stack(panels)),
+                row_captions=[TITLES[n] for n in config["methods"]],
+                column_titles=["image", "trained", *layers],
+                scale=2,
+            )
             report.image(np.ascontiguousarray(grid), f"probe image {index}: |map| after randomising up to each layer")
     if result["data_randomisation"]:
         report.heading("Data randomisation (labels permuted)")
-        report.text(f"The same network trained on permuted labels reaches training accuracy "
-                    f"{result['random_label_train_accuracy']:.3f} (memorisation) and validation accuracy "
-                    f"{result['random_label_val_accuracy']:.3f} (chance: {1 / 5:.2f}). Similarity of its maps to the "
-                    "real model's (mean over the probe images):")
-        report.table(["method", *config["similarities"]],
-                     [[TITLES[name], *[result["data_randomisation"][name][s] for s in config["similarities"]]]
-                      for name in config["methods"]])
+        report.text(
+            f"The same network trained on permuted labels reaches training accuracy "
+            f"{result['random_label_train_accuracy']:.3f} (memorisation) and validation accuracy "
+            f"{result['random_label_val_accuracy']:.3f} (chance: {1 / 5:.2f}). Similarity of its maps to the "
+            "real model's (mean over the probe images):"
+        )
+        report.table(
+            ["method", *config["similarities"]],
+            [
+                [TITLES[name], *[result["data_randomisation"][name][s] for s in config["similarities"]]]
+                for name in config["methods"]
+            ],
+        )
         for index in range(shown):
             panels = []
             for name in config["methods"]:
                 real, memorised = figures["random_label_maps"][name]
-                panels.append(torch.cat([heatmaps(real[index : index + 1].abs()), heatmaps(memorised[index : index + 1].abs())]))
-            grid = labelled_grid(to_uint8_hwc(torch.stack(panels)), row_captions=[TITLES[n] for n in config["methods"]],
-                                 column_titles=["true labels", "permuted labels"], scale=2)
+                panels.append(
+                    torch.cat([heatmaps(real[index : index + 1].abs()), heatmaps(memorised[index : index + 1].abs())])
+                )
+            grid = labelled_grid(
+                to_uint8_hwc(torch.stack(panels)),
+                row_captions=[TITLES[n] for n in config["methods"]],
+                column_titles=["true labels", "permuted labels"],
+                scale=2,
+            )
             report.image(np.ascontiguousarray(grid), f"probe image {index}")
     report.preformatted(yaml.safe_dump(config, sort_keys=False) + f"\nrun time: {result['seconds']:.0f} s")
     report.write(out_dir / "report.html")

@@ -60,24 +60,41 @@ def run_level(config: dict[str, Any], noise: float, out_dir: Path) -> dict[str, 
     val = ConceptWorld(config["num_val"], seed=config["seed"] * 1000 + 1, **common)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train.tensors()), batch_size=64, shuffle=True)
     model = ImageClassifier(SmallCNN(num_classes=train.num_classes, width=config["width"]), lr=3e-3)
-    trainer = pl.Trainer(max_epochs=config["epochs"], accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    trainer = pl.Trainer(
+        max_epochs=config["epochs"],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     trainer.fit(model, loader)
     model.eval()
     no_caption = val.intervene(torch.arange(len(val)), caption=-1)["images"]
     with_captions, without_captions = accuracy(model, val.images, val.labels), accuracy(model, no_caption, val.labels)
 
     target = config["target_class"]
-    concept_world = ConceptWorld(max(1000, 6 * config["examples_per_concept"] * train.num_classes),
-                                 seed=config["seed"] * 1000 + 2, label_by="shape")
+    concept_world = ConceptWorld(
+        max(1000, 6 * config["examples_per_concept"] * train.num_classes),
+        seed=config["seed"] * 1000 + 2,
+        label_by="shape",
+    )
     concepts = concept_sets(concept_world, target, 3 * config["examples_per_concept"])
-    tcav = TCAV(layers=[config["layer"]], num_random=config["num_random"],
-                examples_per_concept=config["examples_per_concept"], seed=config["seed"])
-    result = tcav.attribute(model, val.images, val.labels, concepts, random_pool=val.images, classes=[target],
-                            class_names=val.class_names)
+    tcav = TCAV(
+        layers=[config["layer"]],
+        num_random=config["num_random"],
+        examples_per_concept=config["examples_per_concept"],
+        seed=config["seed"],
+    )
+    result = tcav.attribute(
+        model, val.images, val.labels, concepts, random_pool=val.images, classes=[target], class_names=val.class_names
+    )
     row: dict[str, Any] = {
-        "caption_noise": noise, "target_class": val.class_names[target],
-        "accuracy_with_captions": with_captions, "accuracy_without_captions": without_captions,
+        "caption_noise": noise,
+        "target_class": val.class_names[target],
+        "accuracy_with_captions": with_captions,
+        "accuracy_without_captions": without_captions,
         "reliance_on_captions": with_captions - without_captions,
     }
     for ci, concept in enumerate(result.concepts):
@@ -91,8 +108,11 @@ def run_level(config: dict[str, Any], noise: float, out_dir: Path) -> dict[str, 
     images = val.images[shown]
     maps = grad_cam(model, images, target, config["layer"]).maps[config["layer"]]
     panels = torch.stack([display_images(images), heatmaps(maps), overlay(images, maps)], dim=1)
-    grid = labelled_grid(to_uint8_hwc(panels), column_titles=["image", "Grad-CAM", "overlay"],
-                         row_captions=[f"noise {noise:.1f}"] * len(shown))
+    grid = labelled_grid(
+        to_uint8_hwc(panels),
+        column_titles=["image", "Grad-CAM", "overlay"],
+        row_captions=[f"noise {noise:.1f}"] * len(shown),
+    )
     from PIL import Image
 
     Image.fromarray(np.ascontiguousarray(grid)).save(out_dir / f"gradcam_noise_{noise:.1f}.png")
@@ -106,8 +126,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(5.5, 3.4))
     axis = figure.subplots()
     for concept, style in (("image", "o-"), ("caption", "s-")):
-        axis.errorbar(noise, [r[f"tcav_{concept}"] for r in rows], yerr=[r[f"tcav_{concept}_std"] for r in rows],
-                      fmt=style, capsize=3, label=f"TCAV {concept} concept")
+        axis.errorbar(
+            noise,
+            [r[f"tcav_{concept}"] for r in rows],
+            yerr=[r[f"tcav_{concept}_std"] for r in rows],
+            fmt=style,
+            capsize=3,
+            label=f"TCAV {concept} concept",
+        )
     axis.plot(noise, [r["reliance_on_captions"] for r in rows], "k--", label="accuracy drop without captions")
     axis.set_xlabel("caption noise (probability the caption names another class)")
     axis.set_ylim(-0.05, 1.05)
@@ -136,9 +162,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     rows = run(yaml.safe_load(Path(args.config).read_text()), Path(args.out))
     for row in rows:
-        print(f"noise {row['caption_noise']:.1f}: accuracy {row['accuracy_with_captions']:.2f} with captions, "
-              f"{row['accuracy_without_captions']:.2f} without; TCAV image {row['tcav_image']:.2f} "
-              f"(p={row['p_image']:.3f}), caption {row['tcav_caption']:.2f} (p={row['p_caption']:.3f})")
+        print(
+            f"noise {row['caption_noise']:.1f}: accuracy {row['accuracy_with_captions']:.2f} with captions, "
+            f"{row['accuracy_without_captions']:.2f} without; TCAV image {row['tcav_image']:.2f} "
+            f"(p={row['p_image']:.3f}), caption {row['tcav_caption']:.2f} (p={row['p_caption']:.3f})"
+        )
     print(f"results and plots in {args.out}")
     return rows
 

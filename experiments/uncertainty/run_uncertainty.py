@@ -60,16 +60,28 @@ from xai_lightning.studies.statistics import (
 DEFAULT_CONFIG = Path(__file__).parent / "small.yaml"
 #: The score that carries each variant's epistemic uncertainty; the standard network has one only through
 #: a familiarity autoencoder (``familiarity: input`` in its settings).
-EPISTEMIC = {"standard": "reconstruction_error", "mc_dropout": "mc_dropout_mi", "ensemble": "ensemble_disagreement",
-             "bayesian": "bayesian_std"}
+EPISTEMIC = {
+    "standard": "reconstruction_error",
+    "mc_dropout": "mc_dropout_mi",
+    "ensemble": "ensemble_disagreement",
+    "bayesian": "bayesian_std",
+}
 
 
 def epistemic_score(variant: str, rows: list[dict[str, Any]]) -> str | None:
     """The variant's epistemic score, if its runs report it."""
     score = EPISTEMIC[variant]
     return score if any(f"ood/{score}/auroc" in r for r in rows if r["variant"] == variant) else None
-CALIBRATION = ("calibration/accuracy", "calibration/ece", "calibration/nll", "calibration/brier", "temperature",
-               "scaled/ece")
+
+
+CALIBRATION = (
+    "calibration/accuracy",
+    "calibration/ece",
+    "calibration/nll",
+    "calibration/brier",
+    "temperature",
+    "scaled/ece",
+)
 
 
 def build_model(variant: str, settings: dict[str, Any], width: int, lr: float) -> pl.LightningModule:
@@ -81,34 +93,60 @@ def build_model(variant: str, settings: dict[str, Any], width: int, lr: float) -
     if variant == "ensemble":
         return EnsembleClassifier(SmallCNN(num_classes=5, width=width), num_members=settings.get("members", 5), lr=lr)
     if variant == "bayesian":
-        return VariationalClassifier(SmallCNN(num_classes=5, width=width), lr=lr,
-                                     bayesian_layers=settings.get("layers", "all"),
-                                     prior_sigma=settings.get("prior_sigma", 1.0),
-                                     kl_weight=settings.get("kl_weight", 1.0))
+        return VariationalClassifier(
+            SmallCNN(num_classes=5, width=width),
+            lr=lr,
+            bayesian_layers=settings.get("layers", "all"),
+            prior_sigma=settings.get("prior_sigma", 1.0),
+            kl_weight=settings.get("kl_weight", 1.0),
+        )
     raise ValueError(f"Unknown variant {variant!r}; choose from {sorted(EPISTEMIC)}")
 
 
 def run_one(config: dict[str, Any], variant: str, seed: int, output_dir: Path, wandb: bool) -> list[dict[str, Any]]:
     """Train one variant with one seed; return the callback's history rows (one per epoch)."""
     data = config["data"]
-    datamodule = ConceptWorldDataModule(num_train=data["num_train"], num_val=data["num_val"], seed=seed,
-                                        image_size=data.get("image_size", 32), batch_size=data["batch_size"])
+    datamodule = ConceptWorldDataModule(
+        num_train=data["num_train"],
+        num_val=data["num_val"],
+        seed=seed,
+        image_size=data.get("image_size", 32),
+        batch_size=data["batch_size"],
+    )
     pl.seed_everything(seed, workers=True, verbose=False)
     settings = config["variants"][variant] or {}
     model = build_model(variant, settings, config["width"], config["lr"])
     observer = config["callback"]
     callback = UncertaintyCallback(
-        num_probe=observer["num_probe"], num_ood=observer.get("num_ood"), ood="colour",
-        mc_passes=observer.get("mc_passes", 20), bayesian_samples=observer.get("bayesian_samples", 20),
-        familiarity=settings.get("familiarity"), max_batch=observer.get("max_batch"), probe_seed=seed,
-        every_n_epochs=observer.get("every_n_epochs", 1), on_error="raise",
+        num_probe=observer["num_probe"],
+        num_ood=observer.get("num_ood"),
+        ood="colour",
+        mc_passes=observer.get("mc_passes", 20),
+        bayesian_samples=observer.get("bayesian_samples", 20),
+        familiarity=settings.get("familiarity"),
+        max_batch=observer.get("max_batch"),
+        probe_seed=seed,
+        every_n_epochs=observer.get("every_n_epochs", 1),
+        on_error="raise",
     )
     name = f"{variant}_seed{seed}"
-    logger = (WandbLogger(offline=True, save_dir=str(output_dir), project=config["name"], name=name,
-                          group=config["name"]) if wandb else CSVLogger(str(output_dir / "logs"), name=name))
-    trainer = pl.Trainer(max_epochs=config["epochs"], accelerator=config.get("accelerator", "cpu"), devices=1,
-                         logger=logger, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True)
+    logger = (
+        WandbLogger(offline=True, save_dir=str(output_dir), project=config["name"], name=name, group=config["name"])
+        if wandb
+        else CSVLogger(str(output_dir / "logs"), name=name)
+    )
+    trainer = pl.Trainer(
+        max_epochs=config["epochs"],
+        accelerator=config.get("accelerator", "cpu"),
+        devices=1,
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
     start = time.perf_counter()
     trainer.fit(model, datamodule)
     if wandb:
@@ -117,14 +155,18 @@ def run_one(config: dict[str, Any], variant: str, seed: int, output_dir: Path, w
     rows = []
     for record in callback.history:
         row: dict[str, Any] = {"variant": variant, "seed": seed, "epoch": int(record["epoch"])}
-        row.update({key.removeprefix("uncertainty/"): value for key, value in record.items()
-                    if key.startswith("uncertainty/")})
+        row.update(
+            {key.removeprefix("uncertainty/"): value for key, value in record.items() if key.startswith("uncertainty/")}
+        )
         rows.append(row)
     last = rows[-1]
     epistemic = epistemic_score(variant, rows)
-    print(f"{name:>22}: {seconds:5.0f} s  acc={last['calibration/accuracy']:.3f} ECE={last['calibration/ece']:.3f} "
-          f"T={last['temperature']:.2f}  AUROC max-softmax={last['ood/max_softmax/auroc']:.3f}"
-          + (f" {epistemic}={last[f'ood/{epistemic}/auroc']:.3f}" if epistemic else ""), flush=True)
+    print(
+        f"{name:>22}: {seconds:5.0f} s  acc={last['calibration/accuracy']:.3f} ECE={last['calibration/ece']:.3f} "
+        f"T={last['temperature']:.2f}  AUROC max-softmax={last['ood/max_softmax/auroc']:.3f}"
+        + (f" {epistemic}={last[f'ood/{epistemic}/auroc']:.3f}" if epistemic else ""),
+        flush=True,
+    )
     return rows
 
 
@@ -156,11 +198,16 @@ def summarise(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[
         epistemic = epistemic_score(variant, runs)
         if epistemic is not None:
             paired = [r for r in last if not math.isnan(float(r.get(f"ood/{epistemic}/auroc", math.nan)))]
-            comparison = paired_comparison([float(r[f"ood/{epistemic}/auroc"]) for r in paired],
-                                           [float(r["ood/max_softmax/auroc"]) for r in paired])
+            comparison = paired_comparison(
+                [float(r[f"ood/{epistemic}/auroc"]) for r in paired],
+                [float(r["ood/max_softmax/auroc"]) for r in paired],
+            )
             entry["epistemic"] = epistemic
-            entry["auroc_difference"] = (comparison.difference.estimate, comparison.difference.low,
-                                         comparison.difference.high)
+            entry["auroc_difference"] = (
+                comparison.difference.estimate,
+                comparison.difference.low,
+                comparison.difference.high,
+            )
             entry["comparison"] = comparison
         summary.append(entry)
     compared = [entry for entry in summary if "comparison" in entry]
@@ -168,8 +215,9 @@ def summarise(rows: list[dict[str, Any]], variants: Sequence[str]) -> list[dict[
     for entry, p_holm in zip(compared, adjusted):
         comparison = entry.pop("comparison")
         entry["p_value"], entry["p_holm"] = comparison.p_value, float(p_holm)
-        entry["verdict"] = verdict_word(float(p_holm), comparison.difference, comparison.n,
-                                        treatment=entry["epistemic"])
+        entry["verdict"] = verdict_word(
+            float(p_holm), comparison.difference, comparison.n, treatment=entry["epistemic"]
+        )
     return summary
 
 
@@ -180,23 +228,46 @@ def _cell(value: tuple[float, float, float]) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-SUMMARY_COLUMNS = (("accuracy", "calibration/accuracy"), ("ECE", "calibration/ece"), ("NLL", "calibration/nll"),
-                   ("T", "temperature"), ("ECE after T", "scaled/ece"), ("OOD acc", "ood/accuracy"),
-                   ("AUROC max-softmax", "ood/max_softmax/auroc"), ("FPR95 max-softmax", "ood/max_softmax/fpr95"))
+SUMMARY_COLUMNS = (
+    ("accuracy", "calibration/accuracy"),
+    ("ECE", "calibration/ece"),
+    ("NLL", "calibration/nll"),
+    ("T", "temperature"),
+    ("ECE after T", "scaled/ece"),
+    ("OOD acc", "ood/accuracy"),
+    ("AUROC max-softmax", "ood/max_softmax/auroc"),
+    ("FPR95 max-softmax", "ood/max_softmax/fpr95"),
+)
 
 
 def summary_table(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    columns = ["variant", "seeds"] + [label for label, _ in SUMMARY_COLUMNS] + [
-        "epistemic score", "AUROC epistemic", "FPR95 epistemic", "AUROC epistemic − max-softmax (paired)", "p (Holm)",
-        "verdict"]
+    columns = (
+        ["variant", "seeds"]
+        + [label for label, _ in SUMMARY_COLUMNS]
+        + [
+            "epistemic score",
+            "AUROC epistemic",
+            "FPR95 epistemic",
+            "AUROC epistemic − max-softmax (paired)",
+            "p (Holm)",
+            "verdict",
+        ]
+    )
     rows = []
     for entry in summary:
-        row = [entry["variant"], str(entry["seeds"])] + [_cell(entry[key]) if key in entry else "-"
-                                                         for _, key in SUMMARY_COLUMNS]
+        row = [entry["variant"], str(entry["seeds"])] + [
+            _cell(entry[key]) if key in entry else "-" for _, key in SUMMARY_COLUMNS
+        ]
         epistemic = entry.get("epistemic")
         if epistemic:
-            row += [epistemic, _cell(entry[f"ood/{epistemic}/auroc"]), _cell(entry[f"ood/{epistemic}/fpr95"]),
-                    _cell(entry["auroc_difference"]), f"{entry['p_holm']:.3g}", entry["verdict"]]
+            row += [
+                epistemic,
+                _cell(entry[f"ood/{epistemic}/auroc"]),
+                _cell(entry[f"ood/{epistemic}/fpr95"]),
+                _cell(entry["auroc_difference"]),
+                f"{entry['p_holm']:.3g}",
+                entry["verdict"],
+            ]
         else:
             row += ["-"] * 6
         rows.append(row)
@@ -227,8 +298,9 @@ def curves(rows: list[dict[str, Any]], variants: Sequence[str]) -> Figure:
         band(auroc_axis, variant, "ood/max_softmax/auroc", linestyle="--", linewidth=1)
         epistemic = epistemic_score(variant, rows)
         if epistemic:
-            band(auroc_axis, variant, f"ood/{epistemic}/auroc", label=f"{variant}: {epistemic}", marker="o",
-                 markersize=3)
+            band(
+                auroc_axis, variant, f"ood/{epistemic}/auroc", label=f"{variant}: {epistemic}", marker="o", markersize=3
+            )
     ece_axis.set_title("ECE (15 bins)", fontsize=10)
     scaled_axis.set_title("ECE after temperature scaling", fontsize=10)
     auroc_axis.set_title("OOD AUROC, unseen colours\n(solid: epistemic score, dashed: max-softmax)", fontsize=9)
@@ -251,9 +323,13 @@ def write_history(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_outputs(config: dict[str, Any], rows: list[dict[str, Any]], output_dir: Path) -> dict[str, Path]:
     variants = [v for v in config["variants"] if any(r["variant"] == v for r in rows)]
-    paths = {"history": output_dir / "history.csv", "summary": output_dir / "summary.csv",
-             "markdown": output_dir / "summary.md", "curves": output_dir / "curves.png",
-             "report": output_dir / "report.html"}
+    paths = {
+        "history": output_dir / "history.csv",
+        "summary": output_dir / "summary.csv",
+        "markdown": output_dir / "summary.md",
+        "curves": output_dir / "curves.png",
+        "report": output_dir / "report.html",
+    }
     write_history(rows, paths["history"])
     summary = summarise(rows, variants)
     with paths["summary"].open("w", newline="") as handle:
@@ -266,19 +342,28 @@ def write_outputs(config: dict[str, Any], rows: list[dict[str, Any]], output_dir
                 elif key in ("p_value", "p_holm"):  # the paired t-test's p, raw and Holm-corrected
                     writer.writerow([entry["variant"], entry["seeds"], key, value, "", ""])
     columns, table = summary_table(summary)
-    lines = [f"# {config['name']}: uncertainty on ConceptWorld, OOD = unseen colours", "",
-             f"Last epoch ({config['epochs']} epochs), mean over seeds {config['seeds']} with 95 % t-intervals.", "",
-             VERDICT_RULE.format(treatment="epistemic AUROC", reference="max-softmax AUROC", alpha=0.05, min_seeds=3,
-                                 min_wilcoxon=6), "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# {config['name']}: uncertainty on ConceptWorld, OOD = unseen colours",
+        "",
+        f"Last epoch ({config['epochs']} epochs), mean over seeds {config['seeds']} with 95 % t-intervals.",
+        "",
+        VERDICT_RULE.format(
+            treatment="epistemic AUROC", reference="max-softmax AUROC", alpha=0.05, min_seeds=3, min_wilcoxon=6
+        ),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     paths["markdown"].write_text("\n".join(lines) + "\n")
     figure = curves(rows, variants)
     figure.savefig(paths["curves"], dpi=100)
     report = HtmlReport(f"Can I trust this prediction? ({config['name']})")
-    report.text(f"ConceptWorld shapes, {config['data']['num_train']} training images, SmallCNN width "
-                f"{config['width']}, {config['epochs']} epochs, seeds {config['seeds']}. OOD probe: the same world "
-                f"with unseen colours (cyan, magenta, purple, white). Means with 95 % t-intervals over seeds.")
+    report.text(
+        f"ConceptWorld shapes, {config['data']['num_train']} training images, SmallCNN width "
+        f"{config['width']}, {config['epochs']} epochs, seeds {config['seeds']}. OOD probe: the same world "
+        f"with unseen colours (cyan, magenta, purple, white). Means with 95 % t-intervals over seeds."
+    )
     report.heading("Calibration and OOD detection over training")
     report.figure(figure, "mean over seeds with 95 % bands")
     report.heading("Last epoch")
@@ -311,8 +396,11 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     with path.open() as handle:
         rows = []
         for record in csv.DictReader(handle):
-            row: dict[str, Any] = {"variant": record.pop("variant"), "seed": int(record.pop("seed")),
-                                   "epoch": int(record.pop("epoch"))}
+            row: dict[str, Any] = {
+                "variant": record.pop("variant"),
+                "seed": int(record.pop("seed")),
+                "epoch": int(record.pop("epoch")),
+            }
             row.update({key: float(value) for key, value in record.items() if value != ""})
             rows.append(row)
     return rows
@@ -323,8 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--output-dir", type=Path, default=None, help="overrides output_dir of the config")
     parser.add_argument("--wandb", action="store_true", help="also write W&B offline runs (one per variant and seed)")
-    parser.add_argument("--from-history", action="store_true",
-                        help="do not train: rebuild the summary, curves and report from the output_dir's history.csv")
+    parser.add_argument(
+        "--from-history",
+        action="store_true",
+        help="do not train: rebuild the summary, curves and report from the output_dir's history.csv",
+    )
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text())
     output_dir = args.output_dir or Path(config["output_dir"])

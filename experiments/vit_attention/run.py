@@ -62,8 +62,9 @@ def random_maps(count: int, grid: tuple[int, int], size: tuple[int, int], seed: 
     return F.interpolate(noise, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def method_maps(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, depth: int,
-                seed: int) -> dict[str, torch.Tensor]:
+def method_maps(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, depth: int, seed: int
+) -> dict[str, torch.Tensor]:
     """``(N, H, W)`` maps of every method for the true class."""
     size = tuple(images.shape[-2:])
     blocks = [f"blocks.{i}.norm1:input@vit" for i in range(depth)]
@@ -95,11 +96,17 @@ class MapStudy(pl.Callback):
                 accuracy = float((network(self.images).argmax(1) == self.labels).float().mean())
             uniform = float(uniform_energy_in_mask(self.masks).mean())
             for method, values in maps.items():
-                self.rows.append({
-                    "seed": self.seed, "epoch": trainer.current_epoch, "val_acc": accuracy, "method": method,
-                    "energy_in_mask": nanmean(energy_in_mask(values, self.masks)), "energy_in_mask_uniform": uniform,
-                    "deletion_auc": mean_deletion_auc(network, self.images, values, self.labels),
-                })
+                self.rows.append(
+                    {
+                        "seed": self.seed,
+                        "epoch": trainer.current_epoch,
+                        "val_acc": accuracy,
+                        "method": method,
+                        "energy_in_mask": nanmean(energy_in_mask(values, self.masks)),
+                        "energy_in_mask_uniform": uniform,
+                        "deletion_auc": mean_deletion_auc(network, self.images, values, self.labels),
+                    }
+                )
         self.last_maps = maps
 
 
@@ -108,10 +115,18 @@ def train_seed(config: dict[str, Any], seed: int, out_dir: Path) -> MapStudy:
     train = ConceptWorld(config["num_train"], seed=seed * 1000, image_size=32)
     val = ConceptWorld(config["num_val"], seed=seed * 1000 + 1, image_size=32)
     probe = ConceptWorld(config["num_probe"], seed=seed * 1000 + 2, image_size=32)
-    network = VisionTransformer(num_classes=train.num_classes, dim=config["dim"], depth=config["depth"],
-                                heads=config["heads"], patch_size=config["patch_size"], mean=(0.44,) * 3, std=(0.16,) * 3)
-    model = ImageClassifier(network, lr=config["lr"], weight_decay=config["weight_decay"],
-                            cosine_epochs=config["epochs"])
+    network = VisionTransformer(
+        num_classes=train.num_classes,
+        dim=config["dim"],
+        depth=config["depth"],
+        heads=config["heads"],
+        patch_size=config["patch_size"],
+        mean=(0.44,) * 3,
+        std=(0.16,) * 3,
+    )
+    model = ImageClassifier(
+        network, lr=config["lr"], weight_decay=config["weight_decay"], cosine_epochs=config["epochs"]
+    )
     study = MapStudy(probe, config["depth"], seed)
     callbacks: list[pl.Callback] = [study]
     logger: Any = False
@@ -122,9 +137,17 @@ def train_seed(config: dict[str, Any], seed: int, out_dir: Path) -> MapStudy:
         callbacks.append(AttentionCallback(num_probe=16, max_images=8))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train.tensors()), batch_size=64, shuffle=True)
     val_loader = torch.utils.data.DataLoader(val, batch_size=128)
-    trainer = pl.Trainer(max_epochs=config["epochs"], accelerator="cpu", logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                         callbacks=callbacks, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=config["epochs"],
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, loader, val_loader)
     if logger:
         logger.experiment.finish()
@@ -183,8 +206,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     methods = list(dict.fromkeys(row["method"] for row in final))
     by = {(row["method"], row["seed"]): row for row in final}
     start = {(row["method"], row["seed"]): row for row in rows if row["epoch"] == first_epoch}
-    summary: dict[str, Any] = {"epoch": last, "seeds": seeds, "methods": {}, "vs_random": {}, "pairs": {},
-                               "over_training": {}}
+    summary: dict[str, Any] = {
+        "epoch": last,
+        "seeds": seeds,
+        "methods": {},
+        "vs_random": {},
+        "pairs": {},
+        "over_training": {},
+    }
     for method in methods:
         energy = [by[(method, s)]["energy_in_mask"] for s in seeds]
         mean, half = t_interval(energy)
@@ -195,21 +224,33 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         summary["methods"][method] = entry
         if method != "random":
             summary["vs_random"][method] = paired(
-                [by[(method, s)]["energy_in_mask"] - by[("random", s)]["energy_in_mask"] for s in seeds])
+                [by[(method, s)]["energy_in_mask"] - by[("random", s)]["energy_in_mask"] for s in seeds]
+            )
         summary["over_training"][method] = paired(
-            [by[(method, s)]["energy_in_mask"] - start[(method, s)]["energy_in_mask"] for s in seeds])
+            [by[(method, s)]["energy_in_mask"] - start[(method, s)]["energy_in_mask"] for s in seeds]
+        )
     compared = [m for m in methods if m != "random"]
     for i, one in enumerate(compared):
-        for other in compared[i + 1:]:
+        for other in compared[i + 1 :]:
             summary["pairs"][f"{one} - {other}"] = paired(
-                [by[(one, s)]["energy_in_mask"] - by[(other, s)]["energy_in_mask"] for s in seeds])
+                [by[(one, s)]["energy_in_mask"] - by[(other, s)]["energy_in_mask"] for s in seeds]
+            )
     for family in ("vs_random", "pairs", "over_training"):
         holm(summary[family])
     for method, versus in summary["vs_random"].items():
-        verdict = versus["verdict"] if versus["verdict"] in ("too few seeds", "no significant difference") \
+        verdict = (
+            versus["verdict"]
+            if versus["verdict"] in ("too few seeds", "no significant difference")
             else f"{versus['verdict']} than random"
-        summary["methods"][method].update({"vs_random_difference": versus["difference"], "vs_random_ci95": versus["ci95"],
-                                           "vs_random_p": versus.get("p_holm", versus["p"]), "verdict": verdict})
+        )
+        summary["methods"][method].update(
+            {
+                "vs_random_difference": versus["difference"],
+                "vs_random_ci95": versus["ci95"],
+                "vs_random_p": versus.get("p_holm", versus["p"]),
+                "verdict": verdict,
+            }
+        )
     summary["val_acc"] = t_interval([by[(methods[0], s)]["val_acc"] for s in seeds])
     summary["energy_in_mask_uniform"] = final[0]["energy_in_mask_uniform"]
     return summary
@@ -223,8 +264,12 @@ def plot(rows: list[dict[str, Any]], path: Path):
     figure = Figure(figsize=(6.4, 3.8))
     axis = figure.add_subplot()
     for method in methods:
-        means, halves = zip(*[t_interval([r["energy_in_mask"] for r in rows if r["method"] == method and r["epoch"] == e])
-                              for e in epochs])
+        means, halves = zip(
+            *[
+                t_interval([r["energy_in_mask"] for r in rows if r["method"] == method and r["epoch"] == e])
+                for e in epochs
+            ]
+        )
         means, halves = np.asarray(means), np.nan_to_num(np.asarray(halves))
         style = "k--" if method == "random" else "-o"
         axis.plot(epochs, means, style, label=method, markersize=3)
@@ -250,18 +295,30 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     rows = []
     with path.open() as handle:
         for row in csv.DictReader(handle):
-            rows.append({"seed": int(row["seed"]), "epoch": int(row["epoch"]), "val_acc": float(row["val_acc"]),
-                         "method": row["method"], "energy_in_mask": float(row["energy_in_mask"]),
-                         "energy_in_mask_uniform": float(row["energy_in_mask_uniform"]),
-                         "deletion_auc": float(row["deletion_auc"]) if row["deletion_auc"] else None})
+            rows.append(
+                {
+                    "seed": int(row["seed"]),
+                    "epoch": int(row["epoch"]),
+                    "val_acc": float(row["val_acc"]),
+                    "method": row["method"],
+                    "energy_in_mask": float(row["energy_in_mask"]),
+                    "energy_in_mask_uniform": float(row["energy_in_mask_uniform"]),
+                    "deletion_auc": float(row["deletion_auc"]) if row["deletion_auc"] else None,
+                }
+            )
     return rows
 
 
 def run(config: dict[str, Any], out_dir: Path, from_results: bool = False) -> dict[str, Path]:
     """Train and score every seed (or, ``from_results``, re-summarise an earlier run's results.csv)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "results.csv", "summary": out_dir / "summary.json",
-             "plot": out_dir / "energy_over_epochs.png", "maps": out_dir / "maps.png", "report": out_dir / "report.html"}
+    paths = {
+        "csv": out_dir / "results.csv",
+        "summary": out_dir / "summary.json",
+        "plot": out_dir / "energy_over_epochs.png",
+        "maps": out_dir / "maps.png",
+        "report": out_dir / "report.html",
+    }
     rows: list[dict[str, Any]] = []
     study = None
     if from_results:
@@ -283,25 +340,55 @@ def run(config: dict[str, Any], out_dir: Path, from_results: bool = False) -> di
         Image.fromarray(maps_grid(study)).save(paths["maps"])
     grid = np.asarray(Image.open(paths["maps"]).convert("RGB")) if paths["maps"].exists() else None
     report = HtmlReport("ViT: Grad-CAM on blocks vs attention rollout vs Chefer relevance")
-    report.text(f"ConceptWorld shapes, {len(config['seeds'])} seed(s), {config['epochs']} epochs; validation accuracy "
-                f"at the end {summary['val_acc'][0]:.3f} ± {summary['val_acc'][1]:.3f} (95 % CI). Energy in the object "
-                f"mask on {config['num_probe']} probe images; a uniform map scores {summary['energy_in_mask_uniform']:.3f}.")
+    report.text(
+        f"ConceptWorld shapes, {len(config['seeds'])} seed(s), {config['epochs']} epochs; validation accuracy "
+        f"at the end {summary['val_acc'][0]:.3f} ± {summary['val_acc'][1]:.3f} (95 % CI). Energy in the object "
+        f"mask on {config['num_probe']} probe images; a uniform map scores {summary['energy_in_mask_uniform']:.3f}."
+    )
     report.figure(figure, caption="energy in mask over epochs (mean, 95 % CI band over seeds)")
-    columns = ["method", "energy in mask", "± 95 % CI", "minus random", "± 95 % CI", "p (Holm)", "verdict", "deletion AUC"]
+    columns = [
+        "method",
+        "energy in mask",
+        "± 95 % CI",
+        "minus random",
+        "± 95 % CI",
+        "p (Holm)",
+        "verdict",
+        "deletion AUC",
+    ]
     table = []
     for method, entry in summary["methods"].items():
-        table.append([method, entry["energy_in_mask"], entry["energy_in_mask_ci95"], entry.get("vs_random_difference", ""),
-                      entry.get("vs_random_ci95", ""), entry.get("vs_random_p", ""), entry.get("verdict", "reference"),
-                      entry.get("deletion_auc", "n/a")])
+        table.append(
+            [
+                method,
+                entry["energy_in_mask"],
+                entry["energy_in_mask_ci95"],
+                entry.get("vs_random_difference", ""),
+                entry.get("vs_random_ci95", ""),
+                entry.get("vs_random_p", ""),
+                entry.get("verdict", "reference"),
+                entry.get("deletion_auc", "n/a"),
+            ]
+        )
     report.table(columns, table, caption=f"final epoch ({summary['epoch']}), paired over seeds")
     pair_columns = ["comparison", "difference", "± 95 % CI", "p", "p (Holm)", "verdict"]
-    report.table(pair_columns, [[name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
-                                for name, e in summary["pairs"].items()],
-                 caption="energy in mask, method vs method at the final epoch (paired over seeds)")
-    report.table(pair_columns, [[name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
-                                for name, e in summary["over_training"].items()],
-                 caption="energy in mask, last epoch minus first epoch (paired over seeds): does the map become "
-                         "object-aligned while the ViT trains?")
+    report.table(
+        pair_columns,
+        [
+            [name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
+            for name, e in summary["pairs"].items()
+        ],
+        caption="energy in mask, method vs method at the final epoch (paired over seeds)",
+    )
+    report.table(
+        pair_columns,
+        [
+            [name, e["difference"], e["ci95"], e["p"], e.get("p_holm", ""), e["verdict"]]
+            for name, e in summary["over_training"].items()
+        ],
+        caption="energy in mask, last epoch minus first epoch (paired over seeds): does the map become "
+        "object-aligned while the ViT trains?",
+    )
     if grid is not None:
         report.image(grid, caption="last seed, final epoch: maps of the true class")
     report.preformatted(yaml.safe_dump(config))
@@ -318,8 +405,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     paths = run(yaml.safe_load(Path(args.config).read_text()), Path(args.out), from_results=args.from_results)
     summary = json.loads(paths["summary"].read_text())
     for method, entry in summary["methods"].items():
-        print(f"{method:16s} energy in mask {entry['energy_in_mask']:.3f} ± {entry['energy_in_mask_ci95']:.3f}  "
-              f"{entry.get('verdict', 'reference')}")
+        print(
+            f"{method:16s} energy in mask {entry['energy_in_mask']:.3f} ± {entry['energy_in_mask_ci95']:.3f}  "
+            f"{entry.get('verdict', 'reference')}"
+        )
     print(f"results in {args.out}")
     return paths
 

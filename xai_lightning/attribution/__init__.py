@@ -3,7 +3,7 @@
 ``attribute(model, x, target, method=...)`` runs any method by name; ``available_methods()`` lists them.
 """
 
-from xai_lightning.attribution.grad_cam import GradCAM, GradCAMResult, grad_cam
+from xai_lightning.attribution.grad_cam_method import GradCAM, GradCAMResult, grad_cam
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.registry import attribute, available_methods, get_method, method_class
 
@@ -35,15 +35,15 @@ from xai_lightning.attribution.xrai import RegionRanking, Xrai, rank_regions
 
 # transformers: attention maps; text: layer attribution, token occlusion, surrogates over tokens
 from xai_lightning.attribution.attention_capture import AttentionCapture, AttentionNotFoundError, find_attention_layers
-from xai_lightning.attribution.attention_maps import (
+from xai_lightning.attribution.attention_map_methods import (
     AttentionMaps,
     AttentionRelevance,
     AttentionRollout,
     RawAttention,
     attention_maps,
 )
-from xai_lightning.attribution.attention_relevance import attention_relevance
-from xai_lightning.attribution.attention_rollout import attention_rollout
+from xai_lightning.attribution.chefer_relevance import attention_relevance
+from xai_lightning.attribution.rollout import attention_rollout
 from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients, token_scores
 from xai_lightning.attribution.token_occlusion import TokenOcclusion, TokenOcclusionResult, word_attribution
 from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime

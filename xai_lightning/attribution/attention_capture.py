@@ -62,8 +62,14 @@ def _probabilities_in(output: object) -> tuple[int | None, torch.Tensor] | None:
 
 
 def _sdpa_hint(model: nn.Module) -> str:
-    implementation = next((getattr(module.config, "_attn_implementation", None) for module in unwrap_model(model).modules()
-                           if hasattr(module, "config")), None)  # a Hugging Face model, perhaps inside a wrapper
+    implementation = next(
+        (
+            getattr(module.config, "_attn_implementation", None)
+            for module in unwrap_model(model).modules()
+            if hasattr(module, "config")
+        ),
+        None,
+    )  # a Hugging Face model, perhaps inside a wrapper
     if implementation is not None and implementation != "eager":
         return (
             f" The model computes attention with {implementation!r}, which never materialises the attention "
@@ -141,19 +147,24 @@ class AttentionCapture:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
             tensor = output if index is None else output[index]  # type: ignore[index]
             if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
-                raise TypeError(f"Attention layer {name!r} no longer outputs attention probabilities (got "
-                                f"{type(tensor).__name__}); was the attention implementation changed?")
+                raise TypeError(
+                    f"Attention layer {name!r} no longer outputs attention probabilities (got "
+                    f"{type(tensor).__name__}); was the attention implementation changed?"
+                )
             self._captured[position] = tensor
 
         return hook
 
     def __enter__(self) -> Self:
         self._captured.clear()
-        self._handles = [module.register_forward_hook(self._hook(i, index))
-                         for i, (module, (_, index)) in enumerate(zip(self._modules, self.layers))]
+        self._handles = [
+            module.register_forward_hook(self._hook(i, index))
+            for i, (module, (_, index)) in enumerate(zip(self._modules, self.layers))
+        ]
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         while self._handles:
             self._handles.pop().remove()

@@ -55,8 +55,15 @@ class CAM(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", linear_layer: str = "auto", relu: bool = False, upsample: bool = True,
-                 reshape: str | None = None, **common) -> None:
+    def __init__(
+        self,
+        layer: str = "auto",
+        linear_layer: str = "auto",
+        relu: bool = False,
+        upsample: bool = True,
+        reshape: str | None = None,
+        **common,
+    ) -> None:
         super().__init__(**common)
         self.reshape = reshape
         self.layer = layer
@@ -64,8 +71,14 @@ class CAM(AttributionMethod):
         self.relu = relu
         self.upsample = upsample
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         layer = resolve_layer(explained, inputs, self.layer, "CAM", self.reshape)
         linear_name, linear = _final_linear(explained.model, self.linear_layer)
         maps = []

@@ -31,8 +31,14 @@ class Deconvnet(AttributionMethod):
     def __init__(self, **common) -> None:
         super().__init__(**common)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         apply_relu_rule(guard, explained.model, "deconvnet")
         gradients, _, _ = explained.input_gradients(inputs, target, labels)
         return gradients, None

@@ -45,9 +45,15 @@ class DeepShap(AttributionMethod):
     has_convergence_delta = True
     stochastic = True
 
-    def __init__(self, baselines: BaselineSpec = "uniform", num_baselines: int = 10,
-                 blur_sigma: float | None = None, multiply_by_inputs: bool = True, eps: float = 1e-10,
-                 **common) -> None:
+    def __init__(
+        self,
+        baselines: BaselineSpec = "uniform",
+        num_baselines: int = 10,
+        blur_sigma: float | None = None,
+        multiply_by_inputs: bool = True,
+        eps: float = 1e-10,
+        **common,
+    ) -> None:
         super().__init__(**common)
         if num_baselines < 1:
             raise ValueError(f"num_baselines must be >= 1; got {num_baselines}")
@@ -57,15 +63,26 @@ class DeepShap(AttributionMethod):
         self.multiply_by_inputs = multiply_by_inputs
         self.eps = eps
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         targets, _ = explained.resolve(inputs, target, labels)
         references = baseline_distribution(self.baselines, inputs, self.num_baselines, blur_sigma=self.blur_sigma)
         batch, count = references.shape[:2]
         expanded = inputs.repeat_interleave(count, dim=0)  # input-major: (x0 r0, x0 r1, …)
         contributions, deltas = deeplift_contributions(
-            explained, guard, expanded, references.flatten(0, 1), targets.repeat_interleave(count),
-            self.eps, self.multiply_by_inputs,
+            explained,
+            guard,
+            expanded,
+            references.flatten(0, 1),
+            targets.repeat_interleave(count),
+            self.eps,
+            self.multiply_by_inputs,
         )
         attribution = contributions.view(batch, count, *inputs.shape[1:]).mean(dim=1)
         return attribution, deltas.view(batch, count).mean(dim=1)

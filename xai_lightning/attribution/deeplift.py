@@ -79,16 +79,28 @@ class DeepLift(AttributionMethod):
     title = "DeepLIFT"
     has_convergence_delta = True
 
-    def __init__(self, baseline: BaselineSpec = "zero", blur_sigma: float | None = None,
-                 multiply_by_inputs: bool = True, eps: float = 1e-10, **common) -> None:
+    def __init__(
+        self,
+        baseline: BaselineSpec = "zero",
+        blur_sigma: float | None = None,
+        multiply_by_inputs: bool = True,
+        eps: float = 1e-10,
+        **common,
+    ) -> None:
         super().__init__(**common)
         self.baseline = baseline
         self.blur_sigma = blur_sigma
         self.multiply_by_inputs = multiply_by_inputs
         self.eps = eps
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         targets, _ = explained.resolve(inputs, target, labels)
         references = make_baseline(self.baseline, inputs, blur_sigma=self.blur_sigma)
         return deeplift_contributions(explained, guard, inputs, references, targets, self.eps, self.multiply_by_inputs)

@@ -36,8 +36,24 @@ from xai_lightning.core import ObserverGuard
 __all__ = ["ELEMENTWISE_NONLINEARITIES", "MAX_POOLS", "apply_rescale_rule"]
 
 ELEMENTWISE_NONLINEARITIES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.LogSigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
     nn.Tanhshrink,
 )
 MAX_POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -74,8 +90,9 @@ class _MaxPoolRescale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: nn.Module, eps: float) -> torch.Tensor:  # type: ignore[override]
         pool = _POOL_FUNCTIONS[type(module)]
-        y, indices = pool(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode,
-                          return_indices=True)
+        y, indices = pool(
+            x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode, return_indices=True
+        )
         ctx.save_for_backward(x, y, indices)
         ctx.eps = eps
         return y

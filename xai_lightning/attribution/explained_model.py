@@ -154,8 +154,9 @@ class ExplainedModel:
         """
         return self._layout(lambda rows: self._folding(self.logits, rows), x)
 
-    def scores(self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *,
-               cpu_tuned: bool = False) -> torch.Tensor:
+    def scores(
+        self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *, cpu_tuned: bool = False
+    ) -> torch.Tensor:
         """``(total,)`` scores of ``total`` model inputs produced slice by slice by ``make_rows``.
 
         ``cpu_tuned``: slices of :meth:`rows_per_pass` rows, forward passes by :meth:`fast_logits`

@@ -59,8 +59,14 @@ class GradCAMPlusPlus(AttributionMethod):
         self.layer = layer
         self.upsample = upsample
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         layer = resolve_layer(explained, inputs, self.layer, "Grad-CAM++", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="Grad-CAM++"):

@@ -91,8 +91,14 @@ class GradientShap(AttributionMethod):
         self.alphas = alphas
         self.noise = noise
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         batch, n, shape = inputs.shape[0], self.n_samples, tuple(inputs.shape[1:])
         device, dtype = inputs.device, inputs.dtype
         targets, _ = explained.resolve(inputs, target, labels)
@@ -103,7 +109,9 @@ class GradientShap(AttributionMethod):
             indices = torch.randint(0, available, (n,)).unsqueeze(0).expand(batch, n)
         indices = indices.long().to(device)
         if indices.numel() and (indices.min() < 0 or indices.max() >= available):
-            raise ValueError(f"baseline_indices must lie in 0..{available - 1} (the distribution has {available} baselines)")
+            raise ValueError(
+                f"baseline_indices must lie in 0..{available - 1} (the distribution has {available} baselines)"
+            )
         alphas = _per_example(self.alphas, batch, n, "alphas")
         if alphas is None:
             alphas = torch.rand(n, dtype=torch.float32).unsqueeze(0).expand(batch, n)
@@ -133,6 +141,6 @@ class GradientShap(AttributionMethod):
             row_targets = torch.cat([targets, targets.repeat_interleave(n)])
             scores = explained.scores(ends.shape[0], lambda rows: ends[rows], row_targets, "logit")
             expected_baseline = scores[batch:].view(batch, n).mean(dim=1)
-            summed = (attribution if self.multiply_by_inputs else attribution * (noisy - chosen))
+            summed = attribution if self.multiply_by_inputs else attribution * (noisy - chosen)
             delta = summed.view(batch, n, -1).sum(2).mean(1).float() - (scores[:batch] - expected_baseline)
         return result, delta

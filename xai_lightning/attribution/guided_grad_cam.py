@@ -37,17 +37,26 @@ class GuidedGradCAM(AttributionMethod):
     title = "Guided Grad-CAM"
     image_only = True
 
-    def __init__(self, layer: str = "auto", interpolate_mode: str = "bilinear", reshape: str | None = None,
-                 **common) -> None:
+    def __init__(
+        self, layer: str = "auto", interpolate_mode: str = "bilinear", reshape: str | None = None, **common
+    ) -> None:
         super().__init__(**common)
         self.reshape = reshape
         if interpolate_mode not in ("bilinear", "nearest", "bicubic", "area"):
-            raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest', 'bicubic' or 'area'; got {interpolate_mode!r}")
+            raise ValueError(
+                f"interpolate_mode must be 'bilinear', 'nearest', 'bicubic' or 'area'; got {interpolate_mode!r}"
+            )
         self.layer = layer
         self.interpolate_mode = interpolate_mode
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         layer = resolve_layer(explained, inputs, self.layer, "Guided Grad-CAM", self.reshape)
         switch = apply_relu_rule(guard, explained.model, "gradient")
         parts = []

@@ -36,16 +36,23 @@ class HiResCAM(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", relu: bool = True, upsample: bool = True, reshape: str | None = None,
-                 **common) -> None:
+    def __init__(
+        self, layer: str = "auto", relu: bool = True, upsample: bool = True, reshape: str | None = None, **common
+    ) -> None:
         super().__init__(**common)
         self.reshape = reshape
         self.layer = layer
         self.relu = relu
         self.upsample = upsample
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         layer = resolve_layer(explained, inputs, self.layer, "HiResCAM", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="HiResCAM"):

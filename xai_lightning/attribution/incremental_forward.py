@@ -97,15 +97,27 @@ def _describe(module: nn.Module) -> tuple[LayerKind | None, tuple[Geometry, Geom
             padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
         else:
             padding = _pair(module.padding)
-        return "conv", tuple(Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
-                             for k, s, p, d in zip(kernel, stride, padding, dilation)), ""
+        return (
+            "conv",
+            tuple(
+                Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
+                for k, s, p, d in zip(kernel, stride, padding, dilation)
+            ),
+            "",
+        )
     if kind is nn.MaxPool2d:
         if module.return_indices:
             return None, None, "MaxPool2d returns indices"
         kernel, dilation, padding = _pair(module.kernel_size), _pair(module.dilation), _pair(module.padding)
         stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        return "pool", tuple(Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
-                             for k, s, p, d in zip(kernel, stride, padding, dilation)), ""
+        return (
+            "pool",
+            tuple(
+                Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
+                for k, s, p, d in zip(kernel, stride, padding, dilation)
+            ),
+            "",
+        )
     return None, None, f"{kind.__name__} is not one of Conv2d, MaxPool2d, BatchNorm2d (eval), ReLU, Identity, Normalize"
 
 
@@ -197,14 +209,22 @@ def trace_leading_chain(model: nn.Module, sample: torch.Tensor, output_key: str 
         if kind is None:
             chain.reason = f"{names[module]}: {why}"
             break
-        chain.layers.append(ChainLayer(names[module], module, kind, tuple(first.shape[1:]),  # type: ignore[union-attr]
-                                       tuple(output.shape[1:]), geometry))
+        chain.layers.append(
+            ChainLayer(
+                names[module],
+                module,
+                kind,
+                tuple(first.shape[1:]),  # type: ignore[union-attr]
+                tuple(output.shape[1:]),
+                geometry,
+            )
+        )
         expected = output
         tensors.append(output)
     # A tensor inside the chain that a later module also reads (a residual shortcut) must be where
     # the chain ends: only the chain's last output is handed, whole, to the rest of the network.
     end = len(chain.layers)
-    for module, first, _ in calls[len(chain.layers):]:
+    for module, first, _ in calls[len(chain.layers) :]:
         for index in range(end):
             if first is tensors[index]:
                 end = index
@@ -264,8 +284,9 @@ class IncrementalForward:
     and the pasted ``(r, C, H, W)`` activation a plain forward of ``r`` rows would hold anyway.
     """
 
-    def __init__(self, chain: LeadingChain, count: int, plans: list[_Plan], input_plan: _Plan,
-                 inputs: torch.Tensor) -> None:
+    def __init__(
+        self, chain: LeadingChain, count: int, plans: list[_Plan], input_plan: _Plan, inputs: torch.Tensor
+    ) -> None:
         self.chain = chain
         self.count = count
         self.layers = chain.layers[:count]
@@ -315,8 +336,9 @@ class IncrementalForward:
             # Where the previous layer's patch lands in this canvas (parts outside it are not read).
             inside_rows = (previous.start[0] - reads[0])[:, None] + torch.arange(previous.size[0], device=host)
             inside_cols = (previous.start[1] - reads[1])[:, None] + torch.arange(previous.size[1], device=host)
-            valid = (((inside_rows >= 0) & (inside_rows < spans[0]))[:, :, None]
-                     & ((inside_cols >= 0) & (inside_cols < spans[1]))[:, None, :])
+            valid = ((inside_rows >= 0) & (inside_rows < spans[0]))[:, :, None] & (
+                (inside_cols >= 0) & (inside_cols < spans[1])
+            )[:, None, :]
             local = inside_rows[:, :, None] * spans[1] + inside_cols[:, None, :]
             self._paste.append(torch.where(valid, local, -1).flatten(1).to(device))
             self._paste_everywhere.append(bool(valid.all()))
@@ -367,8 +389,9 @@ class IncrementalForward:
         lo_h, hi_h, lo_w, hi_w = boxes[:, 0], boxes[:, 1] - 1, boxes[:, 2], boxes[:, 3] - 1
         height, width = inputs.shape[2:]
         size = (int((hi_h - lo_h + 1).max()), int((hi_w - lo_w + 1).max()))
-        input_plan = _Plan(size, (lo_h.clamp(max=height - size[0]), lo_w.clamp(max=width - size[1])),
-                           (lo_h, hi_h, lo_w, hi_w))
+        input_plan = _Plan(
+            size, (lo_h.clamp(max=height - size[0]), lo_w.clamp(max=width - size[1])), (lo_h, hi_h, lo_w, hi_w)
+        )
         plans, count, previous, why = [], 0, input_plan, chain.reason
         for index, layer in enumerate(chain.layers):
             plan = _propagate(layer, previous)
@@ -382,27 +405,34 @@ class IncrementalForward:
         if not any(layer.geometry is not None for layer in chain.layers[:count]):
             return None, f"no convolution or pooling can be computed incrementally ({why})"
         saved = sum(
-            _macs_per_output(layer.module) * layer.output_shape[0]
+            _macs_per_output(layer.module)
+            * layer.output_shape[0]
             * (layer.output_shape[1] * layer.output_shape[2] - plan.size[0] * plan.size[1])
-            for layer, plan in zip(chain.layers[:count], plans) if layer.kind == "conv"
+            for layer, plan in zip(chain.layers[:count], plans)
+            if layer.kind == "conv"
         )
         if saved < min_saving * chain.model_macs:
-            return None, (f"the patches would save {saved / max(chain.model_macs, 1):.0%} of the model's multiply-adds "
-                          f"(less than {min_saving:.0%}; {why})")
+            return None, (
+                f"the patches would save {saved / max(chain.model_macs, 1):.0%} of the model's multiply-adds "
+                f"(less than {min_saving:.0%}; {why})"
+            )
         incremental = cls(chain, count, plans, input_plan, inputs)
         with torch.no_grad():
             if reference_logits is None:
                 reference_logits = select_logits(model(probe), output_key)
             try:
-                replayed = chain.run_rest(count, incremental.clean_activation[: probe.shape[0]].contiguous(
-                    memory_format=torch.channels_last))
+                replayed = chain.run_rest(
+                    count, incremental.clean_activation[: probe.shape[0]].contiguous(memory_format=torch.channels_last)
+                )
             except RuntimeError as error:  # the rest of the network rejected the replaced chain
                 return None, f"the rest of the network cannot start from {chain.layers[count - 1].name}: {error}"
         reference = reference_logits.float()
         tolerance = 1e-4 * (reference.abs().max() + 1.0)
         if not bool(((replayed.float() - reference).abs() <= tolerance).all()):  # one synchronisation
-            return None, ("the network reads the input or an inner activation of the chain outside the chain's modules "
-                          f"(a check pass starting from {chain.layers[count - 1].name} did not reproduce the logits)")
+            return None, (
+                "the network reads the input or an inner activation of the chain outside the chain's modules "
+                f"(a check pass starting from {chain.layers[count - 1].name} did not reproduce the logits)"
+            )
         incremental.reason = why
         return incremental, ""
 

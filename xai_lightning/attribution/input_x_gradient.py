@@ -25,7 +25,13 @@ class InputXGradient(AttributionMethod):
     def __init__(self, **common) -> None:
         super().__init__(**common)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         gradients, _, _ = explained.input_gradients(inputs, target, labels)
         return inputs * gradients, None

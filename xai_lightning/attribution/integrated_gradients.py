@@ -139,8 +139,14 @@ class IntegratedGradients(AttributionMethod):
         self.blur_sigma = blur_sigma
         self.multiply_by_inputs = multiply_by_inputs
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         targets, logits = explained.resolve(inputs, target, labels)
         baselines = make_baseline(self.baseline, inputs, blur_sigma=self.blur_sigma)
         alphas, weights = integration_rule(self.steps, self.rule)

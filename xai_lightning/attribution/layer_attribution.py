@@ -65,16 +65,20 @@ def replaced_layer(model: nn.Module, spec: LayerSpec, value: Callable[[], torch.
     def check(original: torch.Tensor) -> torch.Tensor:
         replacement = value()
         if replacement.shape != original.shape:
-            raise ValueError(f"Layer {spec.key!r}: the replacement has shape {tuple(replacement.shape)} but the layer's "
-                             f"tensor has {tuple(original.shape)}.")
+            raise ValueError(
+                f"Layer {spec.key!r}: the replacement has shape {tuple(replacement.shape)} but the layer's "
+                f"tensor has {tuple(original.shape)}."
+            )
         return replacement.to(original.dtype)
 
     if spec.capture == "input":
+
         def pre_hook(_module: nn.Module, args: tuple, kwargs: dict):
             return (check(args[0]), *args[1:]), kwargs
 
         handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
+
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             return check(output)
 
@@ -90,8 +94,9 @@ class _LayerMethod(AttributionMethod):
 
     map_reduction = "sum"
 
-    def __init__(self, layer: str = "auto", pad_id: int | None = 0, protected_ids: Sequence[int] = (),
-                 **common: Any) -> None:
+    def __init__(
+        self, layer: str = "auto", pad_id: int | None = 0, protected_ids: Sequence[int] = (), **common: Any
+    ) -> None:
         super().__init__(**common)
         self.layer = layer
         self.pad_id = pad_id
@@ -152,8 +157,15 @@ class LayerIntegratedGradients(_LayerMethod):
     title = "Layer Integrated Gradients"
     has_convergence_delta = True
 
-    def __init__(self, layer: str = "auto", steps: int = 50, rule: str = "gauss_legendre",
-                 baseline: LayerBaseline = "zero", multiply_by_inputs: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        layer: str = "auto",
+        steps: int = 50,
+        rule: str = "gauss_legendre",
+        baseline: LayerBaseline = "zero",
+        multiply_by_inputs: bool = True,
+        **options: Any,
+    ) -> None:
         super().__init__(layer=layer, **options)
         integration_rule(steps, rule)
         if isinstance(baseline, str) and baseline not in ("zero", "pad"):
@@ -163,8 +175,9 @@ class LayerIntegratedGradients(_LayerMethod):
         self.baseline = baseline
         self.multiply_by_inputs = multiply_by_inputs
 
-    def _baseline(self, explained: ExplainedModel, spec: LayerSpec, inputs: torch.Tensor,
-                  activation: torch.Tensor) -> torch.Tensor:
+    def _baseline(
+        self, explained: ExplainedModel, spec: LayerSpec, inputs: torch.Tensor, activation: torch.Tensor
+    ) -> torch.Tensor:
         if isinstance(self.baseline, torch.Tensor):
             baseline = self.baseline.to(activation.device, activation.dtype)
             return baseline.expand_as(activation).clone() if baseline.dim() < activation.dim() else baseline
@@ -178,8 +191,14 @@ class LayerIntegratedGradients(_LayerMethod):
         padded = torch.where(explainable, torch.full_like(inputs, self.pad_id), inputs)
         return self.layer_values(explained, spec, padded)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         if not inputs.is_floating_point():
             inputs = token_ids(inputs, type(self).__name__)
         spec = self.layer_spec(explained.model, inputs)
@@ -212,8 +231,15 @@ class LayerIntegratedGradients(_LayerMethod):
             attribution = attribution * (inputs != self.pad_id).unsqueeze(-1)
         return spec.apply(attribution), delta
 
-    def _delta(self, explained: ExplainedModel, spec: LayerSpec, inputs: torch.Tensor, targets: torch.Tensor,
-               attribution: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    def _delta(
+        self,
+        explained: ExplainedModel,
+        spec: LayerSpec,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        attribution: torch.Tensor,
+        baseline: torch.Tensor,
+    ) -> torch.Tensor:
         """``Σ attribution − (F(x) − F(x; a'))`` per example."""
         with torch.no_grad():
             full = explained.scores(inputs.shape[0], lambda rows: inputs[rows], targets, "logit")
@@ -244,8 +270,14 @@ class LayerGradientXActivation(_LayerMethod):
         super().__init__(layer=layer, **options)
         self.multiply_by_inputs = multiply_by_inputs
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         if not inputs.is_floating_point():
             inputs = token_ids(inputs, type(self).__name__)
         spec = self.layer_spec(explained.model, inputs)

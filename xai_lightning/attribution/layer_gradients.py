@@ -35,8 +35,9 @@ class LayerSlice:
     targets: torch.Tensor
 
 
-def resolve_layer(explained: ExplainedModel, inputs: torch.Tensor, layer: str, method: str,
-                  reshape: str | Reshape | None = None) -> str:
+def resolve_layer(
+    explained: ExplainedModel, inputs: torch.Tensor, layer: str, method: str, reshape: str | Reshape | None = None
+) -> str:
     """The spec key of ``layer`` (``"auto"`` resolved with a forward pass on one input); ``reshape``
     applies when the layer names none."""
     (spec,) = resolve_layer_specs(explained.model, layer, lambda: explained.model(inputs[:1].detach()), reshape)

@@ -53,8 +53,14 @@ class Lime(SurrogateMethod):
     name = "lime"
     title = "LIME"
 
-    def __init__(self, num_samples: int = 1000, kernel_width: float = 0.25, alpha: float = 1.0,
-                 top_k: int | None = None, **options) -> None:
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        kernel_width: float = 0.25,
+        alpha: float = 1.0,
+        top_k: int | None = None,
+        **options,
+    ) -> None:
         super().__init__(num_samples=num_samples, **options)
         if kernel_width <= 0:
             raise ValueError(f"kernel_width must be > 0; got {kernel_width}")

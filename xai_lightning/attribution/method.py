@@ -59,8 +59,14 @@ class AttributionMethod:
     #: the plain passes by default (and their agreement with Captum to 1e-5).
     fold_batchnorm_default: ClassVar[bool] = True
 
-    def __init__(self, *, output_key: str | int | None = None, max_batch: int | None = None, seed: int | None = None,
-                 fold_batchnorm: bool | None = None):
+    def __init__(
+        self,
+        *,
+        output_key: str | int | None = None,
+        max_batch: int | None = None,
+        seed: int | None = None,
+        fold_batchnorm: bool | None = None,
+    ):
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
         self.output_key = output_key
@@ -93,7 +99,9 @@ class AttributionMethod:
         """
         self._check_inputs(inputs)
         if return_convergence_delta and not self.has_convergence_delta:
-            raise TypeError(f"{type(self).__name__} has no convergence delta; call it without return_convergence_delta.")
+            raise TypeError(
+                f"{type(self).__name__} has no convergence delta; call it without return_convergence_delta."
+            )
         network = unwrap_model(model)
         score_fn, target = split_target(target)
         with observe(network, trainer=trainer, seed=self.seed) as guard:
@@ -104,9 +112,15 @@ class AttributionMethod:
             try:
                 # On CUDA ``like=x`` runs one row through the model for a memory-aware max_batch:
                 # inside the try, so a 3-D slip gets the same hint as in the method itself.
-                explained = ExplainedModel(network, self.output_key, self.max_batch,
-                                           want_delta=return_convergence_delta, score_fn=score_fn, like=x,
-                                           fold_batchnorm=self.fold_batchnorm)
+                explained = ExplainedModel(
+                    network,
+                    self.output_key,
+                    self.max_batch,
+                    want_delta=return_convergence_delta,
+                    score_fn=score_fn,
+                    like=x,
+                    fold_batchnorm=self.fold_batchnorm,
+                )
                 attribution, delta = self._attribute(explained, x, target, label_copy, guard)
             except Exception as error:
                 if inputs.dim() != 3:

@@ -93,8 +93,9 @@ def occlusion_windows(
     masks = indicators[0]
     for indicator in indicators[1:]:
         # (n_1·…·n_k, s_1, …, s_k) ⊗ (n_{k+1}, s_{k+1}) → windows of every combination of positions
-        masks = (masks[:, None, ..., None] & indicator.view(1, indicator.shape[0], *([1] * (masks.dim() - 1)),
-                                                             indicator.shape[1]))
+        masks = masks[:, None, ..., None] & indicator.view(
+            1, indicator.shape[0], *([1] * (masks.dim() - 1)), indicator.shape[1]
+        )
         masks = masks.flatten(0, 1)
     return masks
 
@@ -175,8 +176,14 @@ class Occlusion(AttributionMethod):
             + f"or {len(sample_shape)} values."
         )
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         sample_shape = tuple(inputs.shape[1:])
         window = self._shape(self.window, sample_shape, "window")
         # A channel stride defaults to the full channel window (one window over all channels).
@@ -199,6 +206,7 @@ class Occlusion(AttributionMethod):
             return index // count, index % count  # example-major
 
         if incremental is None:
+
             def occluded(rows: slice) -> torch.Tensor:
                 example, position = example_and_window(rows)
                 return torch.where(masks[position], baselines[example], inputs[example])
@@ -213,9 +221,11 @@ class Occlusion(AttributionMethod):
                 step = explained.rows_per_pass(inputs[:1], cpu_elements=2 * CPU_INPUT_ELEMENTS_PER_PASS)
                 for rows in batch_slices(batch * count, step):
                     example, position = example_and_window(rows)
-                    patch = torch.where(incremental.crop(masks, position, position),
-                                        incremental.crop(baselines, example, position),
-                                        incremental.crop(inputs, example, position))
+                    patch = torch.where(
+                        incremental.crop(masks, position, position),
+                        incremental.crop(baselines, example, position),
+                        incremental.crop(inputs, example, position),
+                    )
                     logits = score_precision(incremental.logits(example, position, patch))
                     parts.append(scores_from_logits(logits, row_targets[rows], self.score))
             scores = torch.cat(parts)
@@ -225,8 +235,9 @@ class Occlusion(AttributionMethod):
         attribution = (drops @ weights) / covered
         return attribution.view(batch, *sample_shape).to(inputs.dtype), None
 
-    def _incremental_forward(self, explained: ExplainedModel, inputs: torch.Tensor,
-                             masks: torch.Tensor) -> IncrementalForward | None:
+    def _incremental_forward(
+        self, explained: ExplainedModel, inputs: torch.Tensor, masks: torch.Tensor
+    ) -> IncrementalForward | None:
         if self.incremental is False:
             return None
         if explained.score_fn is not None:
@@ -234,8 +245,12 @@ class Occlusion(AttributionMethod):
             incremental, why = None, "the target is a callable on the model output"
         elif inputs.dim() == 4:
             incremental, why = IncrementalForward.build(
-                explained.model, inputs, window_boxes(masks), explained.output_key,
-                min_saving=AUTO_INCREMENTAL_MIN_SAVING if self.incremental == "auto" else 0.0)
+                explained.model,
+                inputs,
+                window_boxes(masks),
+                explained.output_key,
+                min_saving=AUTO_INCREMENTAL_MIN_SAVING if self.incremental == "auto" else 0.0,
+            )
         else:
             incremental, why = None, f"inputs of shape {tuple(inputs.shape)} are not images (B, C, H, W)"
         if incremental is None and self.incremental is True:

@@ -27,7 +27,6 @@ neither on ``max_batch`` nor (with fitted reference data) on the other examples 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -54,6 +53,7 @@ def window_origins(size: int, window: int, stride: int) -> list[int]:
 
 def weight_of_evidence(p_with: torch.Tensor, p_without: torch.Tensor, count: int, classes: int) -> torch.Tensor:
     """``log₂ odds(p_with) − log₂ odds(p_without)`` after Laplace correction with ``count`` and ``classes``."""
+
     def log2_odds(p: torch.Tensor) -> torch.Tensor:
         p = (p.double() * count + 1) / (count + classes)
         return torch.log2(p) - torch.log2(1 - p)
@@ -72,9 +72,13 @@ class _PatchGaussian:
         mean = patches.mean(0)
         centred = patches - mean
         cov = centred.T @ centred / max(patches.shape[0] - 1, 1)
-        cov += jitter * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        cov += (
+            jitter
+            * cov.diagonal().mean().clamp_min(1e-12)
+            * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        )
         grid = torch.zeros(channels, side, side, dtype=torch.bool)
-        grid[:, neighbourhood:neighbourhood + window, neighbourhood:neighbourhood + window] = True
+        grid[:, neighbourhood : neighbourhood + window, neighbourhood : neighbourhood + window] = True
         inner = grid.flatten().nonzero().squeeze(1).to(data.device)
         outer = (~grid).flatten().nonzero().squeeze(1).to(data.device)
         sigma_oo = cov[outer][:, outer]
@@ -82,7 +86,9 @@ class _PatchGaussian:
         self.gain = torch.linalg.solve(sigma_oo, sigma_io.T).T  # Σ_io Σ_oo⁻¹
         conditional = cov[inner][:, inner] - self.gain @ sigma_io.T
         conditional = (conditional + conditional.T) / 2
-        self.cholesky = torch.linalg.cholesky(conditional + jitter * torch.eye(len(inner), dtype=cov.dtype, device=cov.device))
+        self.cholesky = torch.linalg.cholesky(
+            conditional + jitter * torch.eye(len(inner), dtype=cov.dtype, device=cov.device)
+        )
         self.mean_inner, self.mean_outer = mean[inner], mean[outer]
         self.inner, self.outer, self.side = inner, outer, side
         self.neighbourhood, self.window, self.channels = neighbourhood, window, channels
@@ -117,9 +123,16 @@ class PredictionDifferenceAnalysis(AttributionMethod):
     stochastic = True
     map_reduction = "none"
 
-    def __init__(self, window_size: int = 4, stride: int = 2, num_samples: int = 10,
-                 sampling: Sampling = "conditional", neighbourhood: int = 2, laplace_count: int = 1000,
-                 **common) -> None:
+    def __init__(
+        self,
+        window_size: int = 4,
+        stride: int = 2,
+        num_samples: int = 10,
+        sampling: Sampling = "conditional",
+        neighbourhood: int = 2,
+        laplace_count: int = 1000,
+        **common,
+    ) -> None:
         super().__init__(**common)
         if window_size < 1 or stride < 1 or num_samples < 1 or neighbourhood < 0 or laplace_count < 1:
             raise ValueError(
@@ -144,8 +157,14 @@ class PredictionDifferenceAnalysis(AttributionMethod):
         self._reference = images.detach().clone().float()
         return self
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         batch, channels, height, width = inputs.shape
         k = self.window_size
         reference = inputs if self._reference is None else self._reference.to(inputs.device, inputs.dtype)
@@ -212,5 +231,5 @@ class PredictionDifferenceAnalysis(AttributionMethod):
         grid = values.view(values.shape[0], k, k, len(tops), len(lefts))
         for i, top in enumerate(tops):  # windows per side (a few dozen), not per example
             for j, left in enumerate(lefts):
-                out[:, top:top + k, left:left + k] += grid[..., i, j]
+                out[:, top : top + k, left : left + k] += grid[..., i, j]
         return out

@@ -17,7 +17,7 @@ from xai_lightning.attribution.cam import CAM
 from xai_lightning.attribution.deconvnet import Deconvnet
 from xai_lightning.attribution.deep_shap import DeepShap
 from xai_lightning.attribution.deeplift import DeepLift
-from xai_lightning.attribution.grad_cam import GradCAM
+from xai_lightning.attribution.grad_cam_method import GradCAM
 from xai_lightning.attribution.grad_cam_plus_plus import GradCAMPlusPlus
 from xai_lightning.attribution.gradient_shap import GradientShap
 from xai_lightning.attribution.guided_backprop import GuidedBackprop
@@ -25,19 +25,19 @@ from xai_lightning.attribution.guided_grad_cam import GuidedGradCAM
 from xai_lightning.attribution.hires_cam import HiResCAM
 from xai_lightning.attribution.input_x_gradient import InputXGradient
 from xai_lightning.attribution.integrated_gradients import IntegratedGradients
-from xai_lightning.attribution.method import AttributionMethod
-from xai_lightning.attribution.occlusion import Occlusion
-from xai_lightning.attribution.saliency import Saliency
-from xai_lightning.attribution.score_cam import ScoreCAM
-from xai_lightning.attribution.smoothgrad import SmoothGrad
-from xai_lightning.core import TargetSpec
 
 # --- perturbation (model-agnostic) methods: issue 3, perturbation share -------------------------
 from xai_lightning.attribution.kernel_shap import KernelShap
 from xai_lightning.attribution.lime import Lime
+from xai_lightning.attribution.method import AttributionMethod
+from xai_lightning.attribution.occlusion import Occlusion
 from xai_lightning.attribution.prediction_difference import PredictionDifferenceAnalysis
 from xai_lightning.attribution.rise import Rise
+from xai_lightning.attribution.saliency import Saliency
+from xai_lightning.attribution.score_cam import ScoreCAM
+from xai_lightning.attribution.smoothgrad import SmoothGrad
 from xai_lightning.attribution.xrai import Xrai
+from xai_lightning.core import TargetSpec
 
 _PERTURBATION_METHODS: tuple[type[AttributionMethod], ...] = (
     PredictionDifferenceAnalysis,
@@ -55,7 +55,7 @@ _PERTURBATION_ALIASES: dict[str, str] = {
 # -------------------------------------------------------------------------------------------------
 
 # --- transformers and text: issue 20 --------------------------------------------------------------
-from xai_lightning.attribution.attention_maps import AttentionRelevance, AttentionRollout, RawAttention
+from xai_lightning.attribution.attention_map_methods import AttentionRelevance, AttentionRollout, RawAttention
 from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients
 from xai_lightning.attribution.token_occlusion import TokenOcclusion
 from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime

@@ -40,8 +40,9 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, height: int, width: in
     """
     n, s = grids.shape[0], grids.shape[1]
     cell_h, cell_w = math.ceil(height / s), math.ceil(width / s)
-    big = F.interpolate(grids.unsqueeze(1).float(), size=((s + 1) * cell_h, (s + 1) * cell_w),
-                        mode="bilinear", align_corners=False).squeeze(1)
+    big = F.interpolate(
+        grids.unsqueeze(1).float(), size=((s + 1) * cell_h, (s + 1) * cell_w), mode="bilinear", align_corners=False
+    ).squeeze(1)
     rows = shifts[:, 0].view(-1, 1) + torch.arange(height, device=grids.device).view(1, -1)  # (n, H)
     cols = shifts[:, 1].view(-1, 1) + torch.arange(width, device=grids.device).view(1, -1)  # (n, W)
     index = torch.arange(n, device=grids.device).view(-1, 1, 1)
@@ -65,8 +66,15 @@ class Rise(AttributionMethod):
     stochastic = True
     map_reduction = "none"
 
-    def __init__(self, num_masks: int = 4000, grid_size: int = 7, keep_probability: float = 0.5,
-                 baseline: BaselineSpec = "zero", score: ScoreKind = "probability", **common) -> None:
+    def __init__(
+        self,
+        num_masks: int = 4000,
+        grid_size: int = 7,
+        keep_probability: float = 0.5,
+        baseline: BaselineSpec = "zero",
+        score: ScoreKind = "probability",
+        **common,
+    ) -> None:
         super().__init__(**common)
         if num_masks < 1:
             raise ValueError(f"num_masks must be >= 1; got {num_masks}")
@@ -82,25 +90,34 @@ class Rise(AttributionMethod):
         self.baseline = baseline
         self.score = score
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         batch, _, height, width = inputs.shape
         s = self.grid_size
         # All random numbers first (on the inputs' device, shared by the batch): max_batch cannot change them.
         device = inputs.device
         generator = device_generator(device)
         grids = (torch.rand(self.num_masks, s, s, device=device, generator=generator) < self.keep_probability).float()
-        shifts = torch.stack([
-            torch.randint(0, math.ceil(height / s), (self.num_masks,), device=device, generator=generator),
-            torch.randint(0, math.ceil(width / s), (self.num_masks,), device=device, generator=generator),
-        ], dim=1)
+        shifts = torch.stack(
+            [
+                torch.randint(0, math.ceil(height / s), (self.num_masks,), device=device, generator=generator),
+                torch.randint(0, math.ceil(width / s), (self.num_masks,), device=device, generator=generator),
+            ],
+            dim=1,
+        )
         targets, _ = explained.resolve(inputs, target, labels)
         baselines = make_baseline(self.baseline, inputs)
         saliency = torch.zeros(batch, height, width, dtype=torch.float64, device=inputs.device)
         total = batch * self.num_masks
         for rows in explained.slices(total):
             first_mask, last_mask = rows.start // batch, (rows.stop - 1) // batch
-            masks = rise_masks(grids[first_mask:last_mask + 1], shifts[first_mask:last_mask + 1], height, width)
+            masks = rise_masks(grids[first_mask : last_mask + 1], shifts[first_mask : last_mask + 1], height, width)
             index = torch.arange(rows.start, rows.stop, device=inputs.device)
             example, mask = index % batch, index // batch - first_mask
             chosen = masks[mask].unsqueeze(1).to(inputs.dtype)

@@ -32,7 +32,13 @@ class Saliency(AttributionMethod):
         super().__init__(**common)
         self.abs = abs
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         gradients, _, _ = explained.input_gradients(inputs, target, labels)
         return (gradients.abs() if self.abs else gradients), None

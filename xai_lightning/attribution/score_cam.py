@@ -46,8 +46,14 @@ class ScoreCAM(AttributionMethod):
         self.layer = layer
         self.score = score
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         layer = resolve_layer(explained, inputs, self.layer, "Score-CAM", self.reshape)
         size = tuple(inputs.shape[-2:])
         activations, targets = [], []

@@ -116,16 +116,26 @@ class SmoothGrad(AttributionMethod):
         else:
             flat = inputs.flatten(1)
             sigma = self.noise_level * (flat.amax(1) - flat.amin(1))
-        standard = torch.randn((self.n_samples, *shape), dtype=torch.float32, device=inputs.device,
-                               generator=device_generator(inputs.device)).to(inputs.dtype)
+        standard = torch.randn(
+            (self.n_samples, *shape),
+            dtype=torch.float32,
+            device=inputs.device,
+            generator=device_generator(inputs.device),
+        ).to(inputs.dtype)
         return sigma.view(batch, 1, *([1] * len(shape))) * standard.unsqueeze(0)
 
     def _check_inputs(self, inputs: torch.Tensor) -> None:
         super()._check_inputs(inputs)
         self.inner._check_inputs(inputs)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         batch, n = inputs.shape[0], self.n_samples
         targets, _ = explained.resolve(inputs, target, labels)
         noisy = (inputs.unsqueeze(1) + self._noise(inputs)).flatten(0, 1)  # example-major: (b0 s0, b0 s1, …)

@@ -198,8 +198,9 @@ class SurrogateMethod(AttributionMethod):
         with observe(network, trainer=trainer, seed=self.seed) as guard:
             x = inputs.detach().clone()
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(x.device)
-            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn, like=x,
-                                       fold_batchnorm=self.fold_batchnorm)
+            explained = ExplainedModel(
+                network, self.output_key, self.max_batch, score_fn=score_fn, like=x, fold_batchnorm=self.fold_batchnorm
+            )
             result = self._explain(explained, x, target, label_copy, guard, feature_mask, coalitions)
         return result
 
@@ -235,9 +236,15 @@ class SurrogateMethod(AttributionMethod):
         coefficients, intercept = self._fit(coalitions, scores, weights.to(inputs.device), valid)
         attributions = scatter_to_inputs(coefficients.to(inputs.dtype), masks)
         return SurrogateExplanation(
-            coefficients=coefficients.float(), intercept=intercept.float(), feature_masks=masks,
-            num_features=counts, coalitions=coalitions, weights=weights.float(), scores=scores,
-            targets=targets, attributions=attributions,
+            coefficients=coefficients.float(),
+            intercept=intercept.float(),
+            feature_masks=masks,
+            num_features=counts,
+            coalitions=coalitions,
+            weights=weights.float(),
+            scores=scores,
+            targets=targets,
+            attributions=attributions,
         )
 
     @staticmethod

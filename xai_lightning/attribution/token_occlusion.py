@@ -163,9 +163,16 @@ class TokenOcclusion(AttributionMethod):
         return attribution.float()
 
     # ------------------------------------------------------------------ public API
-    def explain(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted", *,
-                labels: torch.Tensor | None = None, word_ids: torch.Tensor | None = None,
-                trainer: Any | None = None) -> TokenOcclusionResult:
+    def explain(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        labels: torch.Tensor | None = None,
+        word_ids: torch.Tensor | None = None,
+        trainer: Any | None = None,
+    ) -> TokenOcclusionResult:
         """The full result: per-token attributions and every window's drop."""
         ids = token_ids(inputs, type(self).__name__)
         network = unwrap_model(model)
@@ -173,12 +180,24 @@ class TokenOcclusion(AttributionMethod):
         with observe(network, trainer=trainer, seed=self.seed):
             label_copy = None if labels is None else torch.as_tensor(labels).detach().clone().to(ids.device)
             ids = ids.detach().clone()
-            explained = ExplainedModel(network, self.output_key, self.max_batch, score_fn=score_fn, like=ids,
-                                       fold_batchnorm=self.fold_batchnorm)
+            explained = ExplainedModel(
+                network,
+                self.output_key,
+                self.max_batch,
+                score_fn=score_fn,
+                like=ids,
+                fold_batchnorm=self.fold_batchnorm,
+            )
             return self._explain(explained, ids, target, label_copy, word_ids)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         return self._explain(explained, token_ids(inputs), target, labels, None).attributions, None
 
     # ------------------------------------------------------------------ internals
@@ -193,12 +212,13 @@ class TokenOcclusion(AttributionMethod):
             rows = max(1, self.tokens_per_pass // width)
             if self.max_batch is not None:
                 rows = min(rows, self.max_batch)
-            passes.append(order[start:start + rows])
+            passes.append(order[start : start + rows])
             start += rows
         return passes
 
-    def _score_rows(self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, targets: torch.Tensor,
-                    width: int, trim: bool) -> torch.Tensor:
+    def _score_rows(
+        self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, targets: torch.Tensor, width: int, trim: bool
+    ) -> torch.Tensor:
         """Scores of rows produced by ``make(row indices) → (r, T)``, evaluated in length-sorted passes."""
         scores = torch.empty(lengths.numel(), dtype=torch.float64, device=lengths.device)
         with torch.no_grad():
@@ -210,15 +230,23 @@ class TokenOcclusion(AttributionMethod):
                 scores[rows] = scores_from_logits(logits, targets[rows], self.score).double()
         return scores
 
-    def _explain(self, explained: ExplainedModel, ids: torch.Tensor, target: TargetSpec,
-                 labels: torch.Tensor | None, word_ids: torch.Tensor | None) -> TokenOcclusionResult:
+    def _explain(
+        self,
+        explained: ExplainedModel,
+        ids: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        word_ids: torch.Tensor | None,
+    ) -> TokenOcclusionResult:
         explained.check_score_kind(self.score)
         batch, width = ids.shape
         device = ids.device
         targets, _ = explained.resolve(ids, target, labels)
         real = ids != self.pad_id
         positions = torch.arange(width, device=device)
-        lengths = torch.where(real.any(1), width - real.flip(1).long().argmax(1), torch.zeros_like(real[:, 0], dtype=torch.long))
+        lengths = torch.where(
+            real.any(1), width - real.flip(1).long().argmax(1), torch.zeros_like(real[:, 0], dtype=torch.long)
+        )
         explainable = explainable_tokens(ids, self.pad_id, self.protected_ids) & (positions < lengths[:, None])
         words = _words(ids, explainable, word_ids)
         num_words = (words.amax(1) + 1).clamp_min(0)  # (B,)
@@ -262,12 +290,18 @@ class TokenOcclusion(AttributionMethod):
         counts.index_put_((example,), covered_words.double(), accumulate=True)
         attributions = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
         return TokenOcclusionResult(
-            attributions=attributions.float(), window_drops=window_drops.float(), window_starts=window_starts,
-            word_ids=words, original=original.float(), targets=targets, trimmed=trim,
+            attributions=attributions.float(),
+            window_drops=window_drops.float(),
+            window_starts=window_starts,
+            word_ids=words,
+            original=original.float(),
+            targets=targets,
+            trimmed=trim,
         )
 
-    def _original_scores(self, explained: ExplainedModel, ids: torch.Tensor, lengths: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    def _original_scores(
+        self, explained: ExplainedModel, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[bool, torch.Tensor]:
         """``(trim, scores of the unoccluded sentences)``. ``"auto"`` trims when cutting the padding of the
         most padded sentences changes none of their scores (one small extra pass)."""
         width = ids.shape[1]

@@ -43,8 +43,9 @@ class _IdsFromFloats(nn.Module):
 class _TokenSurrogate(SurrogateMethod):
     """Words as the interpretable features of a surrogate method; output ``(B, T)`` (each token: its word's φ)."""
 
-    def _setup_tokens(self, mode: Literal["pad", "mask"], pad_id: int, mask_id: int | None,
-                      protected_ids: Sequence[int]) -> None:
+    def _setup_tokens(
+        self, mode: Literal["pad", "mask"], pad_id: int, mask_id: int | None, protected_ids: Sequence[int]
+    ) -> None:
         if mode not in ("pad", "mask"):
             raise ValueError(f"mode must be 'pad' or 'mask' (absent words keep the sentence's length); got {mode!r}")
         if mode == "mask" and mask_id is None:
@@ -64,21 +65,43 @@ class _TokenSurrogate(SurrogateMethod):
     def attribute(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted", **kwargs: Any):
         return super().attribute(_IdsFromFloats(model), token_ids(inputs).float(), target, **kwargs)
 
-    def explain(self, model: nn.Module, inputs: torch.Tensor, target: TargetSpec = "predicted", *,
-                word_ids: torch.Tensor | None = None, coalitions: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, trainer: Any | None = None) -> SurrogateExplanation:
+    def explain(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        word_ids: torch.Tensor | None = None,
+        coalitions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        trainer: Any | None = None,
+    ) -> SurrogateExplanation:
         """The full fit (coefficients per word in ``coefficients``, ``(B, M)``); ``word_ids (B, T)``
         groups tokens into words."""
         self._word_ids = word_ids
         try:
-            return super().explain(_IdsFromFloats(model), token_ids(inputs).float(), target, coalitions=coalitions,
-                                   labels=labels, trainer=trainer)
+            return super().explain(
+                _IdsFromFloats(model),
+                token_ids(inputs).float(),
+                target,
+                coalitions=coalitions,
+                labels=labels,
+                trainer=trainer,
+            )
         finally:
             self._word_ids = None
 
-    def _explain(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                 labels: torch.Tensor | None, guard: ObserverGuard, feature_mask: torch.Tensor | None,
-                 coalitions: torch.Tensor | None, baselines: torch.Tensor | None = None) -> SurrogateExplanation:
+    def _explain(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+        feature_mask: torch.Tensor | None,
+        coalitions: torch.Tensor | None,
+        baselines: torch.Tensor | None = None,
+    ) -> SurrogateExplanation:
         ids = inputs.round().long()
         explainable = explainable_tokens(ids, self.pad_id, self.protected_ids)
         words = _words(ids, explainable, getattr(self, "_word_ids", None))
@@ -87,7 +110,9 @@ class _TokenSurrogate(SurrogateMethod):
         replacement = float(self.pad_id if self.mode == "pad" else self.mask_id)
         baselines = torch.where(words >= 0, torch.full_like(inputs, replacement), inputs)
         result = super()._explain(explained, inputs, target, labels, guard, features, coalitions, baselines)
-        result.attributions = torch.where(words >= 0, result.attributions, torch.zeros_like(result.attributions)).float()
+        result.attributions = torch.where(
+            words >= 0, result.attributions, torch.zeros_like(result.attributions)
+        ).float()
         return result
 
 
@@ -103,9 +128,18 @@ class TokenLime(_TokenSurrogate, Lime):
     name = "token_lime"
     title = "LIME (tokens)"
 
-    def __init__(self, num_samples: int = 1000, kernel_width: float = 0.25, alpha: float = 1.0,
-                 top_k: int | None = None, mode: Literal["pad", "mask"] = "pad", pad_id: int = 0,
-                 mask_id: int | None = None, protected_ids: Sequence[int] = (), **options: Any) -> None:
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        kernel_width: float = 0.25,
+        alpha: float = 1.0,
+        top_k: int | None = None,
+        mode: Literal["pad", "mask"] = "pad",
+        pad_id: int = 0,
+        mask_id: int | None = None,
+        protected_ids: Sequence[int] = (),
+        **options: Any,
+    ) -> None:
         super().__init__(num_samples=num_samples, kernel_width=kernel_width, alpha=alpha, top_k=top_k, **options)
         self._setup_tokens(mode, pad_id, mask_id, protected_ids)
 
@@ -123,7 +157,14 @@ class TokenKernelShap(_TokenSurrogate, KernelShap):
     name = "token_kernel_shap"
     title = "KernelSHAP (tokens)"
 
-    def __init__(self, num_samples: int = 1000, mode: Literal["pad", "mask"] = "pad", pad_id: int = 0,
-                 mask_id: int | None = None, protected_ids: Sequence[int] = (), **options: Any) -> None:
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        mode: Literal["pad", "mask"] = "pad",
+        pad_id: int = 0,
+        mask_id: int | None = None,
+        protected_ids: Sequence[int] = (),
+        **options: Any,
+    ) -> None:
         super().__init__(num_samples=num_samples, **options)
         self._setup_tokens(mode, pad_id, mask_id, protected_ids)

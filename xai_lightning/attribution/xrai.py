@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ class RegionRanking:
     saliency: torch.Tensor
 
 
-def candidate_regions(image: torch.Tensor, scales: Sequence[float], sigma: float = 0.8,
-                      min_size: int | None = None, dilation: int = 0) -> torch.Tensor:
+def candidate_regions(
+    image: torch.Tensor, scales: Sequence[float], sigma: float = 0.8, min_size: int | None = None, dilation: int = 0
+) -> torch.Tensor:
     """``(R, H, W)`` bool segments of Felzenszwalb over-segmentations of ``image (C, H, W)`` at each scale."""
     from xai_lightning.extras import require
 
@@ -58,8 +59,9 @@ def candidate_regions(image: torch.Tensor, scales: Sequence[float], sigma: float
     size = max(4, height * width // 100) if min_size is None else min_size
     regions = []
     for scale in scales:
-        labels = torch.from_numpy(felzenszwalb(rgb, scale=float(scale), sigma=sigma, min_size=size, channel_axis=-1)
-                                  .astype(np.int64))
+        labels = torch.from_numpy(
+            felzenszwalb(rgb, scale=float(scale), sigma=sigma, min_size=size, channel_axis=-1).astype(np.int64)
+        )
         regions.append(F.one_hot(labels, int(labels.max()) + 1).permute(2, 0, 1).bool())
     masks = torch.cat(regions)
     if dilation > 0:
@@ -121,9 +123,17 @@ class Xrai(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, ig_steps: int = 50, baselines: Sequence[float] = (0.0, 1.0),
-                 scales: Sequence[float] = (50, 100, 150, 250, 500, 1200), sigma: float = 0.8,
-                 min_size: int | None = None, dilation: int = 0, min_pixels: int = 1, **common) -> None:
+    def __init__(
+        self,
+        ig_steps: int = 50,
+        baselines: Sequence[float] = (0.0, 1.0),
+        scales: Sequence[float] = (50, 100, 150, 250, 500, 1200),
+        sigma: float = 0.8,
+        min_size: int | None = None,
+        dilation: int = 0,
+        min_pixels: int = 1,
+        **common,
+    ) -> None:
         super().__init__(**common)
         if ig_steps < 1 or not baselines or not scales or min_pixels < 1 or dilation < 0:
             raise ValueError("ig_steps and min_pixels must be >= 1, dilation >= 0, baselines and scales non-empty")
@@ -135,21 +145,34 @@ class Xrai(AttributionMethod):
         self.dilation = dilation
         self.min_pixels = min_pixels
 
-    def pixel_attributions(self, explained: ExplainedModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def pixel_attributions(
+        self, explained: ExplainedModel, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """``(B, H, W)`` IG summed over channels, averaged over the baselines."""
         from xai_lightning.attribution.registry import get_method
 
         total = torch.zeros(inputs.shape[0], *inputs.shape[2:], dtype=torch.float64, device=inputs.device)
         for baseline in self.baselines:
-            ig = get_method("integrated_gradients", steps=self.ig_steps, baseline=baseline,
-                            output_key=self.output_key, max_batch=self.max_batch)
+            ig = get_method(
+                "integrated_gradients",
+                steps=self.ig_steps,
+                baseline=baseline,
+                output_key=self.output_key,
+                max_batch=self.max_batch,
+            )
             # Already inside this method's guard: the nested guard only re-asserts eval/grad mode.
             explained_target = targets if explained.score_fn is None else explained.score_fn
             total += ig.attribute(explained.model, inputs, explained_target).sum(1).double()
         return total / len(self.baselines)
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         targets, _ = explained.resolve(inputs, target, labels)
         attribution = self.pixel_attributions(explained, inputs, targets)
         maps = []

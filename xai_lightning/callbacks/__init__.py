@@ -43,22 +43,22 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from xai_lightning.callbacks.adversarial_training import AdversarialTrainingCallback
+    from xai_lightning.callbacks.attention import AttentionCallback
     from xai_lightning.callbacks.attribution import AttributionCallback
     from xai_lightning.callbacks.base import ObserverCallback
+    from xai_lightning.callbacks.cace import CaCECallback
     from xai_lightning.callbacks.dissection import DissectionCallback
+    from xai_lightning.callbacks.embedding import EmbeddingCallback
     from xai_lightning.callbacks.epoch_metrics import EpochMetrics
     from xai_lightning.callbacks.explainer_network import ExplainerNetworkCallback
-    from xai_lightning.callbacks.grad_cam import GradCAMCallback
-    from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
-    from xai_lightning.callbacks.robustness import RobustnessCallback
-    from xai_lightning.callbacks.tcav import TCAVCallback
-    from xai_lightning.callbacks.attention import AttentionCallback
-    from xai_lightning.callbacks.text_attribution import TextAttributionCallback
     from xai_lightning.callbacks.explanation_quality import ExplanationQualityCallback
-    from xai_lightning.callbacks.sanity_check import SanityCheckCallback
-    from xai_lightning.callbacks.uncertainty import UncertaintyCallback
-    from xai_lightning.callbacks.embedding import EmbeddingCallback
     from xai_lightning.callbacks.frequency import FrequencyCallback
+    from xai_lightning.callbacks.grad_cam import GradCAMCallback
     from xai_lightning.callbacks.information_plane import InformationPlaneCallback
     from xai_lightning.callbacks.margin import MarginCallback
-    from xai_lightning.callbacks.cace import CaCECallback
+    from xai_lightning.callbacks.probe import ProbeSet, draw_probe, find_probe_dataset
+    from xai_lightning.callbacks.robustness import RobustnessCallback
+    from xai_lightning.callbacks.sanity_check import SanityCheckCallback
+    from xai_lightning.callbacks.tcav import TCAVCallback
+    from xai_lightning.callbacks.text_attribution import TextAttributionCallback
+    from xai_lightning.callbacks.uncertainty import UncertaintyCallback

@@ -203,13 +203,17 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
             self.pixels.check(inputs.unsqueeze(0) if inputs.dim() == 3 else inputs, name)  # items are unbatched
 
     # ------------------------------------------------------------------ the attack
-    def generator(self, epoch: int, batch_idx: int, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    def generator(
+        self, epoch: int, batch_idx: int, rank: int = 0, device: torch.device | str = "cpu"
+    ) -> torch.Generator:
         """The attack's generator for one batch: seeded from (seed, epoch, batch, rank), so runs are
         reproducible, resume-safe and the ranks' random starts independent."""
         seed = (self.seed * 1_000_003 + epoch * 100_003 + batch_idx) * 64 + rank
         return torch.Generator(device=device).manual_seed(seed % (2**63))
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         name = type(self).__name__
         try:
             data = unpack_batch(batch)
@@ -231,8 +235,16 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
         generator = self.generator(trainer.current_epoch, batch_idx, trainer.global_rank, inputs.device)
         options = dict(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
         if self.method == "trades":
-            result = trades_adversarial(model, pixels, norm=self.norm, eps=self.eps, steps=self.steps,
-                                        step_size=self.effective_step_size, generator=generator, **options)
+            result = trades_adversarial(
+                model,
+                pixels,
+                norm=self.norm,
+                eps=self.eps,
+                steps=self.steps,
+                step_size=self.effective_step_size,
+                generator=generator,
+                **options,
+            )
             success = result.predictions != labels
             adversarial = self.pixels.from_pixels(result.adversarial).to(inputs.dtype)
             self._trades = TradesBatch(inputs=adversarial, beta=self.beta)
@@ -241,18 +253,39 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
             if self.method == "fgsm":
                 result = fgsm(model, pixels, labels, eps=self.eps, norm=self.norm, **options)
             else:
-                result = pgd(model, pixels, labels, norm=self.norm, eps=self.eps, steps=self.steps,
-                             step_size=self.effective_step_size, random_start=self.random_start,
-                             generator=generator, **options)
+                result = pgd(
+                    model,
+                    pixels,
+                    labels,
+                    norm=self.norm,
+                    eps=self.eps,
+                    steps=self.steps,
+                    step_size=self.effective_step_size,
+                    random_start=self.random_start,
+                    generator=generator,
+                    **options,
+                )
             success = result.success
             adversarial = self.pixels.from_pixels(result.adversarial).to(inputs.dtype)
             self._replace(batch, adversarial)
         if self.log:
             size = inputs.shape[0]
-            pl_module.log(f"{self.namespace}/attack_success_rate", success.float().mean(), on_step=False,
-                          on_epoch=True, batch_size=size, sync_dist=True)
-            pl_module.log(f"{self.namespace}/attack_loss", result.loss.float().mean(), on_step=False, on_epoch=True,
-                          batch_size=size, sync_dist=True)
+            pl_module.log(
+                f"{self.namespace}/attack_success_rate",
+                success.float().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=size,
+                sync_dist=True,
+            )
+            pl_module.log(
+                f"{self.namespace}/attack_loss",
+                result.loss.float().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=size,
+                sync_dist=True,
+            )
 
     @staticmethod
     def _replace(batch: Any, adversarial: torch.Tensor) -> None:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from xai_lightning.attribution.attention_capture import find_attention_layers
-from xai_lightning.attribution.attention_maps import KINDS, AttentionMapKind, attention_maps
-from xai_lightning.attribution.attention_rollout import HeadFusion
+from xai_lightning.attribution.attention_map_methods import KINDS, AttentionMapKind, attention_maps
+from xai_lightning.attribution.rollout import HeadFusion
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.probe_captions import probe_captions, probe_table
@@ -32,7 +32,7 @@ class AttentionCallback(ObserverCallback):
     layer's attention probabilities with read-only hooks (Hugging Face models: eager attention)
     and computes the CLS token's raw attention per layer and head, attention rollout (Abnar &
     Zuidema 2020) and gradient-weighted relevance (Chefer et al. 2021) of the target class
-    (:func:`~xai_lightning.attribution.attention_maps`). With ConceptWorld (object masks in the
+    (:func:`~xai_lightning.attribution.attention_map_methods`). With ConceptWorld (object masks in the
     probe data) it measures how much of each map's mass lies on the object — the DINO observation
     (Caron et al. 2021) that self-attention segments objects, with ground truth. Logged keys:
 
@@ -102,8 +102,13 @@ class AttentionCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if isinstance(target, str) and target not in ("label", "predicted"):
             raise ValueError(f"target must be 'label', 'predicted', a class index or a callable; got {target!r}")
         maps = [maps] if isinstance(maps, str) else list(maps)
@@ -146,15 +151,29 @@ class AttentionCallback(ObserverCallback):
 
         _lookup_table(self.colormap)  # unknown colormap names fail now, not after an epoch
         if probe.images.dim() != 4:
-            raise ValueError(f"AttentionCallback explains images (N, C, H, W); the probe is {tuple(probe.images.shape)}")
+            raise ValueError(
+                f"AttentionCallback explains images (N, C, H, W); the probe is {tuple(probe.images.shape)}"
+            )
         one = probe.images[:1].to(pl_module.device)
         if self.source == "hooks":
             find_attention_layers(pl_module, lambda: pl_module(one))  # no attention exposed → error now
-        check_target(self._target(probe), pl_module(one), self.output_key,
-                     None if probe.labels is None else probe.labels[:1], batch=1)
-        maps = attention_maps(pl_module, one, self._target(probe), labels=None if probe.labels is None else
-                              probe.labels[:1], kinds=("raw",), special_tokens_count=self.special_tokens,
-                              source=self.source, output_key=self.output_key)
+        check_target(
+            self._target(probe),
+            pl_module(one),
+            self.output_key,
+            None if probe.labels is None else probe.labels[:1],
+            batch=1,
+        )
+        maps = attention_maps(
+            pl_module,
+            one,
+            self._target(probe),
+            labels=None if probe.labels is None else probe.labels[:1],
+            kinds=("raw",),
+            special_tokens_count=self.special_tokens,
+            source=self.source,
+            output_key=self.output_key,
+        )
         assert maps.raw is not None
         self.num_layers, self.num_heads = maps.raw.shape[1:3]
         self.grid = tuple(maps.raw.shape[-2:])  # type: ignore[assignment]
@@ -169,9 +188,18 @@ class AttentionCallback(ObserverCallback):
     # ------------------------------------------------------------------ one observation
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
         result = attention_maps(
-            pl_module, probe.images, self._target(probe), labels=probe.labels, kinds=self.maps,
-            special_tokens_count=self.special_tokens, residual=self.residual, head_fusion=self.head_fusion,
-            source=self.source, output_key=self.output_key, max_batch=self.max_batch, trainer=trainer,
+            pl_module,
+            probe.images,
+            self._target(probe),
+            labels=probe.labels,
+            kinds=self.maps,
+            special_tokens_count=self.special_tokens,
+            residual=self.residual,
+            head_fusion=self.head_fusion,
+            source=self.source,
+            output_key=self.output_key,
+            max_batch=self.max_batch,
+            trainer=trainer,
         )
         out = {"logits": result.logits, "targets": result.targets}
         for kind in self.maps:
@@ -193,10 +221,14 @@ class AttentionCallback(ObserverCallback):
                 for layer in range(raw.shape[1]):
                     scalars[f"{self.namespace}/layer{layer}/mass_in_mask"] = nanmean(per_layer[:, layer])
                     for head in range(raw.shape[2]):
-                        scalars[f"{self.namespace}/layer{layer}/head{head}/mass_in_mask"] = nanmean(per_head[:, layer, head])
+                        scalars[f"{self.namespace}/layer{layer}/head{head}/mass_in_mask"] = nanmean(
+                            per_head[:, layer, head]
+                        )
             for kind in ("rollout", "relevance"):
                 if kind in results:
-                    scalars[f"{self.namespace}/{kind}/mass_in_mask"] = nanmean(mass_in_mask_on_grid(results[kind], masks))
+                    scalars[f"{self.namespace}/{kind}/mass_in_mask"] = nanmean(
+                        mass_in_mask_on_grid(results[kind], masks)
+                    )
         if trainer.is_global_zero:
             self._log_grids(trainer, probe, results)
         return scalars
@@ -218,28 +250,44 @@ class AttentionCallback(ObserverCallback):
                 panels.append(overlay(images, self._upsampled(results[kind][:shown], size), colormap=self.colormap))
                 titles.append(title)
         if "raw" in results:
-            panels.append(overlay(images, self._upsampled(results["raw"][:shown, -1].mean(1), size),
-                                  colormap=self.colormap))
+            panels.append(
+                overlay(images, self._upsampled(results["raw"][:shown, -1].mean(1), size), colormap=self.colormap)
+            )
             titles.append(f"layer{results['raw'].shape[1] - 1} mean")
             layers = range(results["raw"].shape[1]) if self.grid_layers is None else self.grid_layers
             for layer in layers:
                 index = layer % results["raw"].shape[1]
                 heads = results["raw"][:shown, index]  # (n, heads, h, w)
-                row_panels = [image_panel] + [overlay(images, self._upsampled(heads[:, h], size), colormap=self.colormap)
-                                              for h in range(heads.shape[1])]
-                grid = labelled_grid(to_uint8_hwc(torch.stack(row_panels, dim=1)), row_captions=captions,
-                                     column_titles=["image"] + [f"head {h}" for h in range(heads.shape[1])])
-                self.sinks.images(f"{self.namespace}/heads/layer{index}", [np.ascontiguousarray(grid)],
-                                  [f"CLS attention per head, layer {index}, epoch {trainer.current_epoch}"], step)
+                row_panels = [image_panel] + [
+                    overlay(images, self._upsampled(heads[:, h], size), colormap=self.colormap)
+                    for h in range(heads.shape[1])
+                ]
+                grid = labelled_grid(
+                    to_uint8_hwc(torch.stack(row_panels, dim=1)),
+                    row_captions=captions,
+                    column_titles=["image"] + [f"head {h}" for h in range(heads.shape[1])],
+                )
+                self.sinks.images(
+                    f"{self.namespace}/heads/layer{index}",
+                    [np.ascontiguousarray(grid)],
+                    [f"CLS attention per head, layer {index}, epoch {trainer.current_epoch}"],
+                    step,
+                )
         grid = labelled_grid(to_uint8_hwc(torch.stack(panels, dim=1)), row_captions=captions, column_titles=titles)
-        self.sinks.images(f"{self.namespace}/maps", [np.ascontiguousarray(grid)],
-                          [f"Attention maps, epoch {trainer.current_epoch}, step {step}"], step)
+        self.sinks.images(
+            f"{self.namespace}/maps",
+            [np.ascontiguousarray(grid)],
+            [f"Attention maps, epoch {trainer.current_epoch}, step {step}"],
+            step,
+        )
         # Beside the grid, one table row per shown probe (patch maps at image size, as drawn).
-        maps = {kind: self._upsampled(results[kind][:shown], size) for kind in ("rollout", "relevance")
-                if kind in results}
+        maps = {
+            kind: self._upsampled(results[kind][:shown], size) for kind in ("rollout", "relevance") if kind in results
+        }
         if "raw" in results:
             last = results["raw"].shape[1] - 1
             maps[f"layer{last}_mean"] = self._upsampled(results["raw"][:shown, -1].mean(1), size)
-        columns, rows = probe_table(probe, results["logits"], results["targets"], shown,
-                                    to_uint8_hwc(panels[min(1, len(panels) - 1)]), maps)
+        columns, rows = probe_table(
+            probe, results["logits"], results["targets"], shown, to_uint8_hwc(panels[min(1, len(panels) - 1)]), maps
+        )
         self.sinks.table(f"{self.namespace}/probes", columns, rows, step)

@@ -106,8 +106,13 @@ class AttributionCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if isinstance(methods, str):
             methods = [methods]
         if not methods:
@@ -198,10 +203,16 @@ class AttributionCallback(ObserverCallback):
             if scores["empty_maps"] > 0 and name not in self._warned:
                 self._warned.add(name)
                 layer = getattr(self.explainers.get(name), "layer", "input")
-                rank_zero_warn(f"AttributionCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
-                    round(scores["empty_maps"] * len(maps)), len(maps), f"method {name!r} (layer {layer!r})",
-                    "their scores are left out of the means, which are a uniform map's (chance) when no map is "
-                    "left"))
+                rank_zero_warn(
+                    f"AttributionCallback, epoch {trainer.current_epoch}: "
+                    + degenerate_warning(
+                        round(scores["empty_maps"] * len(maps)),
+                        len(maps),
+                        f"method {name!r} (layer {layer!r})",
+                        "their scores are left out of the means, which are a uniform map's (chance) when no map is "
+                        "left",
+                    )
+                )
             self._previous[name] = maps.clone()
         if trainer.is_global_zero:
             self._log_grid(trainer, probe, results)

@@ -107,8 +107,13 @@ class CaCECallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         parse_concept(concept)
         chosen = list(ESTIMATORS) if estimators is None else list(estimators)
         unknown = [e for e in chosen if e not in ESTIMATORS]
@@ -125,8 +130,14 @@ class CaCECallback(ObserverCallback):
         self.output = output
         self.seed = seed
         self.max_batch = max_batch
-        self.tcav = TCAV(layers=tcav_layers, num_random=num_random, examples_per_concept=examples_per_concept,
-                         alpha=alpha, seed=seed, max_batch=max_batch)
+        self.tcav = TCAV(
+            layers=tcav_layers,
+            num_random=num_random,
+            examples_per_concept=examples_per_concept,
+            alpha=alpha,
+            seed=seed,
+            max_batch=max_batch,
+        )
         self.intervention: ConceptIntervention | None = None
         self.target_index: int = -1
         self.target_name: str = str(target)
@@ -138,8 +149,9 @@ class CaCECallback(ObserverCallback):
         self._control: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ Python API
-    def set_intervention(self, intervention: ConceptIntervention,
-                         class_names: tuple[str, ...] | None = None) -> CaCECallback:
+    def set_intervention(
+        self, intervention: ConceptIntervention, class_names: tuple[str, ...] | None = None
+    ) -> CaCECallback:
         """Measure on these samples (their images become the probe set) instead of drawing from the data.
 
         ``class_names`` name the classes in the logged keys (else the class index is used).
@@ -169,14 +181,18 @@ class CaCECallback(ObserverCallback):
     def _resolve_target(self, class_names: tuple[str, ...] | None, num_classes: int) -> int:
         if isinstance(self.target, str) and not self.target.lstrip("-").isdigit():
             if not class_names or self.target not in class_names:
-                raise ValueError(f"CaCECallback: unknown target class {self.target!r}; the classes are "
-                                 f"{list(class_names) if class_names else list(range(num_classes))}")
+                raise ValueError(
+                    f"CaCECallback: unknown target class {self.target!r}; the classes are "
+                    f"{list(class_names) if class_names else list(range(num_classes))}"
+                )
             index = list(class_names).index(self.target)
         else:
             index = int(self.target)
         if not 0 <= index < num_classes:
-            raise ValueError(f"CaCECallback: target class {index} is out of range: the model has {num_classes} "
-                             f"classes (valid 0..{num_classes - 1}).")
+            raise ValueError(
+                f"CaCECallback: target class {index} is out of range: the model has {num_classes} "
+                f"classes (valid 0..{num_classes - 1})."
+            )
         return index
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
@@ -185,13 +201,17 @@ class CaCECallback(ObserverCallback):
         dataset = None if self._given_intervention is not None else self._generator_dataset(trainer)
         class_names = getattr(dataset, "class_names", None) or probe.class_names
         self.target_index = self._resolve_target(tuple(class_names) if class_names else None, num_classes)
-        self.target_name = class_names[self.target_index] if class_names and self.target_index < len(class_names) \
+        self.target_name = (
+            class_names[self.target_index]
+            if class_names and self.target_index < len(class_names)
             else str(self.target_index)
+        )
         if self._given_intervention is not None:
             intervention = dataclasses.replace(self._given_intervention, target=self.target_index)
         else:
-            intervention = intervention_for_dataset(dataset, self.concept, self.target_index, indices=probe.indices,
-                                                    seed=self.seed)
+            intervention = intervention_for_dataset(
+                dataset, self.concept, self.target_index, indices=probe.indices, seed=self.seed
+            )
             if intervention.images.shape != probe.images.shape or not torch.allclose(intervention.images, probe.images):
                 raise ValueError(
                     f"CaCECallback: the probe images are not the {type(dataset).__name__} samples it would re-render "
@@ -218,8 +238,10 @@ class CaCECallback(ObserverCallback):
             examples = int(observed.sum())
             split_balanced(min(examples, self.tcav.examples_per_concept), self.tcav.test_fraction, self.seed)
             if examples < 3:
-                raise ValueError(f"CaCECallback: TCAV of {intervention.name!r} needs at least 3 probe images showing "
-                                 f"the concept; got {examples}. Raise num_probe or drop 'tcav'.")
+                raise ValueError(
+                    f"CaCECallback: TCAV of {intervention.name!r} needs at least 3 probe images showing "
+                    f"the concept; got {examples}. Raise num_probe or drop 'tcav'."
+                )
         self.intervention = intervention
 
     # ------------------------------------------------------------------ one observation
@@ -240,16 +262,18 @@ class CaCECallback(ObserverCallback):
         if "tcav" in self.estimators:
             full = self.probe.images.to(device)
             concept_images = full[self.intervention.observed.to(device)]
-            self.cavs = self.tcav.fit_cavs(pl_module, {self.intervention.name: concept_images}, full,
-                                           layers=self.layer_names, trainer=trainer)
+            self.cavs = self.tcav.fit_cavs(
+                pl_module, {self.intervention.name: concept_images}, full, layers=self.layer_names, trainer=trainer
+            )
             targets = torch.full((probe.images.shape[0],), target, dtype=torch.long, device=device)
             gradients = self.tcav.gradients(pl_module, probe.images, targets, self.layer_names, trainer=trainer)
             for layer, value in directional_derivatives(gradients, self.cavs).items():
                 out[f"derivative/{layer}"] = value
         return out
 
-    def report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet,
-               results: dict[str, torch.Tensor]) -> dict[str, float]:
+    def report(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
         prefix = self.key_prefix
         scalars: dict[str, float] = {}
         rows: list[list[Any]] = []
@@ -265,16 +289,19 @@ class CaCECallback(ObserverCallback):
             f, observed = results["f"].double(), results["observed"].bool()
             on, off = f[observed], f[~observed]
             value = float(on.mean() - off.mean())
-            stderr = math.sqrt(float(on.var() / on.numel() if on.numel() > 1 else 0.0)
-                               + float(off.var() / off.numel() if off.numel() > 1 else 0.0))
+            stderr = math.sqrt(
+                float(on.var() / on.numel() if on.numel() > 1 else 0.0)
+                + float(off.var() / off.numel() if off.numel() > 1 else 0.0)
+            )
             scalars[f"{prefix}/conexp"] = value
             scalars[f"{prefix}/conexp_stderr"] = stderr
             rows.append([epoch, step, "conexp", value, stderr, nan])
         if "tcav" in self.estimators:
             assert self.cavs is not None
             derivatives = {layer: results[f"derivative/{layer}"] for layer in self.layer_names}
-            result = tcav_from_derivatives(derivatives, results["labels"], [self.target_index], self.cavs,
-                                           alpha=self.tcav.alpha)
+            result = tcav_from_derivatives(
+                derivatives, results["labels"], [self.target_index], self.cavs, alpha=self.tcav.alpha
+            )
             for row in result.rows():
                 key = f"{prefix}/tcav/{row['layer']}"
                 scalars[f"{key}/score"] = row["tcav_mean"]

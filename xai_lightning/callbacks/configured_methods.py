@@ -33,7 +33,9 @@ def canonical_methods(methods: str | Sequence[str], owner: str) -> list[str]:
     return names
 
 
-def canonical_method_options(method_options: dict[str, dict[str, Any]] | None, names: list[str]) -> dict[str, dict[str, Any]]:
+def canonical_method_options(
+    method_options: dict[str, dict[str, Any]] | None, names: list[str]
+) -> dict[str, dict[str, Any]]:
     """``method_options`` keyed by canonical names; a key that is not among ``names`` fails."""
     options = {}
     for key, value in dict(method_options or {}).items():
@@ -44,8 +46,9 @@ def canonical_method_options(method_options: dict[str, dict[str, Any]] | None, n
     return options
 
 
-def configured_options(name: str, options: dict[str, Any], *, layer: str, output_key: str | int | None,
-                       max_batch: int | None, seed: int) -> dict[str, Any]:
+def configured_options(
+    name: str, options: dict[str, Any], *, layer: str, output_key: str | int | None, max_batch: int | None, seed: int
+) -> dict[str, Any]:
     """``options`` completed with the callback's defaults for what they leave open."""
     options = dict(options)
     if "layer" in method_class(name).option_names():
@@ -56,15 +59,18 @@ def configured_options(name: str, options: dict[str, Any], *, layer: str, output
     return options
 
 
-def build_method(name: str, options: dict[str, Any], *, layer: str, output_key: str | int | None,
-                 max_batch: int | None, seed: int) -> AttributionMethod:
+def build_method(
+    name: str, options: dict[str, Any], *, layer: str, output_key: str | int | None, max_batch: int | None, seed: int
+) -> AttributionMethod:
     """The configured method; unknown options fail listing the valid ones."""
-    return get_method(name, **configured_options(name, options, layer=layer, output_key=output_key,
-                                                 max_batch=max_batch, seed=seed))
+    return get_method(
+        name, **configured_options(name, options, layer=layer, output_key=output_key, max_batch=max_batch, seed=seed)
+    )
 
 
-def method_layer(model: nn.Module, method: AttributionMethod, one_input: torch.Tensor,
-                 forward: Callable[[], object] | None = None) -> str:
+def method_layer(
+    model: nn.Module, method: AttributionMethod, one_input: torch.Tensor, forward: Callable[[], object] | None = None
+) -> str:
     """Check that ``method`` can explain inputs like ``one_input`` and return the layer it explains
     (resolved, ``"auto"`` included), or ``"input"`` for methods without a layer."""
     method._check_inputs(one_input)

@@ -134,8 +134,13 @@ class DissectionCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1); got {quantile}")
         if not 0.0 <= iou_threshold < 1.0:
@@ -169,8 +174,9 @@ class DissectionCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, layers=self.layers, num_probe=self.num_probe,
-                                        probe_seed=self.probe_seed)
+        return self._generate_state_key(
+            namespace=self.namespace, layers=self.layers, num_probe=self.num_probe, probe_seed=self.probe_seed
+        )
 
     # ------------------------------------------------------------------ setup
     def _vocabulary(self, trainer: pl.Trainer, probe: ProbeSet) -> tuple[ConceptVocabulary, torch.Tensor]:
@@ -188,12 +194,15 @@ class DissectionCallback(ObserverCallback):
         check_names_match_masks(len(probe.concept_names), num_masks, "The probe data")
         full = ConceptVocabulary.from_names(probe.concept_names)
         keep = [i for i, c in enumerate(full.categories) if c not in self.exclude_categories]
-        return ConceptVocabulary(tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep)), \
-            torch.tensor(keep, dtype=torch.long)
+        return ConceptVocabulary(
+            tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep)
+        ), torch.tensor(keep, dtype=torch.long)
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.images.dim() != 4:
-            raise ValueError(f"DissectionCallback dissects images (N, C, H, W); the probe is {tuple(probe.images.shape)}")
+            raise ValueError(
+                f"DissectionCallback dissects images (N, C, H, W); the probe is {tuple(probe.images.shape)}"
+            )
         if probe.masks is None:
             raise ValueError(
                 "DissectionCallback needs per-concept pixel masks, but the probe data has none. Use data whose items "
@@ -250,13 +259,23 @@ class DissectionCallback(ObserverCallback):
         method = self.method_for(len(rows))
         given = {}
         if method == "sketch" and not sketch_keeps_activations(len(rows), self._layer_shapes, self.sketch_accuracy):
-            sketches = sketch_batches(batches(), self.layer_names, self.quantile, self.sketch_accuracy,
-                                      num_images=len(self.probe))
+            sketches = sketch_batches(
+                batches(), self.layer_names, self.quantile, self.sketch_accuracy, num_images=len(self.probe)
+            )
             for sketch in sketches.values():  # the state of every rank: counts add up, top values merge
                 sketch.merge_processes(lambda tensor: self._all_gather(trainer, tensor))
             given = {name: sketch.thresholds() for name, sketch in sketches.items()}
-        self._local = dissect_batches(batches(), self.layer_names, self._labels, self.vocabulary, self.quantile,
-                                      self.iou_threshold, self.top_images, given, method)
+        self._local = dissect_batches(
+            batches(),
+            self.layer_names,
+            self._labels,
+            self.vocabulary,
+            self.quantile,
+            self.iou_threshold,
+            self.top_images,
+            given,
+            method,
+        )
         return {}
 
     @staticmethod
@@ -274,9 +293,11 @@ class DissectionCallback(ObserverCallback):
                 dissection = self._local[name]
                 if dissection.given is None:  # exact thresholds: merge the ranks' top values
                     state = dissection.threshold_state()
-                    dissection.merge_thresholds(self._all_gather(trainer, state["top"]),
-                                                self._all_gather(trainer, state["minimum"]).amin(0),
-                                                self._all_gather(trainer, state["count"]).sum(0))
+                    dissection.merge_thresholds(
+                        self._all_gather(trainer, state["top"]),
+                        self._all_gather(trainer, state["minimum"]).amin(0),
+                        self._all_gather(trainer, state["count"]).sum(0),
+                    )
                 counts = dissection.count_state()
                 summed = {key: self._all_gather(trainer, value).sum(0) for key, value in counts.items() if key != "top"}
                 summed["top"] = self._all_gather(trainer, counts["top"])
@@ -324,11 +345,15 @@ class DissectionCallback(ObserverCallback):
                 captions.append(f"unit {unit}: {concept} ({category}) IoU={iou:.3f}")
         if not panels:
             return
-        grid = labelled_grid(to_uint8_hwc(torch.stack(panels)), row_captions=captions,
-                             column_titles=[f"top {i + 1}" for i in range(shown)])
+        grid = labelled_grid(
+            to_uint8_hwc(torch.stack(panels)),
+            row_captions=captions,
+            column_titles=[f"top {i + 1}" for i in range(shown)],
+        )
         caption = f"{result.layer}: top units by IoU, epoch {trainer.current_epoch}"
-        self.sinks.images(f"{self.namespace}/{result.layer}/top_units", [np.ascontiguousarray(grid)], [caption],
-                          trainer.global_step)
+        self.sinks.images(
+            f"{self.namespace}/{result.layer}/top_units", [np.ascontiguousarray(grid)], [caption], trainer.global_step
+        )
 
     def extra_state(self) -> dict[str, Any]:
         return {}

@@ -17,8 +17,18 @@ from matplotlib.lines import Line2D
 
 __all__ = ["band_figure", "curves_figure", "history_series", "history_so_far", "plane_figure", "scatter_figure"]
 
-_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
-            "tab:olive", "tab:cyan")
+_COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:grey",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 def history_so_far(history: Sequence[Mapping[str, float]], epoch: int, scalars: Mapping[str, float]) -> list[dict]:
@@ -89,8 +99,9 @@ def scatter_figure(
         present = np.unique(codes)
         labels = [names[c] if 0 <= c < len(names) else str(c) for c in present]
         # A factor whose values are colours ("red", "green", …) is drawn in those colours.
-        palette = {c: (label if is_color_like(label) else _COLOURS[c % len(_COLOURS)])
-                   for c, label in zip(present, labels)}
+        palette = {
+            c: (label if is_color_like(label) else _COLOURS[c % len(_COLOURS)]) for c, label in zip(present, labels)
+        }
         axis.scatter(points[:, 0], points[:, 1], s=9, c=[palette[c] for c in codes])
         handles = [Line2D([], [], marker="o", linestyle="", markersize=4, color=palette[c]) for c in present]
         axis.legend(handles, labels, fontsize=6, loc="best")
@@ -101,8 +112,10 @@ def scatter_figure(
     return figure
 
 
-def plane_figure(trajectories: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
-                 title: str = "information plane") -> Figure:
+def plane_figure(
+    trajectories: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+    title: str = "information plane",
+) -> Figure:
     """Trajectories ``{layer: (epochs, I(x;h), I(y;h))}``: a line per layer, points coloured by epoch."""
     figure = Figure(figsize=(5.8, 4.0))
     axis = figure.subplots()
@@ -112,8 +125,18 @@ def plane_figure(trajectories: Mapping[str, tuple[Sequence[float], Sequence[floa
     markers = "osD^v<>"
     for index, (layer, (epochs, ixh, iyh)) in enumerate(trajectories.items()):
         axis.plot(ixh, iyh, "-", color="0.6", linewidth=1, zorder=1)
-        scatter = axis.scatter(ixh, iyh, c=epochs, cmap="viridis", vmin=low, vmax=max(high, low + 1e-9),
-                               marker=markers[index % len(markers)], s=28, zorder=2, label=layer)
+        scatter = axis.scatter(
+            ixh,
+            iyh,
+            c=epochs,
+            cmap="viridis",
+            vmin=low,
+            vmax=max(high, low + 1e-9),
+            marker=markers[index % len(markers)],
+            s=28,
+            zorder=2,
+            label=layer,
+        )
     if scatter is not None:
         figure.colorbar(scatter, ax=axis, label="epoch")
         axis.legend(fontsize=7, loc="best")

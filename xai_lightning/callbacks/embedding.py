@@ -114,15 +114,22 @@ class EmbeddingCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if num_components < 2:
             raise ValueError(f"num_components must be >= 2 (the scatter shows two); got {num_components}")
         if factor is not None and factor not in ("shape", "texture", "colour", "background"):
             raise ValueError(f"factor must be 'shape', 'texture', 'colour', 'background' or None; got {factor!r}")
         if knn_k < 1 or knn_reference < 0 or knn_every_n_epochs < 1:
-            raise ValueError(f"need knn_k >= 1, knn_reference >= 0, knn_every_n_epochs >= 1; got {knn_k}, "
-                             f"{knn_reference}, {knn_every_n_epochs}")
+            raise ValueError(
+                f"need knn_k >= 1, knn_reference >= 0, knn_every_n_epochs >= 1; got {knn_k}, "
+                f"{knn_reference}, {knn_every_n_epochs}"
+            )
         self.tsne_epochs = [-1] if tsne_epochs is None else [int(e) for e in tsne_epochs]
         if self.tsne_epochs:
             check_tsne_points(num_probe, tsne_perplexity, "probe images (num_probe)")
@@ -152,8 +159,9 @@ class EmbeddingCallback(ObserverCallback):
     # ------------------------------------------------------------------ setup
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.labels is None:
-            raise ValueError("EmbeddingCallback colours and scores the embedding by class: the probe data needs "
-                             "labels.")
+            raise ValueError(
+                "EmbeddingCallback colours and scores the embedding by class: the probe data needs labels."
+            )
         if self.tsne_epochs:
             check_tsne_points(len(probe), self.tsne_perplexity, "probe images")
         one = probe.images[:1].to(pl_module.device)
@@ -163,11 +171,19 @@ class EmbeddingCallback(ObserverCallback):
         self.factor_codes, self.factor_names = self._factor(trainer, probe)
         self.reference = None
         if self.knn_reference > 0 and trainer.state.fn != "fit" and find_split(trainer, "train") is None:
-            rank_zero_warn("EmbeddingCallback: no training data outside fit, so no deep k-NN reference set; "
-                           "knn_conformity is not logged.")
+            rank_zero_warn(
+                "EmbeddingCallback: no training data outside fit, so no deep k-NN reference set; "
+                "knn_conformity is not logged."
+            )
         elif self.knn_reference > 0:
-            self.reference = draw_reference(trainer, "train", self.knn_reference, self.seed + 1,
-                                            type(self).__name__, "the deep k-NN reference set (knn_reference > 0)")
+            self.reference = draw_reference(
+                trainer,
+                "train",
+                self.knn_reference,
+                self.seed + 1,
+                type(self).__name__,
+                "the deep k-NN reference set (knn_reference > 0)",
+            )
             if self.reference.labels is None:
                 raise ValueError("EmbeddingCallback: deep k-NN needs labelled training images; set knn_reference=0.")
 
@@ -183,8 +199,12 @@ class EmbeddingCallback(ObserverCallback):
                 f"{self.probe_split} data is {type(dataset).__name__}, not ConceptWorld (no .latent). Use "
                 "ConceptWorld data or factor=None."
             )
-        names = {"shape": dataset.shapes, "texture": dataset.textures, "colour": tuple(dataset.colours),
-                 "background": dataset.backgrounds}[self.factor]
+        names = {
+            "shape": dataset.shapes,
+            "texture": dataset.textures,
+            "colour": tuple(dataset.colours),
+            "background": dataset.backgrounds,
+        }[self.factor]
         return getattr(latent, self.factor)[probe.indices.long()].long().cpu(), tuple(names)
 
     # ------------------------------------------------------------------ one observation
@@ -192,15 +212,17 @@ class EmbeddingCallback(ObserverCallback):
         return self.reference is not None and every_n_or_last(trainer, self.knn_every_n_epochs)
 
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
-        features, logits = layer_features(pl_module, probe.images, self.sites, max_batch=self.max_batch,
-                                          output_key=self.output_key)
+        features, logits = layer_features(
+            pl_module, probe.images, self.sites, max_batch=self.max_batch, output_key=self.output_key
+        )
         out = {f"features/{name}": value for name, value in features.items()}
         out["logits"] = logits
         if self._knn_now(trainer):
             assert self.reference is not None and self.reference.labels is not None
             shard = self.reference.shard(trainer.global_rank, trainer.world_size).to(probe.images.device)
-            reference, _ = layer_features(pl_module, shard.images, self.sites, max_batch=self.max_batch,
-                                          output_key=self.output_key)
+            reference, _ = layer_features(
+                pl_module, shard.images, self.sites, max_batch=self.max_batch, output_key=self.output_key
+            )
             out.update({f"{REFERENCE_PREFIX}features/{name}": value for name, value in reference.items()})
             out[f"{REFERENCE_PREFIX}labels"] = shard.labels
         return out
@@ -219,9 +241,12 @@ class EmbeddingCallback(ObserverCallback):
         conformity: dict[str, torch.Tensor] = {}
         if knn:
             conformity = deep_knn_conformity(
-                {s.name: results[f"features/{s.name}"] for s in self.sites}, predictions,
+                {s.name: results[f"features/{s.name}"] for s in self.sites},
+                predictions,
                 {s.name: results[f"{REFERENCE_PREFIX}features/{s.name}"] for s in self.sites},
-                results[f"{REFERENCE_PREFIX}labels"].cpu(), self.knn_k, num_classes=self.num_classes,
+                results[f"{REFERENCE_PREFIX}labels"].cpu(),
+                self.knn_k,
+                num_classes=self.num_classes,
             )
         with_tsne = trainer.is_global_zero and epoch_listed(trainer, self.tsne_epochs)
         scalars: dict[str, float] = {}
@@ -237,8 +262,9 @@ class EmbeddingCallback(ObserverCallback):
                 scalars[f"{prefix}/knn_conformity"] = float(conformity[site.name].mean())
             if trainer.is_global_zero:
                 embedded = tsne(features, self.tsne_perplexity, seed=self.seed) if with_tsne else None
-                self._log_embedding(trainer, site.name, components.projected[:, :2], embedded, labels, predictions,
-                                    probe)
+                self._log_embedding(
+                    trainer, site.name, components.projected[:, :2], embedded, labels, predictions, probe
+                )
         return scalars
 
     def _colourings(self, labels: torch.Tensor, probe: ProbeSet) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
@@ -248,26 +274,49 @@ class EmbeddingCallback(ObserverCallback):
             colourings.append((self.factor or "factor", self.factor_codes.numpy(), self.factor_names))
         return colourings
 
-    def _log_embedding(self, trainer: pl.Trainer, layer: str, projected: torch.Tensor, embedded: torch.Tensor | None,
-                       labels: torch.Tensor, predictions: torch.Tensor, probe: ProbeSet) -> None:
+    def _log_embedding(
+        self,
+        trainer: pl.Trainer,
+        layer: str,
+        projected: torch.Tensor,
+        embedded: torch.Tensor | None,
+        labels: torch.Tensor,
+        predictions: torch.Tensor,
+        probe: ProbeSet,
+    ) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         previous_tsne = self.embeddings.get(layer, {}).get("tsne")
-        self.embeddings[layer] = {"pca": projected.clone(), "tsne": embedded if embedded is not None else previous_tsne,
-                                  "labels": labels, "predictions": predictions, "factor": self.factor_codes}
+        self.embeddings[layer] = {
+            "pca": projected.clone(),
+            "tsne": embedded if embedded is not None else previous_tsne,
+            "labels": labels,
+            "predictions": predictions,
+            "factor": self.factor_codes,
+        }
         colourings = self._colourings(labels, probe)
         figure = scatter_figure(projected.numpy(), colourings, f"{layer}: PCA, epoch {epoch}", ("PC1", "PC2"))
         self.sinks.figure(f"{self.namespace}/{layer}/pca", figure, step)
         if embedded is not None:
-            figure = scatter_figure(embedded.numpy(), colourings, f"{layer}: t-SNE, epoch {epoch}",
-                                    ("t-SNE 1", "t-SNE 2"))
+            figure = scatter_figure(
+                embedded.numpy(), colourings, f"{layer}: t-SNE, epoch {epoch}", ("t-SNE 1", "t-SNE 2")
+            )
             self.sinks.figure(f"{self.namespace}/{layer}/tsne", figure, step)
         columns = ["epoch", "probe", "label", "prediction", "factor", "pc1", "pc2", "tsne1", "tsne2"]
         factor = self.factor_codes if self.factor_codes is not None else torch.full_like(labels, -1)
         tsne_points = embedded if embedded is not None else torch.full((len(labels), 2), float("nan"))
         indices = probe.indices if probe.indices is not None else torch.arange(len(labels))
         rows: list[list[Any]] = [
-            [epoch, int(indices[i]), int(labels[i]), int(predictions[i]), int(factor[i]),
-             float(projected[i, 0]), float(projected[i, 1]), float(tsne_points[i, 0]), float(tsne_points[i, 1])]
+            [
+                epoch,
+                int(indices[i]),
+                int(labels[i]),
+                int(predictions[i]),
+                int(factor[i]),
+                float(projected[i, 0]),
+                float(projected[i, 1]),
+                float(tsne_points[i, 0]),
+                float(tsne_points[i, 1]),
+            ]
             for i in range(len(labels))
         ]
         self.sinks.table(f"{self.namespace}/{layer}/points", columns, rows, step)

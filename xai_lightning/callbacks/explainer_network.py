@@ -130,10 +130,19 @@ class ExplainerNetworkCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
-        for name, value in (("num_filters", num_filters), ("steps_per_batch", steps_per_batch),
-                            ("max_images", max_images), ("max_filters", max_filters)):
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
+        for name, value in (
+            ("num_filters", num_filters),
+            ("steps_per_batch", steps_per_batch),
+            ("max_images", max_images),
+            ("max_filters", max_filters),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
         if top_k < 2:
@@ -168,8 +177,12 @@ class ExplainerNetworkCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, input_layer=self.input_layer,
-                                        target_layer=self.target_layer, num_filters=self.num_filters)
+        return self._generate_state_key(
+            namespace=self.namespace,
+            input_layer=self.input_layer,
+            target_layer=self.target_layer,
+            num_filters=self.num_filters,
+        )
 
     def set_landmarks(self, landmarks: torch.Tensor) -> "ExplainerNetworkCallback":
         """Part landmarks ``(N, L, 2)`` (``(x, y)`` fractions, NaN where absent) of the images given
@@ -204,16 +217,20 @@ class ExplainerNetworkCallback(ObserverCallback):
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.images.dim() != 4:
-            raise ValueError(f"ExplainerNetworkCallback explains images (N, C, H, W); the probe is "
-                             f"{tuple(probe.images.shape)}")
+            raise ValueError(
+                f"ExplainerNetworkCallback explains images (N, C, H, W); the probe is {tuple(probe.images.shape)}"
+            )
         module = unwrap_model(pl_module)
         for name in (self.input_layer, self.target_layer):
             get_layer(module, name)  # unknown names raise LayerNotFoundError with the valid names
         one = probe.images[:1].to(pl_module.device)
         names = [name for name in layer_names(module) if name]
         outputs = layer_outputs_in_order(module, names, forward=lambda: module(one))
-        spatial = [name for name, out in sorted(outputs.items(), key=lambda item: item[1].rank or 0)
-                   if out.spatial and out.rank is not None]
+        spatial = [
+            name
+            for name, out in sorted(outputs.items(), key=lambda item: item[1].rank or 0)
+            if out.spatial and out.rank is not None
+        ]
         for role, name in (("input_layer", self.input_layer), ("target_layer", self.target_layer)):
             out = outputs[name]
             if not out.spatial:
@@ -251,7 +268,9 @@ class ExplainerNetworkCallback(ObserverCallback):
     def _probe_landmarks(self, trainer: pl.Trainer, probe: ProbeSet) -> torch.Tensor | None:
         if self._given_landmarks is not None:
             if self._given_landmarks.shape[0] != len(probe):
-                raise ValueError(f"set_landmarks got {self._given_landmarks.shape[0]} rows for {len(probe)} probe images")
+                raise ValueError(
+                    f"set_landmarks got {self._given_landmarks.shape[0]} rows for {len(probe)} probe images"
+                )
             return self._given_landmarks
         if self._given_probe is not None or probe.indices is None:
             return None
@@ -266,10 +285,16 @@ class ExplainerNetworkCallback(ObserverCallback):
         self._remove_hooks()
         self._paused_epoch = None
         module = unwrap_model(pl_module)
-        compiled = [name for name, child in module.named_modules() if isinstance(getattr(child, "_orig_mod", None),
-                                                                                 torch.nn.Module)]
-        inside = [layer for layer in (self.input_layer, self.target_layer)
-                  if any(layer == c or layer.startswith(c + ".") for c in map(normalize_layer_name, compiled))]
+        compiled = [
+            name
+            for name, child in module.named_modules()
+            if isinstance(getattr(child, "_orig_mod", None), torch.nn.Module)
+        ]
+        inside = [
+            layer
+            for layer in (self.input_layer, self.target_layer)
+            if any(layer == c or layer.startswith(c + ".") for c in map(normalize_layer_name, compiled))
+        ]
         if inside:
             raise ValueError(
                 f"ExplainerNetworkCallback records {inside} during training steps with forward hooks, but "
@@ -289,7 +314,9 @@ class ExplainerNetworkCallback(ObserverCallback):
 
         return hook
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._captured = {}
         self._armed = self.explainer is not None and self._paused_epoch != trainer.current_epoch
 
@@ -305,8 +332,11 @@ class ExplainerNetworkCallback(ObserverCallback):
         except Exception as error:  # noqa: BLE001 - handled as on_error says; the performer's training goes on
             # Every rank raises together (train_step agrees on failures before its all-reduce).
             self._paused_epoch = trainer.current_epoch
-            self._fail(trainer, error, what=f"to train the explainer at batch {batch_idx}, and pauses its training "
-                                            "until the next epoch;")
+            self._fail(
+                trainer,
+                error,
+                what=f"to train the explainer at batch {batch_idx}, and pauses its training until the next epoch;",
+            )
 
     def train_step(self, trainer: pl.Trainer | None, features: torch.Tensor, target: torch.Tensor) -> None:
         """``steps_per_batch`` optimiser steps of the explainer on ``features`` → ``target`` (both detached)."""
@@ -337,8 +367,9 @@ class ExplainerNetworkCallback(ObserverCallback):
                     self._average_gradients()
                 self.optimizer.step()
                 self.steps += 1
-                sums += torch.stack([loss.total.detach(), loss.reconstruction, loss.filter, loss.p,
-                                     torch.ones_like(loss.p)]).to(dtype)
+                sums += torch.stack(
+                    [loss.total.detach(), loss.reconstruction, loss.filter, loss.p, torch.ones_like(loss.p)]
+                ).to(dtype)
             self.explainer.eval()
         # Out of place: never into memory that another rank may share (see _own_tensors).
         self._train_sums = self._train_sums.to(sums) + sums
@@ -379,14 +410,24 @@ class ExplainerNetworkCallback(ObserverCallback):
         assert self.explainer is not None
         self._move_to(probe.images.device)
         self.explainer.eval()
-        return explainer_outputs(pl_module, self.explainer, self.input_layer, self.target_layer, probe.images,
-                                 max_batch=self.max_batch, output_key=self.output_key)
+        return explainer_outputs(
+            pl_module,
+            self.explainer,
+            self.input_layer,
+            self.target_layer,
+            probe.images,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+        )
 
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         evaluation = summarise_explainer_outputs(
-            results, labels=probe.labels, landmarks=self.landmarks, top_k=self.top_k,
+            results,
+            labels=probe.labels,
+            landmarks=self.landmarks,
+            top_k=self.top_k,
             image_size=tuple(probe.images.shape[-2:]),
         )
         scalars = {f"{self.namespace}/{key}": value for key, value in evaluation.scalars.items()}
@@ -403,8 +444,9 @@ class ExplainerNetworkCallback(ObserverCallback):
             self._log_maps(trainer, probe, results)
             if "explainer" in evaluation.instability:
                 rows = [[f, float(evaluation.instability["explainer"][f])] for f in range(self.num_filters)]
-                self.sinks.table(f"{self.namespace}/filters", ["filter", "location_instability"], rows,
-                                 trainer.global_step)
+                self.sinks.table(
+                    f"{self.namespace}/filters", ["filter", "location_instability"], rows, trainer.global_step
+                )
         return scalars
 
     def _log_maps(self, trainer: pl.Trainer, probe: ProbeSet, results: dict[str, torch.Tensor]) -> None:
@@ -420,8 +462,9 @@ class ExplainerNetworkCallback(ObserverCallback):
             column_titles=["image"] + [f"filter {f}" for f in range(filters)],
         )
         caption = f"Explainer filters, epoch {trainer.current_epoch}, step {trainer.global_step}"
-        self.sinks.images(f"{self.namespace}/activation_maps", [np.ascontiguousarray(grid)], [caption],
-                          trainer.global_step)
+        self.sinks.images(
+            f"{self.namespace}/activation_maps", [np.ascontiguousarray(grid)], [caption], trainer.global_step
+        )
 
     # ------------------------------------------------------------------ checkpointing
     def extra_state(self) -> dict[str, Any]:
@@ -478,15 +521,17 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int, all_red
     ``len(params)`` entries of the reduced buffer count the ranks that had a gradient.
     """
     present = [p.grad is not None for p in params]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-                     + [torch.tensor(present, dtype=params[0].dtype).to(params[0].device)])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        + [torch.tensor(present, dtype=params[0].dtype).to(params[0].device)]
+    )
     all_reduce(flat)
-    grads = flat[:-len(params)] / world_size
+    grads = flat[: -len(params)] / world_size
     # Reading the counts waits for the reduction; only needed when this rank lacks a gradient
     # (if it has them all, every count is at least 1).
-    counts = [1.0] * len(params) if all(present) else flat[-len(params):].tolist()
+    counts = [1.0] * len(params) if all(present) else flat[-len(params) :].tolist()
     offset = 0
     for p, count in zip(params, counts):
         n = p.numel()
-        p.grad = grads[offset:offset + n].view_as(p).clone() if count > 0 else None
+        p.grad = grads[offset : offset + n].view_as(p).clone() if count > 0 else None
         offset += n

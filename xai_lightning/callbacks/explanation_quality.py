@@ -103,13 +103,20 @@ class ExplanationQualityCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         names = canonical_methods(methods, "ExplanationQualityCallback")
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         if not metrics:
-            raise ValueError("ExplanationQualityCallback needs at least one metric; see "
-                             "xai_lightning.evaluation.available_metrics().")
+            raise ValueError(
+                "ExplanationQualityCallback needs at least one metric; see "
+                "xai_lightning.evaluation.available_metrics()."
+            )
         if len(set(metrics)) != len(metrics):
             raise ValueError(f"Each metric may appear once; got {metrics}")
         if "random" in names:
@@ -117,15 +124,18 @@ class ExplanationQualityCallback(ObserverCallback):
         valid_metrics = available_metrics()
         for metric in metrics:
             if metric not in valid_metrics:
-                raise ValueError(f"Unknown explanation metric {metric!r}; available metrics: {', '.join(valid_metrics)}.")
+                raise ValueError(
+                    f"Unknown explanation metric {metric!r}; available metrics: {', '.join(valid_metrics)}."
+                )
         options: dict[str, dict[str, Any]] = {}
         for metric, values in dict(metric_options or {}).items():
             if metric not in metrics:
                 raise ValueError(f"metric_options names {metric!r}, which is not among metrics={metrics}")
             unknown = [key for key in values if key not in metric_option_names(metric)]
             if unknown:
-                raise ValueError(f"{metric} has no option(s) {unknown}; valid options: "
-                                 f"{', '.join(metric_option_names(metric))}.")
+                raise ValueError(
+                    f"{metric} has no option(s) {unknown}; valid options: {', '.join(metric_option_names(metric))}."
+                )
             options[metric] = dict(values)
         if isinstance(target, str) and target not in ("label", "predicted"):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
@@ -147,15 +157,22 @@ class ExplanationQualityCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, methods=tuple(self.methods),
-                                        metrics=tuple(self.metrics), num_probe=self.num_probe)
+        return self._generate_state_key(
+            namespace=self.namespace, methods=tuple(self.methods), metrics=tuple(self.metrics), num_probe=self.num_probe
+        )
 
     def _target(self, probe: ProbeSet) -> Any:
         return "predicted" if self.target == "label" and probe.labels is None else self.target
 
     def _method_options(self, name: str) -> dict[str, Any]:
-        return configured_options(name, self.method_options.get(name, {}), layer=self.layer,
-                                  output_key=self.output_key, max_batch=self.max_batch, seed=self.probe_seed)
+        return configured_options(
+            name,
+            self.method_options.get(name, {}),
+            layer=self.layer,
+            output_key=self.output_key,
+            max_batch=self.max_batch,
+            seed=self.probe_seed,
+        )
 
     def _metric(self, name: str, model: torch.nn.Module, method: str | None = None) -> ExplanationMetric:
         options = dict(self.metric_options.get(name, {}))
@@ -182,7 +199,9 @@ class ExplanationQualityCallback(ObserverCallback):
         self.explainers = {name: get_method(name, **self._method_options(name)) for name in self.methods}
         one = probe.images[:1].to(pl_module.device)
         # image-only methods on non-image probes and unknown layers fail now
-        self.method_layers = {name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()}
+        self.method_layers = {
+            name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()
+        }
         for name in self.metrics:
             self._metric(name, pl_module, self.methods[0])  # invalid option values fail now
         if isinstance(self.target, int):
@@ -196,7 +215,9 @@ class ExplanationQualityCallback(ObserverCallback):
         out: dict[str, torch.Tensor] = {}
         maps = {}
         for name, explainer in self.explainers.items():
-            maps[name] = explainer.to_map(explainer.attribute(pl_module, probe.images, targets, trainer=trainer)).float()
+            maps[name] = explainer.to_map(
+                explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
+            ).float()
             out[f"degenerate/{name}"] = degenerate_maps(maps[name]).float()
         shared = {name: self._metric(name, pl_module) for name in self.metrics if name != "max_sensitivity"}
         for metric_name in self.metrics:
@@ -204,8 +225,9 @@ class ExplanationQualityCallback(ObserverCallback):
                 metric = shared[metric_name] if metric_name in shared else self._metric(metric_name, pl_module, name)
                 out[f"{name}/{metric_name}"] = metric.values(probe.images, maps[name], targets, masks)
             chance = shared[metric_name] if metric_name in shared else self._metric(metric_name, pl_module)
-            out[f"random/{metric_name}"] = chance.random_values(probe.images, maps[self.methods[0]], targets,
-                                                                 self.random_maps, self.seed, masks, probe.indices)
+            out[f"random/{metric_name}"] = chance.random_values(
+                probe.images, maps[self.methods[0]], targets, self.random_maps, self.seed, masks, probe.indices
+            )
         return out
 
     def report(
@@ -220,14 +242,27 @@ class ExplanationQualityCallback(ObserverCallback):
             if count and name not in self._warned:
                 self._warned.add(name)
                 rank_zero_warn(
-                    f"ExplanationQualityCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
-                        count, len(probe), f"method {name!r} (layer {self.method_layers.get(name, 'input')!r})",
-                        "they get each metric's fallback (a uniform map's value; correlations 0), never NaN")
+                    f"ExplanationQualityCallback, epoch {trainer.current_epoch}: "
+                    + degenerate_warning(
+                        count,
+                        len(probe),
+                        f"method {name!r} (layer {self.method_layers.get(name, 'input')!r})",
+                        "they get each metric's fallback (a uniform map's value; correlations 0), never NaN",
+                    )
                 )
         if trainer.is_global_zero:
-            rows = [[name, metric, scalars[f"{self.namespace}/{name}/{metric}"],
-                     scalars[f"{self.namespace}/random/{metric}"], metric_direction(metric)]
-                    for name in self.methods for metric in self.metrics]
-            self.sinks.table(f"{self.namespace}/table", ["method", "metric", "value", "random", "better"], rows,
-                             trainer.global_step)
+            rows = [
+                [
+                    name,
+                    metric,
+                    scalars[f"{self.namespace}/{name}/{metric}"],
+                    scalars[f"{self.namespace}/random/{metric}"],
+                    metric_direction(metric),
+                ]
+                for name in self.methods
+                for metric in self.metrics
+            ]
+            self.sinks.table(
+                f"{self.namespace}/table", ["method", "metric", "value", "random", "better"], rows, trainer.global_step
+            )
         return scalars

@@ -86,8 +86,13 @@ class FrequencyCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         self.radii = [float(r) for r in (radii if radii is not None else [8.0])]
         if not self.radii or any(r <= 0 for r in self.radii):
             raise ValueError(f"radii must be a non-empty list of positive radii; got {radii}")
@@ -122,8 +127,15 @@ class FrequencyCallback(ObserverCallback):
 
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
         assert probe.labels is not None
-        result = frequency_accuracy(pl_module, probe.images, probe.labels, self.radii, include_clean=self.clean,
-                                    max_batch=self.max_batch, output_key=self.output_key)
+        result = frequency_accuracy(
+            pl_module,
+            probe.images,
+            probe.labels,
+            self.radii,
+            include_clean=self.clean,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+        )
         return {"clean": result.clean, "low": result.low, "high": result.high}
 
     def report(
@@ -159,8 +171,9 @@ class FrequencyCallback(ObserverCallback):
         epochs, values = history_series(history, f"{self.namespace}/clean_acc")
         if values:
             lines.append(("x (clean)", epochs, values, len(self.radii), ":"))
-        return curves_figure(lines, "accuracy on low- / high-frequency parts (Wang et al. 2019)", "probe accuracy",
-                             ylim=(0.0, 1.02))
+        return curves_figure(
+            lines, "accuracy on low- / high-frequency parts (Wang et al. 2019)", "probe accuracy", ylim=(0.0, 1.02)
+        )
 
     def _log_strip(self, trainer: pl.Trainer, probe: ProbeSet) -> None:
         shown = min(self.max_images, len(probe))
@@ -172,5 +185,5 @@ class FrequencyCallback(ObserverCallback):
             panels += [display_images(low.clamp(0, 1)), display_images((high + 0.5).clamp(0, 1))]
             titles += [f"low r={radius:g}", f"high r={radius:g}"]
         grid = labelled_grid(to_uint8_hwc(torch.stack(panels, dim=1)), column_titles=titles)
-        caption = (f"x, x_low and x_high + 0.5 (grey = 0), epoch {trainer.current_epoch}, step {trainer.global_step}")
+        caption = f"x, x_low and x_high + 0.5 (grey = 0), epoch {trainer.current_epoch}, step {trainer.global_step}"
         self.sinks.images(f"{self.namespace}/strip", [np.ascontiguousarray(grid)], [caption], trainer.global_step)

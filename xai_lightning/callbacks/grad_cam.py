@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from xai_lightning.attribution.grad_cam import grad_cam
+from xai_lightning.attribution.grad_cam_method import grad_cam
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.callbacks.probe_captions import probe_captions, probe_table
@@ -97,8 +97,13 @@ class GradCAMCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if isinstance(target, str) and target not in ("label", "predicted"):
             raise ValueError(f"target must be 'label', 'predicted' or a class index; got {target!r}")
         if max_images < 1:
@@ -138,15 +143,23 @@ class GradCAMCallback(ObserverCallback):
             resolve_targets(self.target, logits)
         for name in self.layer_names:
             check_grad_cam_layer(name, capture.activations[name])
+
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
         result = grad_cam(
-            pl_module, probe.images, self._target(probe), self.layer_names, labels=probe.labels,
-            output_key=self.output_key, max_batch=self.max_batch, trainer=trainer,
+            pl_module,
+            probe.images,
+            self._target(probe),
+            self.layer_names,
+            labels=probe.labels,
+            output_key=self.output_key,
+            max_batch=self.max_batch,
+            trainer=trainer,
         )
         # Scored and rendered in float32 (bfloat16 maps would quantise the scores); a float64
         # model's maps keep their precision.
-        out = {f"map/{name}": maps.to(torch.promote_types(maps.dtype, torch.float32))
-               for name, maps in result.maps.items()}
+        out = {
+            f"map/{name}": maps.to(torch.promote_types(maps.dtype, torch.float32)) for name, maps in result.maps.items()
+        }
         out["logits"] = result.logits
         out["targets"] = result.targets
         return out
@@ -162,10 +175,16 @@ class GradCAMCallback(ObserverCallback):
             scalars.update({f"{prefix}/{key}": value for key, value in scores.items()})
             if scores["empty_maps"] > 0 and name not in self._warned:
                 self._warned.add(name)
-                rank_zero_warn(f"GradCAMCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
-                    round(scores["empty_maps"] * len(maps)), len(maps), f"Grad-CAM at layer {name!r}",
-                    "their scores are left out of the means, which are a uniform map's (chance) when no map is "
-                    "left"))
+                rank_zero_warn(
+                    f"GradCAMCallback, epoch {trainer.current_epoch}: "
+                    + degenerate_warning(
+                        round(scores["empty_maps"] * len(maps)),
+                        len(maps),
+                        f"Grad-CAM at layer {name!r}",
+                        "their scores are left out of the means, which are a uniform map's (chance) when no map is "
+                        "left",
+                    )
+                )
             self._previous[name] = maps.clone()
         if trainer.is_global_zero:
             self._log_grid(trainer, probe, results)

@@ -91,10 +91,19 @@ class InformationPlaneCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
-        for name, value in (("decoder_images", decoder_images), ("decoder_steps", decoder_steps),
-                            ("target_size", target_size), ("feature_pool", feature_pool)):
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
+        for name, value in (
+            ("decoder_images", decoder_images),
+            ("decoder_steps", decoder_steps),
+            ("target_size", target_size),
+            ("feature_pool", feature_pool),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
         if decoder_hidden < 0 or decoder_lr <= 0:
@@ -127,26 +136,36 @@ class InformationPlaneCallback(ObserverCallback):
             raise ValueError("InformationPlaneCallback needs labelled images (N, C, H, W) in the probe data.")
         one = probe.images[:1].to(pl_module.device)
         self.sites = resolve_feature_sites(pl_module, self.layers, forward=lambda: pl_module(one))
-        features, logits = layer_features(pl_module, one, self.sites, pool=self.feature_pool,
-                                          output_key=self.output_key)
+        features, logits = layer_features(
+            pl_module, one, self.sites, pool=self.feature_pool, output_key=self.output_key
+        )
         split = self.decoder_split
         if split == "train" and trainer.state.fn != "fit" and find_split(trainer, "train") is None:
             split = "val"  # trainer.validate: no training data is set up; use held-out validation images
-            rank_zero_warn("InformationPlaneCallback: no training data outside fit; fitting the decoders on "
-                           "validation images that are not in the probe set.")
+            rank_zero_warn(
+                "InformationPlaneCallback: no training data outside fit; fitting the decoders on "
+                "validation images that are not in the probe set."
+            )
         # Held out: when decoders and probe share a split, the decoder images never include a probe image.
         shared = split == self.probe_split and self._given_probe is None
-        self.decoder_set = draw_reference(trainer, split, self.decoder_images, self.seed + 1,
-                                          type(self).__name__, "fitting the decoders (decoder_images)",
-                                          exclude=probe.indices if shared else None)
+        self.decoder_set = draw_reference(
+            trainer,
+            split,
+            self.decoder_images,
+            self.seed + 1,
+            type(self).__name__,
+            "fitting the decoders (decoder_images)",
+            exclude=probe.indices if shared else None,
+        )
         if self.decoder_set.labels is None:
             raise ValueError("InformationPlaneCallback: the decoder images need labels (q(y|h) is trained on them).")
         dims = {name: value.shape[1] for name, value in features.items()}
         target_dim = image_targets(one.cpu(), self.target_size).shape[1]
         previous = self._pending_state or (self.plane.training_state() if self.plane is not None else None)
         # A fresh module per fit: under ddp_spawn, tensors created before spawning are shared by the ranks.
-        self.plane = InformationPlane(dims, logits.shape[1], target_dim, hidden=self.decoder_hidden,
-                                      lr=self.decoder_lr, seed=self.seed)
+        self.plane = InformationPlane(
+            dims, logits.shape[1], target_dim, hidden=self.decoder_hidden, lr=self.decoder_lr, seed=self.seed
+        )
         if previous is not None:
             try:
                 self.plane.load_training_state(_cloned(previous))
@@ -160,12 +179,24 @@ class InformationPlaneCallback(ObserverCallback):
     # ------------------------------------------------------------------ one observation
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
         assert self.decoder_set is not None
-        features, _ = layer_features(pl_module, probe.images, self.sites, pool=self.feature_pool,
-                                     max_batch=self.max_batch, output_key=self.output_key)
+        features, _ = layer_features(
+            pl_module,
+            probe.images,
+            self.sites,
+            pool=self.feature_pool,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+        )
         out = {f"features/{name}": value for name, value in features.items()}
         shard = self.decoder_set.shard(trainer.global_rank, trainer.world_size).to(probe.images.device)
-        fit_features, _ = layer_features(pl_module, shard.images, self.sites, pool=self.feature_pool,
-                                         max_batch=self.max_batch, output_key=self.output_key)
+        fit_features, _ = layer_features(
+            pl_module,
+            shard.images,
+            self.sites,
+            pool=self.feature_pool,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+        )
         out.update({f"{REFERENCE_PREFIX}features/{name}": value for name, value in fit_features.items()})
         return out
 
@@ -182,8 +213,12 @@ class InformationPlaneCallback(ObserverCallback):
         # Every rank fits identical decoders on identical gathered features (CPU, full batch).
         with observe(self.plane):
             self.plane.train()
-            self.plane.fit({n: results[f"{REFERENCE_PREFIX}features/{n}"] for n in names},
-                           self.decoder_set.labels.cpu(), fit_targets, self.decoder_steps)
+            self.plane.fit(
+                {n: results[f"{REFERENCE_PREFIX}features/{n}"] for n in names},
+                self.decoder_set.labels.cpu(),
+                fit_targets,
+                self.decoder_steps,
+            )
             bounds = self.plane.bounds({n: results[f"features/{n}"] for n in names}, probe.labels.cpu(), probe_targets)
         scalars: dict[str, float] = {}
         for name, (ixh, iyh) in bounds.items():

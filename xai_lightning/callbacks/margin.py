@@ -75,8 +75,13 @@ class MarginCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         self.subspaces: list[Subspace] = list(subspaces) if subspaces is not None else ["low", "high"]
         unknown = [s for s in self.subspaces if s not in ("low", "high", "full")]
         if unknown or not self.subspaces or len(set(self.subspaces)) != len(self.subspaces):
@@ -98,8 +103,9 @@ class MarginCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, subspaces=self.subspaces, block=self.block,
-                                        num_probe=self.num_probe)
+        return self._generate_state_key(
+            namespace=self.namespace, subspaces=self.subspaces, block=self.block, num_probe=self.num_probe
+        )
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
         if probe.images.dim() != 4:
@@ -111,9 +117,16 @@ class MarginCallback(ObserverCallback):
         out = {}
         for kind, subspace in self.projections.items():
             result = subspace_margins(
-                pl_module, probe.images, subspace, candidates=self.candidates, max_iter=self.max_iter,
-                overshoot=self.overshoot, refine_steps=self.refine_steps, max_batch=self.max_batch,
-                output_key=self.output_key, trainer=trainer,
+                pl_module,
+                probe.images,
+                subspace,
+                candidates=self.candidates,
+                max_iter=self.max_iter,
+                overshoot=self.overshoot,
+                refine_steps=self.refine_steps,
+                max_batch=self.max_batch,
+                output_key=self.output_key,
+                trainer=trainer,
             )
             out[f"margin/{kind}"] = result.margin
             out[f"iterations/{kind}"] = result.iterations
@@ -131,8 +144,9 @@ class MarginCallback(ObserverCallback):
             scalars[f"{prefix}/found"] = float(found.double().mean())
             if bool(found.any()):
                 q25, median, q75 = torch.quantile(margins[found], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-                scalars.update({f"{prefix}/q25": float(q25), f"{prefix}/median": float(median),
-                                f"{prefix}/q75": float(q75)})
+                scalars.update(
+                    {f"{prefix}/q25": float(q25), f"{prefix}/median": float(median), f"{prefix}/q75": float(q75)}
+                )
                 medians[kind] = float(median)
         if "low" in medians and "high" in medians and medians["low"] > 0:
             scalars[f"{self.namespace}/high_over_low"] = medians["high"] / medians["low"]
@@ -149,5 +163,6 @@ class MarginCallback(ObserverCallback):
             _, low = history_series(history, f"{self.namespace}/{kind}/q25")
             _, high = history_series(history, f"{self.namespace}/{kind}/q75")
             bands[kind] = (epochs, median, low, high)
-        return band_figure(bands, f"margins in DCT subspaces (block {self.block}; Ortiz-Jiménez et al. 2020)",
-                           "L2 margin")
+        return band_figure(
+            bands, f"margins in DCT subspaces (block {self.block}; Ortiz-Jiménez et al. 2020)", "L2 margin"
+        )

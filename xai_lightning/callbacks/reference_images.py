@@ -37,7 +37,12 @@ def find_split(trainer: Any, split: ProbeSplit) -> Any:
 
 
 def draw_reference(
-    trainer: Any, split: ProbeSplit, size: int, seed: int, owner: str, purpose: str,
+    trainer: Any,
+    split: ProbeSplit,
+    size: int,
+    seed: int,
+    owner: str,
+    purpose: str,
     exclude: torch.Tensor | None = None,
 ) -> ProbeSet:
     """Draw ``size`` images (with labels, when the data has them) from ``split``; clear error without data.
@@ -62,8 +67,10 @@ def draw_reference(
     if remaining is not None and reference.indices is not None:
         reference = replace(reference, indices=remaining[reference.indices.long()])
     if available < size:
-        rank_zero_warn(f"{owner}: {size} {split} images asked for {purpose}, but the data has only {available}; "
-                       f"using all {available}.")
+        rank_zero_warn(
+            f"{owner}: {size} {split} images asked for {purpose}, but the data has only {available}; "
+            f"using all {available}."
+        )
     return reference
 
 

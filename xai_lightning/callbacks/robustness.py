@@ -135,8 +135,13 @@ class RobustnessCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         self.norm = check_norm(norm)
         self.eps = check_eps(eps)
         if steps < 1:
@@ -147,9 +152,13 @@ class RobustnessCallback(ObserverCallback):
             raise ValueError(f"max_images must be >= 1; got {max_images}")
         if morph_eps is not None:
             check_eps(morph_eps, "morph_eps")
-        for name, value in (("morph_steps", morph_steps), ("inversion_steps", inversion_steps),
-                            ("visualization_steps", visualization_steps), ("vae_epochs", vae_epochs),
-                            ("vae_images", vae_images)):
+        for name, value in (
+            ("morph_steps", morph_steps),
+            ("inversion_steps", inversion_steps),
+            ("visualization_steps", visualization_steps),
+            ("vae_epochs", vae_epochs),
+            ("vae_images", vae_images),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
         if visualization_prior not in PRIORS:
@@ -175,7 +184,9 @@ class RobustnessCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, norm=self.norm, eps=self.eps, num_probe=self.num_probe)
+        return self._generate_state_key(
+            namespace=self.namespace, norm=self.norm, eps=self.eps, num_probe=self.num_probe
+        )
 
     # ------------------------------------------------------------------ setup
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> None:
@@ -197,8 +208,9 @@ class RobustnessCallback(ObserverCallback):
         if self.visualization and self.visualization_units is not None:
             from xai_lightning.robustness import Representation
 
-            phi = Representation(model, self.visualization_layer, probe=self.pixels.to_pixels(one),
-                                 output_key=self.output_key)
+            phi = Representation(
+                model, self.visualization_layer, probe=self.pixels.to_pixels(one), output_key=self.output_key
+            )
             channels = int(phi(self.pixels.to_pixels(one)).shape[1])
             bad = [u for u in self.visualization_units if not 0 <= u < channels]
             if bad:
@@ -218,8 +230,10 @@ class RobustnessCallback(ObserverCallback):
         images = probe.images if source is None else draw_probe(source, self.vae_images, self.probe_seed + 1)[0].images
         size = images.shape[-1]
         if images.shape[-2] != size or size % 4:
-            raise ValueError(f"visualization_prior='generator' needs square images with a side divisible by 4; "
-                             f"got {tuple(images.shape[1:])}")
+            raise ValueError(
+                f"visualization_prior='generator' needs square images with a side divisible by 4; "
+                f"got {tuple(images.shape[1:])}"
+            )
         vae = train_vae(self.pixels.to_pixels(images), epochs=self.vae_epochs, seed=self.probe_seed)
         return vae.to(trainer.strategy.root_device)
 
@@ -234,8 +248,17 @@ class RobustnessCallback(ObserverCallback):
         rows = self.probe.shard_rows(trainer.global_rank, trainer.world_size)
         start = self._start[rows].to(images.device, images.dtype)
         options = dict(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
-        attack = pgd(model, images, probe.labels, norm=self.norm, eps=self.eps, steps=self.steps,
-                     step_size=self.step_size, start=start, **options)
+        attack = pgd(
+            model,
+            images,
+            probe.labels,
+            norm=self.norm,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            start=start,
+            **options,
+        )
         gradients = loss_gradients(model, images, "label", labels=probe.labels, **options)
         return {
             "clean_correct": gradients.logits.argmax(1) == probe.labels,
@@ -261,7 +284,9 @@ class RobustnessCallback(ObserverCallback):
         if probe.object_masks is not None:
             scores = gradient_object_energy(results["gradients"], probe.object_masks)
             scalars[f"{prefix}/gradient_energy_in_mask"] = _nanmean(scores)
-            scalars[f"{prefix}/gradient_energy_in_mask_uniform"] = float(uniform_energy_in_mask(probe.object_masks).mean())
+            scalars[f"{prefix}/gradient_energy_in_mask_uniform"] = float(
+                uniform_energy_in_mask(probe.object_masks).mean()
+            )
         synthesis = self._synthesis_now(trainer)
         if trainer.is_global_zero:
             self._log_gradient_grid(trainer, probe, results)
@@ -282,16 +307,25 @@ class RobustnessCallback(ObserverCallback):
         shown = min(self.max_images, len(probe))
         images = self.pixels.to_pixels(probe.images[:shown])
         gradients = results["gradients"][:shown]
-        panels = torch.stack([
-            display_images(images), display_images(results["adversarial"][:shown]),
-            display_images(gradient_images(gradients)), heatmaps(gradient_energy(gradients), "inferno"),
-        ], dim=1)
+        panels = torch.stack(
+            [
+                display_images(images),
+                display_images(results["adversarial"][:shown]),
+                display_images(gradient_images(gradients)),
+                heatmaps(gradient_energy(gradients), "inferno"),
+            ],
+            dim=1,
+        )
         captions = [
             f"y={self._name(probe, int(probe.labels[i]))} clean={'ok' if results['clean_correct'][i] else 'wrong'} "
-            f"adv={'ok' if results['robust_correct'][i] else 'wrong'}" for i in range(shown)
+            f"adv={'ok' if results['robust_correct'][i] else 'wrong'}"
+            for i in range(shown)
         ]
-        grid = labelled_grid(to_uint8_hwc(panels), row_captions=captions,
-                             column_titles=["image", f"PGD {self.norm} eps={self.eps:g}", "gradient", "energy"])
+        grid = labelled_grid(
+            to_uint8_hwc(panels),
+            row_captions=captions,
+            column_titles=["image", f"PGD {self.norm} eps={self.eps:g}", "gradient", "energy"],
+        )
         self._log(trainer, "gradient_maps", grid, "loss gradients")
 
     def _synthesise(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, float]:
@@ -303,33 +337,63 @@ class RobustnessCallback(ObserverCallback):
         scalars: dict[str, float] = {}
         k = self.num_classes or 0
         if self.morph and k:
-            morphed, result = morph_to_every_class(model, images, k, eps=self.morph_eps, steps=self.morph_steps, **options)
+            morphed, result = morph_to_every_class(
+                model, images, k, eps=self.morph_eps, steps=self.morph_steps, **options
+            )
             scalars[f"{self.namespace}/morph_success_rate"] = float(result.success.float().mean())
-            panels = torch.cat([display_images(images).unsqueeze(1),
-                                display_images(morphed.flatten(0, 1)).view(shown, k, *images.shape[2:], 3)], dim=1)
+            panels = torch.cat(
+                [
+                    display_images(images).unsqueeze(1),
+                    display_images(morphed.flatten(0, 1)).view(shown, k, *images.shape[2:], 3),
+                ],
+                dim=1,
+            )
             captions = [f"y={self._name(probe, int(probe.labels[i]))}" for i in range(shown)]
             titles = ["image"] + [f"to {self._name(probe, c)}" for c in range(k)]
-            self._log(trainer, "targeted_morph", labelled_grid(to_uint8_hwc(panels), captions, titles),
-                      "large-eps targeted L2 morphs")
+            self._log(
+                trainer,
+                "targeted_morph",
+                labelled_grid(to_uint8_hwc(panels), captions, titles),
+                "large-eps targeted L2 morphs",
+            )
         if self.inversion:
-            inverted = invert_representation(model, images, layer=self.inversion_layer, steps=self.inversion_steps,
-                                             generator=torch.Generator(device=device).manual_seed(self.probe_seed),
-                                             **options)
+            inverted = invert_representation(
+                model,
+                images,
+                layer=self.inversion_layer,
+                steps=self.inversion_steps,
+                generator=torch.Generator(device=device).manual_seed(self.probe_seed),
+                **options,
+            )
             scalars[f"{self.namespace}/inversion_error"] = float(inverted.representation_error.mean())
             panels = torch.stack([display_images(images), display_images(inverted.images)], dim=1)
-            self._log(trainer, "inversion", labelled_grid(to_uint8_hwc(panels), None, ["image", f"inverted {inverted.layer}"]),
-                      f"representation inversion of {inverted.layer}")
+            self._log(
+                trainer,
+                "inversion",
+                labelled_grid(to_uint8_hwc(panels), None, ["image", f"inverted {inverted.layer}"]),
+                f"representation inversion of {inverted.layer}",
+            )
         if self.visualization:
             shape = tuple(int(s) for s in images.shape[1:])
             features = visualize_features(
-                model, self.visualization_layer, units=self.visualization_units, prior=self.visualization_prior,
-                image_shape=shape, steps=self.visualization_steps, vae=self._vae,
-                generator=torch.Generator(device=device).manual_seed(self.probe_seed), **options,
+                model,
+                self.visualization_layer,
+                units=self.visualization_units,
+                prior=self.visualization_prior,
+                image_shape=shape,
+                steps=self.visualization_steps,
+                vae=self._vae,
+                generator=torch.Generator(device=device).manual_seed(self.probe_seed),
+                **options,
             )
             scalars[f"{self.namespace}/feature_visualization_activation"] = float(features.activation.mean())
             units = features.units or tuple(range(features.images.shape[0]))
             titles = [self._name(probe, u) if features.layer == "logits" else f"unit {u}" for u in units]
             panels = display_images(features.images).unsqueeze(0)
-            self._log(trainer, "feature_visualization", labelled_grid(to_uint8_hwc(panels), None, titles),
-                      f"feature visualisation of {features.layer} ({features.prior} prior)")
+            self._log(
+                trainer,
+                "feature_visualization",
+                labelled_grid(to_uint8_hwc(panels), None, titles),
+                f"feature visualisation of {features.layer} ({features.prior} prior)",
+            )
         return scalars

@@ -110,8 +110,13 @@ class SanityCheckCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         names = canonical_methods(methods, "SanityCheckCallback")
         if mode not in ("cascading", "independent"):
             raise ValueError(f"mode must be 'cascading' or 'independent'; got {mode!r}")
@@ -145,8 +150,9 @@ class SanityCheckCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, methods=tuple(self.methods), mode=self.mode,
-                                        num_probe=self.num_probe)
+        return self._generate_state_key(
+            namespace=self.namespace, methods=tuple(self.methods), mode=self.mode, num_probe=self.num_probe
+        )
 
     @property
     def observes_final_weights(self) -> bool:
@@ -170,14 +176,26 @@ class SanityCheckCallback(ObserverCallback):
         layers = self.layers if self.layers is not None else valid
         unknown = [name for name in layers if name not in valid]
         if unknown or not layers:
-            raise ValueError(f"SanityCheckCallback cannot randomise layers {unknown or layers}: they are not modules "
-                             f"with parameters and reset_parameters(). Randomisable layers, top first: {valid}")
+            raise ValueError(
+                f"SanityCheckCallback cannot randomise layers {unknown or layers}: they are not modules "
+                f"with parameters and reset_parameters(). Randomisable layers, top first: {valid}"
+            )
         self.randomised_layers = list(layers)
         one = probe.images[:1].to(pl_module.device)
-        self.explainers = {name: build_method(name, self.method_options.get(name, {}), layer=self.layer,
-                                              output_key=self.output_key, max_batch=self.max_batch,
-                                              seed=self.probe_seed) for name in self.methods}
-        self.method_layers = {name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()}
+        self.explainers = {
+            name: build_method(
+                name,
+                self.method_options.get(name, {}),
+                layer=self.layer,
+                output_key=self.output_key,
+                max_batch=self.max_batch,
+                seed=self.probe_seed,
+            )
+            for name in self.methods
+        }
+        self.method_layers = {
+            name: method_layer(pl_module, explainer, one) for name, explainer in self.explainers.items()
+        }
         if isinstance(self.target, int):
             resolve_targets(self.target, select_logits(pl_module(one), self.output_key))
 
@@ -188,14 +206,24 @@ class SanityCheckCallback(ObserverCallback):
         out: dict[str, torch.Tensor] = {}
         for name, explainer in self.explainers.items():
             result = model_parameter_randomisation(
-                pl_module, probe.images, targets, explainer, mode=self.mode, layers=self.randomised_layers,
-                similarities=self.similarities, seed=self.seed, keep_maps=True, output_key=self.output_key,
+                pl_module,
+                probe.images,
+                targets,
+                explainer,
+                mode=self.mode,
+                layers=self.randomised_layers,
+                similarities=self.similarities,
+                seed=self.seed,
+                keep_maps=True,
+                output_key=self.output_key,
                 max_batch=self.max_batch,
             )
             for similarity in self.similarities:
                 out[f"{name}/{similarity}"] = result.similarity[similarity].T.float()  # (B, L)
             assert result.maps is not None
-            out[f"{name}/maps"] = torch.cat([result.original.unsqueeze(0), result.maps]).transpose(0, 1)  # (B, L+1, H, W)
+            out[f"{name}/maps"] = torch.cat([result.original.unsqueeze(0), result.maps]).transpose(
+                0, 1
+            )  # (B, L+1, H, W)
             maps = out[f"{name}/maps"]
             out[f"{name}/degenerate"] = degenerate_maps(maps.flatten(0, 1)).view(maps.shape[:2]).float()  # (B, L+1)
         return out
@@ -225,9 +253,13 @@ class SanityCheckCallback(ObserverCallback):
                 self._warned.add((name, label))
                 where = "of the trained model" if step == 0 else f"after randomising {label!r}"
                 rank_zero_warn(
-                    f"SanityCheckCallback, epoch {trainer.current_epoch}: " + degenerate_warning(
-                        count, total, f"method {name!r} (layer {self.method_layers.get(name, 'input')!r}) {where}",
-                        "their similarities are 0 (SSIM: that of an all-zero map), never NaN")
+                    f"SanityCheckCallback, epoch {trainer.current_epoch}: "
+                    + degenerate_warning(
+                        count,
+                        total,
+                        f"method {name!r} (layer {self.method_layers.get(name, 'input')!r}) {where}",
+                        "their similarities are 0 (SSIM: that of an all-zero map), never NaN",
+                    )
                 )
 
     def _log_curves(self, trainer: pl.Trainer, scalars: dict[str, float]) -> None:
@@ -238,11 +270,15 @@ class SanityCheckCallback(ObserverCallback):
         positions = np.arange(1, len(self.randomised_layers) + 1)
         for axis, similarity in zip(axes, self.similarities):
             for name in self.methods:
-                values = [scalars[f"{self.namespace}/{name}/{self.mode}/{similarity}/{layer}"]
-                          for layer in self.randomised_layers]
+                values = [
+                    scalars[f"{self.namespace}/{name}/{self.mode}/{similarity}/{layer}"]
+                    for layer in self.randomised_layers
+                ]
                 axis.plot(positions, values, marker="o", markersize=3, label=self.explainers[name].title or name)
-                rows += [[name, similarity, int(index), layer, value]
-                         for index, layer, value in zip(positions, self.randomised_layers, values)]
+                rows += [
+                    [name, similarity, int(index), layer, value]
+                    for index, layer, value in zip(positions, self.randomised_layers, values)
+                ]
             axis.axhline(0.0, color="grey", linewidth=0.6)
             axis.set_xticks(positions, self.randomised_layers, rotation=90, fontsize=6)
             axis.set_ylim(-1.05, 1.05)
@@ -252,8 +288,9 @@ class SanityCheckCallback(ObserverCallback):
         figure.suptitle(f"Model-parameter randomisation, epoch {trainer.current_epoch}", fontsize=10)
         figure.tight_layout()
         self.sinks.figure(f"{self.namespace}/{self.mode}/curves", figure, step)
-        self.sinks.table(f"{self.namespace}/{self.mode}/table", ["method", "similarity", "step", "layer", "value"],
-                         rows, step)
+        self.sinks.table(
+            f"{self.namespace}/{self.mode}/table", ["method", "similarity", "step", "layer", "value"], rows, step
+        )
 
     def _log_grid(self, trainer: pl.Trainer, probe: ProbeSet, results: dict[str, torch.Tensor]) -> None:
         shown = min(self.max_images, len(probe))
@@ -267,11 +304,12 @@ class SanityCheckCallback(ObserverCallback):
         # "network.features.19" → "features.19": the shared prefix only crowds the narrow columns
         prefix = os.path.commonprefix([name.rsplit(".", 1)[0] + "." for name in self.randomised_layers])
         prefix = prefix[: prefix.rfind(".") + 1]
-        titles = ["image", "trained", *(name[len(prefix):] for name in self.randomised_layers)]
+        titles = ["image", "trained", *(name[len(prefix) :] for name in self.randomised_layers)]
         grid = labelled_grid(to_uint8_hwc(torch.stack(panels)), row_captions=captions, column_titles=titles, scale=2)
         caption = f"Randomised maps ({self.mode}), epoch {trainer.current_epoch}"
-        self.sinks.images(f"{self.namespace}/{self.mode}/grid", [np.ascontiguousarray(grid)], [caption],
-                          trainer.global_step)
+        self.sinks.images(
+            f"{self.namespace}/{self.mode}/grid", [np.ascontiguousarray(grid)], [caption], trainer.global_step
+        )
 
     def extra_state(self) -> dict[str, Any]:
         return {"warned": sorted(self._warned)}

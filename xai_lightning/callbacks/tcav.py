@@ -30,9 +30,24 @@ from xai_lightning.logging import display_images, labelled_grid, to_uint8_hwc
 __all__ = ["TCAVCallback"]
 
 TABLE_COLUMNS = (
-    "epoch", "step", "layer", "concept", "class", "tcav_mean", "tcav_std", "magnitude_mean", "random_mean",
-    "random_std", "p_value", "significant", "cav_accuracy_mean", "cav_accuracy_std", "num_inputs",
-    "sign_count_mean", "random_magnitude_mean", "relative",
+    "epoch",
+    "step",
+    "layer",
+    "concept",
+    "class",
+    "tcav_mean",
+    "tcav_std",
+    "magnitude_mean",
+    "random_mean",
+    "random_std",
+    "p_value",
+    "significant",
+    "cav_accuracy_mean",
+    "cav_accuracy_std",
+    "num_inputs",
+    "sign_count_mean",
+    "random_magnitude_mean",
+    "relative",
 )
 
 
@@ -160,24 +175,41 @@ class TCAVCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
-        self.tcav = TCAV(layers=layers, num_random=num_random, examples_per_concept=examples_per_concept,
-                         classifier=classifier, alpha=alpha, bonferroni=bonferroni, score_kind=score_kind,
-                         seed=seed, max_batch=max_batch, output_key=output_key)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
+        self.tcav = TCAV(
+            layers=layers,
+            num_random=num_random,
+            examples_per_concept=examples_per_concept,
+            classifier=classifier,
+            alpha=alpha,
+            bonferroni=bonferroni,
+            score_kind=score_kind,
+            seed=seed,
+            max_batch=max_batch,
+            output_key=output_key,
+        )
         if concepts is not None and len(set(concepts)) != len(concepts):
             raise ValueError(f"concepts must be unique; got {concepts}")
         pairs = [list(pair) for pair in (relative_concepts or [])]
         for pair in pairs:
             if len(pair) != 2 or pair[0] == pair[1] or not all(isinstance(name, str) and name for name in pair):
-                raise ValueError(f"relative_concepts takes pairs of two different concept names, e.g. [[circle, red]]; "
-                                 f"got {pair!r}")
+                raise ValueError(
+                    f"relative_concepts takes pairs of two different concept names, e.g. [[circle, red]]; got {pair!r}"
+                )
         if len({pair_key(*pair) for pair in pairs}) != len(pairs):
             raise ValueError(f"relative_concepts has a duplicate pair: {pairs}")
         if num_similar < 0:
             raise ValueError(f"num_similar must be >= 0; got {num_similar}")
         if random_pool_size is not None and random_pool_size < examples_per_concept:
-            raise ValueError(f"random_pool_size must be >= examples_per_concept ({examples_per_concept}); got {random_pool_size}")
+            raise ValueError(
+                f"random_pool_size must be >= examples_per_concept ({examples_per_concept}); got {random_pool_size}"
+            )
         if concept_dir is not None:
             for entry in concepts or []:
                 concept_folder(concept_dir, entry)  # a name that escapes concept_dir fails here
@@ -214,15 +246,22 @@ class TCAVCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, layers=self.layers, concepts=self.concepts,
-                                        classes=self.classes, relative_concepts=self.relative_concepts or None)
+        return self._generate_state_key(
+            namespace=self.namespace,
+            layers=self.layers,
+            concepts=self.concepts,
+            classes=self.classes,
+            relative_concepts=self.relative_concepts or None,
+        )
 
     # ------------------------------------------------------------------ setup
     def _load_concepts(self, trainer: pl.Trainer, probe: ProbeSet) -> dict[str, torch.Tensor]:
         if self._given_concepts is not None:
             return dict(self._given_concepts)
         if not self.concepts:
-            raise ValueError("TCAVCallback needs concepts: pass concepts=[...] (names or folders) or call set_concepts().")
+            raise ValueError(
+                "TCAVCallback needs concepts: pass concepts=[...] (names or folders) or call set_concepts()."
+            )
         size = tuple(probe.images.shape[-2:])
         channels = probe.images.shape[1]
         loaded: dict[str, torch.Tensor] = {}
@@ -242,14 +281,18 @@ class TCAVCallback(ObserverCallback):
                 loaded[entry] = concept_examples_from_world(world, name, self.examples_per_concept, seed=self.seed)
         return loaded
 
-    def _load_relative(self, trainer: pl.Trainer, probe: ProbeSet, loaded: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _load_relative(
+        self, trainer: pl.Trainer, probe: ProbeSet, loaded: dict[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``"A vs B"`` → (images of A, images of B) for every relative pair."""
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         given = self._given_concepts or {}
         world = None
         for a, b in self.relative_concepts:
             name = f"{a} vs {b}"
-            from_world = [entry for entry in (a, b) if entry not in given and self.concept_dir is None and not _is_path(entry)]
+            from_world = [
+                entry for entry in (a, b) if entry not in given and self.concept_dir is None and not _is_path(entry)
+            ]
             if len(from_world) == 2:
                 world = world or self._concept_world(trainer)
                 out[name] = concept_contrast_from_world(world, a, b, 3 * self.examples_per_concept, seed=self.seed)
@@ -262,12 +305,18 @@ class TCAVCallback(ObserverCallback):
                     sides.append(given[entry])
                 elif self.concept_dir is not None or _is_path(entry):
                     folder = concept_folder(self.concept_dir, entry) if self.concept_dir is not None else Path(entry)
-                    sides.append(load_concept_folder(folder, image_size=tuple(probe.images.shape[-2:]),
-                                                     channels=probe.images.shape[1]))
+                    sides.append(
+                        load_concept_folder(
+                            folder, image_size=tuple(probe.images.shape[-2:]), channels=probe.images.shape[1]
+                        )
+                    )
                 else:
                     world = world or self._concept_world(trainer)
-                    sides.append(concept_examples_from_world(world, resolve_world_concept(world, entry),
-                                                             3 * self.examples_per_concept, seed=self.seed))
+                    sides.append(
+                        concept_examples_from_world(
+                            world, resolve_world_concept(world, entry), 3 * self.examples_per_concept, seed=self.seed
+                        )
+                    )
             out[name] = (sides[0], sides[1])
         return out
 
@@ -314,12 +363,20 @@ class TCAVCallback(ObserverCallback):
                 f"TCAVCallback: no probe image has class {self.absent_classes} (of {probe.labels.numel()} probes), so "
                 f"their TCAV scores are undefined and not logged; raise num_probe or pass classes=[...]."
             )
-        self.concept_images = self._load_concepts(trainer, probe) if (self.concepts or self._given_concepts
-                                                                        or not self.relative_concepts) else {}
+        self.concept_images = (
+            self._load_concepts(trainer, probe)
+            if (self.concepts or self._given_concepts or not self.relative_concepts)
+            else {}
+        )
         self.relative_images = self._load_relative(trainer, probe, self.concept_images)
         checked = dict(self.concept_images)
-        checked.update({f"{name}[{side}]": images for name, pair in self.relative_images.items()
-                        for side, images in zip("AB", pair)})
+        checked.update(
+            {
+                f"{name}[{side}]": images
+                for name, pair in self.relative_images.items()
+                for side, images in zip("AB", pair)
+            }
+        )
         for name, images in checked.items():
             if images.shape[1:] != probe.images.shape[1:]:
                 raise ValueError(
@@ -327,7 +384,9 @@ class TCAVCallback(ObserverCallback):
                     f"{tuple(probe.images.shape[1:])}."
                 )
         smallest = min(images.shape[0] for images in checked.values())
-        split_balanced(min(smallest, self.examples_per_concept), self.tcav.test_fraction, self.seed)  # too few → error now
+        split_balanced(
+            min(smallest, self.examples_per_concept), self.tcav.test_fraction, self.seed
+        )  # too few → error now
         if self.scalar_concepts is not None:
             unknown = [c for c in self.scalar_concepts if c not in self.concept_images]
             if unknown:
@@ -345,22 +404,37 @@ class TCAVCallback(ObserverCallback):
         device = probe.images.device
         concepts = {name: images.to(device) for name, images in self.concept_images.items()}
         pool = self.random_pool.to(device)
-        self.cavs = self.tcav.fit_cavs(pl_module, concepts, pool, layers=self.layer_names,
-                                       trainer=trainer) if concepts else None
+        self.cavs = (
+            self.tcav.fit_cavs(pl_module, concepts, pool, layers=self.layer_names, trainer=trainer)
+            if concepts
+            else None
+        )
         if self.relative_images:
             pairs = {name: (a.to(device), b.to(device)) for name, (a, b) in self.relative_images.items()}
-            self.relative_cavs = self.tcav.fit_relative_cavs(pl_module, pairs, pool, layers=self.layer_names,
-                                                             trainer=trainer)
+            self.relative_cavs = self.tcav.fit_relative_cavs(
+                pl_module, pairs, pool, layers=self.layer_names, trainer=trainer
+            )
         # Classes outside `classes` are differentiated too (as class 0) and masked out in report.
-        targets = torch.where(torch.isin(probe.labels, torch.as_tensor(self.class_indices, device=device)),
-                              probe.labels, torch.zeros_like(probe.labels))
+        targets = torch.where(
+            torch.isin(probe.labels, torch.as_tensor(self.class_indices, device=device)),
+            probe.labels,
+            torch.zeros_like(probe.labels),
+        )
         # One pass over the probe, streamed: gradients for the concept and the relative CAVs, and the
         # activations (for the similarity images) of the same pass, reduced to per-image scores slice by slice.
-        kinds = [(kind, cavs) for kind, cavs in (("derivative", self.cavs), ("relative", self.relative_cavs))
-                 if cavs is not None]
+        kinds = [
+            (kind, cavs)
+            for kind, cavs in (("derivative", self.cavs), ("relative", self.relative_cavs))
+            if cavs is not None
+        ]
         derivative_sets, similarities = self.tcav.probe_derivative_sets(
-            pl_module, probe.images, targets, [cavs for _, cavs in kinds],
-            similarity_cavs=self.cavs if self.num_similar else None, trainer=trainer)
+            pl_module,
+            probe.images,
+            targets,
+            [cavs for _, cavs in kinds],
+            similarity_cavs=self.cavs if self.num_similar else None,
+            trainer=trainer,
+        )
         out: dict[str, torch.Tensor] = {}
         for (kind, _), derivatives in zip(kinds, derivative_sets):
             out.update({f"{kind}/{layer}": value for layer, value in derivatives.items()})
@@ -371,8 +445,12 @@ class TCAVCallback(ObserverCallback):
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        options = {"alpha": self.tcav.alpha, "bonferroni": self.tcav.bonferroni, "score_kind": self.tcav.score_kind,
-                   "class_names": probe.class_names}
+        options = {
+            "alpha": self.tcav.alpha,
+            "bonferroni": self.tcav.bonferroni,
+            "score_kind": self.tcav.score_kind,
+            "class_names": probe.class_names,
+        }
         rows: list[dict[str, Any]] = []
         scalars: dict[str, float] = {}
         result = relative = None
@@ -387,8 +465,9 @@ class TCAVCallback(ObserverCallback):
                     scalars.update(self._row_scalars(row, row["concept"]))
         if self.relative_cavs is not None:
             derivatives = {layer: results[f"relative/{layer}"] for layer in self.layer_names}
-            relative = tcav_from_derivatives(derivatives, results["labels"], self.class_indices, self.relative_cavs,
-                                             **options)
+            relative = tcav_from_derivatives(
+                derivatives, results["labels"], self.class_indices, self.relative_cavs, **options
+            )
             self.relative_result = relative
             for row in relative.rows():
                 rows.append({**row, "relative": True})
@@ -442,11 +521,24 @@ class TCAVCallback(ObserverCallback):
             bars = axis.bar(x + ci * width, means, width, yerr=stds, capsize=2, label=concept)
             for ki, bar in enumerate(bars):
                 mark = "*" if bool(result.significant[li, ci, ki]) else "ns"
-                axis.text(bar.get_x() + bar.get_width() / 2, min(float(np.nan_to_num(means[ki])) + stds[ki], 1.0) + 0.02,
-                          mark, ha="center", va="bottom", fontsize=7)
-        axis.bar(x + len(concepts) * width, result.random_mean[li].numpy(), width,
-                 yerr=np.nan_to_num(result.random_std[li].numpy()), capsize=2, color="lightgrey", hatch="//",
-                 label="random")
+                axis.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    min(float(np.nan_to_num(means[ki])) + stds[ki], 1.0) + 0.02,
+                    mark,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        axis.bar(
+            x + len(concepts) * width,
+            result.random_mean[li].numpy(),
+            width,
+            yerr=np.nan_to_num(result.random_std[li].numpy()),
+            capsize=2,
+            color="lightgrey",
+            hatch="//",
+            label="random",
+        )
         axis.set_xticks(x + width * len(concepts) / 2, [result.class_name(k) for k in classes])
         axis.set_ylim(0, 1.15)
         axis.set_ylabel(f"TCAV ({result.score_kind})")
@@ -470,13 +562,20 @@ class TCAVCallback(ObserverCallback):
             row_captions=captions,
             column_titles=[f"most {i + 1}" for i in range(shown)] + [f"least {i + 1}" for i in range(shown)],
         )
-        self.sinks.images(f"{self.namespace}/{layer}/similar", [np.ascontiguousarray(grid)],
-                          [f"probe images most / least similar to each CAV ({layer})"], step)
+        self.sinks.images(
+            f"{self.namespace}/{layer}/similar",
+            [np.ascontiguousarray(grid)],
+            [f"probe images most / least similar to each CAV ({layer})"],
+            step,
+        )
 
     # ------------------------------------------------------------------ checkpointing
     def extra_state(self) -> dict[str, Any]:
-        return {"cavs": self.cavs.to_dict() if self.cavs is not None else None, "table": list(self.table_history),
-                "relative_cavs": self.relative_cavs.to_dict() if self.relative_cavs is not None else None}
+        return {
+            "cavs": self.cavs.to_dict() if self.cavs is not None else None,
+            "table": list(self.table_history),
+            "relative_cavs": self.relative_cavs.to_dict() if self.relative_cavs is not None else None,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         cavs = state.get("cavs")

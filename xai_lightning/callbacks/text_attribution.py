@@ -123,8 +123,13 @@ class TextAttributionCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         methods = [methods] if isinstance(methods, str) else list(methods)
         unknown = [name for name in methods if name not in TEXT_METHODS]
         if unknown or not methods:
@@ -135,8 +140,13 @@ class TextAttributionCallback(ObserverCallback):
             raise ValueError(f"target must be 'label', 'predicted', a class index or a callable; got {target!r}")
         if occlusion_mode not in ("remove", "pad", "mask"):
             raise ValueError(f"occlusion_mode must be 'remove', 'pad' or 'mask'; got {occlusion_mode!r}")
-        for name, value, low in (("steps", steps, 1), ("ngram", ngram, 1), ("num_samples", num_samples, 2),
-                                 ("top_k", top_k, 1), ("max_sentences", max_sentences, 1)):
+        for name, value, low in (
+            ("steps", steps, 1),
+            ("ngram", ngram, 1),
+            ("num_samples", num_samples, 2),
+            ("top_k", top_k, 1),
+            ("max_sentences", max_sentences, 1),
+        ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}; got {value}")
         self.methods = methods
@@ -178,13 +188,25 @@ class TextAttributionCallback(ObserverCallback):
     def _build(self, name: str) -> AttributionMethod:
         common = {"output_key": self.output_key, "max_batch": self.max_batch, "seed": self.probe_seed}
         if name == "integrated_gradients":
-            return LayerIntegratedGradients(layer=self.layer_name, steps=self.steps, baseline="pad", pad_id=self._pad,
-                                            protected_ids=self.protected_ids, **common)
+            return LayerIntegratedGradients(
+                layer=self.layer_name,
+                steps=self.steps,
+                baseline="pad",
+                pad_id=self._pad,
+                protected_ids=self.protected_ids,
+                **common,
+            )
         if name == "gradient_x_input":
             return LayerGradientXActivation(layer=self.layer_name, pad_id=self._pad, **common)
         if name == "occlusion":
-            return TokenOcclusion(mode=self.occlusion_mode, ngram=self.ngram, pad_id=self._pad, mask_id=self.mask_id,
-                                  protected_ids=self.protected_ids, **common)
+            return TokenOcclusion(
+                mode=self.occlusion_mode,
+                ngram=self.ngram,
+                pad_id=self._pad,
+                mask_id=self.mask_id,
+                protected_ids=self.protected_ids,
+                **common,
+            )
         surrogate = TokenLime if name == "lime" else TokenKernelShap
         return surrogate(num_samples=self.num_samples, pad_id=self._pad, protected_ids=self.protected_ids, **common)
 
@@ -205,7 +227,11 @@ class TextAttributionCallback(ObserverCallback):
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
         trigger_mask = getattr(dataset, "trigger_mask", None)
         self.trigger_mask = None
-        if isinstance(trigger_mask, torch.Tensor) and probe.indices is not None and trigger_mask.shape[-1] == ids.shape[1]:
+        if (
+            isinstance(trigger_mask, torch.Tensor)
+            and probe.indices is not None
+            and trigger_mask.shape[-1] == ids.shape[1]
+        ):
             self.trigger_mask = trigger_mask[probe.indices.cpu()].bool()
         one = ids[:1].to(pl_module.device)
         if any(TEXT_METHODS[name] for name in self.methods):
@@ -214,8 +240,13 @@ class TextAttributionCallback(ObserverCallback):
             else:
                 get_layer(pl_module, self.embedding_layer)  # unknown names list the valid ones
                 self.layer_name = self.embedding_layer
-        check_target(self._target(probe), pl_module(one), self.output_key,
-                     None if probe.labels is None else probe.labels[:1], batch=1)
+        check_target(
+            self._target(probe),
+            pl_module(one),
+            self.output_key,
+            None if probe.labels is None else probe.labels[:1],
+            batch=1,
+        )
         self.explainers = {name: self._build(name) for name in self.methods}
 
     # ------------------------------------------------------------------ one observation
@@ -245,7 +276,9 @@ class TextAttributionCallback(ObserverCallback):
             for name in self.methods:
                 scores = results[f"scores/{name}"]
                 prefix = f"{self.namespace}/{name}"
-                scalars[f"{prefix}/top{self.top_k}_precision"] = nanmean(top_k_precision(scores, relevant, valid, self.top_k))
+                scalars[f"{prefix}/top{self.top_k}_precision"] = nanmean(
+                    top_k_precision(scores, relevant, valid, self.top_k)
+                )
                 scalars[f"{prefix}/mass_on_triggers"] = nanmean(mass_on_relevant(scores, relevant, valid))
         if trainer.is_global_zero:
             self._log_html(trainer, probe, ids, valid, results)
@@ -256,8 +289,14 @@ class TextAttributionCallback(ObserverCallback):
             return [f"#{int(i)}" for i in ids]
         return [self.vocabulary[int(i)] if 0 <= int(i) < len(self.vocabulary) else f"#{int(i)}" for i in ids]
 
-    def _log_html(self, trainer: pl.Trainer, probe: ProbeSet, ids: torch.Tensor, valid: torch.Tensor,
-                  results: dict[str, torch.Tensor]) -> None:
+    def _log_html(
+        self,
+        trainer: pl.Trainer,
+        probe: ProbeSet,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        results: dict[str, torch.Tensor],
+    ) -> None:
         shown = min(self.max_sentences, len(probe))
         sentences, scores, marks = [], {name: [] for name in self.methods}, []
         for row in range(shown):
@@ -267,7 +306,11 @@ class TextAttributionCallback(ObserverCallback):
                 scores[name].append(results[f"scores/{name}"][row][keep])
             marks.append(None if self.trigger_mask is None else self.trigger_mask[row][keep].tolist())
         captions = probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained")
-        document = token_html(sentences, scores, captions=captions,
-                              relevant=None if self.trigger_mask is None else marks,
-                              title=f"Token attributions, epoch {trainer.current_epoch}, step {trainer.global_step}")
+        document = token_html(
+            sentences,
+            scores,
+            captions=captions,
+            relevant=None if self.trigger_mask is None else marks,
+            title=f"Token attributions, epoch {trainer.current_epoch}, step {trainer.global_step}",
+        )
         log_html(self.sinks, f"{self.namespace}/tokens", document, trainer.global_step)

@@ -46,11 +46,18 @@ from xai_lightning.uncertainty import (
 
 __all__ = ["SCORES", "UncertaintyCallback"]
 
-ScoreName = Literal["max_softmax", "entropy", "mc_dropout_mi", "ensemble_disagreement", "bayesian_std",
-                    "reconstruction_error"]
+ScoreName = Literal[
+    "max_softmax", "entropy", "mc_dropout_mi", "ensemble_disagreement", "bayesian_std", "reconstruction_error"
+]
 #: Every uncertainty score the callback knows, in the order it reports them.
-SCORES: tuple[str, ...] = ("max_softmax", "entropy", "mc_dropout_mi", "ensemble_disagreement", "bayesian_std",
-                           "reconstruction_error")
+SCORES: tuple[str, ...] = (
+    "max_softmax",
+    "entropy",
+    "mc_dropout_mi",
+    "ensemble_disagreement",
+    "bayesian_std",
+    "reconstruction_error",
+)
 OODKind = Literal["colour", "texture", "shape"]
 #: Keys of the OOD probe's rows in the keyed noise: disjoint from the in-distribution probe's dataset indices.
 _OOD_KEY_OFFSET = 1 << 30
@@ -176,8 +183,13 @@ class UncertaintyCallback(ObserverCallback):
         probe_seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
-        super().__init__(num_probe=num_probe, every_n_epochs=every_n_epochs, probe_split=probe_split,
-                         probe_seed=probe_seed, on_error=on_error)
+        super().__init__(
+            num_probe=num_probe,
+            every_n_epochs=every_n_epochs,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+        )
         if scores != "auto":
             if isinstance(scores, str) or not scores:
                 raise ValueError(
@@ -194,8 +206,12 @@ class UncertaintyCallback(ObserverCallback):
             )
         if bayesian_samples < 2:
             raise ValueError(f"bayesian_samples must be >= 2 to measure a spread; got {bayesian_samples}")
-        for name, value in (("num_bins", num_bins), ("max_images", max_images), ("familiarity_bottleneck",
-                            familiarity_bottleneck), ("familiarity_width", familiarity_width)):
+        for name, value in (
+            ("num_bins", num_bins),
+            ("max_images", max_images),
+            ("familiarity_bottleneck", familiarity_bottleneck),
+            ("familiarity_width", familiarity_width),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
         if num_ood is not None and num_ood < 2:
@@ -210,8 +226,9 @@ class UncertaintyCallback(ObserverCallback):
         self.mc_passes = mc_passes
         self.bayesian_samples = bayesian_samples
         self.num_bins = num_bins
-        self.familiarity = None if familiarity is None else (
-            "input" if familiarity == "input" else normalize_layer_name(familiarity))
+        self.familiarity = (
+            None if familiarity is None else ("input" if familiarity == "input" else normalize_layer_name(familiarity))
+        )
         self.familiarity_bottleneck = familiarity_bottleneck
         self.familiarity_width = familiarity_width
         self.familiarity_lr = familiarity_lr
@@ -236,8 +253,9 @@ class UncertaintyCallback(ObserverCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(namespace=self.namespace, num_probe=self.num_probe, ood=self.ood,
-                                        familiarity=self.familiarity)
+        return self._generate_state_key(
+            namespace=self.namespace, num_probe=self.num_probe, ood=self.ood, familiarity=self.familiarity
+        )
 
     def set_ood_probe(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> UncertaintyCallback:
         """Use these images as the out-of-distribution probe (Python API; overrides ``ood``).
@@ -298,11 +316,14 @@ class UncertaintyCallback(ObserverCallback):
             try:
                 select_logits(module(self.ood_probe.images[:2].to(device)), self.output_key)
             except Exception as error:
-                raise ValueError(f"{name}: the model cannot run on the OOD probe images "
-                                 f"{tuple(self.ood_probe.images.shape)}: {error}") from error
+                raise ValueError(
+                    f"{name}: the model cannot run on the OOD probe images "
+                    f"{tuple(self.ood_probe.images.shape)}: {error}"
+                ) from error
         if int(probe.labels.max()) >= logits.shape[1]:
-            raise ValueError(f"{name}: probe labels go up to {int(probe.labels.max())} but the model has "
-                             f"{logits.shape[1]} classes")
+            raise ValueError(
+                f"{name}: probe labels go up to {int(probe.labels.max())} but the model has {logits.shape[1]} classes"
+            )
         self.active_scores = self._resolve_scores(module, one)
         if self.rank_by not in self.active_scores:
             raise ValueError(f"{name}: rank_by={self.rank_by!r} is not among the scores in use {self.active_scores}")
@@ -332,30 +353,49 @@ class UncertaintyCallback(ObserverCallback):
         with isolated_rng():
             shifted = world.shifted(self.ood, num_samples=count, seed=world.seed + 7919 + 1000 * self.probe_seed)
         self.ood_labels_meaningful = bool(getattr(shifted, "labels_meaningful", False))
-        return ProbeSet(images=shifted.images.float().cpu(), labels=shifted.labels.long().cpu(),
-                        indices=torch.arange(count), class_names=tuple(shifted.class_names))
+        return ProbeSet(
+            images=shifted.images.float().cpu(),
+            labels=shifted.labels.long().cpu(),
+            indices=torch.arange(count),
+            class_names=tuple(shifted.class_names),
+        )
 
     def _available(self, module: torch.nn.Module) -> dict[str, str | None]:
         """Each score → None if the model provides it, else the reason and fix."""
         ensemble = callable(getattr(module, "member_logits", None))
         reasons: dict[str, str | None] = {"max_softmax": None, "entropy": None}
         if ensemble:
-            reasons["mc_dropout_mi"] = ("the model is an ensemble whose dropout runs on vectorised copies of its "
-                                        "modules; use 'ensemble_disagreement' instead")
+            reasons["mc_dropout_mi"] = (
+                "the model is an ensemble whose dropout runs on vectorised copies of its "
+                "modules; use 'ensemble_disagreement' instead"
+            )
         else:
             try:
                 dropout_layers(module)
                 reasons["mc_dropout_mi"] = None
             except MCDropoutError as error:
                 reasons["mc_dropout_mi"] = str(error)
-        reasons["ensemble_disagreement"] = None if ensemble else (
-            "ensemble disagreement needs an ensemble: train an EnsembleClassifier(network, num_members=5) (or give "
-            "the LightningModule a member_logits(x) -> (K, B, C) method)")
-        reasons["bayesian_std"] = None if bayesian_layers(module) else (
-            "a Bayesian std needs Bayesian layers: train a VariationalClassifier(network), or build the network "
-            "with BayesianLinear/BayesianConv2d (xai_lightning.uncertainty.make_bayesian converts one)")
-        reasons["reconstruction_error"] = None if self.familiarity is not None else (
-            "reconstruction error needs the familiarity autoencoder: pass familiarity='input' (or a layer name)")
+        reasons["ensemble_disagreement"] = (
+            None
+            if ensemble
+            else (
+                "ensemble disagreement needs an ensemble: train an EnsembleClassifier(network, num_members=5) (or give "
+                "the LightningModule a member_logits(x) -> (K, B, C) method)"
+            )
+        )
+        reasons["bayesian_std"] = (
+            None
+            if bayesian_layers(module)
+            else (
+                "a Bayesian std needs Bayesian layers: train a VariationalClassifier(network), or build the network "
+                "with BayesianLinear/BayesianConv2d (xai_lightning.uncertainty.make_bayesian converts one)"
+            )
+        )
+        reasons["reconstruction_error"] = (
+            None
+            if self.familiarity is not None
+            else ("reconstruction error needs the familiarity autoencoder: pass familiarity='input' (or a layer name)")
+        )
         return reasons
 
     def _resolve_scores(self, module: torch.nn.Module, one: torch.Tensor) -> list[str]:
@@ -365,8 +405,11 @@ class UncertaintyCallback(ObserverCallback):
         else:
             missing = [f"{name}: {reasons[name]}" for name in self.scores if reasons[name] is not None]
             if missing:
-                raise ValueError("UncertaintyCallback cannot compute the requested score(s) for this model. "
-                                 + " | ".join(missing) + " | Or drop them from scores= (or use scores='auto').")
+                raise ValueError(
+                    "UncertaintyCallback cannot compute the requested score(s) for this model. "
+                    + " | ".join(missing)
+                    + " | Or drop them from scores= (or use scores='auto')."
+                )
             chosen = [name for name in SCORES if name in self.scores]
         if "ensemble_disagreement" in chosen:
             members = module.member_logits(one)
@@ -399,9 +442,11 @@ class UncertaintyCallback(ObserverCallback):
             finally:
                 handle.remove()
             if not seen or not isinstance(seen[0], torch.Tensor):
-                raise ValueError(f"familiarity={self.familiarity!r}: that layer did not run, or did not return one "
-                                 f"tensor, in the model's forward pass (an EnsembleClassifier runs vectorised copies "
-                                 f"of its layers). Choose a layer with a tensor output, or familiarity='input'.")
+                raise ValueError(
+                    f"familiarity={self.familiarity!r}: that layer did not run, or did not return one "
+                    f"tensor, in the model's forward pass (an EnsembleClassifier runs vectorised copies "
+                    f"of its layers). Choose a layer with a tensor output, or familiarity='input'."
+                )
             shape = tuple(seen[0].shape[1:])
         if self.autoencoder is None or self.autoencoder.shape != shape:
             with isolated_rng():
@@ -430,8 +475,9 @@ class UncertaintyCallback(ObserverCallback):
         self._captured = None
         self._armed = self.autoencoder is not None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._armed = False
         if self.autoencoder is None:
             return
@@ -509,18 +555,25 @@ class UncertaintyCallback(ObserverCallback):
 
     def _forward_logits(self, module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return map_batched(lambda rows: select_logits(module(rows), self.output_key).float(), images,
-                               max_batch=self.max_batch)
+            return map_batched(
+                lambda rows: select_logits(module(rows), self.output_key).float(), images, max_batch=self.max_batch
+            )
 
-    def _score(self, module: torch.nn.Module, images: torch.Tensor, keys: torch.Tensor,
-               with_predictive: bool) -> dict[str, torch.Tensor]:
+    def _score(
+        self, module: torch.nn.Module, images: torch.Tensor, keys: torch.Tensor, with_predictive: bool
+    ) -> dict[str, torch.Tensor]:
         """Logits and every active score of ``images (n, ...)``; predictive means of the sampling methods
         too when ``with_predictive`` (for their calibration)."""
         out: dict[str, torch.Tensor] = {}
         if "ensemble_disagreement" in self.active_scores:
             with torch.no_grad():
-                members = torch.cat([module.member_logits(images[rows]).float()
-                                     for rows in batch_slices(images.shape[0], self.max_batch)], dim=1)
+                members = torch.cat(
+                    [
+                        module.member_logits(images[rows]).float()
+                        for rows in batch_slices(images.shape[0], self.max_batch)
+                    ],
+                    dim=1,
+                )
             combine = getattr(module, "combine", None)
             logits = combine(members) if callable(combine) else self._forward_logits(module, images)
             out["score/ensemble_disagreement"] = mutual_information(members.softmax(-1))
@@ -531,15 +584,37 @@ class UncertaintyCallback(ObserverCallback):
         out["score/max_softmax"] = 1.0 - probs.max(-1).values
         out["score/entropy"] = entropy(probs)
         if "mc_dropout_mi" in self.active_scores:
-            samples = mc_dropout_logits(module, images, passes=self.mc_passes, seed=self.probe_seed, keys=keys,
-                                        max_batch=self.max_batch, output_key=self.output_key).float().softmax(-1)
+            samples = (
+                mc_dropout_logits(
+                    module,
+                    images,
+                    passes=self.mc_passes,
+                    seed=self.probe_seed,
+                    keys=keys,
+                    max_batch=self.max_batch,
+                    output_key=self.output_key,
+                )
+                .float()
+                .softmax(-1)
+            )
             summary = summarise_samples(samples)
             out["score/mc_dropout_mi"] = summary.mutual_information
             if with_predictive:
                 out["predictive/mc_dropout"] = summary.mean
         if "bayesian_std" in self.active_scores:
-            samples = bayesian_logits(module, images, samples=self.bayesian_samples, seed=self.probe_seed, keys=keys,
-                                      max_batch=self.max_batch, output_key=self.output_key).float().softmax(-1)
+            samples = (
+                bayesian_logits(
+                    module,
+                    images,
+                    samples=self.bayesian_samples,
+                    seed=self.probe_seed,
+                    keys=keys,
+                    max_batch=self.max_batch,
+                    output_key=self.output_key,
+                )
+                .float()
+                .softmax(-1)
+            )
             summary = summarise_samples(samples)
             out["score/bayesian_std"] = summary.std
             if with_predictive:
@@ -591,8 +666,9 @@ class UncertaintyCallback(ObserverCallback):
         for method in ("mc_dropout", "bayesian"):
             if f"predictive/{method}" in results:
                 report = calibration_report(results[f"predictive/{method}"].float(), labels, self.num_bins)
-                scalars.update({f"{self.namespace}/calibration_{method}/{key}": value
-                                for key, value in report.scalars().items()})
+                scalars.update(
+                    {f"{self.namespace}/calibration_{method}/{key}": value for key, value in report.scalars().items()}
+                )
         if self.ood_probe is not None:
             for name in self.active_scores:
                 detection = ood_detection(results[f"score/{name}"], results[f"ood/score/{name}"])
@@ -605,9 +681,14 @@ class UncertaintyCallback(ObserverCallback):
         if self.autoencoder is not None:
             scalars.update(self._familiarity_scalars(trainer, pl_module))
         if trainer.is_global_zero:
-            figure = reliability_diagram(calibration.bin_edges, calibration.bin_accuracy, calibration.bin_confidence,
-                                         calibration.bin_count, ece=calibration.ece,
-                                         title=f"Reliability, epoch {trainer.current_epoch}")
+            figure = reliability_diagram(
+                calibration.bin_edges,
+                calibration.bin_accuracy,
+                calibration.bin_confidence,
+                calibration.bin_count,
+                ece=calibration.ece,
+                title=f"Reliability, epoch {trainer.current_epoch}",
+            )
             self.sinks.figure(f"{self.namespace}/reliability", figure, trainer.global_step)
             self._log_extremes(trainer, probe, results)
         return scalars
@@ -627,8 +708,15 @@ class UncertaintyCallback(ObserverCallback):
         """Two grids: the pooled (in-distribution + OOD) probes with the lowest and the highest ``rank_by`` score."""
         sets = [("in", probe.images, results["logits"], results[f"score/{self.rank_by}"], probe.labels)]
         if self.ood_probe is not None:
-            sets.append(("ood", self.ood_probe.images, results["ood/logits"], results[f"ood/score/{self.rank_by}"],
-                         self.ood_probe.labels if self.ood_labels_meaningful else None))
+            sets.append(
+                (
+                    "ood",
+                    self.ood_probe.images,
+                    results["ood/logits"],
+                    results[f"ood/score/{self.rank_by}"],
+                    self.ood_probe.labels if self.ood_labels_meaningful else None,
+                )
+            )
         images = torch.cat([group[1].cpu() for group in sets])
         probabilities = torch.cat([group[2].cpu() for group in sets]).float().softmax(-1)
         scores = torch.cat([group[3].cpu() for group in sets]).float()
@@ -645,8 +733,11 @@ class UncertaintyCallback(ObserverCallback):
         def caption(row: int) -> str:
             predicted = int(probabilities[row].argmax())
             parts = [f"[{tags[row]}]"] + ([] if labels[row] is None else [f"y={name(labels[row])}"])
-            parts += [f"pred={name(predicted)}", f"p={float(probabilities[row, predicted]):.2f}",
-                      f"{self.rank_by}={float(scores[row]):.3f}"]
+            parts += [
+                f"pred={name(predicted)}",
+                f"p={float(probabilities[row, predicted]):.2f}",
+                f"{self.rank_by}={float(scores[row]):.3f}",
+            ]
             return " ".join(parts)
 
         shown = min(self.max_images, images.shape[0])
@@ -693,4 +784,3 @@ class UncertaintyCallback(ObserverCallback):
             self.optimizer.load_state_dict(state["optimizer"])
         self.familiarity_steps = int(state.get("familiarity_steps", 0))
         self._train_sums = state.get("train_sums", torch.zeros(2, dtype=torch.float64)).clone()
-

@@ -41,8 +41,8 @@ from xai_lightning.concepts.conditional_vae import (
     inverse_propensity_weights,
 )
 from xai_lightning.concepts.counterfactual_fidelity import shape_shift
-from xai_lightning.concepts.dec_cace import dec_cace, dec_counterfactuals
-from xai_lightning.concepts.encdec_cace import encdec_cace, encdec_counterfactuals, fit_intervention_vae
+from xai_lightning.concepts.decoder_cace import dec_cace, dec_counterfactuals
+from xai_lightning.concepts.encoder_decoder_cace import encdec_cace, encdec_counterfactuals, fit_intervention_vae
 from xai_lightning.concepts.interventions import (
     ConceptIntervention,
     bars_colour_intervention,

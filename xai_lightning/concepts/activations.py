@@ -101,8 +101,9 @@ def logit_gradients(
             # requires_grad on the input: a layer with no parameters below it must still be differentiable.
             x = guard.input(inputs[rows])
             with LayerCapture(model, list(layers)) as capture:
-                logits = output_scores(layout(lambda images: folding(model, images), x), output_key, score_fn,
-                                       batch=x.shape[0])
+                logits = output_scores(
+                    layout(lambda images: folding(model, images), x), output_key, score_fn, batch=x.shape[0]
+                )
             targets = slice_targets(rows, logits)
             gradients = capture.gradients_of(class_scores(logits, targets).sum(), list(layers))
             outputs = capture.activations  # keyed by spec key

@@ -14,7 +14,7 @@ Goyal, Feder, Shalit, Kim (2019), "Explaining Classifiers with Causal Concept Ef
 ``f`` is the softmax probability of the intervention's target class (``output="probability"``,
 the paper's choice) or its logit. Models run under :func:`xai_lightning.observe` (eval mode,
 restored afterwards; RNG isolated) in slices of ``max_batch`` images. The conditional-VAE
-estimator lives in :mod:`xai_lightning.concepts.encdec_cace`.
+estimator lives in :mod:`xai_lightning.concepts.encoder_decoder_cace`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ class CaCEResult:
     per_example: torch.Tensor | None = field(default=None, repr=False)
 
 
-def class_output(model: nn.Module, images: torch.Tensor, target: int, output: Output = "probability",
-                 max_batch: int | None = 256) -> torch.Tensor:
+def class_output(
+    model: nn.Module, images: torch.Tensor, target: int, output: Output = "probability", max_batch: int | None = 256
+) -> torch.Tensor:
     """``(N,)`` softmax probability (or logit) of class ``target``; batched, no gradients, model in eval mode."""
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit'; got {output!r}")
@@ -71,23 +72,33 @@ def class_output(model: nn.Module, images: torch.Tensor, target: int, output: Ou
     return torch.cat(values) if values else torch.zeros(0)
 
 
-def interventional_effect(model: nn.Module, treated_images: torch.Tensor, control_images: torch.Tensor, target: int,
-                          output: Output = "probability", max_batch: int | None = 256) -> CaCEResult:
+def interventional_effect(
+    model: nn.Module,
+    treated_images: torch.Tensor,
+    control_images: torch.Tensor,
+    target: int,
+    output: Output = "probability",
+    max_batch: int | None = 256,
+) -> CaCEResult:
     """Mean paired effect ``f(treated_i) − f(control_i)`` over N sample pairs (the same samples, intervened)."""
     if treated_images.shape != control_images.shape:
-        raise ValueError(f"treated and control images must have the same shape; got {tuple(treated_images.shape)} "
-                         f"and {tuple(control_images.shape)}")
+        raise ValueError(
+            f"treated and control images must have the same shape; got {tuple(treated_images.shape)} "
+            f"and {tuple(control_images.shape)}"
+        )
     n = treated_images.shape[0]
     if n == 0:
         raise ValueError("No samples: CaCE needs at least one intervened pair.")
-    effects = (class_output(model, treated_images, target, output, max_batch)
-               - class_output(model, control_images, target, output, max_batch))
+    effects = class_output(model, treated_images, target, output, max_batch) - class_output(
+        model, control_images, target, output, max_batch
+    )
     stderr = float(effects.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return CaCEResult(value=float(effects.mean()), stderr=stderr, num_samples=n, per_example=effects)
 
 
-def ground_truth_cace(model: nn.Module, intervention: ConceptIntervention, output: Output = "probability",
-                      max_batch: int | None = 256) -> CaCEResult:
+def ground_truth_cace(
+    model: nn.Module, intervention: ConceptIntervention, output: Output = "probability", max_batch: int | None = 256
+) -> CaCEResult:
     """Ground-truth CaCE (Goyal et al. 2019): re-render each sample with the concept on and off.
 
     ``E[f | do(C=1)] − E[f | do(C=0)]`` estimated on the intervention's N samples, whose other
@@ -97,8 +108,9 @@ def ground_truth_cace(model: nn.Module, intervention: ConceptIntervention, outpu
     return interventional_effect(model, treated, control, intervention.target, output, max_batch)
 
 
-def conexp(model: nn.Module, intervention: ConceptIntervention, output: Output = "probability",
-           max_batch: int | None = 256) -> CaCEResult:
+def conexp(
+    model: nn.Module, intervention: ConceptIntervention, output: Output = "probability", max_batch: int | None = 256
+) -> CaCEResult:
     """Observational concept effect ``E[f | C=1] − E[f | C=0]`` (Goyal et al. 2019, "ConExp").
 
     C = 1 for samples whose observed concept value is the treated value. Needs both groups
@@ -108,10 +120,13 @@ def conexp(model: nn.Module, intervention: ConceptIntervention, output: Output =
     observed = intervention.observed
     n1, n0 = int(observed.sum()), int((~observed).sum())
     if n1 == 0 or n0 == 0:
-        raise ValueError(f"ConExp of {intervention.name!r} needs samples with and without the concept; "
-                         f"got {n1} with and {n0} without. Use more samples or a less confounded set.")
+        raise ValueError(
+            f"ConExp of {intervention.name!r} needs samples with and without the concept; "
+            f"got {n1} with and {n0} without. Use more samples or a less confounded set."
+        )
     f = class_output(model, intervention.images, intervention.target, output, max_batch)
     on, off = f[observed], f[~observed]
     variance = (on.var(unbiased=True) / n1 if n1 > 1 else 0.0) + (off.var(unbiased=True) / n0 if n0 > 1 else 0.0)
-    return CaCEResult(value=float(on.mean() - off.mean()), stderr=float(math.sqrt(float(variance))),
-                      num_samples=n1 + n0)
+    return CaCEResult(
+        value=float(on.mean() - off.mean()), stderr=float(math.sqrt(float(variance))), num_samples=n1 + n0
+    )

@@ -57,8 +57,9 @@ def summarise_seeds(values: Sequence[float], confidence: float = 0.95) -> SeedSu
     return SeedSummary(mean, sd, n, mean - half, mean + half)
 
 
-def mean_absolute_errors(runs: Sequence[Mapping[str, float]], estimator: str, truth: str = "gt_cace",
-                         seed_key: str = "seed") -> dict[int, float]:
+def mean_absolute_errors(
+    runs: Sequence[Mapping[str, float]], estimator: str, truth: str = "gt_cace", seed_key: str = "seed"
+) -> dict[int, float]:
     """Per seed: the mean over that seed's runs (levels) of ``|estimator − truth|``; runs with NaN are skipped."""
     errors: dict[int, list[float]] = {}
     for run in runs:

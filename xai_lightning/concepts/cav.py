@@ -111,7 +111,9 @@ def _logistic_objective(z, y, beta, bias, c):
     return 0.5 * beta.square().sum(-1) + c * torch.nn.functional.softplus(-margins).sum(-1)
 
 
-def _fit_logistic(z: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_logistic(
+    z: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Damped Newton on ``½‖β‖² + C Σ log(1+e^{-y(Zβ+b)})``, batched over ``M``; intercept unpenalised."""
     m, n, p = z.shape
     like: dict[str, Any] = {"dtype": z.dtype, "device": z.device}
@@ -125,7 +127,9 @@ def _fit_logistic(z: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, tol
         probability = torch.sigmoid(-y * scores)  # σ(-y s)
         gradient = penalty * theta - c * (design.transpose(1, 2) @ (y * probability).unsqueeze(-1)).squeeze(-1)
         curvature = probability * (1 - probability)
-        hessian = torch.diag_embed(penalty.expand(m, -1)) + c * design.transpose(1, 2) @ (curvature.unsqueeze(-1) * design)
+        hessian = torch.diag_embed(penalty.expand(m, -1)) + c * design.transpose(1, 2) @ (
+            curvature.unsqueeze(-1) * design
+        )
         hessian = hessian + 1e-10 * torch.eye(p + 1, **like)
         direction = -torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
         # Backtracking (Armijo) over all candidate steps at once: take the longest that decreases enough.
@@ -172,7 +176,9 @@ def _fit_hinge(
         # Batched matrix-vector products as multiply-and-sum: 4× faster than bmm on a CPU here.
         scores = (design * theta).sum(-1)
         active = ((labels * scores) < 1).float() * labels  # y_i where the hinge is active
-        theta = theta * (1 - rate * alpha * shrink_mask) + (rate / n) * (design * active.unsqueeze(-1)).sum(1, keepdim=True)
+        theta = theta * (1 - rate * alpha * shrink_mask) + (rate / n) * (design * active.unsqueeze(-1)).sum(
+            1, keepdim=True
+        )
         window_sum += theta
         if step % window == 0 or step == max_iter:
             average = window_sum / (step - (step - 1) // window * window)
@@ -189,7 +195,14 @@ def _fit_hinge(
 
 
 def _fit_sklearn(
-    x: torch.Tensor, y: torch.Tensor, classifier: CAVClassifier, c: float, alpha: float, max_iter: int, tol: float, seed: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classifier: CAVClassifier,
+    c: float,
+    alpha: float,
+    max_iter: int,
+    tol: float,
+    seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One scikit-learn fit per problem (the reference, for parity): ``x (M, n, D)``, ``y (M, n)`` ±1."""
     from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -296,8 +309,9 @@ def train_cavs_indexed(
         weights = combine_rows(flat, train_index.to(flat.device), coefficients)
         # Held-out scores from the Gram entries: w·x_test = Σ_i a_i <x_i, x_test>, no D-sized gather.
         test_scores = (crosses[index] @ coefficients.unsqueeze(-1)).squeeze(-1)
-        results[name] = _finish(flat, weights, bias[rows_of_layer], test_index, y_test, activations.device,
-                                test_scores=test_scores)
+        results[name] = _finish(
+            flat, weights, bias[rows_of_layer], test_index, y_test, activations.device, test_scores=test_scores
+        )
     return results[""] if single else results
 
 

@@ -57,7 +57,10 @@ def _has_concept(world: Any, name: str) -> torch.Tensor:
         return latent.distractor.clone()
     family, value = name.split("/", 1)
     vocabulary = {
-        "shape": world.shapes, "texture": world.textures, "colour": tuple(world.colours), "scene": world.backgrounds,
+        "shape": world.shapes,
+        "texture": world.textures,
+        "colour": tuple(world.colours),
+        "scene": world.backgrounds,
     }[family]
     return getattr(latent, _LATENT_FIELDS[family]) == vocabulary.index(value)
 
@@ -91,8 +94,10 @@ def concept_contrast_latents(world: Any, a: str, b: str, count: int, seed: int =
     family_a, family_b = name_a.split("/")[0], name_b.split("/")[0]
     intervenable = {"shape", "texture", "colour"}
     if family_a == family_b or not {family_a, family_b} <= intervenable:
-        raise ValueError(f"Contrast sets intervene on two different families of {sorted(intervenable)}; got "
-                         f"{name_a!r} and {name_b!r}.")
+        raise ValueError(
+            f"Contrast sets intervene on two different families of {sorted(intervenable)}; got "
+            f"{name_a!r} and {name_b!r}."
+        )
     vocabulary = {"shape": world.shapes, "texture": world.textures, "colour": tuple(world.colours)}
     generator = torch.Generator().manual_seed(seed)
 
@@ -102,14 +107,18 @@ def concept_contrast_latents(world: Any, a: str, b: str, count: int, seed: int =
         rows = torch.randint(0, len(world), (count,), generator=generator)
         others = [i for i, v in enumerate(vocabulary[avoid_family]) if v != avoid_value]
         replacement = torch.as_tensor(others)[torch.randint(0, len(others), (count,), generator=generator)]
-        changes = {_LATENT_FIELDS[keep_family]: vocabulary[keep_family].index(keep_value),
-                   _LATENT_FIELDS[avoid_family]: replacement}
+        changes = {
+            _LATENT_FIELDS[keep_family]: vocabulary[keep_family].index(keep_value),
+            _LATENT_FIELDS[avoid_family]: replacement,
+        }
         return world.latent[rows].replace(**changes)
 
     return intervened(name_a, name_b), intervened(name_b, name_a)
 
 
-def concept_contrast_from_world(world: Any, a: str, b: str, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def concept_contrast_from_world(
+    world: Any, a: str, b: str, count: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concept sets for a relative CAV ``a`` vs ``b`` that differ in those two concepts only.
 
     When ``a`` and ``b`` belong to different families (a shape and a colour, say ``circle`` vs
@@ -127,13 +136,17 @@ def concept_contrast_from_world(world: Any, a: str, b: str, count: int, seed: in
         raise ValueError(f"A relative CAV needs two different concepts; got {a!r} and {b!r} (both {name_a!r}).")
     families = {name_a.split("/")[0], name_b.split("/")[0]}
     if len(families) == 1 or not families <= {"shape", "texture", "colour"}:
-        return (concept_examples_from_world(world, name_a, count, seed),
-                concept_examples_from_world(world, name_b, count, seed + 1))
+        return (
+            concept_examples_from_world(world, name_a, count, seed),
+            concept_examples_from_world(world, name_b, count, seed + 1),
+        )
     latent_a, latent_b = concept_contrast_latents(world, name_a, name_b, count, seed)
     return world.render(latent_a).images, world.render(latent_b).images
 
 
-def load_concept_folder(path: str | Path, image_size: int | Sequence[int] | None = None, channels: int = 3) -> torch.Tensor:
+def load_concept_folder(
+    path: str | Path, image_size: int | Sequence[int] | None = None, channels: int = 3
+) -> torch.Tensor:
     """Load every image file of a concept folder (sorted by name) as ``(N, channels, H, W)`` in [0, 1].
 
     Args:
@@ -190,7 +203,13 @@ def draw_random_sets(pool: torch.Tensor, num_sets: int, count: int, seed: int = 
             f"The random pool has {size} images but each random set needs {count}; give a larger pool "
             "(more validation data) or lower examples_per_concept."
         )
-    return torch.stack([
-        torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + r))[:count].sort().values
-        for r in range(num_sets)
-    ]) if num_sets else torch.zeros(0, count, dtype=torch.long)
+    return (
+        torch.stack(
+            [
+                torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + r))[:count].sort().values
+                for r in range(num_sets)
+            ]
+        )
+        if num_sets
+        else torch.zeros(0, count, dtype=torch.long)
+    )

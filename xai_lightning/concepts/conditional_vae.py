@@ -58,8 +58,14 @@ class ConditionalVAE(nn.Module):
             the class condition y.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], num_values: int, latent_dim: int = 16,
-                 width: int = 32, num_classes: int = 0) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_values: int,
+        latent_dim: int = 16,
+        width: int = 32,
+        num_classes: int = 0,
+    ) -> None:
         super().__init__()
         channels, height, width_px = image_shape
         if height % 4 or width_px % 4:
@@ -79,8 +85,10 @@ class ConditionalVAE(nn.Module):
         self._grid = (2 * width, *grid)
         self.latent_shape: tuple[int, ...] = (latent_dim,)
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels + conditions, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels + conditions, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
         )
         flat = 2 * width * grid[0] * grid[1]
         self.to_stats = nn.Linear(flat + conditions, 2 * latent_dim)
@@ -109,8 +117,9 @@ class ConditionalVAE(nn.Module):
     def _broadcast(condition: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return condition.view(*condition.shape, 1, 1).expand(-1, -1, *like.shape[2:])
 
-    def encode(self, images: torch.Tensor, values: torch.Tensor,
-               classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, images: torch.Tensor, values: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of ``q(z | x, c[, y])``, each ``(N, *latent_shape)``."""
         condition = self.condition(values, classes)
         features = self.encoder(torch.cat([images, self._broadcast(condition, images)], dim=1))
@@ -127,14 +136,21 @@ class ConditionalVAE(nn.Module):
         """Images ``(N, C, S, S)`` in [0, 1] from latents ``(N, *latent_shape)`` and conditions ``(N,)``."""
         return torch.sigmoid(self.decode_logits(z, values, classes))
 
-    def counterfactual(self, images: torch.Tensor, values: torch.Tensor, new_values: torch.Tensor,
-                       classes: torch.Tensor | None = None) -> torch.Tensor:
+    def counterfactual(
+        self, images: torch.Tensor, values: torch.Tensor, new_values: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode the posterior mean of ``(images, values[, classes])`` with the concept set to ``new_values``."""
         mean, _ = self.encode(images, values, classes)
         return self.decode(mean, new_values, classes)
 
-    def loss(self, images: torch.Tensor, values: torch.Tensor, beta: float = 1.0, classes: torch.Tensor | None = None,
-             weights: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        images: torch.Tensor,
+        values: torch.Tensor,
+        beta: float = 1.0,
+        classes: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Negative ELBO per image (summed BCE + beta · KL), averaged over the batch (weighted by ``weights``)."""
         mean, log_var = self.encode(images, values, classes)
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
@@ -146,8 +162,9 @@ class ConditionalVAE(nn.Module):
         return (per_image * weights).sum() / weights.sum()
 
 
-def inverse_propensity_weights(values: torch.Tensor, classes: torch.Tensor, num_values: int,
-                               num_classes: int) -> torch.Tensor:
+def inverse_propensity_weights(
+    values: torch.Tensor, classes: torch.Tensor, num_values: int, num_classes: int
+) -> torch.Tensor:
     """``(N,)`` weights ``1 / P̂(c | y)``, normalised to mean 1, that make c independent of y in the weighted data.
 
     ``P̂`` is the empirical frequency. When a class lacks a concept value (positivity violated,
@@ -158,25 +175,41 @@ def inverse_propensity_weights(values: torch.Tensor, classes: torch.Tensor, num_
     ones = torch.ones(values.shape[0], dtype=torch.float64)
     counts.index_put_((classes.long(), values.long()), ones, accumulate=True)
     present = counts.sum(1) > 0
-    missing = [(int(y), int(c)) for y in torch.nonzero(present).flatten() for c in range(num_values)
-               if counts[y, c] == 0]
+    missing = [
+        (int(y), int(c)) for y in torch.nonzero(present).flatten() for c in range(num_values) if counts[y, c] == 0
+    ]
     if missing:
         more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
         shown = ", ".join(str(pair) for pair in missing[:4]) + more
-        warnings.warn(f"(class, concept value) combinations {shown} never occur in the VAE's training data "
-                      "(positivity violated): balancing cannot create them, and counterfactuals that need them are "
-                      "extrapolations.", stacklevel=2)
+        warnings.warn(
+            f"(class, concept value) combinations {shown} never occur in the VAE's training data "
+            "(positivity violated): balancing cannot create them, and counterfactuals that need them are "
+            "extrapolations.",
+            stacklevel=2,
+        )
     propensity = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
     weights = 1.0 / propensity[classes.long(), values.long()]
     return (weights / weights.mean()).float()
 
 
-def fit_conditional_vae(images: torch.Tensor, values: torch.Tensor, num_values: int, latent_dim: int = 16,
-                        width: int = 32, epochs: int = 30, batch_size: int = 64, lr: float = 4e-3,
-                        beta: float = 1.0, seed: int = 0, device: str | torch.device = "cpu",
-                        classes: torch.Tensor | None = None, num_classes: int | None = None,
-                        condition_on_class: bool = True, balance: bool = True,
-                        kl_warmup: float = 0.5) -> ConditionalVAE:
+def fit_conditional_vae(
+    images: torch.Tensor,
+    values: torch.Tensor,
+    num_values: int,
+    latent_dim: int = 16,
+    width: int = 32,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 4e-3,
+    beta: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    classes: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    condition_on_class: bool = True,
+    balance: bool = True,
+    kl_warmup: float = 0.5,
+) -> ConditionalVAE:
     """Train a :class:`ConditionalVAE` on ``images (N, C, S, S)`` in [0, 1] with concept ``values (N,)``.
 
     Args:
@@ -203,16 +236,18 @@ def fit_conditional_vae(images: torch.Tensor, values: torch.Tensor, num_values: 
     class_condition = 0
     if classes is not None:
         if classes.shape != values.shape:
-            raise ValueError(f"classes must have shape {tuple(values.shape)} to match values; "
-                             f"got {tuple(classes.shape)}")
+            raise ValueError(
+                f"classes must have shape {tuple(values.shape)} to match values; got {tuple(classes.shape)}"
+            )
         k = int(num_classes) if num_classes is not None else int(classes.max()) + 1
         if balance:
             weights = inverse_propensity_weights(values, classes, num_values, k)
         class_condition = k if condition_on_class else 0
     with isolated_rng():
         torch.manual_seed(seed)
-        vae = ConditionalVAE(tuple(images.shape[1:]), num_values, latent_dim, width,
-                             num_classes=class_condition).to(device)
+        vae = ConditionalVAE(tuple(images.shape[1:]), num_values, latent_dim, width, num_classes=class_condition).to(
+            device
+        )
         optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
         n = images.shape[0]
@@ -223,14 +258,18 @@ def fit_conditional_vae(images: torch.Tensor, values: torch.Tensor, num_values: 
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch_size):
-                rows = order[start:start + batch_size]
+                rows = order[start : start + batch_size]
                 # KL warm-up: beta ramps up from 0, so the latent learns to draw the objects before the
                 # KL term can squeeze it shut (posterior collapse leaves small objects undrawn).
                 current_beta = beta * min(1.0, (step + 1) / warmup) if warmup else beta
                 step += 1
-                loss = vae.loss(images[rows].to(device), values[rows].to(device), current_beta,
-                                classes=classes[rows].to(device) if class_condition else None,
-                                weights=weights[rows].to(device) if weights is not None else None)
+                loss = vae.loss(
+                    images[rows].to(device),
+                    values[rows].to(device),
+                    current_beta,
+                    classes=classes[rows].to(device) if class_condition else None,
+                    weights=weights[rows].to(device) if weights is not None else None,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -17,8 +17,13 @@ import torch
 __all__ = ["shape_shift"]
 
 
-def shape_shift(treated: torch.Tensor, control: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor,
-                readout: Callable[[torch.Tensor], torch.Tensor]) -> float:
+def shape_shift(
+    treated: torch.Tensor,
+    control: torch.Tensor,
+    reference: torch.Tensor,
+    labels: torch.Tensor,
+    readout: Callable[[torch.Tensor], torch.Tensor],
+) -> float:
     """Mean ``readout(treated) − readout(control)`` in units of the class gap of ``readout`` on ``reference``.
 
     Args:
@@ -34,8 +39,9 @@ def shape_shift(treated: torch.Tensor, control: torch.Tensor, reference: torch.T
         negative towards class 0.
     """
     if treated.shape != control.shape:
-        raise ValueError(f"treated and control must have the same shape; got {tuple(treated.shape)} and "
-                         f"{tuple(control.shape)}")
+        raise ValueError(
+            f"treated and control must have the same shape; got {tuple(treated.shape)} and {tuple(control.shape)}"
+        )
     scores = readout(reference).double()
     labels = labels.long().to(scores.device)
     if not ((labels == 0).any() and (labels == 1).any()):

@@ -71,8 +71,10 @@ class ConceptIntervention:
         for field in ("labels", "concept", "treated", "control"):
             value = getattr(self, field)
             if value.shape != (n,):
-                raise ValueError(f"{field} must have shape ({n},) to match images {tuple(self.images.shape)}; "
-                                 f"got {tuple(value.shape)}")
+                raise ValueError(
+                    f"{field} must have shape ({n},) to match images {tuple(self.images.shape)}; "
+                    f"got {tuple(value.shape)}"
+                )
         for field in ("concept", "treated", "control"):
             value = getattr(self, field)
             if n and not ((value >= 0) & (value < self.num_values)).all():
@@ -88,8 +90,10 @@ class ConceptIntervention:
     def intervened(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images under do(C=1), images under do(C=0))``, each ``(N, C, H, W)``."""
         if self.render is None:
-            raise ValueError(f"Concept {self.name!r} has no generator to intervene in; ground-truth CaCE needs one "
-                             "(use encdec_cace or conexp for data without a known generator).")
+            raise ValueError(
+                f"Concept {self.name!r} has no generator to intervene in; ground-truth CaCE needs one "
+                "(use encdec_cace or conexp for data without a known generator)."
+            )
         return self.render(self.treated), self.render(self.control)
 
 
@@ -97,8 +101,9 @@ def _rows(total: int, indices: Sequence[int] | torch.Tensor | None) -> torch.Ten
     return torch.arange(total) if indices is None else torch.as_tensor(indices, dtype=torch.long).view(-1)
 
 
-def bars_colour_intervention(bars: Bars, indices: Sequence[int] | torch.Tensor | None = None,
-                             treated: str = "green", target: int = 1) -> ConceptIntervention:
+def bars_colour_intervention(
+    bars: Bars, indices: Sequence[int] | torch.Tensor | None = None, treated: str = "green", target: int = 1
+) -> ConceptIntervention:
     """BARS colour: ``do(colour = treated)`` vs the other colour, effect on class ``target``.
 
     Defaults follow the confounding direction: green goes with vertical (class 1), so a model
@@ -107,8 +112,9 @@ def bars_colour_intervention(bars: Bars, indices: Sequence[int] | torch.Tensor |
     if isinstance(treated, str) and treated not in bars.colour_names:
         raise ValueError(f"Unknown BARS colour {treated!r}; choose from {bars.colour_names}")
     if not 0 <= int(target) < bars.num_classes:
-        raise ValueError(f"target class {target} out of range: BARS has classes 0..{bars.num_classes - 1} "
-                         f"{bars.class_names}")
+        raise ValueError(
+            f"target class {target} out of range: BARS has classes 0..{bars.num_classes - 1} {bars.class_names}"
+        )
     rows = _rows(len(bars), indices)
     value = bars.colour_names.index(treated) if isinstance(treated, str) else int(treated)
     n = rows.shape[0]
@@ -125,9 +131,13 @@ def bars_colour_intervention(bars: Bars, indices: Sequence[int] | torch.Tensor |
     )
 
 
-def coloured_digits_intervention(digits: ColouredDigits, target: int,
-                                 indices: Sequence[int] | torch.Tensor | None = None,
-                                 seed: int = 0, colour_of: int | None = None) -> ConceptIntervention:
+def coloured_digits_intervention(
+    digits: ColouredDigits,
+    target: int,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    seed: int = 0,
+    colour_of: int | None = None,
+) -> ConceptIntervention:
     """Coloured digits: ``do(colour = class c's colour)`` vs ``do(colour = another class's colour)``.
 
     ``c = colour_of`` (default: ``target``). The concept value is the class whose mean hue is
@@ -158,17 +168,26 @@ def coloured_digits_intervention(digits: ColouredDigits, target: int,
     )
 
 
-def concept_world_intervention(world: ConceptWorld, concept: str, value: str, target: int,
-                               indices: Sequence[int] | torch.Tensor | None = None,
-                               seed: int = 0) -> ConceptIntervention:
+def concept_world_intervention(
+    world: ConceptWorld,
+    concept: str,
+    value: str,
+    target: int,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    seed: int = 0,
+) -> ConceptIntervention:
     """ConceptWorld: ``do(<concept> = value)`` vs ``do(<concept> = another value)`` via :meth:`ConceptWorld.intervene`.
 
     ``concept`` is a categorical latent (``"colour"``, ``"texture"``, ``"shape"``,
     ``"background"``), ``value`` one of its names (e.g. ``"red"``); the control value is drawn
     uniformly from the other values per sample (seeded).
     """
-    vocabularies = {"colour": tuple(world.colours), "texture": world.textures, "shape": world.shapes,
-                    "background": world.backgrounds}
+    vocabularies = {
+        "colour": tuple(world.colours),
+        "texture": world.textures,
+        "shape": world.shapes,
+        "background": world.backgrounds,
+    }
     if concept not in vocabularies:
         raise ValueError(f"concept must be one of {sorted(vocabularies)}; got {concept!r}")
     names = vocabularies[concept]
@@ -202,9 +221,9 @@ def parse_concept(concept: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def intervention_for_dataset(dataset: object, concept: str, target: int,
-                             indices: Sequence[int] | torch.Tensor | None = None,
-                             seed: int = 0) -> ConceptIntervention:
+def intervention_for_dataset(
+    dataset: object, concept: str, target: int, indices: Sequence[int] | torch.Tensor | None = None, seed: int = 0
+) -> ConceptIntervention:
     """The :class:`ConceptIntervention` of ``concept`` (``"<latent>=<value>"``) on a generator dataset.
 
     Supported generators: :class:`~xai_lightning.data.Bars` (``colour=red|green``),
@@ -221,8 +240,10 @@ def intervention_for_dataset(dataset: object, concept: str, target: int,
     if isinstance(dataset, ColouredDigits):
         digits = [str(k) for k in range(dataset.num_classes)]
         if name != "colour" or value.removeprefix("class") not in digits:
-            raise ValueError(f"Coloured digits can intervene on 'colour=<class whose hue>' with a class in "
-                             f"0..{dataset.num_classes - 1}, e.g. 'colour=3'; got {concept!r}")
+            raise ValueError(
+                f"Coloured digits can intervene on 'colour=<class whose hue>' with a class in "
+                f"0..{dataset.num_classes - 1}, e.g. 'colour=3'; got {concept!r}"
+            )
         return coloured_digits_intervention(dataset, target, indices, seed, colour_of=int(value.removeprefix("class")))
     if isinstance(dataset, ConceptWorld):
         return concept_world_intervention(dataset, name, value, target, indices, seed)

@@ -97,19 +97,25 @@ class ConceptCAVs:
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and lists (for checkpoints)."""
         return {
-            "layers": list(self.layers), "concepts": list(self.concepts),
+            "layers": list(self.layers),
+            "concepts": list(self.concepts),
             "vectors": {k: v.detach().cpu() for k, v in self.vectors.items()},
             "accuracy": self.accuracy.cpu(),
             "random_vectors": {k: v.detach().cpu() for k, v in self.random_vectors.items()},
-            "random_accuracy": self.random_accuracy.cpu(), "examples_per_concept": self.examples_per_concept,
+            "random_accuracy": self.random_accuracy.cpu(),
+            "examples_per_concept": self.examples_per_concept,
         }
 
     @staticmethod
     def from_dict(state: Mapping[str, Any]) -> "ConceptCAVs":
         return ConceptCAVs(
-            layers=tuple(state["layers"]), concepts=tuple(state["concepts"]), vectors=dict(state["vectors"]),
-            accuracy=state["accuracy"], random_vectors=dict(state["random_vectors"]),
-            random_accuracy=state["random_accuracy"], examples_per_concept=int(state.get("examples_per_concept", 0)),
+            layers=tuple(state["layers"]),
+            concepts=tuple(state["concepts"]),
+            vectors=dict(state["vectors"]),
+            accuracy=state["accuracy"],
+            random_vectors=dict(state["random_vectors"]),
+            random_accuracy=state["random_accuracy"],
+            examples_per_concept=int(state.get("examples_per_concept", 0)),
         )
 
 
@@ -185,19 +191,27 @@ class TCAVResult:
         for li, layer in enumerate(self.layers):
             for ci, concept in enumerate(self.concepts):
                 for ki, target in enumerate(self.classes):
-                    out.append({
-                        "layer": layer, "concept": concept, "class": self.class_name(target), "class_index": target,
-                        "tcav_mean": float(mean[li, ci, ki]), "tcav_std": float(std[li, ci, ki]),
-                        "magnitude_mean": float(magnitude[li, ci, ki]),
-                        "sign_count_mean": float(sign_count[li, ci, ki]),
-                        "random_sign_count_mean": float(random_sign[li, ki]),
-                        "random_magnitude_mean": float(random_magnitude[li, ki]),
-                        "random_mean": float(random_mean[li, ki]), "random_std": float(random_std[li, ki]),
-                        "p_value": float(self.p_values[li, ci, ki]), "significant": bool(self.significant[li, ci, ki]),
-                        "cav_accuracy_mean": float(self.cav_accuracy[li, ci].mean()),
-                        "cav_accuracy_std": float(self.cav_accuracy[li, ci].std()),
-                        "num_inputs": int(self.counts[ki]),
-                    })
+                    out.append(
+                        {
+                            "layer": layer,
+                            "concept": concept,
+                            "class": self.class_name(target),
+                            "class_index": target,
+                            "tcav_mean": float(mean[li, ci, ki]),
+                            "tcav_std": float(std[li, ci, ki]),
+                            "magnitude_mean": float(magnitude[li, ci, ki]),
+                            "sign_count_mean": float(sign_count[li, ci, ki]),
+                            "random_sign_count_mean": float(random_sign[li, ki]),
+                            "random_magnitude_mean": float(random_magnitude[li, ki]),
+                            "random_mean": float(random_mean[li, ki]),
+                            "random_std": float(random_std[li, ki]),
+                            "p_value": float(self.p_values[li, ci, ki]),
+                            "significant": bool(self.significant[li, ci, ki]),
+                            "cav_accuracy_mean": float(self.cav_accuracy[li, ci].mean()),
+                            "cav_accuracy_std": float(self.cav_accuracy[li, ci].std()),
+                            "num_inputs": int(self.counts[ki]),
+                        }
+                    )
         return out
 
 
@@ -223,7 +237,9 @@ def _sign_and_magnitude(derivatives: torch.Tensor, member: torch.Tensor) -> tupl
     positive = (derivatives > 0).double()
     sign = torch.einsum("nk,ncr->kcr", weights, positive) / count
     absolute = derivatives.abs()
-    magnitude = torch.einsum("nk,ncr->kcr", weights, absolute * positive) / torch.einsum("nk,ncr->kcr", weights, absolute)
+    magnitude = torch.einsum("nk,ncr->kcr", weights, absolute * positive) / torch.einsum(
+        "nk,ncr->kcr", weights, absolute
+    )
     return sign, magnitude
 
 
@@ -263,12 +279,21 @@ def tcav_from_derivatives(
     hypotheses = p_values.numel() if bonferroni else 1
     significant = (p_values < alpha / max(hypotheses, 1)) & ~torch.isnan(p_values)
     return TCAVResult(
-        layers=cavs.layers, concepts=cavs.concepts, classes=tuple(int(k) for k in class_tensor),
-        scores=sign[:, :-1].float(), magnitudes=magnitude[:, :-1].float(),
-        random_scores=sign[:, -1].float(), random_magnitudes=magnitude[:, -1].float(),
-        cav_accuracy=cavs.accuracy.float(), random_cav_accuracy=cavs.random_accuracy.float(),
-        p_values=p_values, significant=significant, counts=member.sum(0),
-        alpha=alpha, bonferroni=bonferroni, score_kind=score_kind,
+        layers=cavs.layers,
+        concepts=cavs.concepts,
+        classes=tuple(int(k) for k in class_tensor),
+        scores=sign[:, :-1].float(),
+        magnitudes=magnitude[:, :-1].float(),
+        random_scores=sign[:, -1].float(),
+        random_magnitudes=magnitude[:, -1].float(),
+        cav_accuracy=cavs.accuracy.float(),
+        random_cav_accuracy=cavs.random_accuracy.float(),
+        p_values=p_values,
+        significant=significant,
+        counts=member.sum(0),
+        alpha=alpha,
+        bonferroni=bonferroni,
+        score_kind=score_kind,
         class_names=tuple(class_names) if class_names is not None else None,
     )
 
@@ -368,11 +393,20 @@ class TCAV:
     # ------------------------------------------------------------------ helpers
     def resolve_layers(self, model: nn.Module, example: torch.Tensor) -> list[str]:
         with observe(model) as guard:
-            return resolve_layers(model, self.layers, forward=lambda: model(guard.input(example[:1], requires_grad=False)))
+            return resolve_layers(
+                model, self.layers, forward=lambda: model(guard.input(example[:1], requires_grad=False))
+            )
 
     def _cav_options(self) -> dict[str, Any]:
-        return dict(classifier=self.classifier, backend=self.backend, test_fraction=self.test_fraction,
-                    seed=self.seed, c=self.c, alpha=self.hinge_alpha, max_iter=self.max_iter)
+        return dict(
+            classifier=self.classifier,
+            backend=self.backend,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+            c=self.c,
+            alpha=self.hinge_alpha,
+            max_iter=self.max_iter,
+        )
 
     def _count(self, sets: Mapping[str, torch.Tensor]) -> int:
         if not sets:
@@ -399,7 +433,9 @@ class TCAV:
         used whole in every run.
         """
         runs = [
-            torch.randperm(size, generator=torch.Generator().manual_seed(self.seed * 7919 + 104_729 * stream + run))[:count]
+            torch.randperm(size, generator=torch.Generator().manual_seed(self.seed * 7919 + 104_729 * stream + run))[
+                :count
+            ]
             for run in range(self.num_random)
         ]
         return torch.stack(runs).sort(dim=1).values
@@ -444,9 +480,12 @@ class TCAV:
         negative_rows.append(pool_rows[:r])
         images = torch.cat([b.float() for b in blocks])
         device = next(iter(model.parameters()), torch.empty(0)).device
-        activations = layer_activations(model, images.to(device), layers, max_batch=self.max_batch,
-                                        output_key=self.output_key, trainer=trainer)
-        cavs = train_cavs_indexed(activations, torch.cat(positive_rows), torch.cat(negative_rows), **self._cav_options())
+        activations = layer_activations(
+            model, images.to(device), layers, max_batch=self.max_batch, output_key=self.output_key, trainer=trainer
+        )
+        cavs = train_cavs_indexed(
+            activations, torch.cat(positive_rows), torch.cat(negative_rows), **self._cav_options()
+        )
         c = len(names)
         vectors, random_vectors, accuracy, random_accuracy = {}, {}, [], []
         for layer in layers:
@@ -456,8 +495,12 @@ class TCAV:
             accuracy.append(all_accuracy[:c])
             random_accuracy.append(all_accuracy[c])
         return ConceptCAVs(
-            layers=tuple(layers), concepts=tuple(names), vectors=vectors, accuracy=torch.stack(accuracy).cpu(),
-            random_vectors=random_vectors, random_accuracy=torch.stack(random_accuracy).cpu(),
+            layers=tuple(layers),
+            concepts=tuple(names),
+            vectors=vectors,
+            accuracy=torch.stack(accuracy).cpu(),
+            random_vectors=random_vectors,
+            random_accuracy=torch.stack(random_accuracy).cpu(),
             examples_per_concept=count,
         )
 
@@ -519,9 +562,16 @@ class TCAV:
         """Logit gradients ``(N, D)`` per layer of each input's target class, checked against the logits.
 
         ``activations``: a dict to receive the layers' ``(N, D)`` activations of the same forward pass."""
-        gradients, _, _ = logit_gradients(model, inputs, torch.as_tensor(targets).long(), layers,
-                                          max_batch=self.max_batch, output_key=self.output_key, trainer=trainer,
-                                          activations=activations)
+        gradients, _, _ = logit_gradients(
+            model,
+            inputs,
+            torch.as_tensor(targets).long(),
+            layers,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+            trainer=trainer,
+            activations=activations,
+        )
         return gradients
 
     def probe_derivatives(
@@ -543,7 +593,8 @@ class TCAV:
         similarities before the next slice — memory ``O(max_batch · D)``, flat in the number of inputs.
         """
         (derivatives,), similarities = self.probe_derivative_sets(
-            model, inputs, targets, [cavs], similarity_cavs=cavs if similarity else None, trainer=trainer)
+            model, inputs, targets, [cavs], similarity_cavs=cavs if similarity else None, trainer=trainer
+        )
         return derivatives, similarities
 
     def probe_derivative_sets(
@@ -564,14 +615,18 @@ class TCAV:
         if similarity_cavs is not None:
             layers += [layer for layer in similarity_cavs.layers if layer not in layers]
         derivatives: list[dict[str, list[torch.Tensor]]] = [{layer: [] for layer in cavs.layers} for cavs in cav_sets]
-        means = {} if similarity_cavs is None else {layer: similarity_cavs.mean_vector(layer)
-                                                    for layer in similarity_cavs.layers}
+        means = (
+            {}
+            if similarity_cavs is None
+            else {layer: similarity_cavs.mean_vector(layer) for layer in similarity_cavs.layers}
+        )
         similar_layers = list(means)
         similarities: dict[str, list[torch.Tensor]] = {layer: [] for layer in similar_layers}
         for rows in batch_slices(inputs.shape[0], self.max_batch):
             activations: dict[str, torch.Tensor] | None = {} if similarity_cavs is not None else None
-            gradients = self.gradients(model, inputs[rows], targets[rows], layers, trainer=trainer,
-                                       activations=activations)
+            gradients = self.gradients(
+                model, inputs[rows], targets[rows], layers, trainer=trainer, activations=activations
+            )
             for cavs, parts in zip(cav_sets, derivatives):
                 for layer, value in directional_derivatives(gradients, cavs).items():
                     parts[layer].append(value)
@@ -579,8 +634,10 @@ class TCAV:
                 for layer in similar_layers:
                     mean = means[layer].to(activations[layer].device)
                     similarities[layer].append(cav_similarity(activations[layer], mean))
-        return ([{layer: torch.cat(chunks) for layer, chunks in parts.items()} for parts in derivatives],
-                {layer: torch.cat(chunks) for layer, chunks in similarities.items() if chunks})
+        return (
+            [{layer: torch.cat(chunks) for layer, chunks in parts.items()} for parts in derivatives],
+            {layer: torch.cat(chunks) for layer, chunks in similarities.items() if chunks},
+        )
 
     def score(
         self,
@@ -604,15 +661,27 @@ class TCAV:
         classes = sorted(set(labels.tolist())) if classes is None else [int(k) for k in classes]
         device = next(iter(model.parameters()), torch.empty(0)).device
         with observe(model) as guard:
-            num_classes = select_logits(model(guard.input(inputs[:1].to(device), requires_grad=False)), self.output_key).shape[1]
+            num_classes = select_logits(
+                model(guard.input(inputs[:1].to(device), requires_grad=False)), self.output_key
+            ).shape[1]
         bad = [k for k in classes if not 0 <= k < num_classes]
         if bad:
-            raise ValueError(f"Class index {bad[0]} is out of range: the model has {num_classes} classes (valid 0..{num_classes - 1}).")
+            raise ValueError(
+                f"Class index {bad[0]} is out of range: the model has {num_classes} classes (valid 0..{num_classes - 1})."
+            )
         keep = torch.isin(labels, torch.as_tensor(classes, dtype=torch.long))
         rows = torch.nonzero(keep).flatten()
         derivatives, _ = self.probe_derivatives(model, inputs[rows].to(device), labels[rows], cavs, trainer=trainer)
-        return tcav_from_derivatives(derivatives, labels[rows], classes, cavs, alpha=self.alpha,
-                                     bonferroni=self.bonferroni, score_kind=self.score_kind, class_names=class_names)
+        return tcav_from_derivatives(
+            derivatives,
+            labels[rows],
+            classes,
+            cavs,
+            alpha=self.alpha,
+            bonferroni=self.bonferroni,
+            score_kind=self.score_kind,
+            class_names=class_names,
+        )
 
     def attribute(
         self,

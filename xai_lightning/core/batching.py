@@ -40,9 +40,7 @@ def batch_slices(total: int, max_batch: int | None) -> Iterator[slice]:
         yield slice(start, min(start + step, total))
 
 
-def map_batched(
-    fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, max_batch: int | None = None
-) -> torch.Tensor:
+def map_batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, max_batch: int | None = None) -> torch.Tensor:
     """``fn(*tensors)`` evaluated slice by slice along dim 0 and concatenated.
 
     All ``tensors`` share their first dimension; ``fn`` must treat rows independently.
@@ -52,8 +50,9 @@ def map_batched(
     return torch.cat(outputs) if outputs else fn(*tensors)
 
 
-def activation_bytes_per_row(model: nn.Module, row: torch.Tensor,
-                             forward: Callable[[torch.Tensor], object] | None = None) -> int:
+def activation_bytes_per_row(
+    model: nn.Module, row: torch.Tensor, forward: Callable[[torch.Tensor], object] | None = None
+) -> int:
     """Bytes of every leaf module's output for one input row ``(1, ...)`` (one no-grad forward pass).
 
     ``forward`` runs the model (default ``model(row)``); outputs that are not tensors are skipped.
@@ -94,7 +93,9 @@ def memory_aware_max_batch(
     if device.type != "cuda":
         return None
     if free_memory is None:
+
         def free_memory(where: torch.device) -> int:
             return int(torch.cuda.mem_get_info(where)[0])
+
     available = fraction * free_memory(device)
     return max(1, int(available // max(1.0, graph_factor * bytes_per_row)))

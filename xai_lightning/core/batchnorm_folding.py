@@ -39,12 +39,18 @@ _CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], list[tuple[
 
 
 def _foldable_norm(module: nn.Module) -> bool:
-    return (type(module) is nn.BatchNorm2d and not module.training and module.track_running_stats
-            and module.running_mean is not None and module.running_var is not None)
+    return (
+        type(module) is nn.BatchNorm2d
+        and not module.training
+        and module.track_running_stats
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
 
 
-def foldable_pairs(model: nn.Module, sample: torch.Tensor,
-                   forward: Callable[[torch.Tensor], object]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+def foldable_pairs(
+    model: nn.Module, sample: torch.Tensor, forward: Callable[[torch.Tensor], object]
+) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """The ``(Conv2d, BatchNorm2d)`` pairs of one traced no-grad pass of ``sample`` in which the
     norm is the only reader of the convolution's output (see the module docstring)."""
     leaves = [module for module in model.modules() if next(module.children(), None) is None]
@@ -62,8 +68,11 @@ def foldable_pairs(model: nn.Module, sample: torch.Tensor,
             handle.remove()
     called = Counter(id(module) for module, _, _ in calls)
     reads = Counter(id(arg) for _, args, _ in calls for arg in args if isinstance(arg, torch.Tensor))
-    producers = {id(output): module for module, _, output in calls
-                 if type(module) is nn.Conv2d and isinstance(output, torch.Tensor)}
+    producers = {
+        id(output): module
+        for module, _, output in calls
+        if type(module) is nn.Conv2d and isinstance(output, torch.Tensor)
+    }
     pairs = []
     for module, args, _ in calls:
         if not _foldable_norm(module) or not args or not isinstance(args[0], torch.Tensor):
@@ -76,8 +85,13 @@ def foldable_pairs(model: nn.Module, sample: torch.Tensor,
 
 
 def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or getattr(module, "_backward_pre_hooks", None) or "forward" in module.__dict__)
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        or "forward" in module.__dict__
+    )
 
 
 def _folded_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,8 +123,9 @@ class BatchNormFolding:
         self.enabled = enabled
         self._weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _check(self, x: torch.Tensor,
-               forward: Callable[[torch.Tensor], object]) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    def _check(
+        self, x: torch.Tensor, forward: Callable[[torch.Tensor], object]
+    ) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
         """The pairs that fold for passes shaped like ``x``: traced, then checked on two rows."""
         # Two rows: DeepLIFT's passes need an even batch ([inputs; references] halves).
         sample = x[: min(2, x.shape[0])].detach()
@@ -122,8 +137,9 @@ class BatchNormFolding:
                 pairs = []  # the forward reads a convolution's output outside modules
         return pairs
 
-    def _run(self, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], forward: Callable[[torch.Tensor], Result],
-             x: torch.Tensor) -> Result:
+    def _run(
+        self, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], forward: Callable[[torch.Tensor], Result], x: torch.Tensor
+    ) -> Result:
         active = [(conv, norm) for conv, norm in pairs if not (_hooked(conv) or _hooked(norm))]
         try:
             for conv, norm in active:
@@ -139,8 +155,12 @@ class BatchNormFolding:
                 norm.__dict__.pop("forward", None)
 
     def __call__(self, forward: Callable[[torch.Tensor], Result], x: torch.Tensor) -> Result:
-        if not self.enabled or x.shape[0] == 0 or nn.modules.module._global_forward_hooks \
-                or nn.modules.module._global_forward_pre_hooks:
+        if (
+            not self.enabled
+            or x.shape[0] == 0
+            or nn.modules.module._global_forward_hooks
+            or nn.modules.module._global_forward_pre_hooks
+        ):
             return forward(x)
         key = tuple(x.shape[1:])
         checked = _CHECKED.setdefault(self.model, {})
@@ -163,9 +183,11 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _folded_forward(conv: nn.Conv2d, weight: torch.Tensor,
-                    bias: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _folded_forward(
+    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``conv``'s forward with the folded ``weight`` and ``bias`` (its own padding, stride, groups)."""
+
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         return type(conv)._conv_forward(conv, inputs, weight, bias)
 
@@ -185,4 +207,3 @@ def _close(plain: torch.Tensor, folded: torch.Tensor) -> bool:
         return False
     tolerance = 1e-4 * (float(plain.abs().max()) + 1.0) if plain.numel() else 0.0
     return bool(((plain.float() - folded.float()).abs() <= tolerance).all())
-

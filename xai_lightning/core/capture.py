@@ -46,8 +46,13 @@ class LayerCapture:
         activation = capture.activations["features.6"]      # (B, C, h, w)
     """
 
-    def __init__(self, model: nn.Module, layers: LayerSpecLike | Sequence[LayerSpecLike], gradients: bool = False,
-                 reshape: str | Reshape | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpecLike | Sequence[LayerSpecLike],
+        gradients: bool = False,
+        reshape: str | Reshape | None = None,
+    ) -> None:
         entries = [layers] if isinstance(layers, (str, LayerSpec, dict)) else list(layers)
         self.specs: dict[str, LayerSpec] = {}
         for entry in entries:
@@ -70,8 +75,14 @@ class LayerCapture:
         """key → gradient recorded by the tensor hooks (``gradients=True``), reshaped like the activation."""
         return {key: self.specs[key].apply(grad) for key, grad in self._raw_gradients.items()}
 
-    def gradients_of(self, score: torch.Tensor, keys: Sequence[str] | None = None, *,
-                     retain_graph: bool | None = None, create_graph: bool = False) -> list[torch.Tensor]:
+    def gradients_of(
+        self,
+        score: torch.Tensor,
+        keys: Sequence[str] | None = None,
+        *,
+        retain_graph: bool | None = None,
+        create_graph: bool = False,
+    ) -> list[torch.Tensor]:
         """``∂score/∂activation`` for ``keys`` (default: all, in spec order), each shaped like its activation.
 
         One ``torch.autograd.grad`` call; parameters' ``.grad`` is never touched.
@@ -80,8 +91,9 @@ class LayerCapture:
         missing = [key for key in keys if key not in self.raw]
         if missing:
             raise RuntimeError(f"Layers {missing} did not run in the captured forward pass.")
-        raw_gradients = torch.autograd.grad(score, [self.raw[key] for key in keys], retain_graph=retain_graph,
-                                            create_graph=create_graph)
+        raw_gradients = torch.autograd.grad(
+            score, [self.raw[key] for key in keys], retain_graph=retain_graph, create_graph=create_graph
+        )
         return [self.specs[key].apply(gradient) for key, gradient in zip(keys, raw_gradients)]
 
     # ------------------------------------------------------------------ hooks

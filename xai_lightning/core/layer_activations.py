@@ -51,8 +51,9 @@ class LayerActivations:
 
         def store(spec: LayerSpec, module: nn.Module, tensor: object, what: str) -> None:
             if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"Layer {spec.key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, "
-                                "not a tensor.")
+                raise TypeError(
+                    f"Layer {spec.key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor."
+                )
             outputs[spec.key] = spec.apply(tensor.detach())
             if len(outputs) == wanted:
                 raise _StopForward
@@ -80,7 +81,8 @@ class LayerActivations:
 
         handles = [
             self.modules[spec.key].register_forward_pre_hook(input_hook(spec), with_kwargs=True)
-            if spec.capture == "input" else self.modules[spec.key].register_forward_hook(output_hook(spec))
+            if spec.capture == "input"
+            else self.modules[spec.key].register_forward_hook(output_hook(spec))
             for spec in self.specs
         ]
         try:

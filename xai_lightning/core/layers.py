@@ -348,8 +348,11 @@ def embedding_layer(model: nn.Module, forward: Callable[[], object], input_ids: 
     def record(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, inputs: tuple) -> None:
             ids = inputs[0] if inputs else None
-            if (isinstance(ids, torch.Tensor) and ids.shape == input_ids.shape
-                    and torch.equal(ids.to(input_ids.device), input_ids)):
+            if (
+                isinstance(ids, torch.Tensor)
+                and ids.shape == input_ids.shape
+                and torch.equal(ids.to(input_ids.device), input_ids)
+            ):
                 found.append(name)
 
         return hook

@@ -58,7 +58,9 @@ class TokenGrid:
             raise ValueError(f"grid must be (h, w) with positive sides; got {grid}")
         self.special_tokens = int(special_tokens)
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
-        self.__name__ = name or (f"tokens{special_tokens}" if grid is None else f"tokens{special_tokens}_{grid[0]}x{grid[1]}")
+        self.__name__ = name or (
+            f"tokens{special_tokens}" if grid is None else f"tokens{special_tokens}_{grid[0]}x{grid[1]}"
+        )
 
     def grid_size(self, tokens: int) -> tuple[int, int]:
         """``(h, w)`` for a sequence of ``tokens`` tokens; raises naming both numbers when it does not fit."""
@@ -89,7 +91,7 @@ class TokenGrid:
                 f"{tuple(tokens.shape)}."
             )
         height, width = self.grid_size(tokens.shape[1])
-        patches = tokens[:, self.special_tokens:]
+        patches = tokens[:, self.special_tokens :]
         # (B, h·w, D) row-major patches → (B, D, h, w): channels first, as a convolution's output.
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 

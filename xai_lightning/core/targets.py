@@ -90,8 +90,9 @@ def split_target(target: TargetSpec) -> tuple[ScoreFunction | None, Any]:
     return None, target
 
 
-def output_scores(output: object, output_key: str | int | None = None, score_fn: ScoreFunction | None = None,
-                  batch: int | None = None) -> torch.Tensor:
+def output_scores(
+    output: object, output_key: str | int | None = None, score_fn: ScoreFunction | None = None, batch: int | None = None
+) -> torch.Tensor:
     """``(B, K)`` scores of a model output: the logits, or ``score_fn(output)`` as one column ``(B, 1)``.
 
     Raises:
@@ -104,8 +105,10 @@ def output_scores(output: object, output_key: str | int | None = None, score_fn:
     name = getattr(score_fn, "__name__", type(score_fn).__name__)
     expected = f"({batch},)" if batch is not None else "(B,)"
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"The target callable {name!r} returned a {type(value).__name__}; it must return a tensor "
-                        f"of one score per example, shape {expected}.")
+        raise TypeError(
+            f"The target callable {name!r} returned a {type(value).__name__}; it must return a tensor "
+            f"of one score per example, shape {expected}."
+        )
     if value.dim() == 2 and value.shape[1] == 1:
         value = value[:, 0]
     if value.dim() != 1 or (batch is not None and value.shape[0] != batch) or not value.is_floating_point():
@@ -117,9 +120,7 @@ def output_scores(output: object, output_key: str | int | None = None, score_fn:
     return value.unsqueeze(1)
 
 
-def resolve_targets(
-    target: TargetSpec, logits: torch.Tensor, labels: torch.Tensor | None = None
-) -> torch.Tensor:
+def resolve_targets(target: TargetSpec, logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Turn a :data:`TargetSpec` into a ``(B,)`` long tensor of class indices on ``logits.device``.
 
     Callable targets are turned into scores first (:func:`split_target`, :func:`output_scores`).
@@ -133,14 +134,18 @@ def resolve_targets(
                 raise ValueError("target='label' needs labels; pass them or use target='predicted'.")
             resolved = torch.as_tensor(labels).long().reshape(-1)
         else:
-            raise ValueError(f"Unknown target {target!r}; use 'label', 'predicted' or a class index or one per example.")
+            raise ValueError(
+                f"Unknown target {target!r}; use 'label', 'predicted' or a class index or one per example."
+            )
     elif isinstance(target, int):
         # Checked in Python: no tensor, no synchronisation with the device.
         _check_class_range(target, target, num_classes)
         return torch.full((batch,), target, dtype=torch.long, device=logits.device)
     elif callable(target) and not isinstance(target, torch.Tensor):
-        raise TypeError("A callable target is a score, not a class: turn it into scores with "
-                        "split_target/output_scores before resolving classes.")
+        raise TypeError(
+            "A callable target is a score, not a class: turn it into scores with "
+            "split_target/output_scores before resolving classes."
+        )
     else:
         resolved = torch.as_tensor(target).long().reshape(-1)
     if resolved.numel() != batch:
@@ -167,8 +172,13 @@ def class_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
-def check_target(target: TargetSpec, output: object, output_key: str | int | None = None,
-                 labels: torch.Tensor | None = None, batch: int | None = None) -> None:
+def check_target(
+    target: TargetSpec,
+    output: object,
+    output_key: str | int | None = None,
+    labels: torch.Tensor | None = None,
+    batch: int | None = None,
+) -> None:
     """Validate a target against one forward pass's ``output`` (e.g. at a callback's setup).
 
     Raises the errors the explanation would raise later: a missing ``output_key`` (listing the

@@ -27,7 +27,14 @@ _EXPORTS: dict[str, str] = {
     "HandwrittenDigits": "xai_lightning.data.digits",
     "TriggerText": "xai_lightning.data.trigger_text",
     "TriggerTextDataModule": "xai_lightning.data.datamodules",
-    **dict.fromkeys(("UNSEEN_COLOURS", "UNSEEN_SHAPES", "UNSEEN_TEXTURES",), "xai_lightning.data.concept_world"),
+    **dict.fromkeys(
+        (
+            "UNSEEN_COLOURS",
+            "UNSEEN_SHAPES",
+            "UNSEEN_TEXTURES",
+        ),
+        "xai_lightning.data.concept_world",
+    ),
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -44,6 +51,9 @@ if TYPE_CHECKING:
         COLOURS,
         SHAPES,
         TEXTURES,
+        UNSEEN_COLOURS,
+        UNSEEN_SHAPES,
+        UNSEEN_TEXTURES,
         ConceptWorld,
         ConceptWorldLatent,
         ConceptWorldRender,
@@ -53,8 +63,7 @@ if TYPE_CHECKING:
         ColouredDigitsDataModule,
         ConceptWorldDataModule,
         DigitsDataModule,
+        TriggerTextDataModule,
     )
     from xai_lightning.data.digits import HandwrittenDigits
     from xai_lightning.data.trigger_text import TriggerText
-    from xai_lightning.data.datamodules import TriggerTextDataModule
-    from xai_lightning.data.concept_world import UNSEEN_COLOURS, UNSEEN_SHAPES, UNSEEN_TEXTURES

@@ -70,8 +70,7 @@ ORIENTATIONS: tuple[str, ...] = ("horizontal", "vertical")
 NOISE_BANK = 64  # distinct background-noise textures; a sample picks one by its noise_seed
 
 #: Default generator settings (fractions of the image side; noise amplitude in grey levels).
-DEFAULT_GEOMETRY: dict[str, Any] = {"bar_length": (0.2, 0.55), "bar_width": (0.2, 0.3), "max_bars": 1,
-                                    "noise": 0.1}
+DEFAULT_GEOMETRY: dict[str, Any] = {"bar_length": (0.2, 0.55), "bar_width": (0.2, 0.3), "max_bars": 1, "noise": 0.1}
 
 
 def colour_given_class_table(
@@ -84,8 +83,10 @@ def colour_given_class_table(
     2 × 2, hold values outside [0, 1], or have rows that do not sum to 1.
     """
     if confounding is not None and colour_given_class is not None:
-        raise ValueError("Give either confounding=p (symmetric shorthand) or colour_given_class=[[p_red, p_green], "
-                         "[p_red, p_green]], not both.")
+        raise ValueError(
+            "Give either confounding=p (symmetric shorthand) or colour_given_class=[[p_red, p_green], "
+            "[p_red, p_green]], not both."
+        )
     if colour_given_class is None:
         p = 0.0 if confounding is None else float(confounding)
         if not 0.0 <= p <= 1.0 or math.isnan(p):
@@ -96,14 +97,18 @@ def colour_given_class_table(
     except (TypeError, ValueError) as error:
         raise ValueError(f"colour_given_class must be a 2 x 2 list of numbers; got {colour_given_class!r}") from error
     if table.shape != (2, 2):
-        raise ValueError(f"colour_given_class must be 2 x 2: one row per class {ORIENTATIONS}, one column per colour "
-                         f"{tuple(BAR_COLOURS)}; got shape {tuple(table.shape)}")
+        raise ValueError(
+            f"colour_given_class must be 2 x 2: one row per class {ORIENTATIONS}, one column per colour "
+            f"{tuple(BAR_COLOURS)}; got shape {tuple(table.shape)}"
+        )
     if torch.isnan(table).any() or (table < 0).any() or (table > 1).any():
         raise ValueError(f"colour_given_class entries must be probabilities in [0, 1]; got {table.tolist()}")
     sums = table.sum(dim=1)
     if not torch.allclose(sums, torch.ones(2, dtype=torch.float64), atol=1e-6):
-        raise ValueError(f"Each row of colour_given_class is P(red | class), P(green | class) and must sum to 1; "
-                         f"got row sums {[round(float(s), 6) for s in sums]} for {table.tolist()}")
+        raise ValueError(
+            f"Each row of colour_given_class is P(red | class), P(green | class) and must sum to 1; "
+            f"got row sums {[round(float(s), 6) for s in sums]} for {table.tolist()}"
+        )
     return table
 
 
@@ -294,8 +299,9 @@ class Bars(Dataset):
             banks[size] = torch.rand(NOISE_BANK, 3, size, size, generator=generator)
         return banks[size]
 
-    def intervene(self, indices: Sequence[int] | torch.Tensor | None = None, colour: Any = None,
-                  orientation: Any = None) -> torch.Tensor:
+    def intervene(
+        self, indices: Sequence[int] | torch.Tensor | None = None, colour: Any = None, orientation: Any = None
+    ) -> torch.Tensor:
         """Re-render stored samples with ``colour`` and/or ``orientation`` set (``do(C = c)``).
 
         ``colour`` is ``"red"``/``"green"``/0/1 or a per-sample ``(n,)`` tensor; everything not
@@ -326,8 +332,12 @@ class Bars(Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {"image": self.images[index], "label": int(self.labels[index]), "colour": int(self.colours[index]),
-                "index": index}
+        return {
+            "image": self.images[index],
+            "label": int(self.labels[index]),
+            "colour": int(self.colours[index]),
+            "index": index,
+        }
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (N, 3, S, S), labels (N,))``."""

@@ -52,7 +52,9 @@ def unpack_batch(batch: Any) -> Batch:
     if isinstance(batch, Mapping):
         image_key = _first_key(batch, IMAGE_KEYS)
         if image_key is None:
-            raise TypeError(f"Cannot find the inputs in a batch with keys {sorted(batch)}; expected {ACCEPTED_FORMATS}.")
+            raise TypeError(
+                f"Cannot find the inputs in a batch with keys {sorted(batch)}; expected {ACCEPTED_FORMATS}."
+            )
         label_key = _first_key(batch, LABEL_KEYS)
         labels = batch[label_key] if label_key is not None else None
         return Batch(
@@ -64,8 +66,10 @@ def unpack_batch(batch: Any) -> Batch:
     if isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) >= 1:
         inputs = batch[0]
         if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"The first element of a tuple batch must be the input tensor; got {type(inputs).__name__}. "
-                            f"Expected {ACCEPTED_FORMATS}.")
+            raise TypeError(
+                f"The first element of a tuple batch must be the input tensor; got {type(inputs).__name__}. "
+                f"Expected {ACCEPTED_FORMATS}."
+            )
         labels = torch.as_tensor(batch[1]) if len(batch) > 1 else None
         return Batch(inputs=inputs, labels=labels)
     raise TypeError(f"Cannot find the inputs in a batch of type {type(batch).__name__}; expected {ACCEPTED_FORMATS}.")
@@ -80,14 +84,20 @@ def replace_inputs(batch: Any, inputs: torch.Tensor) -> Any:
     if isinstance(batch, MutableMapping):
         key = _first_key(batch, IMAGE_KEYS)
         if key is None:
-            raise TypeError(f"Cannot find the inputs in a batch with keys {sorted(batch)}; expected {ACCEPTED_FORMATS}.")
+            raise TypeError(
+                f"Cannot find the inputs in a batch with keys {sorted(batch)}; expected {ACCEPTED_FORMATS}."
+            )
         batch[key] = inputs
         return batch
     if isinstance(batch, list):
         batch[0] = inputs
         return batch
     if isinstance(batch, tuple):
-        return type(batch)((inputs, *batch[1:])) if not hasattr(batch, "_fields") else batch._replace(
-            **{batch._fields[0]: inputs}
+        return (
+            type(batch)((inputs, *batch[1:]))
+            if not hasattr(batch, "_fields")
+            else batch._replace(**{batch._fields[0]: inputs})
         )
-    raise TypeError(f"Cannot replace the inputs of a batch of type {type(batch).__name__}; expected {ACCEPTED_FORMATS}.")
+    raise TypeError(
+        f"Cannot replace the inputs of a batch of type {type(batch).__name__}; expected {ACCEPTED_FORMATS}."
+    )

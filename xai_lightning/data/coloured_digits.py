@@ -82,8 +82,15 @@ class ColouredDigits(Dataset):
 
     num_classes = NUM_CLASSES
 
-    def __init__(self, split: Literal["train", "val", "all"] = "all", sigma: float = 0.05, image_size: int = 32,
-                 seed: int = 0, val_fraction: float = 0.2, jitter: int = 0) -> None:
+    def __init__(
+        self,
+        split: Literal["train", "val", "all"] = "all",
+        sigma: float = 0.05,
+        image_size: int = 32,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        jitter: int = 0,
+    ) -> None:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0 (turns of the colour wheel); got {sigma}")
         if not 0 <= jitter < image_size // 2:
@@ -115,8 +122,9 @@ class ColouredDigits(Dataset):
         rgb = hue_to_rgb(hues).view(-1, 3, 1, 1)
         return (self.intensity[rows] * rgb).contiguous()
 
-    def intervene(self, indices: Sequence[int] | torch.Tensor | None = None, hue: Any = None,
-                  colour_of_class: Any = None) -> torch.Tensor:
+    def intervene(
+        self, indices: Sequence[int] | torch.Tensor | None = None, hue: Any = None, colour_of_class: Any = None
+    ) -> torch.Tensor:
         """Re-tint the same digits (``do(colour = c)``): give ``hue`` in turns, or ``colour_of_class``
         (a class index, or ``(n,)`` indices) to use that class's mean hue. Returns ``(n, 3, S, S)``."""
         if indices is None:
@@ -124,13 +132,15 @@ class ColouredDigits(Dataset):
         else:
             rows = torch.as_tensor(indices, dtype=torch.long).view(-1)
         if (hue is None) == (colour_of_class is None):
-            raise ValueError("Give exactly one of hue= (turns of the colour wheel) or colour_of_class= "
-                             "(a class index).")
+            raise ValueError(
+                "Give exactly one of hue= (turns of the colour wheel) or colour_of_class= (a class index)."
+            )
         if colour_of_class is not None:
             classes = torch.as_tensor(colour_of_class, dtype=torch.long)
             if not ((classes >= 0) & (classes < self.num_classes)).all():
-                raise ValueError(f"colour_of_class must be in 0..{self.num_classes - 1}; "
-                                 f"got {classes.unique().tolist()}")
+                raise ValueError(
+                    f"colour_of_class must be in 0..{self.num_classes - 1}; got {classes.unique().tolist()}"
+                )
             hue = class_hues()[classes]
         return self.render(rows, hue)
 
@@ -138,8 +148,12 @@ class ColouredDigits(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | float]:
-        return {"image": self.images[index], "label": int(self.labels[index]), "hue": float(self.hues[index]),
-                "index": index}
+        return {
+            "image": self.images[index],
+            "label": int(self.labels[index]),
+            "hue": float(self.hues[index]),
+            "index": index,
+        }
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (N, 3, S, S), labels (N,))``."""

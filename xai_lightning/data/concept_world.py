@@ -154,7 +154,10 @@ class ConceptWorldLatent:
     @staticmethod
     def cat(latents: Sequence["ConceptWorldLatent"]) -> "ConceptWorldLatent":
         return ConceptWorldLatent(
-            **{f.name: torch.cat([getattr(lat, f.name) for lat in latents]) for f in dataclasses.fields(ConceptWorldLatent)}
+            **{
+                f.name: torch.cat([getattr(lat, f.name) for lat in latents])
+                for f in dataclasses.fields(ConceptWorldLatent)
+            }
         )
 
 
@@ -225,7 +228,9 @@ def _shape_masks(shape: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, names:
     return inside
 
 
-def _texture_ink(texture: torch.Tensor, u: torch.Tensor, v: torch.Tensor, names: Sequence[str], scale: float) -> torch.Tensor:
+def _texture_ink(
+    texture: torch.Tensor, u: torch.Tensor, v: torch.Tensor, names: Sequence[str], scale: float
+) -> torch.Tensor:
     """Whether each pixel is 'ink' (full colour) of the sample's texture; ``u, v`` in pixels from the centre."""
     ink = torch.ones_like(u, dtype=torch.bool)
     for index, name in enumerate(names):
@@ -312,8 +317,12 @@ class ConceptWorld(torch.utils.data.Dataset):
             unknown = [value for value in values if value not in known]
             if unknown or not values:
                 raise ValueError(f"{name} must be a non-empty subset of {known}; got {list(values)}")
-        for name, p in (("spurious_p", spurious_p), ("distractor_p", distractor_p), ("caption_p", caption_p),
-                        ("caption_agreement", caption_agreement)):
+        for name, p in (
+            ("spurious_p", spurious_p),
+            ("distractor_p", distractor_p),
+            ("caption_p", caption_p),
+            ("caption_agreement", caption_agreement),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]; got {p}")
         if not 0 < size_range[0] <= size_range[1] < 0.5:
@@ -363,8 +372,16 @@ class ConceptWorld(torch.utils.data.Dataset):
         self.labels = self.label_of(self.latent)
         rendered = [self.render(self.latent[rows]) for rows in self._chunks(num_samples)]
         self.images = torch.cat([r.images for r in rendered]) if rendered else torch.zeros(0, 3, image_size, image_size)
-        self.regions = torch.cat([r.regions for r in rendered]) if rendered else torch.zeros(0, image_size, image_size, dtype=torch.uint8)
-        self.edges = torch.cat([r.edges for r in rendered]) if rendered else torch.zeros(0, image_size, image_size, dtype=torch.bool)
+        self.regions = (
+            torch.cat([r.regions for r in rendered])
+            if rendered
+            else torch.zeros(0, image_size, image_size, dtype=torch.uint8)
+        )
+        self.edges = (
+            torch.cat([r.edges for r in rendered])
+            if rendered
+            else torch.zeros(0, image_size, image_size, dtype=torch.bool)
+        )
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -414,18 +431,30 @@ class ConceptWorld(torch.utils.data.Dataset):
             seed: seed of the shifted world (default: this world's seed + 7919, so its latents
                 do not repeat this world's).
         """
-        vocabularies = {"colour": ("colours", dict(UNSEEN_COLOURS)), "texture": ("textures", UNSEEN_TEXTURES),
-                        "shape": ("shapes", UNSEEN_SHAPES)}
+        vocabularies = {
+            "colour": ("colours", dict(UNSEEN_COLOURS)),
+            "texture": ("textures", UNSEEN_TEXTURES),
+            "shape": ("shapes", UNSEEN_SHAPES),
+        }
         if kind not in vocabularies:
             raise ValueError(f"shift kind must be one of {sorted(vocabularies)}; got {kind!r}")
         settings: dict[str, object] = {
-            "num_samples": self.num_samples if num_samples is None else num_samples, "image_size": self.image_size,
-            "seed": self.seed + 7919 if seed is None else seed, "label_by": self.label_by,
-            "num_classes": self.num_classes if callable(self.label_by) else None, "shapes": self.shapes,
-            "textures": self.textures, "colours": self.colours, "backgrounds": self.backgrounds,
-            "size_range": self.size_range, "spurious_concept": self.spurious_concept, "spurious_p": self.spurious_p,
-            "distractor_p": self.distractor_p, "caption_p": self.caption_p,
-            "caption_agreement": self.caption_agreement, "chunk_size": self.chunk_size,
+            "num_samples": self.num_samples if num_samples is None else num_samples,
+            "image_size": self.image_size,
+            "seed": self.seed + 7919 if seed is None else seed,
+            "label_by": self.label_by,
+            "num_classes": self.num_classes if callable(self.label_by) else None,
+            "shapes": self.shapes,
+            "textures": self.textures,
+            "colours": self.colours,
+            "backgrounds": self.backgrounds,
+            "size_range": self.size_range,
+            "spurious_concept": self.spurious_concept,
+            "spurious_p": self.spurious_p,
+            "distractor_p": self.distractor_p,
+            "caption_p": self.caption_p,
+            "caption_agreement": self.caption_agreement,
+            "chunk_size": self.chunk_size,
         }
         field, values = vocabularies[kind]
         settings[field] = values
@@ -500,12 +529,18 @@ class ConceptWorld(torch.utils.data.Dataset):
             distractor_size=distractor_size,
             caption=torch.full((n,), -1, dtype=torch.long),
         )
-        tie, agree, has_caption = uniform(n) < self.spurious_p, uniform(n) < self.caption_agreement, uniform(n) < self.caption_p
+        tie, agree, has_caption = (
+            uniform(n) < self.spurious_p,
+            uniform(n) < self.caption_agreement,
+            uniform(n) < self.caption_p,
+        )
         other_class = torch.randint(1, max(self.num_classes, 2), (n,), generator=g)
         if self.spurious_concept is not None:
             k = self._values[self.spurious_concept]
             tied = self.label_of(latent) % k
-            latent = latent.replace(**{self.spurious_concept: torch.where(tie, tied, getattr(latent, self.spurious_concept))})
+            latent = latent.replace(
+                **{self.spurious_concept: torch.where(tie, tied, getattr(latent, self.spurious_concept))}
+            )
         label = self.label_of(latent)
         caption = torch.where(agree, label, (label + other_class) % self.num_classes)
         return latent.replace(caption=torch.where(has_caption, caption, latent.caption))
@@ -556,10 +591,24 @@ class ConceptWorld(torch.utils.data.Dataset):
             regions = torch.where(inside, torch.tensor(region_id, dtype=torch.uint8, device=device), regions)
             edges = torch.where(inside, _edges(inside), edges)
 
-        draw(latent.distractor, latent.distractor_shape, latent.distractor_texture, latent.distractor_colour,
-             latent.distractor_centre, latent.distractor_size, DISTRACTOR_ID)
-        draw(torch.ones(n, dtype=torch.bool, device=device), latent.shape, latent.texture, latent.colour,
-             latent.centre, latent.size, OBJECT_ID)
+        draw(
+            latent.distractor,
+            latent.distractor_shape,
+            latent.distractor_texture,
+            latent.distractor_colour,
+            latent.distractor_centre,
+            latent.distractor_size,
+            DISTRACTOR_ID,
+        )
+        draw(
+            torch.ones(n, dtype=torch.bool, device=device),
+            latent.shape,
+            latent.texture,
+            latent.colour,
+            latent.centre,
+            latent.size,
+            OBJECT_ID,
+        )
 
         # Caption glyph (3x5 digit scaled to the resolution) in the top-left corner, drawn last.
         has_caption = latent.caption >= 0
@@ -577,9 +626,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         return ConceptWorldRender(images=images.float(), regions=regions, edges=edges)
 
     # ------------------------------------------------------------------ masks
-    def concept_masks(
-        self, latent: ConceptWorldLatent, regions: torch.Tensor, edges: torch.Tensor
-    ) -> torch.Tensor:
+    def concept_masks(self, latent: ConceptWorldLatent, regions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         """``(N, K, H, W)`` bool masks over :attr:`concept_names` from a render's region map and edges.
 
         Shape, texture and colour masks cover the visible pixels of every object carrying that
@@ -590,7 +637,11 @@ class ConceptWorld(torch.utils.data.Dataset):
         obj = regions == OBJECT_ID
         dis = regions == DISTRACTOR_ID
         layers = [obj, dis, regions == BACKGROUND_ID, regions == CAPTION_ID]
-        for attribute, count in (("shape", len(self.shapes)), ("texture", len(self.textures)), ("colour", len(self.colours))):
+        for attribute, count in (
+            ("shape", len(self.shapes)),
+            ("texture", len(self.textures)),
+            ("colour", len(self.colours)),
+        ):
             own = getattr(latent, attribute).view(-1, 1, 1)
             other = getattr(latent, f"distractor_{attribute}").view(-1, 1, 1)
             layers.extend((obj & (own == k)) | (dis & (other == k)) for k in range(count))
@@ -665,9 +716,13 @@ class ConceptWorld(torch.utils.data.Dataset):
         if not isinstance(latent, ConceptWorldLatent):
             latent = self.latent[torch.as_tensor(latent, dtype=torch.long).view(-1)]
         vocab = {
-            "shape": self.shapes, "texture": self.textures, "colour": tuple(self.colours),
-            "background": self.backgrounds, "distractor_shape": self.shapes,
-            "distractor_texture": self.textures, "distractor_colour": tuple(self.colours),
+            "shape": self.shapes,
+            "texture": self.textures,
+            "colour": tuple(self.colours),
+            "background": self.backgrounds,
+            "distractor_shape": self.shapes,
+            "distractor_texture": self.textures,
+            "distractor_colour": tuple(self.colours),
         }
         fields = {f.name for f in dataclasses.fields(ConceptWorldLatent)}
         resolved: dict[str, object] = {}
@@ -686,8 +741,10 @@ class ConceptWorld(torch.utils.data.Dataset):
                         raise ValueError(f"{name} index {v} out of range 0..{len(names) - 1}")
                     return int(v)
 
-                value = [to_index(v) for v in value] if isinstance(value, (list, tuple)) else (
-                    value if isinstance(value, torch.Tensor) else to_index(value)
+                value = (
+                    [to_index(v) for v in value]
+                    if isinstance(value, (list, tuple))
+                    else (value if isinstance(value, torch.Tensor) else to_index(value))
                 )
             resolved[name] = value
         new_latent = latent.replace(**resolved)

@@ -19,7 +19,13 @@ from xai_lightning.data.concept_world import ConceptWorld, LabelBy, SpuriousConc
 from xai_lightning.data.digits import HandwrittenDigits
 from xai_lightning.data.trigger_text import TriggerText
 
-__all__ = ["BarsDataModule", "ColouredDigitsDataModule", "ConceptWorldDataModule", "DigitsDataModule", "TriggerTextDataModule"]
+__all__ = [
+    "BarsDataModule",
+    "ColouredDigitsDataModule",
+    "ConceptWorldDataModule",
+    "DigitsDataModule",
+    "TriggerTextDataModule",
+]
 
 BatchFormat = Literal["tuple", "dict"]
 
@@ -63,9 +69,14 @@ class _Loaders:
     def _tensor_loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         """``(x, y)`` batches over ``dataset.tensors()``: no per-item work (masks, dicts) when none is needed."""
         images, labels = dataset.tensors()
-        return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          generator=self._shuffle_generator(shuffle))
+        return DataLoader(
+            TensorDataset(images, labels),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=self._shuffle_generator(shuffle),
+        )
 
 
 class TensorSplitLoaders(_Loaders):
@@ -139,9 +150,15 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
     def _make(self, num_samples: int, split: int) -> ConceptWorld:
         h = self.hparams
         return ConceptWorld(
-            num_samples=num_samples, image_size=h.image_size, seed=h.seed * 1000 + split, label_by=h.label_by,
-            spurious_concept=h.spurious_concept, spurious_p=h.spurious_p, distractor_p=h.distractor_p,
-            caption_p=h.caption_p, caption_agreement=h.caption_agreement,
+            num_samples=num_samples,
+            image_size=h.image_size,
+            seed=h.seed * 1000 + split,
+            label_by=h.label_by,
+            spurious_concept=h.spurious_concept,
+            spurious_p=h.spurious_p,
+            distractor_p=h.distractor_p,
+            caption_p=h.caption_p,
+            caption_agreement=h.caption_agreement,
         )
 
     @property
@@ -232,12 +249,21 @@ class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     num_classes = 2
 
-    def __init__(self, num_train: int = 2000, num_val: int = 500, confounding: float | None = None,
-                 image_size: int = 32, seed: int = 0, batch_size: int = 64, num_workers: int = 0,
-                 colour_given_class: list[list[float]] | None = None, noise: float = DEFAULT_GEOMETRY["noise"],
-                 bar_length: tuple[float, float] = DEFAULT_GEOMETRY["bar_length"],
-                 bar_width: tuple[float, float] = DEFAULT_GEOMETRY["bar_width"],
-                 max_bars: int = DEFAULT_GEOMETRY["max_bars"]) -> None:
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 500,
+        confounding: float | None = None,
+        image_size: int = 32,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        colour_given_class: list[list[float]] | None = None,
+        noise: float = DEFAULT_GEOMETRY["noise"],
+        bar_length: tuple[float, float] = DEFAULT_GEOMETRY["bar_length"],
+        bar_width: tuple[float, float] = DEFAULT_GEOMETRY["bar_width"],
+        max_bars: int = DEFAULT_GEOMETRY["max_bars"],
+    ) -> None:
         super().__init__()
         colour_given_class_table(confounding, colour_given_class)  # bad probabilities fail here, not at setup
         self.save_hyperparameters()
@@ -248,9 +274,17 @@ class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     def _make(self, num_samples: int, split: int) -> Bars:
         h = self.hparams
-        return Bars(num_samples, h.confounding, h.image_size, seed=h.seed * 1000 + split, noise=h.noise,
-                    colour_given_class=h.colour_given_class, bar_length=tuple(h.bar_length),
-                    bar_width=tuple(h.bar_width), max_bars=h.max_bars)
+        return Bars(
+            num_samples,
+            h.confounding,
+            h.image_size,
+            seed=h.seed * 1000 + split,
+            noise=h.noise,
+            colour_given_class=h.colour_given_class,
+            bar_length=tuple(h.bar_length),
+            bar_width=tuple(h.bar_width),
+            max_bars=h.max_bars,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -263,8 +297,16 @@ class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     num_classes = DIGIT_CLASSES
 
-    def __init__(self, sigma: float = 0.05, image_size: int = 32, seed: int = 0, val_fraction: float = 0.2,
-                 batch_size: int = 64, num_workers: int = 0, jitter: int = 0) -> None:
+    def __init__(
+        self,
+        sigma: float = 0.05,
+        image_size: int = 32,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        jitter: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -311,9 +353,17 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     def _make(self, num_samples: int, split: int) -> TriggerText:
         h = self.hparams
-        return TriggerText(num_samples, seed=h.seed * 1000 + split, num_classes=h.num_classes, min_length=h.min_length,
-                           max_length=h.max_length, max_triggers=h.max_triggers, num_distractors=h.num_distractors,
-                           spurious_p=h.spurious_p, spurious_word=h.spurious_word)
+        return TriggerText(
+            num_samples,
+            seed=h.seed * 1000 + split,
+            num_classes=h.num_classes,
+            min_length=h.min_length,
+            max_length=h.max_length,
+            max_triggers=h.max_triggers,
+            num_distractors=h.num_distractors,
+            spurious_p=h.spurious_p,
+            spurious_word=h.spurious_word,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -332,5 +382,10 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') or setup('validate') first"
         # Dict batches (inputs, label, trigger_mask, …), collated by PyTorch's default.
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -29,12 +29,66 @@ import torch
 __all__ = ["DISTRACTOR_WORDS", "TRIGGER_WORDS", "TriggerText"]
 
 DISTRACTOR_WORDS: tuple[str, ...] = (
-    "the", "a", "film", "story", "actor", "scene", "plot", "music", "camera", "city", "night", "day", "house",
-    "river", "road", "dog", "cat", "table", "window", "book", "letter", "train", "station", "garden", "tree",
-    "morning", "evening", "friend", "family", "street", "chair", "door", "paper", "voice", "room", "light",
-    "water", "stone", "bridge", "market", "school", "winter", "summer", "island", "boat", "field", "hill",
-    "village", "kitchen", "office", "painting", "song", "dinner", "journey", "mirror", "clock", "garden_path",
-    "coat", "shadow", "corner",
+    "the",
+    "a",
+    "film",
+    "story",
+    "actor",
+    "scene",
+    "plot",
+    "music",
+    "camera",
+    "city",
+    "night",
+    "day",
+    "house",
+    "river",
+    "road",
+    "dog",
+    "cat",
+    "table",
+    "window",
+    "book",
+    "letter",
+    "train",
+    "station",
+    "garden",
+    "tree",
+    "morning",
+    "evening",
+    "friend",
+    "family",
+    "street",
+    "chair",
+    "door",
+    "paper",
+    "voice",
+    "room",
+    "light",
+    "water",
+    "stone",
+    "bridge",
+    "market",
+    "school",
+    "winter",
+    "summer",
+    "island",
+    "boat",
+    "field",
+    "hill",
+    "village",
+    "kitchen",
+    "office",
+    "painting",
+    "song",
+    "dinner",
+    "journey",
+    "mirror",
+    "clock",
+    "garden_path",
+    "coat",
+    "shadow",
+    "corner",
 )
 #: Trigger words of each class, in class order (class 0 "negative", class 1 "positive", ...).
 TRIGGER_WORDS: tuple[tuple[str, ...], ...] = (
@@ -85,7 +139,9 @@ class TriggerText(torch.utils.data.Dataset):
         if not 1 <= min_length <= max_length:
             raise ValueError(f"Need 1 <= min_length <= max_length; got {min_length}, {max_length}")
         if not 1 <= max_triggers <= min_length - (spurious_word is not None):
-            raise ValueError(f"max_triggers must be in 1..min_length (with room for the spurious word); got {max_triggers}")
+            raise ValueError(
+                f"max_triggers must be in 1..min_length (with room for the spurious word); got {max_triggers}"
+            )
         if not 1 <= num_distractors <= len(DISTRACTOR_WORDS):
             raise ValueError(f"num_distractors must be in 1..{len(DISTRACTOR_WORDS)}; got {num_distractors}")
         if not 0.0 <= spurious_p <= 1.0:
@@ -114,8 +170,15 @@ class TriggerText(torch.utils.data.Dataset):
         self.spurious_id = len(self.vocabulary) - 1 if spurious_word is not None else None
         self._generate(min_length, max_length, max_triggers, num_distractors, spurious_p, spurious_class)
 
-    def _generate(self, min_length: int, max_length: int, max_triggers: int, num_distractors: int,
-                  spurious_p: float, spurious_class: int) -> None:
+    def _generate(
+        self,
+        min_length: int,
+        max_length: int,
+        max_triggers: int,
+        num_distractors: int,
+        spurious_p: float,
+        spurious_class: int,
+    ) -> None:
         g = torch.Generator().manual_seed(self.seed)
         n = self.num_samples
         labels = torch.randint(0, self.num_classes, (n,), generator=g)

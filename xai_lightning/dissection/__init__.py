@@ -23,7 +23,7 @@ from xai_lightning.dissection.quantile import TopQuantile, quantile_position, st
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
 from xai_lightning.dissection.results import DissectionResult
 from xai_lightning.dissection.top_images import TopActivatingImages
-from xai_lightning.dissection.unit_mask_pixels import unit_mask_pixels, upsample_activations
+from xai_lightning.dissection.unit_masks import unit_mask_pixels, upsample_activations
 from xai_lightning.dissection.vocabulary import ConceptVocabulary, vocabulary_from_dataset
 
 __all__ = [

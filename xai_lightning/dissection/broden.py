@@ -284,8 +284,14 @@ def export_broden(
         present = masks.flatten(1).any(1)
         frequency += present.long()
         coverage += masks.flatten(1).double().mean(1)
-        row = {"image": f"{stem}.png", "split": split, "ih": image.shape[-2], "iw": image.shape[-1],
-               "sh": height, "sw": width}
+        row = {
+            "image": f"{stem}.png",
+            "split": split,
+            "ih": image.shape[-2],
+            "iw": image.shape[-1],
+            "sh": height,
+            "sw": width,
+        }
         for category in BRODEN_CATEGORIES:
             members = [c for c in range(len(vocabulary)) if broden_category[c] == category and bool(present[c])]
             if not members:
@@ -316,8 +322,16 @@ def export_broden(
         writer = csv.writer(handle)
         writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
         for c, name in enumerate(vocabulary.names):
-            writer.writerow([c + 1, name, f"{broden_category[c]}({int(frequency[c])})", int(frequency[c]),
-                             f"{float(coverage[c]):.6f}", ""])
+            writer.writerow(
+                [
+                    c + 1,
+                    name,
+                    f"{broden_category[c]}({int(frequency[c])})",
+                    int(frequency[c]),
+                    f"{float(coverage[c]):.6f}",
+                    "",
+                ]
+            )
     used = [category for category in BRODEN_CATEGORIES if category in broden_category]
     with open(root / "category.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -68,7 +68,8 @@ class ConceptLabels:
         """Concatenate along the batch, padding to the largest number of layers."""
         depth = max(part.layers.shape[1] for part in parts)
         layers = [
-            torch.nn.functional.pad(p.layers, (0, 0, 0, 0, 0, depth - p.layers.shape[1])) if p.layers.shape[1] < depth
+            torch.nn.functional.pad(p.layers, (0, 0, 0, 0, 0, depth - p.layers.shape[1]))
+            if p.layers.shape[1] < depth
             else p.layers
             for p in parts
         ]
@@ -131,18 +132,26 @@ class ConceptLabels:
                 # A label only counts in an image that carries its category.
                 parts.append(counts[:, 1:] * self.labelled[start : start + chunk, category])
             self._per_image[key] = (
-                torch.cat(parts) if parts else torch.zeros(0, len(vocabulary), dtype=torch.long, device=self.layers.device)
+                torch.cat(parts)
+                if parts
+                else torch.zeros(0, len(vocabulary), dtype=torch.long, device=self.layers.device)
             )
         return self._per_image[key]
 
 
-def check_mask_resolution(images_shape: torch.Size | tuple[int, ...], masks_shape: torch.Size | tuple[int, ...]) -> None:
+def check_mask_resolution(
+    images_shape: torch.Size | tuple[int, ...], masks_shape: torch.Size | tuple[int, ...]
+) -> None:
     """Masks must have the images' resolution, or a resolution smaller by one integer factor
     (Broden stores 112×112 segmentations for 224×224 images). Raises naming both shapes."""
     image_h, image_w = int(images_shape[-2]), int(images_shape[-1])
     mask_h, mask_w = int(masks_shape[-2]), int(masks_shape[-1])
-    ok = mask_h > 0 and mask_w > 0 and image_h % mask_h == 0 and image_w % mask_w == 0 and (
-        image_h // mask_h == image_w // mask_w
+    ok = (
+        mask_h > 0
+        and mask_w > 0
+        and image_h % mask_h == 0
+        and image_w % mask_w == 0
+        and (image_h // mask_h == image_w // mask_w)
     )
     if not ok:
         raise ValueError(

@@ -86,7 +86,9 @@ class DissectionIoU(Metric):
         concepts, categories = len(vocabulary), len(vocabulary.category_names)
         self.register_buffer("category_index", vocabulary.category_index, persistent=False)
         self.add_state("intersection", default=torch.zeros(num_units, concepts, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("unit_pixels", default=torch.zeros(num_units, categories, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "unit_pixels", default=torch.zeros(num_units, categories, dtype=torch.long), dist_reduce_fx="sum"
+        )
         self.add_state("unit_total", default=torch.zeros(num_units, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("concept_pixels", default=torch.zeros(concepts, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -121,7 +123,9 @@ class DissectionIoU(Metric):
     def scores(self) -> dict[str, torch.Tensor]:
         """:meth:`compute` on this process's state, without torchmetrics' syncing and squeezing."""
         intersection = self.intersection.double()
-        union = self.unit_pixels[:, self.category_index].double() + self.concept_pixels.double().unsqueeze(0) - intersection
+        union = (
+            self.unit_pixels[:, self.category_index].double() + self.concept_pixels.double().unsqueeze(0) - intersection
+        )
         iou = torch.where(union > 0, intersection / union.clamp_min(1.0), torch.zeros_like(union))
         return {
             "iou": iou,

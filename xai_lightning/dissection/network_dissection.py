@@ -19,7 +19,7 @@ forward pass suffices:
   ``q·n`` values (:class:`~xai_lightning.dissection.TopQuantile`, which is what processes
   exchange under DDP). Once the thresholds are exact, :meth:`LayerDissection.count` finds the
   unit masks' pixels, upsampling only the 2×2 source blocks that can reach their unit's threshold
-  (:func:`~xai_lightning.dissection.unit_mask_pixels`), and counts intersections and unions in
+  (:func:`~xai_lightning.dissection.unit_masks`), and counts intersections and unions in
   :class:`~xai_lightning.dissection.DissectionIoU` (``O(K × C)`` counts).
 * ``method="sketch"`` makes two passes with a fixed-memory
   :class:`~xai_lightning.dissection.QuantileSketch` (thresholds within its stated error) and
@@ -53,7 +53,7 @@ from xai_lightning.dissection.quantile import TopQuantile, strict_thresholds
 from xai_lightning.dissection.quantile_sketch import QuantileSketch
 from xai_lightning.dissection.results import DissectionResult
 from xai_lightning.dissection.top_images import TopActivatingImages
-from xai_lightning.dissection.unit_mask_pixels import unit_mask_pixels
+from xai_lightning.dissection.unit_masks import unit_mask_pixels
 from xai_lightning.dissection.vocabulary import ConceptVocabulary
 
 __all__ = [
@@ -165,7 +165,9 @@ class LayerDissection:
         self, activations: torch.Tensor, image_ids: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor
     ) -> None:
         """Add the intersections and unions of one batch's unit masks at known thresholds."""
-        images, units, y, x = unit_mask_pixels(activations, strict_thresholds(thresholds, minima), self.labels.resolution)
+        images, units, y, x = unit_mask_pixels(
+            activations, strict_thresholds(thresholds, minima), self.labels.resolution
+        )
         self.iou.update(pixels=ActivePixels(self.labels, image_ids[images], units, y, x))
 
     @property
@@ -177,8 +179,11 @@ class LayerDissection:
     def threshold_state(self) -> dict[str, torch.Tensor]:
         """What the thresholds depend on: this process's kept top values, minima and count."""
         assert self.quantiles is not None
-        return {"top": self.quantiles.top.clone(), "minimum": self.quantiles.minimum.clone(),
-                "count": self.quantiles.count.clone()}
+        return {
+            "top": self.quantiles.top.clone(),
+            "minimum": self.quantiles.minimum.clone(),
+            "count": self.quantiles.count.clone(),
+        }
 
     def merge_thresholds(self, top: torch.Tensor, minimum: torch.Tensor, count: torch.Tensor) -> None:
         """Install the thresholds state of *all* processes: ``top (W, K, m)`` gathered, ``minimum (K,)``
@@ -231,10 +236,19 @@ class LayerDissection:
         counts = self.iou.scores()
         scores, images = self.top.ranked()
         return DissectionResult(
-            layer=self.layer, vocabulary=self.vocabulary, iou=counts["iou"].cpu(), thresholds=thresholds.cpu(),
-            unit_pixels=counts["unit_pixels"].cpu(), concept_pixels=counts["concept_pixels"].cpu(),
-            top_images=images.cpu(), top_scores=scores.cpu(), iou_threshold=self.iou_threshold,
-            quantile=self.quantile, method=self.method, num_images=self.num_images, minima=minima.cpu(),
+            layer=self.layer,
+            vocabulary=self.vocabulary,
+            iou=counts["iou"].cpu(),
+            thresholds=thresholds.cpu(),
+            unit_pixels=counts["unit_pixels"].cpu(),
+            concept_pixels=counts["concept_pixels"].cpu(),
+            top_images=images.cpu(),
+            top_scores=scores.cpu(),
+            iou_threshold=self.iou_threshold,
+            quantile=self.quantile,
+            method=self.method,
+            num_images=self.num_images,
+            minima=minima.cpu(),
         )
 
 
@@ -258,8 +272,9 @@ def check_spatial(layer: str, activation: torch.Tensor) -> None:
 Batches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (layer outputs, probe image ids)
 
 
-def sketch_keeps_activations(num_images: int, layer_shapes: Sequence[tuple[int, int, int]],
-                             relative_accuracy: float) -> bool:
+def sketch_keeps_activations(
+    num_images: int, layer_shapes: Sequence[tuple[int, int, int]], relative_accuracy: float
+) -> bool:
     """Whether the sketch method should keep the activations and make one pass, as the exact method
     does: when ``num_images`` images' activations of layers shaped ``(K, h, w)`` take no more memory
     than twice the layers' sketches would. The sketch method's memory is then no more than the exact
@@ -281,14 +296,19 @@ def threshold_estimator(
     and smaller. Either way the memory is at most the sketch's, and at most the exact method's."""
     # Sized without building both: a discarded torchmetrics Metric lingers in a reference cycle
     # until the next garbage collection.
-    if num_values is not None and (TopQuantile.memory_bytes(num_units, num_values, quantile)
-                                   <= QuantileSketch.memory_bytes(num_units, relative_accuracy)):
+    if num_values is not None and (
+        TopQuantile.memory_bytes(num_units, num_values, quantile)
+        <= QuantileSketch.memory_bytes(num_units, relative_accuracy)
+    ):
         return TopQuantile(num_units, num_values, quantile)
     return QuantileSketch(num_units, quantile, relative_accuracy=relative_accuracy)
 
 
 def sketch_batches(
-    batches: Batches, layers: Sequence[str], quantile: float, relative_accuracy: float,
+    batches: Batches,
+    layers: Sequence[str],
+    quantile: float,
+    relative_accuracy: float,
     num_images: int | None = None,
 ) -> dict[str, TopQuantile | QuantileSketch]:
     """First pass of the sketch method: a threshold estimator per layer over every batch
@@ -326,8 +346,16 @@ def dissect_batches(
             check_spatial(name, activation)
             if name not in dissections:
                 dissections[name] = LayerDissection(
-                    name, activation.shape[1], tuple(activation.shape[-2:]), labels, vocabulary,
-                    quantile, iou_threshold, top_count, thresholds=thresholds.get(name), method=method,
+                    name,
+                    activation.shape[1],
+                    tuple(activation.shape[-2:]),
+                    labels,
+                    vocabulary,
+                    quantile,
+                    iou_threshold,
+                    top_count,
+                    thresholds=thresholds.get(name),
+                    method=method,
                 )
             dissections[name].update(activation, ids)
     return dissections
@@ -388,11 +416,13 @@ def dissect(
     first = list(itertools.islice(batches(), 1))  # its shapes decide; it is not forwarded twice
     shapes = [tuple(activation.shape[1:]) for activation in first[0][0].values()] if first else []
     if method == "sketch" and not sketch_keeps_activations(images.shape[0], shapes, sketch_accuracy):
-        sketches = sketch_batches(itertools.chain(first, batches(1)), forward.layers, quantile, sketch_accuracy,
-                                  num_images=images.shape[0])
+        sketches = sketch_batches(
+            itertools.chain(first, batches(1)), forward.layers, quantile, sketch_accuracy, num_images=images.shape[0]
+        )
         given = {name: sketch.thresholds() for name, sketch in sketches.items()}
         first = []
     passes = itertools.chain(first, batches(len(first)))
-    dissections = dissect_batches(passes, forward.layers, labels, vocabulary, quantile, iou_threshold, top_count,
-                                  given, method)
+    dissections = dissect_batches(
+        passes, forward.layers, labels, vocabulary, quantile, iou_threshold, top_count, given, method
+    )
     return {name: dissection.compute() for name, dissection in dissections.items()}

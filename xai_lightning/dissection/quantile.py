@@ -58,7 +58,9 @@ def float32_ceiling(values: torch.Tensor) -> torch.Tensor:
     return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
 
 
-def strict_thresholds(thresholds: torch.Tensor, minima: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def strict_thresholds(
+    thresholds: torch.Tensor, minima: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``(K,)`` thresholds ``t'`` in ``dtype`` such that, for activations ``a`` of that dtype, ``a >= t'``
     is network dissection's unit mask: ``a >= T_k``, or ``a > T_k`` (the next representable value
     above ``T_k``) where ``T_k`` equals the unit's minimum.
@@ -71,7 +73,9 @@ def strict_thresholds(thresholds: torch.Tensor, minima: torch.Tensor, dtype: tor
     return torch.where(thresholds <= minima, torch.nextafter(t, torch.full_like(t, math.inf)), t)
 
 
-def threshold_mask(values: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor, unit_dim: int = 1) -> torch.Tensor:
+def threshold_mask(
+    values: torch.Tensor, thresholds: torch.Tensor, minima: torch.Tensor, unit_dim: int = 1
+) -> torch.Tensor:
     """Network dissection's unit masks: where ``values >= thresholds`` along ``unit_dim`` — strictly
     above where a threshold equals the unit's minimum (see :func:`strict_thresholds`)."""
     shape = [1] * values.dim()

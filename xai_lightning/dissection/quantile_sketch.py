@@ -92,8 +92,9 @@ class QuantileSketch(Metric):
         return log_gamma, math.floor(math.log(min_value) / log_gamma), math.ceil(math.log(max_value) / log_gamma)
 
     @classmethod
-    def memory_bytes(cls, num_units: int, relative_accuracy: float = 0.005, min_value: float = 1e-6,
-                     max_value: float = 1e6) -> int:
+    def memory_bytes(
+        cls, num_units: int, relative_accuracy: float = 0.005, min_value: float = 1e-6, max_value: float = 1e6
+    ) -> int:
         """Bytes a sketch of these settings holds: its state and torchmetrics' copy of the defaults
         (computed without building one)."""
         _, lowest, highest = cls._keys(relative_accuracy, min_value, max_value)

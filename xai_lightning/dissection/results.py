@@ -117,8 +117,16 @@ class DissectionResult:
         best, best_iou, interpretable = self.best_concept, self.best_iou, self.interpretable
         for k in range(self.num_units):
             c = int(best[k])
-            rows.append([k, self.vocabulary.names[c], self.vocabulary.categories[c], round(float(best_iou[k]), 6),
-                         bool(interpretable[k]), float(self.thresholds[k])])
+            rows.append(
+                [
+                    k,
+                    self.vocabulary.names[c],
+                    self.vocabulary.categories[c],
+                    round(float(best_iou[k]), 6),
+                    bool(interpretable[k]),
+                    float(self.thresholds[k]),
+                ]
+            )
         return columns, rows
 
     def summary(self) -> dict[str, float]:

@@ -140,6 +140,8 @@ def vocabulary_from_dataset(
     check_names_match_masks(len(full), num_masks, type(source).__name__)
     keep = [i for i, category in enumerate(full.categories) if category not in exclude_categories]
     if not keep:
-        raise ValueError(f"Every concept of {type(source).__name__} is in an excluded category {list(exclude_categories)}")
+        raise ValueError(
+            f"Every concept of {type(source).__name__} is in an excluded category {list(exclude_categories)}"
+        )
     vocabulary = ConceptVocabulary(tuple(full.names[i] for i in keep), tuple(full.categories[i] for i in keep))
     return vocabulary, torch.tensor(keep, dtype=torch.long)

@@ -46,8 +46,9 @@ def neighbour_label_counts(
     every ``query (B, D)`` row (Euclidean; ties broken by ``torch.topk``). ``max_batch`` caps the
     query rows per distance matrix."""
     if query.dim() != 2 or reference.dim() != 2 or query.shape[1] != reference.shape[1]:
-        raise ValueError(f"query (B, D) and reference (M, D) must agree in D; got {tuple(query.shape)} and "
-                         f"{tuple(reference.shape)}")
+        raise ValueError(
+            f"query (B, D) and reference (M, D) must agree in D; got {tuple(query.shape)} and {tuple(reference.shape)}"
+        )
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     if reference.shape[0] == 0:
@@ -98,8 +99,9 @@ def deep_knn_conformity(
     """Per layer, ``(B,)`` conformity of each probe's prediction with its ``k`` nearest reference points."""
     return {
         layer: knn_conformity(
-            neighbour_label_counts(features, reference_features[layer], reference_labels, k,
-                                   num_classes=num_classes, max_batch=max_batch),
+            neighbour_label_counts(
+                features, reference_features[layer], reference_labels, k, num_classes=num_classes, max_batch=max_batch
+            ),
             predictions,
         )
         for layer, features in probe_features.items()

@@ -57,8 +57,9 @@ class PCAResult:
     projected: torch.Tensor
 
 
-def pca(features: torch.Tensor, num_components: int = 2, *, oversample: int = 10, niter: int = 4,
-        seed: int = 0) -> PCAResult:
+def pca(
+    features: torch.Tensor, num_components: int = 2, *, oversample: int = 10, niter: int = 4, seed: int = 0
+) -> PCAResult:
     """PCA of ``features (N, D)`` with ``torch.pca_lowrank`` (``q = min(k + oversample, N, D)``)."""
     if features.dim() != 2:
         raise ValueError(f"features must be (N, D); got {tuple(features.shape)}")
@@ -84,8 +85,13 @@ def pca(features: torch.Tensor, num_components: int = 2, *, oversample: int = 10
     variance = singular[:k].square() / (n - 1)
     total = centred.square().sum() / (n - 1)
     ratio = variance / total if float(total) > 0 else torch.zeros_like(variance)
-    return PCAResult(mean=mean, components=components, explained_variance=variance,
-                     explained_variance_ratio=ratio, projected=centred @ components.T)
+    return PCAResult(
+        mean=mean,
+        components=components,
+        explained_variance=variance,
+        explained_variance_ratio=ratio,
+        projected=centred @ components.T,
+    )
 
 
 def tsne_min_points(perplexity: float) -> int:
@@ -114,8 +120,14 @@ def tsne(features: torch.Tensor, perplexity: float = 30.0, *, seed: int = 0, max
     check_tsne_points(features.shape[0], perplexity)
     x = features.detach().double().cpu().numpy()
     with isolated_rng():  # sklearn uses its own RandomState(seed); isolated in case a version does not
-        embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                         random_state=seed, max_iter=max_iter).fit_transform(x)
+        embedding = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            init="pca",
+            learning_rate="auto",
+            random_state=seed,
+            max_iter=max_iter,
+        ).fit_transform(x)
     return torch.from_numpy(embedding)
 
 
@@ -176,8 +188,14 @@ def linear_probe_accuracy(
         xs = (x - mean) / std
         weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
         bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                                      tolerance_grad=1e-9, tolerance_change=1e-12)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1.0,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()

@@ -127,23 +127,28 @@ def layer_features(
 
     def hook_for(site: FeatureSite):
         if site.kind == "input":
+
             def pre_hook(_module: nn.Module, inputs: tuple) -> None:
                 captured[site.name] = flatten_features(inputs[0].detach(), pool)
+
             return pre_hook
 
         def forward_hook(_module: nn.Module, _inputs: object, output: object) -> None:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"Layer {site.module!r} returns {type(output).__name__}, not a tensor; choose "
-                                "another layer.")
+                raise TypeError(
+                    f"Layer {site.module!r} returns {type(output).__name__}, not a tensor; choose another layer."
+                )
             captured[site.name] = flatten_features(output.detach(), pool)
+
         return forward_hook
 
     handles = []
     for site in sites:
         module = get_layer(model, site.module)
         hook = hook_for(site)
-        handles.append(module.register_forward_pre_hook(hook) if site.kind == "input"
-                       else module.register_forward_hook(hook))
+        handles.append(
+            module.register_forward_pre_hook(hook) if site.kind == "input" else module.register_forward_hook(hook)
+        )
     features: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
     logits: list[torch.Tensor] = []
     try:

@@ -63,8 +63,9 @@ def gaussian_nll_bits(target: torch.Tensor, mean: torch.Tensor, log_var: torch.T
 def image_targets(images: torch.Tensor, target_size: int) -> torch.Tensor:
     """``g(x)``: ``images (N, C, H, W)`` average-pooled to at most ``target_size²`` positions, ``(N, D)`` float."""
     if images.shape[-2] > target_size or images.shape[-1] > target_size:
-        images = F.adaptive_avg_pool2d(images.float(), (min(target_size, images.shape[-2]),
-                                                        min(target_size, images.shape[-1])))
+        images = F.adaptive_avg_pool2d(
+            images.float(), (min(target_size, images.shape[-2]), min(target_size, images.shape[-1]))
+        )
     return images.flatten(1).float()
 
 
@@ -91,8 +92,9 @@ class LayerDecoders(nn.Module):
 
     def head_state(self, head: str) -> dict[str, torch.Tensor]:
         """Copies of the parameters of the ``"label"`` or ``"image"`` head (for early stopping)."""
-        return {name: value.detach().clone() for name, value in self.state_dict().items()
-                if name.startswith(f"{head}_")}
+        return {
+            name: value.detach().clone() for name, value in self.state_dict().items() if name.startswith(f"{head}_")
+        }
 
     def load_head_state(self, head: str, state: dict[str, torch.Tensor]) -> None:
         own = dict(self.named_parameters())
@@ -102,8 +104,9 @@ class LayerDecoders(nn.Module):
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.feature_mean) / self.feature_std
 
-    def losses(self, features: torch.Tensor, labels: torch.Tensor,
-               targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(
+        self, features: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N,)`` cross-entropy of the labels and ``(N,)`` NLL of the targets, both in bits."""
         h = self.standardise(features)
         label_bits = F.cross_entropy(self.label_decoder(h), labels, reduction="none") / LOG2
@@ -162,8 +165,9 @@ class InformationPlane(nn.Module):
         # solution (means, class frequencies, data variance) and must not be pulled towards 0.
         matrices = [p for p in self.decoders.parameters() if p.dim() == 2]
         others = [p for p in self.decoders.parameters() if p.dim() != 2]
-        self.optimizer = torch.optim.Adam([{"params": matrices, "weight_decay": weight_decay},
-                                           {"params": others, "weight_decay": 0.0}], lr=lr)
+        self.optimizer = torch.optim.Adam(
+            [{"params": matrices, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}], lr=lr
+        )
         self.steps = 0
         self.split_seed = seed
 
@@ -192,8 +196,16 @@ class InformationPlane(nn.Module):
                 image_out.bias.copy_(self.target_mean)
                 decoder.image_log_var.copy_(self.target_log_var)
 
-    def fit(self, features: Mapping[str, torch.Tensor], labels: torch.Tensor, targets: torch.Tensor,
-            steps: int, *, validation_fraction: float = 0.2, check_every: int = 10) -> float:
+    def fit(
+        self,
+        features: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        targets: torch.Tensor,
+        steps: int,
+        *,
+        validation_fraction: float = 0.2,
+        check_every: int = 10,
+    ) -> float:
         """``steps`` full-batch Adam steps on every layer's decoders (warm-started), with early stopping.
 
         A fixed, seeded ``validation_fraction`` of the examples is held out of the gradient steps;
@@ -232,8 +244,9 @@ class InformationPlane(nn.Module):
                 with torch.no_grad():
                     for layer in self.layer_names:
                         decoder = self._decoder(layer)
-                        label_bits, image_bits = decoder.losses(inputs[layer][validation], labels[validation],
-                                                                targets[validation])
+                        label_bits, image_bits = decoder.losses(
+                            inputs[layer][validation], labels[validation], targets[validation]
+                        )
                         for head, loss in (("label", float(label_bits.mean())), ("image", float(image_bits.mean()))):
                             if (layer, head) not in best or loss < best[(layer, head)][0]:
                                 best[(layer, head)] = (loss, decoder.head_state(head))
@@ -242,8 +255,9 @@ class InformationPlane(nn.Module):
             for step in range(steps):
                 loss = torch.zeros(())
                 for layer in self.layer_names:
-                    label_bits, image_bits = self._decoder(layer).losses(inputs[layer][train], labels[train],
-                                                                         targets[train])
+                    label_bits, image_bits = self._decoder(layer).losses(
+                        inputs[layer][train], labels[train], targets[train]
+                    )
                     loss = loss + label_bits.mean() + image_bits.mean() / targets.shape[1]
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -256,14 +270,16 @@ class InformationPlane(nn.Module):
                     self._decoder(layer).load_head_state(head, state)
         return sum(loss / (targets.shape[1] if head == "image" else 1) for (_, head), (loss, _) in best.items())
 
-    def bounds(self, features: Mapping[str, torch.Tensor], labels: torch.Tensor,
-               targets: torch.Tensor) -> dict[str, tuple[float, float]]:
+    def bounds(
+        self, features: Mapping[str, torch.Tensor], labels: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, tuple[float, float]]:
         """``{layer: (I(x; h) estimate, I(y; h) lower bound)}`` in bits on held-out examples."""
         labels = labels.long()
         entropy = entropy_bits(labels, self.num_classes)
         with torch.no_grad():
-            unconditional = gaussian_nll_bits(targets.float(), self.target_mean.expand_as(targets),
-                                              self.target_log_var.expand_as(targets)).mean()
+            unconditional = gaussian_nll_bits(
+                targets.float(), self.target_mean.expand_as(targets), self.target_log_var.expand_as(targets)
+            ).mean()
             out = {}
             for layer in self.layer_names:
                 label_bits, image_bits = self._decoder(layer).losses(features[layer].float(), labels, targets.float())
@@ -272,8 +288,11 @@ class InformationPlane(nn.Module):
 
     def training_state(self) -> dict:
         """Decoder weights, the optimiser's state and the step count (for checkpoints)."""
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "steps": self.steps}
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "steps": self.steps,
+        }
 
     def load_training_state(self, state: Mapping) -> None:
         self.load_state_dict(state["model"])

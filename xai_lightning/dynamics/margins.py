@@ -151,8 +151,11 @@ def subspace_margins(
     with observe(model, trainer=trainer) as guard:
         clean = guard.input(images, requires_grad=False)
         for rows in batch_slices(clean.shape[0], max_batch):
-            results.append(_margins_of_slice(model, clean[rows], subspace, candidates, max_iter, overshoot,
-                                             refine_steps, output_key))
+            results.append(
+                _margins_of_slice(
+                    model, clean[rows], subspace, candidates, max_iter, overshoot, refine_steps, output_key
+                )
+            )
     return MarginResult(*(torch.cat([r[i] for r in results]) for i in range(4)))
 
 
@@ -239,8 +242,9 @@ def _margins_of_slice(
     return margin.float(), upper.float(), predicted, iterations
 
 
-def _interpolate(low_t: torch.Tensor, high_t: torch.Tensor, low_gap: torch.Tensor,
-                 high_gap: torch.Tensor) -> torch.Tensor:
+def _interpolate(
+    low_t: torch.Tensor, high_t: torch.Tensor, low_gap: torch.Tensor, high_gap: torch.Tensor
+) -> torch.Tensor:
     """Zero of the line through ``(low_t, low_gap > 0)`` and ``(high_t, high_gap ≤ 0)``, kept inside the bracket."""
     span = (low_gap - high_gap).clamp_min(1e-300)
     t = low_t + low_gap.clamp_min(0) / span * (high_t - low_t)

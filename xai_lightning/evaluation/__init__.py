@@ -7,7 +7,7 @@ chance level on the same images. Sanity checks live in :mod:`xai_lightning.evalu
 Pure torch: nothing here imports Lightning.
 """
 
-from xai_lightning.evaluation.degenerate_maps import (
+from xai_lightning.evaluation.degenerate_map_checks import (
     DegenerateMapWarning,
     degenerate_maps,
     degenerate_warning,
@@ -22,12 +22,13 @@ from xai_lightning.evaluation.deletion_insertion import (
     insertion_auc,
     perturbation_curve,
 )
+from xai_lightning.evaluation.explanation_infidelity import Infidelity, infidelity
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
-from xai_lightning.evaluation.faithfulness_correlation import (
+from xai_lightning.evaluation.faithfulness import (
     FaithfulnessCorrelation,
     faithfulness_correlation,
 )
-from xai_lightning.evaluation.infidelity import Infidelity, infidelity
+from xai_lightning.evaluation.linear_imputation import noisy_linear_imputation
 from xai_lightning.evaluation.localisation import (
     check_mask_shape,
     energy_in_mask,
@@ -41,9 +42,7 @@ from xai_lightning.evaluation.localisation_metrics import (
     relevance_mass,
 )
 from xai_lightning.evaluation.map_scores import nanmean, score_maps
-from xai_lightning.evaluation.patch_localisation import mass_in_mask_on_grid, patch_coverage
 from xai_lightning.evaluation.map_shape import check_maps
-from xai_lightning.evaluation.max_sensitivity import MaxSensitivity, max_sensitivity
 from xai_lightning.evaluation.metric_registry import (
     available_metrics,
     build_metric,
@@ -51,9 +50,10 @@ from xai_lightning.evaluation.metric_registry import (
     metric_needs_masks,
     metric_option_names,
 )
-from xai_lightning.evaluation.noisy_linear_imputation import noisy_linear_imputation
+from xai_lightning.evaluation.patch_localisation import mass_in_mask_on_grid, patch_coverage
 from xai_lightning.evaluation.random_reference import RandomMapReference, random_map_reference, random_maps
-from xai_lightning.evaluation.road import ROAD, RoadCurve, road, road_curve
+from xai_lightning.evaluation.remove_and_debias import ROAD, RoadCurve, road, road_curve
+from xai_lightning.evaluation.sensitivity import MaxSensitivity, max_sensitivity
 from xai_lightning.evaluation.stability import average_ranks, spearman_correlation
 from xai_lightning.evaluation.token_localisation import chance_precision, mass_on_relevant, top_k_precision
 

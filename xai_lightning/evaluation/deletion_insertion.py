@@ -31,7 +31,7 @@ from torch import nn
 
 from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 from xai_lightning.evaluation.map_shape import check_maps, expand_features
 from xai_lightning.evaluation.model_scores import (
@@ -79,7 +79,7 @@ class PerturbationCurve:
 def feature_ranks(maps_flat: torch.Tensor) -> torch.Tensor:
     """``(B, F)`` rank of each feature, 0 = most relevant; ties in row-major order (stable sort).
 
-    NaN/inf entries count as 0 (see :mod:`~xai_lightning.evaluation.degenerate_maps`).
+    NaN/inf entries count as 0 (see :mod:`~xai_lightning.evaluation.degenerate_map_checks`).
     """
     order = torch.sort(finite_maps(maps_flat), dim=1, descending=True, stable=True).indices
     ranks = torch.empty_like(order)
@@ -154,14 +154,16 @@ def perturbation_curve(
     )
 
 
-def deletion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-                 **options) -> torch.Tensor:
+def deletion_auc(
+    model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted", **options
+) -> torch.Tensor:
     """``(B,)`` area under the deletion curve (lower is better); options of :func:`perturbation_curve`."""
     return perturbation_curve(model, inputs, maps, targets, mode="deletion", **options).auc
 
 
-def insertion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-                  **options) -> torch.Tensor:
+def insertion_auc(
+    model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted", **options
+) -> torch.Tensor:
     """``(B,)`` area under the insertion curve (higher is better); options of :func:`perturbation_curve`."""
     return perturbation_curve(model, inputs, maps, targets, mode="insertion", **options).auc
 
@@ -183,8 +185,14 @@ class _CurveAUC(ExplanationMetric):
         super().__init__(model, **kwargs)
         removal_counts(1, steps)  # validate now
         check_score(score)
-        self.options = {"steps": steps, "baseline": baseline, "blur_sigma": blur_sigma, "score": score,
-                            "output_key": output_key, "max_batch": max_batch}
+        self.options = {
+            "steps": steps,
+            "baseline": baseline,
+            "blur_sigma": blur_sigma,
+            "score": score,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
 
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return perturbation_curve(self.model, inputs, maps, targets, mode=self.mode, **self.options).auc

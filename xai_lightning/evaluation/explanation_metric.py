@@ -48,14 +48,26 @@ class ExplanationMetric(torchmetrics.Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-               masks: torch.Tensor | None = None) -> torch.Tensor:
+    def values(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec = "predicted",
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``(B,)`` the metric's value for each example; ``masks`` ``(B, H, W)`` only for localisation metrics."""
         raise NotImplementedError
 
-    def random_values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec, num_maps: int,
-                      seed: int, masks: torch.Tensor | None = None,
-                      example_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    def random_values(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec,
+        num_maps: int,
+        seed: int,
+        masks: torch.Tensor | None = None,
+        example_seeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``(B,)`` the value of random maps shaped like ``maps`` on the same examples (mean over ``num_maps``).
 
         See :func:`~xai_lightning.evaluation.random_reference.random_maps`; metrics whose chance level
@@ -66,8 +78,13 @@ class ExplanationMetric(torchmetrics.Metric):
         draws = random_maps(maps, num_maps, seed, example_seeds)
         return torch.stack([self.values(inputs, draw, targets, masks) for draw in draws]).mean(0)
 
-    def update(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-               masks: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec = "predicted",
+        masks: torch.Tensor | None = None,
+    ) -> None:
         values = self.values(inputs, maps, targets, masks)
         self.total += values.detach().to(self.total.device, torch.float64).sum()
         self.count += values.numel()

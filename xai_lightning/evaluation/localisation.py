@@ -54,9 +54,13 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -
     target = masks.bool()
     if tolerance > 0:
         # Dilate the mask by a (2t+1)² window instead of searching around the peak.
-        target = torch.nn.functional.max_pool2d(
-            target.float().unsqueeze(1), kernel_size=2 * tolerance + 1, stride=1, padding=tolerance
-        ).squeeze(1).bool()
+        target = (
+            torch.nn.functional.max_pool2d(
+                target.float().unsqueeze(1), kernel_size=2 * tolerance + 1, stride=1, padding=tolerance
+            )
+            .squeeze(1)
+            .bool()
+        )
     hit = target[torch.arange(batch, device=maps.device), row, col].float()
     constant = flat.amax(1) == flat.amin(1)
     return torch.where(constant, torch.nan, hit)

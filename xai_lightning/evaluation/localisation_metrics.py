@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import degenerate_maps, finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import degenerate_maps, finite_maps
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 from xai_lightning.evaluation.localisation import (
     check_mask_shape,
@@ -54,7 +54,9 @@ def relevance_mass(inputs: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor
     return torch.where(torch.isnan(score), uniform_energy_in_mask(masks), score)
 
 
-def pointing_game_score(inputs: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+def pointing_game_score(
+    inputs: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0
+) -> torch.Tensor:
     """``(B,)`` 1.0 where the peak is on the mask (within ``tolerance`` pixels); the mask's area for
     constant maps."""
     pixel_maps = _pixel_maps(inputs, maps, masks, "pointing_game")
@@ -77,8 +79,13 @@ class PointingGame(ExplanationMetric):
             raise ValueError(f"tolerance must be >= 0; got {tolerance}")
         self.tolerance = tolerance
 
-    def values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-               masks: torch.Tensor | None = None) -> torch.Tensor:
+    def values(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec = "predicted",
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return pointing_game_score(inputs, maps, masks, self.tolerance)  # type: ignore[arg-type]
 
 
@@ -92,6 +99,11 @@ class RelevanceMass(ExplanationMetric):
     def __init__(self, model: nn.Module | None = None, **kwargs) -> None:
         super().__init__(model, **kwargs)  # type: ignore[arg-type]
 
-    def values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-               masks: torch.Tensor | None = None) -> torch.Tensor:
+    def values(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec = "predicted",
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return relevance_mass(inputs, maps, masks)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from xai_lightning.evaluation.degenerate_maps import finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
 from xai_lightning.evaluation.localisation import energy_in_mask, pointing_game, uniform_energy_in_mask
 from xai_lightning.evaluation.stability import spearman_correlation
 

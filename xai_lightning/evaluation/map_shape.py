@@ -24,9 +24,16 @@ def check_maps(inputs: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     if not isinstance(maps, torch.Tensor) or not isinstance(inputs, torch.Tensor):
         raise TypeError("inputs and maps must be tensors")
     if inputs.dim() < 2 or inputs.shape[0] == 0:
-        raise ValueError(f"Explanation metrics take a non-empty batch (B, ...); got inputs of shape {tuple(inputs.shape)}")
-    if inputs.dim() == 4 and maps.dim() == 4 and maps.shape[1] == 1 and maps.shape[0] == inputs.shape[0] \
-            and maps.shape[2:] == inputs.shape[2:]:
+        raise ValueError(
+            f"Explanation metrics take a non-empty batch (B, ...); got inputs of shape {tuple(inputs.shape)}"
+        )
+    if (
+        inputs.dim() == 4
+        and maps.dim() == 4
+        and maps.shape[1] == 1
+        and maps.shape[0] == inputs.shape[0]
+        and maps.shape[2:] == inputs.shape[2:]
+    ):
         maps = maps[:, 0]
     per_pixel = inputs.dim() == 4 and maps.dim() == 3 and maps.shape == (inputs.shape[0], *inputs.shape[2:])
     if not (per_pixel or maps.shape == inputs.shape):

@@ -26,12 +26,12 @@ from typing import Any
 from torch import nn
 
 from xai_lightning.evaluation.deletion_insertion import DeletionAUC, InsertionAUC
+from xai_lightning.evaluation.explanation_infidelity import Infidelity
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
-from xai_lightning.evaluation.faithfulness_correlation import FaithfulnessCorrelation
-from xai_lightning.evaluation.infidelity import Infidelity
+from xai_lightning.evaluation.faithfulness import FaithfulnessCorrelation
 from xai_lightning.evaluation.localisation_metrics import PointingGame, RelevanceMass
-from xai_lightning.evaluation.max_sensitivity import MaxSensitivity
-from xai_lightning.evaluation.road import ROAD
+from xai_lightning.evaluation.remove_and_debias import ROAD
+from xai_lightning.evaluation.sensitivity import MaxSensitivity
 
 __all__ = ["available_metrics", "build_metric", "metric_direction", "metric_needs_masks", "metric_option_names"]
 
@@ -87,6 +87,8 @@ def build_metric(name: str, model: nn.Module, **options: Any) -> ExplanationMetr
     valid = metric_option_names(name) + (["method", "method_options"] if name == "max_sensitivity" else [])
     unknown = [option for option in options if option not in valid]
     if unknown:
-        raise TypeError(f"{name} has no option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                        f"valid options: {', '.join(valid)}.")
+        raise TypeError(
+            f"{name} has no option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid)}."
+        )
     return _factory(name)(model, **options)

@@ -34,8 +34,9 @@ def check_score(score: str) -> None:
 
 
 @contextlib.contextmanager
-def evaluated_model(model: nn.Module, output_key: str | int | None = None,
-                    max_batch: int | None = None) -> Iterator[ExplainedModel]:
+def evaluated_model(
+    model: nn.Module, output_key: str | int | None = None, max_batch: int | None = None
+) -> Iterator[ExplainedModel]:
     """Enter the observer guard on ``model`` (wrappers looked through) and yield it as an :class:`ExplainedModel`."""
     network = unwrap_model(model)
     with observe(network):
@@ -48,8 +49,13 @@ def resolve_metric_targets(explained: ExplainedModel, inputs: torch.Tensor, targ
     return resolved
 
 
-def row_scores(explained: ExplainedModel, total: int, make_rows: Callable[[slice], torch.Tensor],
-               row_targets: torch.Tensor, score: MetricScore) -> torch.Tensor:
+def row_scores(
+    explained: ExplainedModel,
+    total: int,
+    make_rows: Callable[[slice], torch.Tensor],
+    row_targets: torch.Tensor,
+    score: MetricScore,
+) -> torch.Tensor:
     """``(total,)`` scores of ``total`` generated inputs, float32 (float64 for a float64 model)."""
     check_score(score)
     if score != "accuracy":
@@ -60,4 +66,3 @@ def row_scores(explained: ExplainedModel, total: int, make_rows: Callable[[slice
             logits = score_precision(explained.fast_logits(make_rows(rows)))
             parts.append((logits.argmax(1) == row_targets[rows]).to(logits.dtype))
     return torch.cat(parts) if parts else row_targets.new_zeros(0, dtype=torch.float32)
-

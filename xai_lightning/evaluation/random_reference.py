@@ -22,7 +22,9 @@ from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 __all__ = ["RandomMapReference", "random_map_reference", "random_maps"]
 
 
-def random_maps(like: torch.Tensor, num_maps: int, seed: int, example_seeds: torch.Tensor | None = None) -> torch.Tensor:
+def random_maps(
+    like: torch.Tensor, num_maps: int, seed: int, example_seeds: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(num_maps, *like.shape)`` i.i.d. U[0, 1) maps from private generators seeded with ``seed``
     (and, per example, ``example_seeds`` ``(B,)``)."""
     if num_maps < 1:
@@ -34,15 +36,27 @@ def random_maps(like: torch.Tensor, num_maps: int, seed: int, example_seeds: tor
     seeds = torch.as_tensor(example_seeds).reshape(-1).tolist()
     if len(seeds) != like.shape[0]:
         raise ValueError(f"example_seeds has {len(seeds)} entries for {like.shape[0]} maps")
-    per_example = [torch.rand((num_maps, *like.shape[1:]), dtype=torch.float32,
-                              generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(value)))
-                   for value in seeds]
+    per_example = [
+        torch.rand(
+            (num_maps, *like.shape[1:]),
+            dtype=torch.float32,
+            generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(value)),
+        )
+        for value in seeds
+    ]
     return torch.stack(per_example, dim=1).to(like.device)
 
 
-def random_map_reference(metric: ExplanationMetric, inputs: torch.Tensor, maps: torch.Tensor,
-                         targets: TargetSpec = "predicted", num_maps: int = 3, seed: int = 0,
-                         masks: torch.Tensor | None = None, example_seeds: torch.Tensor | None = None) -> torch.Tensor:
+def random_map_reference(
+    metric: ExplanationMetric,
+    inputs: torch.Tensor,
+    maps: torch.Tensor,
+    targets: TargetSpec = "predicted",
+    num_maps: int = 3,
+    seed: int = 0,
+    masks: torch.Tensor | None = None,
+    example_seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``(B,)`` the value of ``metric`` for random maps shaped like ``maps`` (mean over ``num_maps``)."""
     return metric.random_values(inputs, maps, targets, num_maps, seed, masks, example_seeds)
 
@@ -69,6 +83,11 @@ class RandomMapReference(ExplanationMetric):
         self.num_maps = num_maps
         self.seed = seed
 
-    def values(self, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-               masks: torch.Tensor | None = None) -> torch.Tensor:
+    def values(
+        self,
+        inputs: torch.Tensor,
+        maps: torch.Tensor,
+        targets: TargetSpec = "predicted",
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.metric.random_values(inputs, maps, targets, self.num_maps, self.seed, masks)

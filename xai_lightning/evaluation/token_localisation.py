@@ -22,8 +22,10 @@ __all__ = ["chance_precision", "mass_on_relevant", "top_k_precision"]
 
 def _check(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor) -> None:
     if scores.dim() != 2 or scores.shape != relevant.shape or scores.shape != valid.shape:
-        raise ValueError(f"Token scores {tuple(scores.shape)}, relevant {tuple(relevant.shape)} and valid "
-                         f"{tuple(valid.shape)} masks must all be (B, T).")
+        raise ValueError(
+            f"Token scores {tuple(scores.shape)}, relevant {tuple(relevant.shape)} and valid "
+            f"{tuple(valid.shape)} masks must all be (B, T)."
+        )
 
 
 def top_k_precision(scores: torch.Tensor, relevant: torch.Tensor, valid: torch.Tensor, k: int = 1) -> torch.Tensor:

@@ -9,19 +9,27 @@ of non-linearity. :class:`xai_lightning.ExplainerNetworkCallback` trains an expl
 training performer.
 """
 
+from xai_lightning.explainer.consistency import (
+    ConsistencyNetwork,
+    KnowledgeConsistency,
+    fit_knowledge_consistency,
+    knowledge_consistency,
+)
 from xai_lightning.explainer.evaluation import (
     ExplainerEvaluation,
     evaluate_explainer,
     explainer_outputs,
     summarise_explainer_outputs,
 )
+from xai_lightning.explainer.explainer_fitting import ExplainerFit, fit_explainer
 from xai_lightning.explainer.explainer_network import (
     ExplainerLoss,
     ExplainerNetwork,
     ExplainerOutput,
     relative_squared_error,
 )
-from xai_lightning.explainer.filter_loss import (
+from xai_lightning.explainer.filter_locations import LocationInstability, filter_peaks, location_instability
+from xai_lightning.explainer.filter_templates import (
     filter_loss,
     mask_to_peak,
     mutual_information,
@@ -30,16 +38,8 @@ from xai_lightning.explainer.filter_loss import (
     template_log_priors,
     template_shape,
 )
-from xai_lightning.explainer.fit_explainer import ExplainerFit, fit_explainer
-from xai_lightning.explainer.knowledge_consistency import (
-    ConsistencyNetwork,
-    KnowledgeConsistency,
-    fit_knowledge_consistency,
-    knowledge_consistency,
-)
-from xai_lightning.explainer.layer_features import LayerOutput, layer_features, layer_outputs_in_order
+from xai_lightning.explainer.layer_outputs import LayerOutput, layer_features, layer_outputs_in_order
 from xai_lightning.explainer.layer_substitution import forward_with_layer_output
-from xai_lightning.explainer.location_instability import LocationInstability, filter_peaks, location_instability
 
 __all__ = [
     "ConsistencyNetwork",

@@ -8,7 +8,7 @@ Two steps, so that a distributed caller can shard the first and combine before t
   the peaks of the explainer's and the performer's own filters;
 * :func:`summarise_explainer_outputs` — scalars over all images: mean ``p``, relative
   reconstruction error, filter loss, accuracy/agreement through the explainer, and the location
-  instability (:mod:`~xai_lightning.explainer.location_instability`) of the explainer's filters and
+  instability (:mod:`~xai_lightning.explainer.filter_locations`) of the explainer's filters and
   of the performer's filters at the input and target layers.
 
 :func:`evaluate_explainer` does both at once.
@@ -23,9 +23,9 @@ from torch import nn
 
 from xai_lightning.core import LayerCapture, batch_slices, normalize_layer_name, select_logits
 from xai_lightning.explainer.explainer_network import ExplainerNetwork
-from xai_lightning.explainer.filter_loss import filter_loss
+from xai_lightning.explainer.filter_locations import filter_peaks, location_instability
+from xai_lightning.explainer.filter_templates import filter_loss
 from xai_lightning.explainer.layer_substitution import forward_with_layer_output
-from xai_lightning.explainer.location_instability import filter_peaks, location_instability
 
 __all__ = ["ExplainerEvaluation", "evaluate_explainer", "explainer_outputs", "summarise_explainer_outputs"]
 
@@ -67,9 +67,7 @@ def explainer_outputs(
         features_target = capture.activations[target_name].float().to(device)
         out = explainer(features_in)
         reconstruction = out.reconstruction.to(features_target.device)
-        through = select_logits(
-            forward_with_layer_output(model, target_name, reconstruction, batch), output_key
-        )
+        through = select_logits(forward_with_layer_output(model, target_name, reconstruction, batch), output_key)
         add("logits", logits)
         add("explainer_logits", through)
         add("p", out.p)
@@ -77,8 +75,11 @@ def explainer_outputs(
         add("target_energy", features_target.square().flatten(1).sum(1))
         for index, raw in enumerate(out.interpretable_raw):
             add(f"explainer_raw/{index}", raw)
-        for name, maps in (("explainer", out.interpretable_raw[-1]), ("input", features_in),
-                           ("target", features_target)):
+        for name, maps in (
+            ("explainer", out.interpretable_raw[-1]),
+            ("input", features_in),
+            ("target", features_target),
+        ):
             peaks, scores = filter_peaks(maps)
             add(f"{name}_peaks", peaks)
             add(f"{name}_scores", scores)
@@ -119,7 +120,9 @@ def summarise_explainer_outputs(
     scalars: dict[str, float] = {}
     instability: dict[str, torch.Tensor] = {}
     scalars["p"] = float(outputs["p"].mean())
-    scalars["reconstruction_error"] = float(outputs["squared_error"].sum() / outputs["target_energy"].sum().clamp_min(1e-12))
+    scalars["reconstruction_error"] = float(
+        outputs["squared_error"].sum() / outputs["target_energy"].sum().clamp_min(1e-12)
+    )
     raw_keys = sorted(key for key in outputs if key.startswith("explainer_raw/"))
     if outputs["p"].shape[0] >= 2 and raw_keys:
         scalars["filter_loss"] = float(torch.stack([filter_loss(outputs[key]) for key in raw_keys]).mean())
@@ -135,8 +138,9 @@ def summarise_explainer_outputs(
         scalars["delta_error"] = performer - explained
     if landmarks is not None:
         for name in ("explainer", "input", "target"):
-            result = location_instability(outputs[f"{name}_peaks"], outputs[f"{name}_scores"], landmarks,
-                                          top_k=top_k, image_size=image_size)
+            result = location_instability(
+                outputs[f"{name}_peaks"], outputs[f"{name}_scores"], landmarks, top_k=top_k, image_size=image_size
+            )
             scalars[f"location_instability/{name}"] = result.mean
             instability[name] = result.per_filter
     return ExplainerEvaluation(scalars=scalars, instability=instability)

@@ -8,7 +8,7 @@ trained on the performer's features, without labels and without changing the per
 
   - an *interpretable track*: two interpretable conv layers (3×3 conv → ReLU → mask layer), each
     filter trained with the filter loss of Zhang, Wu & Zhu (CVPR 2018) so that it fires on one
-    object part at one location (:mod:`xai_lightning.explainer.filter_loss`);
+    object part at one location (:mod:`xai_lightning.explainer.filter_templates`);
   - an *ordinary track*: one 3×3 conv → ReLU, for what the part filters cannot express;
   - a gate ``p = sigmoid(w·GAP(x_in) + b) ∈ (0, 1)`` per image mixing them:
     ``x_enc = p · x_interp + (1 − p) · x_ordin`` (``p`` is the share of the knowledge that the
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_lightning.explainer.filter_loss import DEFAULT_BETA, filter_loss, mask_to_peak
+from xai_lightning.explainer.filter_templates import DEFAULT_BETA, filter_loss, mask_to_peak
 
 __all__ = ["ExplainerLoss", "ExplainerNetwork", "ExplainerOutput", "relative_squared_error"]
 
@@ -149,8 +149,9 @@ class ExplainerNetwork(nn.Module):
         # instability then came out higher and less steady over epochs (0.034-0.050 vs 0.037-0.039).
         decoded = torch.relu(self.decoder_in(encoded))
         reconstruction = self.decoder_out(_resample(decoded, self.target_size))
-        return ExplainerOutput(reconstruction=reconstruction, interpretable=h, interpretable_raw=raw,
-                               ordinary=ordinary, p=p)
+        return ExplainerOutput(
+            reconstruction=reconstruction, interpretable=h, interpretable_raw=raw, ordinary=ordinary, p=p
+        )
 
     def loss(
         self,
@@ -172,8 +173,13 @@ class ExplainerNetwork(nn.Module):
         filters = torch.stack([filter_loss(maps) for maps in out.interpretable_raw]).mean()
         log_p = out.p.clamp_min(1e-12).log().mean()
         total = reconstruction_weight * reconstruction + filter_weight * filters - eta * log_p
-        return ExplainerLoss(total=total, reconstruction=reconstruction.detach(), filter=filters.detach(),
-                             log_p=log_p.detach(), p=out.p.detach().mean())
+        return ExplainerLoss(
+            total=total,
+            reconstruction=reconstruction.detach(),
+            filter=filters.detach(),
+            log_p=log_p.detach(),
+            p=out.p.detach().mean(),
+        )
 
 
 def relative_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

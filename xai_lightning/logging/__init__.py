@@ -25,7 +25,7 @@ from xai_lightning.logging.html_sink import log_html
 from xai_lightning.logging.sink import Sink, SinkSet, check_image, is_image
 from xai_lightning.logging.steps import logging_step
 from xai_lightning.logging.tensorboard_sink import TensorBoardSink
-from xai_lightning.logging.token_html import token_html
+from xai_lightning.logging.token_highlights import token_html
 from xai_lightning.logging.trainer_sinks import sink_for_logger, sinks_for_trainer
 from xai_lightning.logging.wandb_sink import WandbSink
 

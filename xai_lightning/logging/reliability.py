@@ -36,26 +36,54 @@ def reliability_diagram(
     edges, accuracy = _array(bin_edges), _array(bin_accuracy)
     confidence, count = _array(bin_confidence), _array(bin_count)
     if not (len(edges) - 1 == len(accuracy) == len(confidence) == len(count)):
-        raise ValueError(f"reliability_diagram needs B + 1 edges and B values per bin; got {len(edges)} edges, "
-                         f"{len(accuracy)}, {len(confidence)}, {len(count)} values")
+        raise ValueError(
+            f"reliability_diagram needs B + 1 edges and B values per bin; got {len(edges)} edges, "
+            f"{len(accuracy)}, {len(confidence)}, {len(count)} values"
+        )
     left, width = edges[:-1], np.diff(edges)
     filled = count > 0
     figure = Figure(figsize=(4.2, 4.8), dpi=100)
     axes, histogram = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    axes.bar(left[filled], accuracy[filled], width=width[filled], align="edge", color="tab:blue",
-             edgecolor="black", linewidth=0.5, label="accuracy")
+    axes.bar(
+        left[filled],
+        accuracy[filled],
+        width=width[filled],
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     gap_bottom = np.minimum(accuracy, confidence)[filled]
-    axes.bar(left[filled], np.abs(confidence - accuracy)[filled], bottom=gap_bottom, width=width[filled],
-             align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", linewidth=0.5, hatch="//",
-             label="gap to confidence")
+    axes.bar(
+        left[filled],
+        np.abs(confidence - accuracy)[filled],
+        bottom=gap_bottom,
+        width=width[filled],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        linewidth=0.5,
+        hatch="//",
+        label="gap to confidence",
+    )
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.set_ylabel("accuracy")
     axes.legend(loc="upper left", fontsize=7)
     if ece is not None:
-        axes.text(0.97, 0.04, f"ECE = {ece:.3f}", ha="right", va="bottom", fontsize=9, transform=axes.transAxes,
-                  bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.8})
+        axes.text(
+            0.97,
+            0.04,
+            f"ECE = {ece:.3f}",
+            ha="right",
+            va="bottom",
+            fontsize=9,
+            transform=axes.transAxes,
+            bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.8},
+        )
     if title:
         axes.set_title(title, fontsize=9)
     total = max(count.sum(), 1.0)

@@ -18,9 +18,21 @@ _EXPORTS: dict[str, str] = {
     "SmallCNN": "xai_lightning.models.small_cnn",
     "resnet18": "xai_lightning.models.resnet",
     "resnet20": "xai_lightning.models.resnet",
-    **dict.fromkeys(("PaddingMasked", "SequenceClassifier",), "xai_lightning.models.sequence_classifier"),
+    **dict.fromkeys(
+        (
+            "PaddingMasked",
+            "SequenceClassifier",
+        ),
+        "xai_lightning.models.sequence_classifier",
+    ),
     "TextClassifier": "xai_lightning.models.text_classifier",
-    **dict.fromkeys(("MultiHeadSelfAttention", "TransformerBlock",), "xai_lightning.models.transformer_block"),
+    **dict.fromkeys(
+        (
+            "MultiHeadSelfAttention",
+            "TransformerBlock",
+        ),
+        "xai_lightning.models.transformer_block",
+    ),
     "VisionTransformer": "xai_lightning.models.vit",
     "EnsembleClassifier": "xai_lightning.models.ensemble_classifier",
     "VariationalClassifier": "xai_lightning.models.variational_classifier",
@@ -33,12 +45,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from xai_lightning.models.classifier import ImageClassifier
+    from xai_lightning.models.ensemble_classifier import EnsembleClassifier
     from xai_lightning.models.normalize import Normalize
     from xai_lightning.models.resnet import BasicBlock, CifarResNet, resnet18, resnet20
-    from xai_lightning.models.small_cnn import SmallCNN
     from xai_lightning.models.sequence_classifier import PaddingMasked, SequenceClassifier
+    from xai_lightning.models.small_cnn import SmallCNN
     from xai_lightning.models.text_classifier import TextClassifier
     from xai_lightning.models.transformer_block import MultiHeadSelfAttention, TransformerBlock
-    from xai_lightning.models.vit import VisionTransformer
-    from xai_lightning.models.ensemble_classifier import EnsembleClassifier
     from xai_lightning.models.variational_classifier import VariationalClassifier
+    from xai_lightning.models.vit import VisionTransformer

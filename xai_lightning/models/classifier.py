@@ -83,7 +83,9 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         h = self.hparams
         if h.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=0.9, nesterov=True, weight_decay=h.weight_decay)
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=h.lr, momentum=0.9, nesterov=True, weight_decay=h.weight_decay
+            )
         else:
             optimizer = torch.optim.Adam(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
         if h.cosine_epochs > 0:

@@ -56,12 +56,20 @@ class EnsembleClassifier(ImageClassifier):
         cosine_epochs: int = 0,
     ) -> None:
         if num_members < 2:
-            raise ValueError(f"EnsembleClassifier needs num_members (K) >= 2 members to disagree; got {num_members}. "
-                             f"Lakshminarayanan et al. use K = 5.")
+            raise ValueError(
+                f"EnsembleClassifier needs num_members (K) >= 2 members to disagree; got {num_members}. "
+                f"Lakshminarayanan et al. use K = 5."
+            )
         classes = num_classes or getattr(network, "num_classes", None)
         members = [network] + [reinitialise(copy.deepcopy(network)) for _ in range(num_members - 1)]
-        super().__init__(VectorisedEnsemble(members), num_classes=classes, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, cosine_epochs=cosine_epochs)
+        super().__init__(
+            VectorisedEnsemble(members),
+            num_classes=classes,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            cosine_epochs=cosine_epochs,
+        )
         self.num_members = num_members
         self.val_member_acc = torchmetrics.MeanMetric()
 

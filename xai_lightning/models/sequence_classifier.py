@@ -54,8 +54,11 @@ class SequenceClassifier(ImageClassifier):
 
     def __init__(self, network: nn.Module, pad_id: int = 0, num_classes: int | None = None, **options) -> None:
         # Reassigned here because save_hyperparameters reads this frame's num_classes.
-        num_classes = num_classes or getattr(network, "num_classes", None) or getattr(
-            getattr(network, "config", None), "num_labels", None)
+        num_classes = (
+            num_classes
+            or getattr(network, "num_classes", None)
+            or getattr(getattr(network, "config", None), "num_labels", None)
+        )
         super().__init__(network, num_classes=num_classes, **options)
         self.pad_id = pad_id
         self._pass_mask = accepts_attention_mask(network)

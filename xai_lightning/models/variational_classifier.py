@@ -69,8 +69,14 @@ class VariationalClassifier(ImageClassifier):
             raise ValueError(f"dataset_size must be >= 1; got {dataset_size}")
         if not _has_bayesian_layers(network):
             make_bayesian(network, bayesian_layers, prior_sigma=prior_sigma, init_rho=init_rho)
-        super().__init__(network, num_classes=num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                         cosine_epochs=cosine_epochs)
+        super().__init__(
+            network,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            cosine_epochs=cosine_epochs,
+        )
         self.kl_weight = kl_weight
         self.dataset_size = dataset_size
         self.val_samples = val_samples
@@ -85,8 +91,9 @@ class VariationalClassifier(ImageClassifier):
         except TypeError:
             batches = self.trainer.num_training_batches
             if batches == float("inf"):
-                raise ValueError("VariationalClassifier cannot tell the training-set size of an iterable dataset; "
-                                 "pass dataset_size=") from None
+                raise ValueError(
+                    "VariationalClassifier cannot tell the training-set size of an iterable dataset; pass dataset_size="
+                ) from None
             return int(batches) * batch_size
 
     def predictive_logits(self, x: torch.Tensor, samples: int = 20, seed: int = 0) -> torch.Tensor:

@@ -38,8 +38,19 @@ def fgsm(
 ) -> AttackResult:
     """FGSM on ``inputs (B, C, H, W)`` in ``[0, 1]``; see the module docstring."""
     return pgd(
-        model, inputs, targets, norm=norm, eps=eps, steps=1, step_size=eps, random_start=False, targeted=targeted,
-        keep_worst=False, output_key=output_key, max_batch=max_batch, trainer=trainer,
+        model,
+        inputs,
+        targets,
+        norm=norm,
+        eps=eps,
+        steps=1,
+        step_size=eps,
+        random_start=False,
+        targeted=targeted,
+        keep_worst=False,
+        output_key=output_key,
+        max_batch=max_batch,
+        trainer=trainer,
     )
 
 
@@ -47,7 +58,11 @@ class FGSM:
     """FGSM as a method object: ``FGSM(eps=8/255).perturb(model, images, labels)``."""
 
     def __init__(
-        self, eps: float = 8 / 255, norm: Norm = "linf", output_key: str | int | None = None, max_batch: int | None = None
+        self,
+        eps: float = 8 / 255,
+        norm: Norm = "linf",
+        output_key: str | int | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
@@ -55,10 +70,22 @@ class FGSM:
         self.max_batch = max_batch
 
     def perturb(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, targeted: bool = False,
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        targeted: bool = False,
         trainer: Any | None = None,
     ) -> AttackResult:
         return fgsm(
-            model, inputs, targets, eps=self.eps, norm=self.norm, targeted=targeted, output_key=self.output_key,
-            max_batch=self.max_batch, trainer=trainer,
+            model,
+            inputs,
+            targets,
+            eps=self.eps,
+            norm=self.norm,
+            targeted=targeted,
+            output_key=self.output_key,
+            max_batch=self.max_batch,
+            trainer=trainer,
         )

@@ -167,7 +167,9 @@ def _directions_for(
         raise ValueError("No units to visualise.")
     bad = [u for u in units if not 0 <= u < channels]
     if bad:
-        raise ValueError(f"Units {bad} are out of range: layer {layer!r} has {channels} units (valid 0..{channels - 1}).")
+        raise ValueError(
+            f"Units {bad} are out of range: layer {layer!r} has {channels} units (valid 0..{channels - 1})."
+        )
     return torch.eye(channels)[units], tuple(units)
 
 
@@ -228,7 +230,11 @@ def visualize_features(
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
     channels_in, height, width = image_shape
-    if vae is not None and prior == "generator" and (vae.channels, vae.image_size, vae.image_size) != tuple(image_shape):
+    if (
+        vae is not None
+        and prior == "generator"
+        and (vae.channels, vae.image_size, vae.image_size) != tuple(image_shape)
+    ):
         raise ValueError(
             f"The generator makes {(vae.channels, vae.image_size, vae.image_size)} images but image_shape is "
             f"{tuple(image_shape)}."
@@ -249,11 +255,27 @@ def visualize_features(
             targets = all_directions[rows].to(device)
             count = targets.shape[0]
             if prior == "fourier":
-                image = FourierImage(count, channels_in, height, width, decay_power=decay_power,
-                                     colour_sqrt=colour_sqrt, generator=generator, device=device)
+                image = FourierImage(
+                    count,
+                    channels_in,
+                    height,
+                    width,
+                    decay_power=decay_power,
+                    colour_sqrt=colour_sqrt,
+                    generator=generator,
+                    device=device,
+                )
             elif prior == "generator":
-                image = _GeneratorImage(vae, lambda x, d: direction_objective(phi(x), d), targets, code_samples,
-                                        code_radius, generator, device, max_batch)
+                image = _GeneratorImage(
+                    vae,
+                    lambda x, d: direction_objective(phi(x), d),
+                    targets,
+                    code_samples,
+                    code_radius,
+                    generator,
+                    device,
+                    max_batch,
+                )
             else:
                 image = _PixelImage((count, *image_shape), generator, device)
             parameters = [p for name, p in image.named_parameters() if not name.startswith("vae.")]
@@ -261,7 +283,11 @@ def visualize_features(
             trace = []
             for _ in progress(range(steps), "visualising features"):
                 x = image()
-                seen = random_affine(x, jitter=jitter, scale=scale, degrees=degrees, generator=generator) if transforms else x
+                seen = (
+                    random_affine(x, jitter=jitter, scale=scale, degrees=degrees, generator=generator)
+                    if transforms
+                    else x
+                )
                 objective = direction_objective(phi(seen), targets)
                 loss = -objective.sum()
                 if prior == "tv" and tv_weight:

@@ -19,17 +19,17 @@ RMS (``lr`` is then an RMS step in pixel values, so the default works across mod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import math
 import torch
 from torch import nn
 
 from xai_lightning.core import batch_slices, observe
 from xai_lightning.core.progress import progress
 from xai_lightning.robustness.image_regularizers import alpha_norm, total_variation
-from xai_lightning.robustness.representation import LOGITS, Representation
+from xai_lightning.robustness.representation import Representation
 
 __all__ = ["InversionResult", "invert_representation"]
 

@@ -186,8 +186,20 @@ def pgd(
             target = all_targets[rows].to(x0.device)
             delta = None if initial is None else initial[rows].to(x0.device, x0.dtype)
             result = _attack_slice(
-                model, x0, target, delta, norm=norm, eps=eps, steps=steps, step_size=step_size, targeted=targeted,
-                keep_worst=keep_worst, loss_fn=loss_fn, low=low, high=high, output_key=output_key,
+                model,
+                x0,
+                target,
+                delta,
+                norm=norm,
+                eps=eps,
+                steps=steps,
+                step_size=step_size,
+                targeted=targeted,
+                keep_worst=keep_worst,
+                loss_fn=loss_fn,
+                low=low,
+                high=high,
+                output_key=output_key,
                 start_in_ball=start is None,
             )
             for store, value in zip((adversarial, losses, logits, traces), result):
@@ -310,7 +322,20 @@ class PGD:
         trainer: Any | None = None,
     ) -> AttackResult:
         return pgd(
-            model, inputs, targets, norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
-            random_start=self.random_start, targeted=targeted, keep_worst=self.keep_worst, objective=self.objective,
-            start=start, generator=generator, output_key=self.output_key, max_batch=self.max_batch, trainer=trainer,
+            model,
+            inputs,
+            targets,
+            norm=self.norm,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            targeted=targeted,
+            keep_worst=self.keep_worst,
+            objective=self.objective,
+            start=start,
+            generator=generator,
+            output_key=self.output_key,
+            max_batch=self.max_batch,
+            trainer=trainer,
         )

@@ -53,9 +53,9 @@ def random_affine(
     shift_x = uniform(-jitter, jitter) * (2 / width)
     shift_y = uniform(-jitter, jitter) * (2 / height)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], dim=1), torch.stack([sin, cos, shift_y], dim=1)], dim=1
-    ).to(images.dtype)
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], dim=1), torch.stack([sin, cos, shift_y], dim=1)], dim=1).to(
+        images.dtype
+    )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     # Sampling (x - fill) with zero padding and adding fill back pads with the fill value.
     return F.grid_sample(images - FILL, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + FILL

@@ -52,8 +52,17 @@ def targeted_morph(
     """
     eps = default_morph_eps(inputs.shape[1:]) if eps is None else eps
     return pgd(
-        model, inputs, torch.as_tensor(target_classes, device=inputs.device).long(), norm=norm, eps=eps, steps=steps,
-        step_size=step_size, random_start=False, targeted=True, output_key=output_key, max_batch=max_batch,
+        model,
+        inputs,
+        torch.as_tensor(target_classes, device=inputs.device).long(),
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        random_start=False,
+        targeted=True,
+        output_key=output_key,
+        max_batch=max_batch,
         trainer=trainer,
     )
 

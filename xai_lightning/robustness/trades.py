@@ -85,8 +85,19 @@ def trades_adversarial(
         return (probabilities * (log_p - F.log_softmax(logits.float(), dim=1))).sum(1)
 
     return pgd(
-        model, inputs, clean_probabilities, norm=norm, eps=eps, steps=steps, step_size=step_size, start=start,
-        keep_worst=keep_worst, objective=kl_to_clean, output_key=output_key, max_batch=max_batch, trainer=trainer,
+        model,
+        inputs,
+        clean_probabilities,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        start=start,
+        keep_worst=keep_worst,
+        objective=kl_to_clean,
+        output_key=output_key,
+        max_batch=max_batch,
+        trainer=trainer,
     )
 
 

@@ -49,13 +49,17 @@ class ConvVAE(nn.Module):
         self.channels, self.image_size, self.latent_dim, self.width = channels, image_size, latent_dim, width
         side = image_size // 4
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten(),
+            nn.Conv2d(channels, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
         )
         self.to_code = nn.Linear(2 * width * side * side, 2 * latent_dim)
         self.from_code = nn.Sequential(nn.Linear(latent_dim, 2 * width * side * side), nn.LeakyReLU(0.2))
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
             nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
         )
         #: Per-pixel logit added to the decoder's output (train_vae starts it at the data's mean image).
@@ -135,7 +139,7 @@ def train_vae(
             order = torch.randperm(images.shape[0], generator=generator, device=images.device)
             total = 0.0
             for start in range(0, images.shape[0], batch_size):
-                batch = images[order[start:start + batch_size]]
+                batch = images[order[start : start + batch_size]]
                 logits, mean, log_variance = vae(batch, generator=generator)
                 loss = vae_loss(logits, batch, mean, log_variance)
                 optimizer.zero_grad(set_to_none=True)

@@ -40,10 +40,31 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "Interval", "RunRecord", "StudyPlan", "StudyResult", "VerdictMeasure", "VerdictRow", "VerdictSpec",
-    "bootstrap_interval", "curve_figure", "find_runs", "first_middle_last", "holm", "instantiate", "load_run",
-    "load_runs", "load_study_config", "paired_comparison", "parse_verdict", "plan_study", "report_runs", "run_study",
-    "study_verdict", "t_interval", "verdict_table", "write_study_report",
+    "Interval",
+    "RunRecord",
+    "StudyPlan",
+    "StudyResult",
+    "VerdictMeasure",
+    "VerdictRow",
+    "VerdictSpec",
+    "bootstrap_interval",
+    "curve_figure",
+    "find_runs",
+    "first_middle_last",
+    "holm",
+    "instantiate",
+    "load_run",
+    "load_runs",
+    "load_study_config",
+    "paired_comparison",
+    "parse_verdict",
+    "plan_study",
+    "report_runs",
+    "run_study",
+    "study_verdict",
+    "t_interval",
+    "verdict_table",
+    "write_study_report",
 ]
 
 

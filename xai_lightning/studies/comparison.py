@@ -150,8 +150,13 @@ def _run_one(
     label = f"{arm.name} · seed {seed}"
     tracker = StudyProgress(bar, label)
     metadata: dict[str, Any] = {
-        "study": plan.name, "variant": arm.name, "base_variant": arm.variant, "seed": seed, "epsilon": arm.epsilon,
-        "config_id": plan.config_id, "config": plan.config,
+        "study": plan.name,
+        "variant": arm.name,
+        "base_variant": arm.variant,
+        "seed": seed,
+        "epsilon": arm.epsilon,
+        "config_id": plan.config_id,
+        "config": plan.config,
     }
     csv_logger = CSVLogger(str(root), name=arm.name, version=f"seed{seed}")
     loggers: list[Any] = [csv_logger]
@@ -159,11 +164,19 @@ def _run_one(
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = [arm.name, f"seed={seed}"] + ([f"eps={arm.epsilon:g}"] if arm.epsilon is not None else [])
-        wandb_logger = WandbLogger(project=config.get("wandb_project", "xai-lightning"), name=f"{arm.name}-seed{seed}",
-                                   group=f"{plan.name}-{plan.config_id}", tags=tags, save_dir=str(root), offline=True)
+        wandb_logger = WandbLogger(
+            project=config.get("wandb_project", "xai-lightning"),
+            name=f"{arm.name}-seed{seed}",
+            group=f"{plan.name}-{plan.config_id}",
+            tags=tags,
+            save_dir=str(root),
+            offline=True,
+        )
         # Before anything starts the run (log_hyperparams does): no wandb deprecation notice per run.
         without_anonymous_setting(wandb_logger)
-        wandb_logger.log_hyperparams({f"study/{k}": (json.dumps(v) if k == "config" else v) for k, v in metadata.items()})
+        wandb_logger.log_hyperparams(
+            {f"study/{k}": (json.dumps(v) if k == "config" else v) for k, v in metadata.items()}
+        )
         loggers.insert(0, wandb_logger)
     trainer_kwargs = dict(config.get("trainer") or {})
     trainer_kwargs.setdefault("enable_model_summary", False)
@@ -181,11 +194,19 @@ def _run_one(
             wandb_dir = str(Path(experiment.dir).parent)
             experiment.finish()
     tracker.finish(int(trainer.max_epochs or max_epochs))
-    failures = [message.splitlines()[0] for callback in observers if isinstance(callback, ObserverCallback)
-                for message in callback.failures]
-    metadata.update(seconds=round(seconds, 2), cpu_seconds=round(cpu_seconds, 2), wandb_dir=wandb_dir,
-                    failures=failures, epochs=trainer.current_epoch)
+    failures = [
+        message.splitlines()[0]
+        for callback in observers
+        if isinstance(callback, ObserverCallback)
+        for message in callback.failures
+    ]
+    metadata.update(
+        seconds=round(seconds, 2),
+        cpu_seconds=round(cpu_seconds, 2),
+        wandb_dir=wandb_dir,
+        failures=failures,
+        epochs=trainer.current_epoch,
+    )
     Path(csv_logger.log_dir).mkdir(parents=True, exist_ok=True)
     (Path(csv_logger.log_dir) / METADATA_FILE).write_text(json.dumps(metadata, indent=1, default=str))
     return load_run(csv_logger.log_dir), [*changers, *observers], failures
-

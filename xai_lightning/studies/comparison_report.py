@@ -125,8 +125,16 @@ def curve_figure(by_arm: Mapping[str, Sequence[RunRecord]], spec: Mapping[str, A
             x = epochs + 1
             colour = _COLOURS[a % len(_COLOURS)]
             name = arm if len(patterns) == 1 else f"{arm} · {labels[p] if p < len(labels) else pattern}"
-            axis.plot(x, mean, color=colour, linestyle=_LINESTYLES[p % len(_LINESTYLES)],
-                      marker=_MARKERS[a % len(_MARKERS)], markersize=3.5, linewidth=1.6, label=name)
+            axis.plot(
+                x,
+                mean,
+                color=colour,
+                linestyle=_LINESTYLES[p % len(_LINESTYLES)],
+                marker=_MARKERS[a % len(_MARKERS)],
+                markersize=3.5,
+                linewidth=1.6,
+                label=name,
+            )
             if np.isfinite(low).any():
                 axis.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
     baseline = spec.get("baseline")
@@ -156,9 +164,7 @@ def curve_figure(by_arm: Mapping[str, Sequence[RunRecord]], spec: Mapping[str, A
     return figure, drawn
 
 
-def dial_figure(
-    by_arm: Mapping[str, Sequence[RunRecord]], rows: Sequence[VerdictRow], reference: str
-) -> Figure | None:
+def dial_figure(by_arm: Mapping[str, Sequence[RunRecord]], rows: Sequence[VerdictRow], reference: str) -> Figure | None:
     """The robustness dial: each logged verdict measure at the last epoch against ε (mean ± 95 % CI
     over seeds); arms without adversarial training sit at ε = 0."""
     points: dict[str, list[tuple[float, RunRecord]]] = {}
@@ -177,8 +183,14 @@ def dial_figure(
         axis = figure.add_subplot(grid_rows, columns, index + 1)
         xs, means, errors = [], [], []
         for epsilon in epsilons:
-            values = [v for pts in points.values() for e, run in pts if e == epsilon
-                      for v in [run.last(row.measure.key)] if v is not None]
+            values = [
+                v
+                for pts in points.values()
+                for e, run in pts
+                if e == epsilon
+                for v in [run.last(row.measure.key)]
+                if v is not None
+            ]
             if not values:
                 continue
             interval = t_interval(values)
@@ -224,6 +236,7 @@ def _tcav_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> list[list[Any]]:
                 continue
             for row in tables[-1][1]:
                 groups.setdefault((arm, row["layer"], row["concept"], row["class"]), []).append(row)
+
     def numbers(rows: Sequence[Mapping[str, str]], column: str) -> list[float]:
         return [float(r[column]) for r in rows if r.get(column) not in (None, "", "nan")]
 
@@ -231,21 +244,45 @@ def _tcav_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> list[list[Any]]:
     for (arm, layer, concept, target), rows in groups.items():
         significant = sum(str(r.get("significant")).lower() in ("true", "1", "1.0") for r in rows)
         p_values = numbers(rows, "p_value")
-        out.append([
-            arm, layer, concept, target, _interval_text(numbers(rows, "sign_count_mean") or numbers(rows, "tcav_mean")),
-            _interval_text(numbers(rows, "magnitude_mean")), _interval_text(numbers(rows, "random_magnitude_mean")),
-            f"{np.median(p_values):.3g}" if p_values else "–", f"{significant}/{len(rows)}",
-            _interval_text(numbers(rows, "cav_accuracy_mean")),
-        ])
+        out.append(
+            [
+                arm,
+                layer,
+                concept,
+                target,
+                _interval_text(numbers(rows, "sign_count_mean") or numbers(rows, "tcav_mean")),
+                _interval_text(numbers(rows, "magnitude_mean")),
+                _interval_text(numbers(rows, "random_magnitude_mean")),
+                f"{np.median(p_values):.3g}" if p_values else "–",
+                f"{significant}/{len(rows)}",
+                _interval_text(numbers(rows, "cav_accuracy_mean")),
+            ]
+        )
     return out
 
 
 def _dissection_rows(by_arm: Mapping[str, Sequence[RunRecord]]) -> tuple[list[str], list[list[Any]]]:
     pattern = re.compile(r"dissection/(.+)/interpretable/([^/]+)")
-    categories = sorted({m.group(2) for runs in by_arm.values() for run in runs for key in run.scalars
-                         for m in [pattern.fullmatch(key)] if m})
-    layers = sorted({m.group(1) for runs in by_arm.values() for run in runs for key in run.scalars
-                     for m in [pattern.fullmatch(key)] if m})
+    categories = sorted(
+        {
+            m.group(2)
+            for runs in by_arm.values()
+            for run in runs
+            for key in run.scalars
+            for m in [pattern.fullmatch(key)]
+            if m
+        }
+    )
+    layers = sorted(
+        {
+            m.group(1)
+            for runs in by_arm.values()
+            for run in runs
+            for key in run.scalars
+            for m in [pattern.fullmatch(key)]
+            if m
+        }
+    )
     rows = []
     for layer in layers:
         for arm, runs in by_arm.items():
@@ -314,8 +351,11 @@ def write_study_report(
     last_epochs = sorted({max(e for s in run.scalars.values() for e, _ in s) + 1 for run in runs if run.scalars})
     report.text(
         f"Runs: {len(runs)} — arms {', '.join(arms)}; "
-        + (f"seeds {', '.join(map(str, seeds))} (the runs of one seed share initial weights and data order). "
-           if seeds else "no seeds recorded (plain runs). ")
+        + (
+            f"seeds {', '.join(map(str, seeds))} (the runs of one seed share initial weights and data order). "
+            if seeds
+            else "no seeds recorded (plain runs). "
+        )
         + (f"Trained for {', '.join(map(str, last_epochs))} epoch(s)." if last_epochs else "")
     )
 
@@ -334,32 +374,56 @@ def write_study_report(
         report.text(
             f"Each cell: mean over {n} seed(s) at the last epoch with its {verdict_spec.confidence:.0%} t-interval; "
             "'baseline' is the reference the measure must beat (uniform map, random maps, random CAVs), averaged over "
-            "all runs; 'not logged' rows had no data in these runs.", css_class="caption")
+            "all runs; 'not logged' rows had no data in these runs.",
+            css_class="caption",
+        )
         logged = [row for row in rows if row.logged]
         if logged:
             boot_rows = []
             for row in logged:
                 assert row.comparison is not None
-                sides = [[v for run in by_arm.get(arm, []) for v in [run.last(row.measure.key)] if v is not None]
-                         for arm in (verdict_spec.reference, verdict_spec.treatment)]
-                boot_rows.append([row.measure.name,
-                                  *(str(bootstrap_interval(side, seed=verdict_spec.bootstrap_seed)) for side in sides),
-                                  str(row.comparison.difference_bootstrap)])
-            report.table(["measure", f"{verdict_spec.reference} [bootstrap CI]",
-                          f"{verdict_spec.treatment} [bootstrap CI]",
-                          f"{verdict_spec.treatment} − {verdict_spec.reference} [bootstrap CI]"], boot_rows)
-            report.text("Second estimate of the same intervals: seeded percentile bootstrap of the mean, "
-                        "10 000 resamples.", css_class="caption")
+                sides = [
+                    [v for run in by_arm.get(arm, []) for v in [run.last(row.measure.key)] if v is not None]
+                    for arm in (verdict_spec.reference, verdict_spec.treatment)
+                ]
+                boot_rows.append(
+                    [
+                        row.measure.name,
+                        *(str(bootstrap_interval(side, seed=verdict_spec.bootstrap_seed)) for side in sides),
+                        str(row.comparison.difference_bootstrap),
+                    ]
+                )
+            report.table(
+                [
+                    "measure",
+                    f"{verdict_spec.reference} [bootstrap CI]",
+                    f"{verdict_spec.treatment} [bootstrap CI]",
+                    f"{verdict_spec.treatment} − {verdict_spec.reference} [bootstrap CI]",
+                ],
+                boot_rows,
+            )
+            report.text(
+                "Second estimate of the same intervals: seeded percentile bootstrap of the mean, 10 000 resamples.",
+                css_class="caption",
+            )
 
     # 2. The runs.
     report.heading("Runs")
     report.table(
         ["arm", "seed", "ε", "epochs", "wall (s)", "CPU (s)", "observer failures", "W&B run (offline)"],
-        [[run.variant, "-" if run.seed is None else run.seed, "-" if run.epsilon is None else f"{run.epsilon:g}",
-          max((e for s in run.scalars.values() for e, _ in s), default=-1) + 1,
-          "-" if run.seconds is None else round(run.seconds, 1),
-          "-" if run.cpu_seconds is None else round(run.cpu_seconds, 1),
-          len((failures or {}).get(run.label, [])), str(run.wandb_dir or "-")] for run in runs],
+        [
+            [
+                run.variant,
+                "-" if run.seed is None else run.seed,
+                "-" if run.epsilon is None else f"{run.epsilon:g}",
+                max((e for s in run.scalars.values() for e, _ in s), default=-1) + 1,
+                "-" if run.seconds is None else round(run.seconds, 1),
+                "-" if run.cpu_seconds is None else round(run.cpu_seconds, 1),
+                len((failures or {}).get(run.label, [])),
+                str(run.wandb_dir or "-"),
+            ]
+            for run in runs
+        ],
     )
     for label, messages in (failures or {}).items():
         for message in messages:
@@ -370,8 +434,9 @@ def write_study_report(
     missing = []
     for plot in spec.get("plots", []):
         figure, drawn = curve_figure(by_arm, plot)
-        band = (f"bands: 95 % t-interval over {drawn['seeds']} seeds" if drawn["seeds"] > 1
-                else "one run per arm: no band")
+        band = (
+            f"bands: 95 % t-interval over {drawn['seeds']} seeds" if drawn["seeds"] > 1 else "one run per arm: no band"
+        )
         drawn_baselines = f"; grey/dotted: {', '.join(drawn['baselines'])}" if drawn["baselines"] else ""
         caption = f"{plot.get('caption', plot['title'])} ({band}{drawn_baselines})"
         report.begin_row()
@@ -387,24 +452,45 @@ def write_study_report(
         if figure is not None:
             report.heading("The robustness dial")
             report.begin_row()
-            report.figure(figure, "Each verdict measure at the last epoch against the training ε (mean ± 95 % CI over "
-                                  "seeds): look for measures that rise or fall steadily with ε.")
+            report.figure(
+                figure,
+                "Each verdict measure at the last epoch against the training ε (mean ± 95 % CI over "
+                "seeds): look for measures that rise or fall steadily with ε.",
+            )
 
     # 5. Concepts and units.
     tcav = _tcav_rows(by_arm)
     if tcav:
         report.heading("TCAV at the last epoch")
-        report.table(["arm", "layer", "concept", "class", "TCAV sign count", "TCAV magnitude", "random magnitude",
-                      "p (median over seeds)", "significant (seeds)", "CAV accuracy"], tcav)
-        report.text("Mean [95 % CI] over seeds. 'A vs B' rows are relative CAVs: a magnitude above the random "
-                    "CAVs' means the class leans on A (the object's shape) more than on B (its spuriously "
-                    "correlated colour).", css_class="caption")
+        report.table(
+            [
+                "arm",
+                "layer",
+                "concept",
+                "class",
+                "TCAV sign count",
+                "TCAV magnitude",
+                "random magnitude",
+                "p (median over seeds)",
+                "significant (seeds)",
+                "CAV accuracy",
+            ],
+            tcav,
+        )
+        report.text(
+            "Mean [95 % CI] over seeds. 'A vs B' rows are relative CAVs: a magnitude above the random "
+            "CAVs' means the class leans on A (the object's shape) more than on B (its spuriously "
+            "correlated colour).",
+            css_class="caption",
+        )
     categories, dissection = _dissection_rows(by_arm)
     if dissection:
         report.heading("Network dissection at the last epoch: interpretable units per category")
         report.table(["arm", "layer", *categories], dissection)
-        report.text("Units whose best IoU with a concept of the category exceeds 0.04, mean [95 % CI] over seeds.",
-                    css_class="caption")
+        report.text(
+            "Units whose best IoU with a concept of the category exceeds 0.04, mean [95 % CI] over seeds.",
+            css_class="caption",
+        )
 
     # 6. Image panels.
     for panel in spec.get("images", []):
@@ -425,8 +511,10 @@ def write_study_report(
                     report.image(image, f"{arm}{seed} · epoch {epoch + 1}", width=panel.get("width", 380))
         if panel.get("colormap"):
             report.begin_row()
-            report.figure(colorbar_figure(panel["colormap"], panel.get("colorbar", "map value (per-image max = 1)")),
-                          "colour scale of the maps")
+            report.figure(
+                colorbar_figure(panel["colormap"], panel.get("colorbar", "map value (per-image max = 1)")),
+                "colour scale of the maps",
+            )
 
     if config is not None:
         import yaml

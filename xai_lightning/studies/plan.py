@@ -35,7 +35,16 @@ __all__ = ["Arm", "StudyPlan", "plan_study"]
 
 REQUIRED_KEYS = ("name", "data", "model", "variants")
 KNOWN_KEYS = set(REQUIRED_KEYS) | {
-    "seed", "seeds", "epsilons", "output_dir", "trainer", "observers", "report", "verdict", "wandb_project", "progress",
+    "seed",
+    "seeds",
+    "epsilons",
+    "output_dir",
+    "trainer",
+    "observers",
+    "report",
+    "verdict",
+    "wandb_project",
+    "progress",
 }
 #: Keys left out of the config's fingerprint: they do not change what a run computes.
 UNFINGERPRINTED = ("seed", "seeds", "output_dir", "progress", "wandb_project")
@@ -108,8 +117,10 @@ def _seeds(config: Mapping[str, Any]) -> tuple[int, ...]:
             raise ValueError(f"seeds must be non-negative integers; got {seed!r} in {raw}")
     duplicate = next((seed for seed in raw if raw.count(seed) > 1), None)
     if duplicate is not None:
-        raise ValueError(f"seeds has a duplicate: {duplicate} appears {raw.count(duplicate)} times in {raw}; "
-                         "each seed is one pair of runs, list it once.")
+        raise ValueError(
+            f"seeds has a duplicate: {duplicate} appears {raw.count(duplicate)} times in {raw}; "
+            "each seed is one pair of runs, list it once."
+        )
     return tuple(raw)
 
 
@@ -136,8 +147,9 @@ def _arms(config: Mapping[str, Any], epsilons: tuple[float, ...]) -> tuple[Arm, 
         callbacks = [copy.deepcopy(dict(c)) for c in (extra or [])]
         for index, callback in enumerate(callbacks):
             if not isinstance(callback, Mapping) or "class_path" not in callback:
-                raise ValueError(f"variants.{variant}[{index}] must be a {{class_path, init_args}} block; "
-                                 f"got {callback!r}")
+                raise ValueError(
+                    f"variants.{variant}[{index}] must be a {{class_path, init_args}} block; got {callback!r}"
+                )
         position, epsilon = _epsilon_of(callbacks)
         if not epsilons or position is None:
             arms.append(Arm(str(variant), str(variant), tuple(callbacks), epsilon))
@@ -152,11 +164,19 @@ def _arms(config: Mapping[str, Any], epsilons: tuple[float, ...]) -> tuple[Arm, 
             changed = copy.deepcopy(callbacks)
             changed[position].setdefault("init_args", {})
             changed[position]["init_args"] = {**(changed[position]["init_args"] or {}), "eps": value}
-            arms.append(Arm(str(variant) if value == epsilon else _arm_name(str(variant), value), str(variant),
-                            tuple(changed), value))
+            arms.append(
+                Arm(
+                    str(variant) if value == epsilon else _arm_name(str(variant), value),
+                    str(variant),
+                    tuple(changed),
+                    value,
+                )
+            )
     if epsilons and not swept:
-        raise ValueError(f"epsilons {list(epsilons)} are given, but no variant has a callback that takes eps "
-                         "(e.g. AdversarialTrainingCallback); remove epsilons or add such a variant.")
+        raise ValueError(
+            f"epsilons {list(epsilons)} are given, but no variant has a callback that takes eps "
+            "(e.g. AdversarialTrainingCallback); remove epsilons or add such a variant."
+        )
     names = [arm.name for arm in arms]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
@@ -183,8 +203,9 @@ def plan_study(config: Mapping[str, Any]) -> StudyPlan:
         raise TypeError(f"A study config is a mapping (a YAML file's top level); got {type(config).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
-        raise ValueError(f"The study config lacks {missing}; it needs {list(REQUIRED_KEYS)} "
-                         "(see xai_lightning.studies).")
+        raise ValueError(
+            f"The study config lacks {missing}; it needs {list(REQUIRED_KEYS)} (see xai_lightning.studies)."
+        )
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         raise ValueError(f"The study config has unknown key(s) {unknown}; known keys: {sorted(KNOWN_KEYS)}.")
@@ -202,5 +223,12 @@ def plan_study(config: Mapping[str, Any]) -> StudyPlan:
         raise ValueError(f"epsilons has a duplicate: {duplicate:g} appears twice in {list(raw_eps)}.")
     arms = _arms(config, epsilons)
     verdict = parse_verdict(config.get("verdict"), [arm.name for arm in arms], _namespaces(config, arms))
-    return StudyPlan(config=copy.deepcopy(dict(config)), name=str(config["name"]), seeds=seeds, arms=arms,
-                     verdict=verdict, config_id=fingerprint(config), epsilons=tuple(sorted(epsilons)))
+    return StudyPlan(
+        config=copy.deepcopy(dict(config)),
+        name=str(config["name"]),
+        seeds=seeds,
+        arms=arms,
+        verdict=verdict,
+        config_id=fingerprint(config),
+        epsilons=tuple(sorted(epsilons)),
+    )

@@ -31,9 +31,15 @@ class StudyProgress(pl.Callback):
     def make_bar(total: int, enabled: bool = True) -> Any:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, unit="epoch", smoothing=0.0, dynamic_ncols=True, disable=not enabled,
-                    file=sys.stderr,
-                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}]{postfix}")
+        return tqdm(
+            total=total,
+            unit="epoch",
+            smoothing=0.0,
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}]{postfix}",
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.bar.set_description(f"{self.label} · epoch 1/{trainer.max_epochs}", refresh=True)

@@ -47,8 +47,12 @@ def report_runs(run_dirs: Sequence[str | Path], output: str | Path | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xai-lightning report``; returns the exit status (2 for bad input)."""
     parser = argparse.ArgumentParser(prog="xai-lightning report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="a run directory (CSV logs or an offline W&B run) or a folder of runs (a study's output)")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a run directory (CSV logs or an offline W&B run) or a folder of runs (a study's output)",
+    )
     parser.add_argument("-o", "--output", default=None, help="where to write the HTML (default: RUN_DIR/report.html)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:

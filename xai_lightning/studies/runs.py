@@ -128,8 +128,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{str(path)!r} does not exist; give a run directory or a study's output "
-                                    "directory.")
+            raise FileNotFoundError(
+                f"{str(path)!r} does not exist; give a run directory or a study's output directory."
+            )
         if path.is_file():
             raise ValueError(f"{str(path)!r} is a file; give the directory that holds the run's logs.")
         here = [path] if _is_csv_run(path) or _is_wandb_run(path) else []
@@ -196,7 +197,8 @@ def _load_csv_run(path: Path) -> RunRecord:
         rows = list(csv.DictReader(handle))
     epoch_of = _EpochOfStep(
         (int(float(row["step"])), int(float(row["epoch"])))
-        for row in rows if _float(row.get("epoch", "")) is not None and _float(row.get("step", "")) is not None
+        for row in rows
+        if _float(row.get("epoch", "")) is not None and _float(row.get("step", "")) is not None
     )
     scalars: dict[str, dict[int, float]] = {}
     for row in rows:
@@ -243,8 +245,9 @@ def _wandb_executable() -> str:
 
 
 def _wandb_records(path: Path) -> list[dict[str, Any]]:
-    result = subprocess.run([_wandb_executable(), "leet", "inspect", "--json", str(path)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [_wandb_executable(), "leet", "inspect", "--json", str(path)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"`wandb leet inspect --json {path}` failed: {result.stderr.strip()[-500:]}")
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip().startswith("{")]
@@ -266,7 +269,8 @@ def _load_wandb_run(path: Path) -> RunRecord:
             items.append(record["history"]["item"])
     epoch_of = _EpochOfStep(
         (int(item["trainer/global_step"]), int(item["epoch"]))
-        for item in items if "epoch" in item and "trainer/global_step" in item
+        for item in items
+        if "epoch" in item and "trainer/global_step" in item
     )
     scalars: dict[str, dict[int, float]] = {}
     images: dict[str, list[tuple[int, Path]]] = {}
@@ -289,7 +293,7 @@ def _load_wandb_run(path: Path) -> RunRecord:
     record = RunRecord(path=path, variant=name, source="wandb", wandb_dir=path)
     record.scalars = {key: sorted(values.items()) for key, values in scalars.items()}
     record.images, record.tables = images, tables
-    meta = {key[len(WANDB_PREFIX):]: value for key, value in config.items() if key.startswith(WANDB_PREFIX)}
+    meta = {key[len(WANDB_PREFIX) :]: value for key, value in config.items() if key.startswith(WANDB_PREFIX)}
     if meta:
         _apply_metadata(record, meta)
     return record

@@ -47,9 +47,9 @@ BOOTSTRAP_RESAMPLES = 10_000
 
 VERDICT_RULE = (
     "Verdict rule: for each measure, the runs of one seed form a pair (same data order and initial weights); "
-    "d = {treatment} − {reference} per seed. \"{treatment} higher\" / \"{treatment} lower\" only when the paired "
+    'd = {treatment} − {reference} per seed. "{treatment} higher" / "{treatment} lower" only when the paired '
     "t-test's p, Holm-corrected across the measures of this table, is below {alpha:g} AND the 95 % t-interval of d "
-    "excludes 0; \"no significant difference\" otherwise; \"too few seeds to tell\" with fewer than {min_seeds} seeds. "
+    'excludes 0; "no significant difference" otherwise; "too few seeds to tell" with fewer than {min_seeds} seeds. '
     "Intervals are 95 % Student-t intervals over seeds (a seeded percentile bootstrap with 10 000 resamples is "
     "reported beside them); the Wilcoxon signed-rank p is shown from {min_wilcoxon} seeds on."
 )

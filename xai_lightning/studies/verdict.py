@@ -80,8 +80,13 @@ class VerdictSpec:
     bootstrap_seed: int = 0
 
     def rule(self) -> str:
-        return VERDICT_RULE.format(treatment=self.treatment, reference=self.reference, alpha=self.alpha,
-                                   min_seeds=MIN_SEEDS, min_wilcoxon=MIN_SEEDS_WILCOXON)
+        return VERDICT_RULE.format(
+            treatment=self.treatment,
+            reference=self.reference,
+            alpha=self.alpha,
+            min_seeds=MIN_SEEDS,
+            min_wilcoxon=MIN_SEEDS_WILCOXON,
+        )
 
 
 def _measure(entry: Any, index: int) -> VerdictMeasure:
@@ -94,8 +99,9 @@ def _measure(entry: Any, index: int) -> VerdictMeasure:
         raise ValueError(f"{label} has unknown field(s) {unknown}; a measure takes {sorted(_MEASURE_FIELDS)}.")
     for needed in ("name", "key", "better"):
         if not entry.get(needed):
-            raise ValueError(f"{label} lacks {needed!r}; a measure needs name, key (a regex of logged keys) "
-                             "and better.")
+            raise ValueError(
+                f"{label} lacks {needed!r}; a measure needs name, key (a regex of logged keys) and better."
+            )
     if entry["better"] not in ("higher", "lower"):
         raise ValueError(f"{label}: better must be 'higher' or 'lower'; got {entry['better']!r}")
     for field in ("key", "baseline"):
@@ -103,11 +109,16 @@ def _measure(entry: Any, index: int) -> VerdictMeasure:
             try:
                 re.compile(str(entry[field]))
             except re.error as error:
-                raise ValueError(f"{label}: {field} {entry[field]!r} is not a valid regular expression: "
-                                 f"{error}") from None
-    return VerdictMeasure(name=str(entry["name"]), key=str(entry["key"]), better=entry["better"],
-                          baseline=None if entry.get("baseline") is None else str(entry["baseline"]),
-                          requires=None if entry.get("requires") is None else str(entry["requires"]))
+                raise ValueError(
+                    f"{label}: {field} {entry[field]!r} is not a valid regular expression: {error}"
+                ) from None
+    return VerdictMeasure(
+        name=str(entry["name"]),
+        key=str(entry["key"]),
+        better=entry["better"],
+        baseline=None if entry.get("baseline") is None else str(entry["baseline"]),
+        requires=None if entry.get("requires") is None else str(entry["requires"]),
+    )
 
 
 def parse_verdict(
@@ -134,8 +145,10 @@ def parse_verdict(
         raise ValueError(f"verdict has unknown field(s) {unknown}.")
     for side in ("reference", "treatment"):
         if config.get(side) not in variants:
-            raise ValueError(f"verdict.{side} is {config.get(side)!r}, which is not a variant of the study "
-                             f"(variants: {list(variants)}).")
+            raise ValueError(
+                f"verdict.{side} is {config.get(side)!r}, which is not a variant of the study "
+                f"(variants: {list(variants)})."
+            )
     if config["reference"] == config["treatment"]:
         raise ValueError("verdict.reference and verdict.treatment must be different variants.")
     entries = config.get("measures") or []
@@ -163,8 +176,14 @@ def parse_verdict(
     confidence = float(config.get("confidence", 0.95))
     if not 0 < alpha < 1 or not 0 < confidence < 1:
         raise ValueError(f"verdict.alpha and verdict.confidence must be in (0, 1); got {alpha}, {confidence}")
-    return VerdictSpec(reference=str(config["reference"]), treatment=str(config["treatment"]), measures=measures,
-                       alpha=alpha, confidence=confidence, bootstrap_seed=int(config.get("bootstrap_seed", 0)))
+    return VerdictSpec(
+        reference=str(config["reference"]),
+        treatment=str(config["treatment"]),
+        measures=measures,
+        alpha=alpha,
+        confidence=confidence,
+        bootstrap_seed=int(config.get("bootstrap_seed", 0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,7 @@ class VerdictRow:
 
     def cells(self) -> list[str]:
         """The row as table cells (the report's and the CLI's format)."""
+
         def p_text(p: float | None) -> str:
             if p is None or math.isnan(p):
                 return "–"
@@ -193,21 +213,48 @@ class VerdictRow:
 
         base = "–" if self.baseline is None else f"{self.baseline:.3g}"
         if not self.logged:
-            return [self.measure.name, self.measure.better, base, self.verdict, self.verdict, "–", "–", "–", "–",
-                    self.verdict]
+            return [
+                self.measure.name,
+                self.measure.better,
+                base,
+                self.verdict,
+                self.verdict,
+                "–",
+                "–",
+                "–",
+                "–",
+                self.verdict,
+            ]
         assert self.comparison is not None
         wilcoxon = self.comparison.p_wilcoxon
         return [
-            self.measure.name, self.measure.better, base, str(self.reference), str(self.treatment),
-            str(self.comparison.difference), p_text(self.comparison.p_value), p_text(self.adjusted_p),
-            p_text(wilcoxon) if wilcoxon is not None else f"n < {MIN_SEEDS_WILCOXON}", self.verdict,
+            self.measure.name,
+            self.measure.better,
+            base,
+            str(self.reference),
+            str(self.treatment),
+            str(self.comparison.difference),
+            p_text(self.comparison.p_value),
+            p_text(self.adjusted_p),
+            p_text(wilcoxon) if wilcoxon is not None else f"n < {MIN_SEEDS_WILCOXON}",
+            self.verdict,
         ]
 
 
 def verdict_columns(spec: VerdictSpec) -> list[str]:
     pct = f"{spec.confidence:.0%}"
-    return ["measure", "better", "baseline", f"{spec.reference} mean [{pct} CI]", f"{spec.treatment} mean [{pct} CI]",
-            f"{spec.treatment} − {spec.reference} [{pct} CI]", "p (paired t)", "p (Holm)", "p (Wilcoxon)", "verdict"]
+    return [
+        "measure",
+        "better",
+        "baseline",
+        f"{spec.reference} mean [{pct} CI]",
+        f"{spec.treatment} mean [{pct} CI]",
+        f"{spec.treatment} − {spec.reference} [{pct} CI]",
+        "p (paired t)",
+        "p (Holm)",
+        "p (Wilcoxon)",
+        "verdict",
+    ]
 
 
 def _by_seed(runs: Iterable[RunRecord], variant: str, pattern: str) -> dict[int, float]:
@@ -227,19 +274,45 @@ def verdict_table(runs: Sequence[RunRecord], spec: VerdictSpec) -> list[VerdictR
         reference = _by_seed(runs, spec.reference, measure.key)
         treatment = _by_seed(runs, spec.treatment, measure.key)
         seeds = sorted(set(reference) & set(treatment))
-        keys = tuple(sorted({k for run in runs if run.variant in (spec.reference, spec.treatment)
-                             for k in run.matching(measure.key)}))
-        baseline_values = [v for run in runs if measure.baseline and run.variant in (spec.reference, spec.treatment)
-                           for v in [run.last(measure.baseline)] if v is not None]
+        keys = tuple(
+            sorted(
+                {
+                    k
+                    for run in runs
+                    if run.variant in (spec.reference, spec.treatment)
+                    for k in run.matching(measure.key)
+                }
+            )
+        )
+        baseline_values = [
+            v
+            for run in runs
+            if measure.baseline and run.variant in (spec.reference, spec.treatment)
+            for v in [run.last(measure.baseline)]
+            if v is not None
+        ]
         baseline = float(np.mean(baseline_values)) if baseline_values else None
         if not seeds:
             absent = NOT_LOGGED + (f" (needs {measure.requires})" if measure.requires else "")
             partial.append((measure, keys, None, None, None, baseline, absent))
             continue
-        comparison = paired_comparison([treatment[s] for s in seeds], [reference[s] for s in seeds],
-                                       confidence=spec.confidence, seed=spec.bootstrap_seed)
-        partial.append((measure, keys, t_interval(list(reference.values()), spec.confidence),
-                        t_interval(list(treatment.values()), spec.confidence), comparison, baseline, None))
+        comparison = paired_comparison(
+            [treatment[s] for s in seeds],
+            [reference[s] for s in seeds],
+            confidence=spec.confidence,
+            seed=spec.bootstrap_seed,
+        )
+        partial.append(
+            (
+                measure,
+                keys,
+                t_interval(list(reference.values()), spec.confidence),
+                t_interval(list(treatment.values()), spec.confidence),
+                comparison,
+                baseline,
+                None,
+            )
+        )
     p_values = [np.nan if row[4] is None or row[4].n < MIN_SEEDS else row[4].p_value for row in partial]
     adjusted = holm(p_values)
     rows = []

@@ -64,8 +64,9 @@ class BayesianLayer(nn.Module):
             starts close to a deterministic network, as Blundell et al. recommend).
     """
 
-    def __init__(self, weight_shape: Sequence[int], bias_shape: Sequence[int] | None, prior_sigma: float,
-                 init_rho: float) -> None:
+    def __init__(
+        self, weight_shape: Sequence[int], bias_shape: Sequence[int] | None, prior_sigma: float, init_rho: float
+    ) -> None:
         super().__init__()
         if prior_sigma <= 0:
             raise ValueError(f"prior_sigma must be > 0; got {prior_sigma}")
@@ -135,8 +136,9 @@ def _gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_sigma: float) -> t
 class BayesianLinear(BayesianLayer):
     """A fully connected layer with a Gaussian posterior over its weights: ``(B, in) → (B, out)``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, prior_sigma: float = 1.0,
-                 init_rho: float = -5.0) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, prior_sigma: float = 1.0, init_rho: float = -5.0
+    ) -> None:
         super().__init__((out_features, in_features), (out_features,) if bias else None, prior_sigma, init_rho)
         self.in_features = in_features
         self.out_features = out_features
@@ -156,16 +158,27 @@ class BayesianLinear(BayesianLayer):
 class BayesianConv2d(BayesianLayer):
     """A 2-D convolution with a Gaussian posterior over its kernel: ``(B, C_in, H, W) → (B, C_out, H', W')``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0, dilation: int = 1, groups: int = 1, bias: bool = True,
-                 prior_sigma: float = 1.0, init_rho: float = -5.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        prior_sigma: float = 1.0,
+        init_rho: float = -5.0,
+    ) -> None:
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         kernel = _pair(kernel_size)
-        super().__init__((out_channels, in_channels // groups, *kernel), (out_channels,) if bias else None,
-                         prior_sigma, init_rho)
+        super().__init__(
+            (out_channels, in_channels // groups, *kernel), (out_channels,) if bias else None, prior_sigma, init_rho
+        )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel, _pair(stride), _pair(padding)
         self.dilation, self.groups = _pair(dilation), groups
@@ -182,8 +195,10 @@ class BayesianConv2d(BayesianLayer):
         return self._conv(x, self.weight_mu, self.bias_mu), self._conv(x.square(), self.weight_sigma.square(), bias_var)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, prior_sigma={self.prior_sigma}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, prior_sigma={self.prior_sigma}"
+        )
 
 
 def bayesian_layers(model: nn.Module) -> list[tuple[str, BayesianLayer]]:
@@ -199,8 +214,9 @@ def kl_divergence(model: nn.Module) -> torch.Tensor:
     return torch.stack([layer.kl_divergence() for _, layer in layers]).sum()
 
 
-def make_bayesian(model: nn.Module, layers: str | Sequence[str] = "all", prior_sigma: float = 1.0,
-                  init_rho: float = -5.0) -> nn.Module:
+def make_bayesian(
+    model: nn.Module, layers: str | Sequence[str] = "all", prior_sigma: float = 1.0, init_rho: float = -5.0
+) -> nn.Module:
     """Replace ``nn.Linear``/``nn.Conv2d`` modules of ``model`` (in place) by Bayesian ones whose means are
     the current weights.
 
@@ -212,8 +228,7 @@ def make_bayesian(model: nn.Module, layers: str | Sequence[str] = "all", prior_s
     Returns ``model``. Unknown names, or names of other module types, raise ``ValueError`` listing
     the convertible ones.
     """
-    convertible = [name for name, module in model.named_modules()
-                   if type(module) in (nn.Linear, nn.Conv2d) and name]
+    convertible = [name for name, module in model.named_modules() if type(module) in (nn.Linear, nn.Conv2d) and name]
     if not convertible:
         raise ValueError("make_bayesian found no nn.Linear or nn.Conv2d module to convert")
     if layers == "all":
@@ -224,8 +239,10 @@ def make_bayesian(model: nn.Module, layers: str | Sequence[str] = "all", prior_s
         names = [layers] if isinstance(layers, str) else list(layers)
         unknown = [name for name in names if name not in convertible]
         if unknown:
-            raise ValueError(f"make_bayesian cannot convert {unknown}: give 'all', 'last' or names of nn.Linear/"
-                             f"nn.Conv2d modules: {convertible}")
+            raise ValueError(
+                f"make_bayesian cannot convert {unknown}: give 'all', 'last' or names of nn.Linear/"
+                f"nn.Conv2d modules: {convertible}"
+            )
     for name in names:
         owner, leaf = model, name
         if "." in name:
@@ -233,14 +250,27 @@ def make_bayesian(model: nn.Module, layers: str | Sequence[str] = "all", prior_s
             owner = model.get_submodule(parent)
         old = getattr(owner, leaf)
         if isinstance(old, nn.Linear):
-            new: BayesianLayer = BayesianLinear(old.in_features, old.out_features, old.bias is not None,
-                                                prior_sigma, init_rho)
+            new: BayesianLayer = BayesianLinear(
+                old.in_features, old.out_features, old.bias is not None, prior_sigma, init_rho
+            )
         else:
             if old.padding_mode != "zeros" or isinstance(old.padding, str):
-                raise ValueError(f"make_bayesian: {name!r} uses padding={old.padding!r}, padding_mode="
-                                 f"{old.padding_mode!r}; only numeric zero padding is supported")
-            new = BayesianConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                                 old.dilation, old.groups, old.bias is not None, prior_sigma, init_rho)
+                raise ValueError(
+                    f"make_bayesian: {name!r} uses padding={old.padding!r}, padding_mode="
+                    f"{old.padding_mode!r}; only numeric zero padding is supported"
+                )
+            new = BayesianConv2d(
+                old.in_channels,
+                old.out_channels,
+                old.kernel_size,
+                old.stride,
+                old.padding,
+                old.dilation,
+                old.groups,
+                old.bias is not None,
+                prior_sigma,
+                init_rho,
+            )
         with torch.no_grad():
             new.weight_mu.copy_(old.weight)
             if old.bias is not None:
@@ -268,9 +298,16 @@ def keyed_weight_noise(model: nn.Module, noise: KeyedNoise) -> Iterator[list[tup
             layer.noise = None
 
 
-def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: int = 0,
-                    keys: torch.Tensor | None = None, max_batch: int | None = None,
-                    output_key: str | int | None = None, share_prefix: bool = True) -> torch.Tensor:
+def bayesian_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int = 20,
+    seed: int = 0,
+    keys: torch.Tensor | None = None,
+    max_batch: int | None = None,
+    output_key: str | int | None = None,
+    share_prefix: bool = True,
+) -> torch.Tensor:
     """Logits of ``samples`` weight samples of ``x (N, ...)``: ``(samples, N, K)``, batched like MC dropout.
 
     The model runs in eval mode (BatchNorm, dropout off); only the Bayesian layers are stochastic,
@@ -292,9 +329,16 @@ def bayesian_logits(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: 
             module.training = training
 
 
-def bayesian_predict(model: nn.Module, x: torch.Tensor, samples: int = 20, seed: int = 0,
-                     keys: torch.Tensor | None = None, max_batch: int | None = None,
-                     output_key: str | int | None = None, share_prefix: bool = True) -> PredictiveSummary:
+def bayesian_predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int = 20,
+    seed: int = 0,
+    keys: torch.Tensor | None = None,
+    max_batch: int | None = None,
+    output_key: str | int | None = None,
+    share_prefix: bool = True,
+) -> PredictiveSummary:
     """Predictive mean ``(N, K)`` and uncertainty scores ``(N,)`` of a Bayesian network from weight samples."""
     logits = bayesian_logits(model, x, samples, seed, keys, max_batch, output_key, share_prefix)
     return summarise_samples(logits.float().softmax(-1))

@@ -61,8 +61,14 @@ class CalibrationReport:
 
     def scalars(self) -> dict[str, float]:
         """``{"ece", "mce", "nll", "brier", "accuracy", "confidence"}``."""
-        return {"ece": self.ece, "mce": self.mce, "nll": self.nll, "brier": self.brier,
-                "accuracy": self.accuracy, "confidence": self.confidence}
+        return {
+            "ece": self.ece,
+            "mce": self.mce,
+            "nll": self.nll,
+            "brier": self.brier,
+            "accuracy": self.accuracy,
+            "confidence": self.confidence,
+        }
 
 
 def _check(probs: torch.Tensor, labels: torch.Tensor) -> None:

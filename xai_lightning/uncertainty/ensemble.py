@@ -61,14 +61,18 @@ class VectorisedEnsemble(nn.Module):
         super().__init__()
         members = list(members)
         if len(members) < 2:
-            raise ValueError(f"An ensemble needs K >= 2 members to disagree; got K={len(members)}. "
-                             f"Use num_members >= 2 (Lakshminarayanan et al. use 5).")
+            raise ValueError(
+                f"An ensemble needs K >= 2 members to disagree; got K={len(members)}. "
+                f"Use num_members >= 2 (Lakshminarayanan et al. use 5)."
+            )
         reference = {name: tuple(t.shape) for name, t in _tensors(members[0])}
         for index, member in enumerate(members[1:], start=1):
             shapes = {name: tuple(t.shape) for name, t in _tensors(member)}
             if shapes != reference:
-                raise ValueError(f"Ensemble member {index} differs from member 0 in its parameters/buffers; "
-                                 f"all members must share one architecture")
+                raise ValueError(
+                    f"Ensemble member {index} differs from member 0 in its parameters/buffers; "
+                    f"all members must share one architecture"
+                )
         params, buffers = stack_module_state(members)
         self.num_members = len(members)
         self.stacked = copy.deepcopy(members[0])

@@ -45,14 +45,18 @@ class FamiliarityAutoencoder(nn.Module):
             self.code_size = (-(-height // 4), -(-width_px // 4))
             flat = 2 * width * self.code_size[0] * self.code_size[1]
             self.encoder = nn.Sequential(
-                nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Flatten(), nn.Linear(flat, bottleneck),
+                nn.Conv2d(channels, width, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(flat, bottleneck),
             )
             self.decoder_input = nn.Linear(bottleneck, flat)
             self.decoder = nn.Sequential(
                 nn.ReLU(),
-                nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
+                nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+                nn.ReLU(),
                 nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
             )
         else:
@@ -87,12 +91,17 @@ def reconstruction_error(
 ) -> torch.Tensor:
     """Per-example mean squared reconstruction error ``(N,)`` of ``x (N, *shape)`` (high = unfamiliar)."""
     with torch.no_grad():
-        return map_batched(lambda rows: (autoencoder(rows) - rows).square().flatten(1).mean(1), x.float(),
-                           max_batch=max_batch)
+        return map_batched(
+            lambda rows: (autoencoder(rows) - rows).square().flatten(1).mean(1), x.float(), max_batch=max_batch
+        )
 
 
-def training_step(autoencoder: FamiliarityAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  before_step: Callable[[], None] | None = None) -> torch.Tensor:
+def training_step(
+    autoencoder: FamiliarityAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    before_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """One optimiser step on the reconstruction loss of ``x`` (a detached copy); returns the loss (detached).
 
     ``before_step`` runs between ``backward`` and ``step`` (e.g. averaging gradients over DDP ranks).
@@ -111,8 +120,15 @@ def training_step(autoencoder: FamiliarityAutoencoder, optimizer: torch.optim.Op
     return loss.detach()
 
 
-def fit_autoencoder(x: torch.Tensor, steps: int = 500, batch_size: int = 64, lr: float = 1e-3, bottleneck: int = 16,
-                    width: int = 32, seed: int = 0) -> FamiliarityAutoencoder:
+def fit_autoencoder(
+    x: torch.Tensor,
+    steps: int = 500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    bottleneck: int = 16,
+    width: int = 32,
+    seed: int = 0,
+) -> FamiliarityAutoencoder:
     """Train a :class:`FamiliarityAutoencoder` on ``x (N, *shape)`` (in-distribution data) with Adam.
 
     Initialisation and mini-batches come from a private generator seeded with ``seed``; no global

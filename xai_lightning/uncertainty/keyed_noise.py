@@ -95,8 +95,9 @@ class KeyedNoise:
             generator = self._generators[str(device)] = torch.Generator(device=device)
         return generator
 
-    def _draw(self, kind: str, stream: int, shape: tuple[int, ...], device: torch.device | str | None,
-              dtype: torch.dtype) -> torch.Tensor:
+    def _draw(
+        self, kind: str, stream: int, shape: tuple[int, ...], device: torch.device | str | None, dtype: torch.dtype
+    ) -> torch.Tensor:
         rows = self.rows
         shape = tuple(int(size) for size in shape)
         if not shape or shape[0] != rows:
@@ -110,12 +111,22 @@ class KeyedNoise:
             draw(shape[1:], generator=generator, device=device, out=out[row])
         return out.to(dtype)
 
-    def uniform(self, stream: int, shape: tuple[int, ...], device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def uniform(
+        self,
+        stream: int,
+        shape: tuple[int, ...],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Uniform draws in ``[0, 1)`` of ``shape``; ``shape[0]`` is the rows."""
         return self._draw("uniform", 2 * stream, shape, device, dtype)
 
-    def normal(self, stream: int, shape: tuple[int, ...], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def normal(
+        self,
+        stream: int,
+        shape: tuple[int, ...],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Standard normal draws of ``shape``; ``shape[0]`` is the rows."""
         return self._draw("normal", 2 * stream + 1, shape, device, dtype)

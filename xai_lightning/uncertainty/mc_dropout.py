@@ -52,13 +52,18 @@ def dropout_layers(model: nn.Module) -> list[tuple[str, nn.Dropout]]:
     found, zero = [], []
     for name, module in model.named_modules():
         if isinstance(module, _UNSUPPORTED):
-            raise MCDropoutError(f"MC dropout supports nn.Dropout and nn.Dropout1d/2d/3d; {name!r} is "
-                                 f"{type(module).__name__}. Replace it, or do not request MC dropout.")
+            raise MCDropoutError(
+                f"MC dropout supports nn.Dropout and nn.Dropout1d/2d/3d; {name!r} is "
+                f"{type(module).__name__}. Replace it, or do not request MC dropout."
+            )
         if isinstance(module, nn.modules.dropout._DropoutNd):
             (found if module.p > 0 else zero).append((name, module))
     if not found:
-        detail = (f"its dropout layers {[name for name, _ in zero]} all have p=0" if zero
-                  else "it has no dropout layer (nn.Dropout, nn.Dropout1d/2d/3d)")
+        detail = (
+            f"its dropout layers {[name for name, _ in zero]} all have p=0"
+            if zero
+            else "it has no dropout layer (nn.Dropout, nn.Dropout1d/2d/3d)"
+        )
         raise MCDropoutError(
             f"MC dropout samples the model's dropout layers, but {detail}. Add dropout with p > 0 "
             f"(e.g. SmallCNN(dropout=0.2), or nn.Dropout(0.2) before the classifier) and train with it, or "
@@ -82,8 +87,10 @@ def keyed_dropout(model: nn.Module, noise: KeyedNoise) -> Iterator[list[int]]:
     def hook_for(stream: int, module: nn.Dropout):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             if output.shape[0] != noise.rows:
-                raise RuntimeError(f"dropout saw a batch of {output.shape[0]} rows, the keyed noise {noise.rows}: "
-                                   f"the model must keep the batch as its first dimension")
+                raise RuntimeError(
+                    f"dropout saw a batch of {output.shape[0]} rows, the keyed noise {noise.rows}: "
+                    f"the model must keep the batch as its first dimension"
+                )
             calls[0] += 1
             p = float(module.p)
             if p >= 1.0:
@@ -150,9 +157,16 @@ def mc_dropout_logits(
     return logits
 
 
-def mc_dropout_predict(model: nn.Module, x: torch.Tensor, passes: int = 20, seed: int = 0,
-                       keys: torch.Tensor | None = None, max_batch: int | None = None,
-                       output_key: str | int | None = None, share_prefix: bool = True) -> PredictiveSummary:
+def mc_dropout_predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    passes: int = 20,
+    seed: int = 0,
+    keys: torch.Tensor | None = None,
+    max_batch: int | None = None,
+    output_key: str | int | None = None,
+    share_prefix: bool = True,
+) -> PredictiveSummary:
     """MC-dropout predictive distribution of ``x``: mean probabilities ``(N, K)``, predictive entropy,
     expected entropy, mutual information (BALD) and predictive std, each ``(N,)`` (see
     :class:`~xai_lightning.uncertainty.PredictiveSummary`)."""

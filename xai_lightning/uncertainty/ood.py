@@ -26,8 +26,10 @@ def _check(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[torch.Ten
     a = torch.as_tensor(in_scores).detach().double().reshape(-1).cpu()
     b = torch.as_tensor(out_scores).detach().double().reshape(-1).cpu()
     if a.numel() == 0 or b.numel() == 0:
-        raise ValueError(f"OOD detection needs scores of both sets; got {a.numel()} in-distribution and "
-                         f"{b.numel()} out-of-distribution")
+        raise ValueError(
+            f"OOD detection needs scores of both sets; got {a.numel()} in-distribution and "
+            f"{b.numel()} out-of-distribution"
+        )
     if torch.isnan(a).any() or torch.isnan(b).any():
         raise ValueError("OOD scores contain NaN")
     return a, b
@@ -49,7 +51,7 @@ def ood_auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
     """AUROC of separating ``out_scores`` (positives, higher) from ``in_scores``; 0.5 = chance."""
     a, b = _check(in_scores, out_scores)
     ranks = _average_ranks(torch.cat([a, b]))
-    u = ranks[a.numel():].sum() - b.numel() * (b.numel() + 1) / 2
+    u = ranks[a.numel() :].sum() - b.numel() * (b.numel() + 1) / 2
     return float(u / (a.numel() * b.numel()))
 
 

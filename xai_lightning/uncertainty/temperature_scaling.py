@@ -28,8 +28,9 @@ class TemperatureFit:
     nll_after: float
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100,
-                    bounds: tuple[float, float] = (1e-2, 1e2)) -> TemperatureFit:
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100, bounds: tuple[float, float] = (1e-2, 1e2)
+) -> TemperatureFit:
     """Fit ``T`` minimising ``NLL(softmax(logits / T), labels)``: ``logits (N, K)``, ``labels (N,)``.
 
     Runs under its own ``torch.enable_grad()`` (also inside ``no_grad``/``inference_mode`` loops)
@@ -37,8 +38,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     predictions right with huge margins — otherwise drives T towards 0).
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"fit_temperature needs logits (N, K) and labels (N,); got {tuple(logits.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"fit_temperature needs logits (N, K) and labels (N,); got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     if logits.shape[0] == 0:
         raise ValueError("fit_temperature needs at least one example")
     with torch.inference_mode(False), torch.enable_grad():

@@ -4,6 +4,7 @@ Data randomisation (training on permuted labels) is an experiment: ``experiments
 """
 
 from xai_lightning.evaluation.sanity.hog import hog_features
+from xai_lightning.evaluation.sanity.image_similarity import structural_similarity
 from xai_lightning.evaluation.sanity.parameter_randomisation import (
     ModelParameterRandomisation,
     RandomisationResult,
@@ -25,7 +26,6 @@ from xai_lightning.evaluation.sanity.similarity import (
     spearman_signed,
     ssim,
 )
-from xai_lightning.evaluation.sanity.ssim import structural_similarity
 
 __all__ = [
     "SIMILARITIES",

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 __all__ = ["hog_features"]
 
 
-def hog_features(maps: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 4,
-                 cells_per_block: int = 2, eps: float = 1e-5) -> torch.Tensor:
+def hog_features(
+    maps: torch.Tensor, orientations: int = 9, pixels_per_cell: int = 4, cells_per_block: int = 2, eps: float = 1e-5
+) -> torch.Tensor:
     """HOG descriptors ``(B, n_blocks_row · n_blocks_col · b · b · orientations)`` float64 of maps ``(B, H, W)``."""
     if maps.dim() != 3:
         raise ValueError(f"HOG takes maps (B, H, W); got {tuple(maps.shape)}")
@@ -43,5 +44,3 @@ def hog_features(maps: torch.Tensor, orientations: int = 9, pixels_per_cell: int
     flat = flat.clamp_max(0.2)
     flat = flat / torch.sqrt(flat.square().sum(-1, keepdim=True) + eps**2)
     return flat.reshape(batch, -1)
-
-

@@ -24,8 +24,7 @@ import torchmetrics
 from torch import nn
 
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import degenerate_maps
-from xai_lightning.evaluation.max_sensitivity import ExplainSpec, as_explainer
+from xai_lightning.evaluation.degenerate_map_checks import degenerate_maps
 from xai_lightning.evaluation.model_scores import evaluated_model, resolve_metric_targets
 from xai_lightning.evaluation.sanity.randomisation import (
     RandomisationMode,
@@ -33,6 +32,7 @@ from xai_lightning.evaluation.sanity.randomisation import (
     randomised_copies,
 )
 from xai_lightning.evaluation.sanity.similarity import SIMILARITIES, map_similarity
+from xai_lightning.evaluation.sensitivity import ExplainSpec, as_explainer
 
 __all__ = ["ModelParameterRandomisation", "RandomisationResult", "model_parameter_randomisation"]
 
@@ -110,13 +110,19 @@ def model_parameter_randomisation(
     unknown = [name for name in similarities if name not in SIMILARITIES]
     if unknown or not similarities:
         raise ValueError(f"Unknown similarities {unknown}; use some of {list(SIMILARITIES)}.")
-    explainer = as_explainer(explain, max_batch=max_batch, output_key=output_key) if isinstance(explain, str) \
+    explainer = (
+        as_explainer(explain, max_batch=max_batch, output_key=output_key)
+        if isinstance(explain, str)
         else as_explainer(explain)
+    )
     with evaluated_model(model, output_key, max_batch) as explained:
         x = inputs.detach().clone()
         resolved = resolve_metric_targets(explained, x, targets)
-        trained_maps = _explain_maps(explainer, explained.model, x, resolved) if original is None \
+        trained_maps = (
+            _explain_maps(explainer, explained.model, x, resolved)
+            if original is None
             else original.detach().float().to(x.device)
+        )
     names: list[str] = []
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in similarities}
     kept: list[torch.Tensor] = []
@@ -125,7 +131,9 @@ def model_parameter_randomisation(
         with evaluated_model(randomised, output_key, max_batch) as copy_model:
             maps = _explain_maps(explainer, copy_model.model, x, resolved)
         if maps.shape != trained_maps.shape:
-            raise ValueError(f"Randomised maps {tuple(maps.shape)} differ from the original maps {tuple(trained_maps.shape)}")
+            raise ValueError(
+                f"Randomised maps {tuple(maps.shape)} differ from the original maps {tuple(trained_maps.shape)}"
+            )
         names.append(layer)
         degenerate.append(int(degenerate_maps(maps).sum()))
         for name in similarities:
@@ -161,25 +169,45 @@ class ModelParameterRandomisation(torchmetrics.Metric):
     totals: torch.Tensor
     count: torch.Tensor
 
-    def __init__(self, model: nn.Module, method: str = "saliency", method_options: dict[str, Any] | None = None,
-                 mode: RandomisationMode = "cascading", layers: Sequence[str] | None = None,
-                 similarities: Sequence[str] = tuple(SIMILARITIES), seed: int = 0,
-                 output_key: str | int | None = None, max_batch: int | None = 256, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "saliency",
+        method_options: dict[str, Any] | None = None,
+        mode: RandomisationMode = "cascading",
+        layers: Sequence[str] | None = None,
+        similarities: Sequence[str] = tuple(SIMILARITIES),
+        seed: int = 0,
+        output_key: str | int | None = None,
+        max_batch: int | None = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.__dict__["model"] = model
         self.layers = list(layers) if layers is not None else randomisable_layers(model)
         self.similarities = list(similarities)
-        self.__dict__["explainer"] = as_explainer(method, max_batch=max_batch, output_key=output_key,
-                                                  **dict(method_options or {}))
-        self.options = {"mode": mode, "layers": self.layers, "similarities": self.similarities, "seed": seed,
-                            "output_key": output_key, "max_batch": max_batch}
-        self.add_state("totals", default=torch.zeros(len(self.similarities), len(self.layers), dtype=torch.float64),
-                       dist_reduce_fx="sum")
+        self.__dict__["explainer"] = as_explainer(
+            method, max_batch=max_batch, output_key=output_key, **dict(method_options or {})
+        )
+        self.options = {
+            "mode": mode,
+            "layers": self.layers,
+            "similarities": self.similarities,
+            "seed": seed,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
+        self.add_state(
+            "totals",
+            default=torch.zeros(len(self.similarities), len(self.layers), dtype=torch.float64),
+            dist_reduce_fx="sum",
+        )
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, inputs: torch.Tensor, maps: torch.Tensor | None = None, targets: TargetSpec = "predicted") -> None:
-        result = model_parameter_randomisation(self.model, inputs, targets, self.explainer, original=maps,
-                                               **self.options)
+        result = model_parameter_randomisation(
+            self.model, inputs, targets, self.explainer, original=maps, **self.options
+        )
         sums = torch.stack([result.similarity[name].sum(1) for name in self.similarities])
         self.totals += sums.to(self.totals.device)
         self.count += inputs.shape[0]

@@ -91,12 +91,17 @@ def randomised_copies(
     order = valid if layers is None else [normalize_layer_name(name) for name in layers]
     unknown = [name for name in order if name not in valid]
     if unknown:
-        raise ValueError(f"Cannot randomise {unknown}: not layers with parameters and reset_parameters(). "
-                         f"Randomisable layers, top first: {valid}")
+        raise ValueError(
+            f"Cannot randomise {unknown}: not layers with parameters and reset_parameters(). "
+            f"Randomisable layers, top first: {valid}"
+        )
     duplicate = private_copy(model)
     modules = dict(duplicate.named_modules())
-    trained = {name: {key: value.detach().clone() for key, value in modules[name].state_dict().items()}
-               for name in order} if mode == "independent" else {}
+    trained = (
+        {name: {key: value.detach().clone() for key, value in modules[name].state_dict().items()} for name in order}
+        if mode == "independent"
+        else {}
+    )
     previous: str | None = None
     for name in order:
         if mode == "independent" and previous is not None:

@@ -10,7 +10,7 @@
 All take map pairs ``(B, H, W)`` and return ``(B,)`` float64, batched. A map that is constant
 (all zero included) or non-finite has no ranking and no gradients: the correlations with it are
 0 (not NaN), and SSIM compares its all-zero scaling; callers warn about such maps
-(:mod:`~xai_lightning.evaluation.degenerate_maps`).
+(:mod:`~xai_lightning.evaluation.degenerate_map_checks`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ from typing import Literal
 
 import torch
 
-from xai_lightning.evaluation.degenerate_maps import finite_maps
-from xai_lightning.evaluation.faithfulness_correlation import pearson_rows
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
+from xai_lightning.evaluation.faithfulness import pearson_rows
 from xai_lightning.evaluation.sanity.hog import hog_features
-from xai_lightning.evaluation.sanity.ssim import structural_similarity
+from xai_lightning.evaluation.sanity.image_similarity import structural_similarity
 from xai_lightning.evaluation.stability import spearman_correlation
 
-__all__ = ["SIMILARITIES", "Similarity", "hog_pearson", "map_similarity", "scaled_magnitude", "spearman_abs",
-           "spearman_signed", "ssim"]
+__all__ = [
+    "SIMILARITIES",
+    "Similarity",
+    "hog_pearson",
+    "map_similarity",
+    "scaled_magnitude",
+    "spearman_abs",
+    "spearman_signed",
+    "ssim",
+]
 
 Similarity = Literal["spearman_abs", "spearman", "ssim", "hog_pearson"]
 
@@ -71,8 +79,9 @@ def hog_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     magnitudes; cells of ``side // 8`` pixels when that is larger, so 224-pixel maps get 28-pixel cells."""
     a, b = _check(a, b)
     cell = max(4, min(a.shape[1:]) // 8)
-    return pearson_rows(hog_features(scaled_magnitude(a), pixels_per_cell=cell),
-                        hog_features(scaled_magnitude(b), pixels_per_cell=cell))
+    return pearson_rows(
+        hog_features(scaled_magnitude(a), pixels_per_cell=cell), hog_features(scaled_magnitude(b), pixels_per_cell=cell)
+    )
 
 
 SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

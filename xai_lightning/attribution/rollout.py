@@ -6,7 +6,7 @@ information. Rollout models each layer ``l`` as the mixing matrix
     Ã_l = normalise_rows( (1 − r)·fuse_heads(A_l) + r·I )        (r = 0.5 in the paper)
 
 and the flow from the input tokens to the last layer as the product ``Ã_L ··· Ã_1``. Its CLS row
-over the patch tokens is the map (:mod:`~xai_lightning.attribution.attention_maps`). Heads are
+over the patch tokens is the map (:mod:`~xai_lightning.attribution.attention_map_methods`). Heads are
 fused by their mean (the paper); ``"max"`` and ``"min"`` are common variants. Everything is a
 batched matrix product ``(B, T, T)``; no gradient is involved.
 """

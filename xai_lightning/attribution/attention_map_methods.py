@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from xai_lightning.attribution.attention_capture import AttentionCapture, find_attention_layers
-from xai_lightning.attribution.attention_relevance import attention_relevance
-from xai_lightning.attribution.attention_rollout import HeadFusion, attention_rollout
+from xai_lightning.attribution.chefer_relevance import attention_relevance
 from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.attribution.layer_gradients import upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
+from xai_lightning.attribution.rollout import HeadFusion, attention_rollout
 from xai_lightning.core import (
     ObserverGuard,
     TargetSpec,
@@ -183,13 +183,17 @@ def attention_maps(
             logit_parts.append(shown.detach().float())
             target_parts.append(targets)
             score_parts.append(class_scores(logits, targets).detach().float())
-    names = tuple(name for name, _ in layers) if layers is not None else tuple(
-        f"layer{i}" for i in range(len(attentions)))
+    names = (
+        tuple(name for name, _ in layers) if layers is not None else tuple(f"layer{i}" for i in range(len(attentions)))
+    )
     return AttentionMaps(
         raw=torch.cat(raw_parts) if raw_parts else None,
         rollout=torch.cat(rollout_parts) if rollout_parts else None,
         relevance=torch.cat(relevance_parts) if relevance_parts else None,
-        logits=torch.cat(logit_parts), targets=torch.cat(target_parts), scores=torch.cat(score_parts), layers=names,
+        logits=torch.cat(logit_parts),
+        targets=torch.cat(target_parts),
+        scores=torch.cat(score_parts),
+        layers=names,
         special_tokens=specials,
     )
 
@@ -201,8 +205,9 @@ class _AttentionMapMethod(AttributionMethod):
     map_reduction = "none"
     kind: AttentionMapKind = "rollout"
 
-    def __init__(self, special_tokens: int | None = None, source: AttentionSource = "hooks", upsample: bool = True,
-                 **common) -> None:
+    def __init__(
+        self, special_tokens: int | None = None, source: AttentionSource = "hooks", upsample: bool = True, **common
+    ) -> None:
         super().__init__(**common)
         if source not in ("hooks", "outputs"):
             raise ValueError(f"source must be 'hooks' or 'outputs'; got {source!r}")
@@ -210,12 +215,25 @@ class _AttentionMapMethod(AttributionMethod):
         self.source = source
         self.upsample = upsample
 
-    def _maps(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-              labels: torch.Tensor | None, **options) -> AttentionMaps:
+    def _maps(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        **options,
+    ) -> AttentionMaps:
         return attention_maps(
-            explained.model, inputs, target if explained.score_fn is None else explained.score_fn, labels=labels,
-            kinds=(self.kind,), special_tokens_count=self.special_tokens, source=self.source,
-            output_key=explained.output_key, max_batch=explained.max_batch, **options,
+            explained.model,
+            inputs,
+            target if explained.score_fn is None else explained.score_fn,
+            labels=labels,
+            kinds=(self.kind,),
+            special_tokens_count=self.special_tokens,
+            source=self.source,
+            output_key=explained.output_key,
+            max_batch=explained.max_batch,
+            **options,
         )
 
     def _finish(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -247,8 +265,14 @@ class AttentionRollout(_AttentionMapMethod):
         self.residual = residual
         self.head_fusion = head_fusion
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         maps = self._maps(explained, inputs, target, labels, residual=self.residual, head_fusion=self.head_fusion)
         assert maps.rollout is not None
         return self._finish(maps.rollout, inputs), None
@@ -264,8 +288,14 @@ class AttentionRelevance(_AttentionMapMethod):
     title = "Attention relevance (Chefer)"
     kind = "relevance"
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         maps = self._maps(explained, inputs, target, labels)
         assert maps.relevance is not None
         return self._finish(maps.relevance, inputs), None
@@ -289,8 +319,14 @@ class RawAttention(_AttentionMapMethod):
         self.attention_layer = attention_layer
         self.head = head
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         maps = self._maps(explained, inputs, target, labels)
         assert maps.raw is not None
         layers = maps.raw.shape[1]

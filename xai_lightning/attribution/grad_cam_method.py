@@ -100,8 +100,7 @@ def grad_cam(
     target_parts: list[torch.Tensor] = []
     score_fn, target = split_target(target)
     with observe(model, trainer=trainer) as guard:
-        specs = resolve_layer_specs(model, layers, lambda: model(guard.input(inputs[:1], requires_grad=False)),
-                                    reshape)
+        specs = resolve_layer_specs(model, layers, lambda: model(guard.input(inputs[:1], requires_grad=False)), reshape)
         names = [spec.key for spec in specs]
         maps = {name: [] for name in names}
         explained = ExplainedModel(model, output_key, max_batch, score_fn=score_fn, like=inputs)
@@ -173,8 +172,14 @@ class GradCAM(AttributionMethod):
         self.upsample = upsample
         self.reshape = reshape
 
-    def _attribute(self, explained: ExplainedModel, inputs: torch.Tensor, target: TargetSpec,
-                   labels: torch.Tensor | None, guard: ObserverGuard):
+    def _attribute(
+        self,
+        explained: ExplainedModel,
+        inputs: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+        guard: ObserverGuard,
+    ):
         result = grad_cam(
             explained.model,
             inputs,

@@ -41,7 +41,7 @@ from torch import nn
 
 from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 from xai_lightning.evaluation.map_shape import check_maps
 from xai_lightning.evaluation.model_scores import (
@@ -87,8 +87,12 @@ def draw_perturbations(
         left = torch.randint(0, width - square + 1, (samples,), generator=generator)
         rows = torch.arange(height).view(1, height, 1)
         cols = torch.arange(width).view(1, 1, width)
-        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + square).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + square).view(-1, 1, 1)))
+        inside = (
+            (rows >= top.view(-1, 1, 1))
+            & (rows < (top + square).view(-1, 1, 1))
+            & (cols >= left.view(-1, 1, 1))
+            & (cols < (left + square).view(-1, 1, 1))
+        )
         chosen = inside.unsqueeze(1)
     else:
         raise ValueError(f"Unknown perturbation {perturbation!r}; use 'noise', 'square' or 'subset'.")
@@ -137,16 +141,22 @@ def infidelity(
         generator = torch.Generator().manual_seed(int(seed))
         base = make_baseline(baseline, x, generator=generator)
         if perturbations is None:
-            perturbation_tensor = draw_perturbations(x, base, samples, perturbation, generator, noise_std, square,
-                                                     subset_p)
+            perturbation_tensor = draw_perturbations(
+                x, base, samples, perturbation, generator, noise_std, square, subset_p
+            )
         else:
             perturbation_tensor = torch.as_tensor(perturbations).to(x.device, x.dtype)
             if tuple(perturbation_tensor.shape[1:]) == shape and perturbation_tensor.dim() == x.dim():
                 perturbation_tensor = perturbation_tensor.unsqueeze(0).expand(batch, *perturbation_tensor.shape)
-            if perturbation_tensor.dim() != x.dim() + 1 or perturbation_tensor.shape[0] != batch \
-                    or tuple(perturbation_tensor.shape[2:]) != shape:
-                raise ValueError(f"perturbations must be (S, {', '.join(map(str, shape))}) or (B, S, ...) for inputs "
-                                 f"of shape {tuple(x.shape)}; got {tuple(perturbation_tensor.shape)}")
+            if (
+                perturbation_tensor.dim() != x.dim() + 1
+                or perturbation_tensor.shape[0] != batch
+                or tuple(perturbation_tensor.shape[2:]) != shape
+            ):
+                raise ValueError(
+                    f"perturbations must be (S, {', '.join(map(str, shape))}) or (B, S, ...) for inputs "
+                    f"of shape {tuple(x.shape)}; got {tuple(perturbation_tensor.shape)}"
+                )
         num = perturbation_tensor.shape[1]
 
         def perturbed(rows: slice) -> torch.Tensor:
@@ -178,19 +188,43 @@ class Infidelity(ExplanationMetric):
     key = "infidelity"
     higher_is_better = False
 
-    def __init__(self, model: nn.Module, perturbation: Perturbation = "noise", samples: int = 10,
-                 noise_std: float = 0.1, square: int = 4, subset_p: float = 0.25, baseline: BaselineSpec = "zero",
-                 multiply_by_inputs: bool = False, normalize: bool = True, score: MetricScore = "logit",
-                 seed: int = 0, output_key: str | int | None = None, max_batch: int | None = 256, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        perturbation: Perturbation = "noise",
+        samples: int = 10,
+        noise_std: float = 0.1,
+        square: int = 4,
+        subset_p: float = 0.25,
+        baseline: BaselineSpec = "zero",
+        multiply_by_inputs: bool = False,
+        normalize: bool = True,
+        score: MetricScore = "logit",
+        seed: int = 0,
+        output_key: str | int | None = None,
+        max_batch: int | None = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(model, **kwargs)
         check_score(score)
         if perturbation not in ("noise", "square", "subset"):
             raise ValueError(f"Unknown perturbation {perturbation!r}; use 'noise', 'square' or 'subset'.")
         if samples < 1:
             raise ValueError(f"samples must be >= 1; got {samples}")
-        self.options = {"perturbation": perturbation, "samples": samples, "noise_std": noise_std, "square": square,
-                            "subset_p": subset_p, "baseline": baseline, "multiply_by_inputs": multiply_by_inputs,
-                            "normalize": normalize, "score": score, "seed": seed, "output_key": output_key, "max_batch": max_batch}
+        self.options = {
+            "perturbation": perturbation,
+            "samples": samples,
+            "noise_std": noise_std,
+            "square": square,
+            "subset_p": subset_p,
+            "baseline": baseline,
+            "multiply_by_inputs": multiply_by_inputs,
+            "normalize": normalize,
+            "score": score,
+            "seed": seed,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
 
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return infidelity(self.model, inputs, maps, targets, **self.options)

@@ -1,7 +1,7 @@
 """ROAD: RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, ICML 2022).
 
 Pixel removal without retraining, made fair: removed pixels are filled by noisy linear
-imputation (:mod:`~xai_lightning.evaluation.noisy_linear_imputation`), so the *shape* of the
+imputation (:mod:`~xai_lightning.evaluation.linear_imputation`), so the *shape* of the
 removed region leaks no class information. For each removal fraction ``t`` (default 10 … 90 %)
 the top ``⌊t·H·W⌋`` pixels are removed
 
@@ -35,6 +35,7 @@ from torch import nn
 from xai_lightning.core import TargetSpec
 from xai_lightning.evaluation.deletion_insertion import feature_ranks
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
+from xai_lightning.evaluation.linear_imputation import noisy_linear_imputation
 from xai_lightning.evaluation.map_shape import check_maps
 from xai_lightning.evaluation.model_scores import (
     MetricScore,
@@ -43,7 +44,6 @@ from xai_lightning.evaluation.model_scores import (
     resolve_metric_targets,
     row_scores,
 )
-from xai_lightning.evaluation.noisy_linear_imputation import noisy_linear_imputation
 
 __all__ = ["DEFAULT_FRACTIONS", "ROAD", "RoadCurve", "road", "road_curve"]
 
@@ -97,8 +97,10 @@ def road_curve(
         raise ValueError(f"ROAD imputes pixels of images (B, C, H, W); got inputs of shape {tuple(inputs.shape)}")
     flat_maps = check_maps(inputs, maps)
     if flat_maps.shape[1] != inputs.shape[2] * inputs.shape[3]:
-        raise ValueError(f"ROAD ranks pixels: give per-pixel maps ({inputs.shape[0]}, {inputs.shape[2]}, "
-                         f"{inputs.shape[3]}), not maps of shape {tuple(maps.shape)}")
+        raise ValueError(
+            f"ROAD ranks pixels: give per-pixel maps ({inputs.shape[0]}, {inputs.shape[2]}, "
+            f"{inputs.shape[3]}), not maps of shape {tuple(maps.shape)}"
+        )
     num_pixels = flat_maps.shape[1]
     counts = torch.tensor([math.floor(num_pixels * f + 1e-6) for f in values], dtype=torch.long)
     with evaluated_model(model, output_key, max_batch) as explained:
@@ -119,12 +121,14 @@ def road_curve(
             return noisy_linear_imputation(x[example], removed, noise=noise, noise_draws=noise_draws[step.cpu()])
 
         scores = row_scores(explained, batch * len(values), imputed, resolved.repeat(len(values)), score)
-    return RoadCurve(fractions=torch.tensor(values), scores=scores.view(len(values), batch).T.contiguous(),
-                     targets=resolved)
+    return RoadCurve(
+        fractions=torch.tensor(values), scores=scores.view(len(values), batch).T.contiguous(), targets=resolved
+    )
 
 
-def road(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted",
-         **options) -> torch.Tensor:
+def road(
+    model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, targets: TargetSpec = "predicted", **options
+) -> torch.Tensor:
     """``(B,)`` mean of the ROAD curve over the removal fractions; options of :func:`road_curve`."""
     return road_curve(model, inputs, maps, targets, **options).scores.mean(1)
 
@@ -133,16 +137,32 @@ class ROAD(ExplanationMetric):
     """Mean ROAD score (Rong et al. 2022) as a torchmetric: lower is better for ``order="morf"``,
     higher for ``"lerf"`` (so ``higher_is_better`` is None). Options: :func:`road_curve`."""
 
-    def __init__(self, model: nn.Module, order: Order = "morf", fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 noise: float = 0.01, score: MetricScore = "probability", seed: int = 0,
-                 output_key: str | int | None = None, max_batch: int | None = 256, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        order: Order = "morf",
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        noise: float = 0.01,
+        score: MetricScore = "probability",
+        seed: int = 0,
+        output_key: str | int | None = None,
+        max_batch: int | None = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(model, **kwargs)
         if order not in ("morf", "lerf"):
             raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
         check_score(score)
         self.key = f"road_{order}"
-        self.options = {"order": order, "fractions": _check_fractions(fractions), "noise": noise, "score": score, "seed": seed,
-                            "output_key": output_key, "max_batch": max_batch}
+        self.options = {
+            "order": order,
+            "fractions": _check_fractions(fractions),
+            "noise": noise,
+            "score": score,
+            "seed": seed,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
 
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return road(self.model, inputs, maps, targets, **self.options)

@@ -59,7 +59,13 @@ def token_html(
         marks = None if relevant is None else relevant[i]
         cells += [f"<td>{tokens_row_html(tokens, scores[name][i], marks)}</td>" for name in methods]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    heading = f"<p><b>{html.escape(title)}</b> — red: evidence for the explained class, blue: against; " \
-              "underlined: ground-truth tokens</p>" if title else ""
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_STYLE}</head><body>{heading}"
-            f"<table class='xai-tokens'><tr>{header}</tr>{''.join(rows)}</table></body></html>")
+    heading = (
+        f"<p><b>{html.escape(title)}</b> — red: evidence for the explained class, blue: against; "
+        "underlined: ground-truth tokens</p>"
+        if title
+        else ""
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'>{_STYLE}</head><body>{heading}"
+        f"<table class='xai-tokens'><tr>{header}</tr>{''.join(rows)}</table></body></html>"
+    )

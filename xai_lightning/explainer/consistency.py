@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_lightning.core import batch_slices, isolated_rng
-from xai_lightning.explainer.layer_features import layer_features
+from xai_lightning.explainer.layer_outputs import layer_features
 
 __all__ = ["ConsistencyNetwork", "KnowledgeConsistency", "fit_knowledge_consistency", "knowledge_consistency"]
 
@@ -71,7 +71,10 @@ class ConsistencyNetwork(nn.Module):
         self.order = order
         padding = kernel_size // 2
         self.convs = nn.ModuleList(
-            [nn.Conv2d(source_channels, source_channels, kernel_size, padding=padding, bias=False) for _ in range(order)]
+            [
+                nn.Conv2d(source_channels, source_channels, kernel_size, padding=padding, bias=False)
+                for _ in range(order)
+            ]
             + [nn.Conv2d(source_channels, target_channels, kernel_size, padding=padding, bias=False)]
         )
         for conv in self.convs:
@@ -281,7 +284,7 @@ def knowledge_consistency(
 ) -> KnowledgeConsistency:
     """Knowledge consistency of ``model_a``'s ``layer_a`` features explained by ``model_b``'s ``layer_b``.
 
-    Features are computed in eval mode (:func:`~xai_lightning.explainer.layer_features`) on
+    Features are computed in eval mode (:func:`~xai_lightning.explainer.layer_outputs`) on
     ``images (N, C, H, W)`` to fit ``g`` and on ``eval_images`` to measure (recommended: held-out
     images; default the same images). See :func:`fit_knowledge_consistency` for the rest.
 
@@ -291,6 +294,7 @@ def knowledge_consistency(
                                        eval_images=val_images)
         result.order_fraction, result.inconsistent_fraction
     """
+
     def features(model: nn.Module, layer: str, inputs: torch.Tensor) -> torch.Tensor:
         return next(iter(layer_features(model, layer, inputs, max_batch).values()))
 
@@ -299,6 +303,14 @@ def knowledge_consistency(
     if eval_images is not None:
         eval_source, eval_target = features(model_b, layer_b, eval_images), features(model_a, layer_a, eval_images)
     return fit_knowledge_consistency(
-        source, target, eval_source, eval_target, order=order, steps=steps, batch_size=batch_size, lr=lr,
-        seed=seed, max_batch=max_batch,
+        source,
+        target,
+        eval_source,
+        eval_target,
+        order=order,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_batch=max_batch,
     )

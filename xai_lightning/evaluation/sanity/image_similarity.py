@@ -13,8 +13,9 @@ import torch.nn.functional as F
 __all__ = ["structural_similarity"]
 
 
-def structural_similarity(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 7,
-                          k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def structural_similarity(
+    a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 7, k1: float = 0.01, k2: float = 0.03
+) -> torch.Tensor:
     """Mean SSIM of ``a[i]`` and ``b[i]`` (``(B, H, W)``) → ``(B,)`` float64."""
     if a.shape != b.shape or a.dim() != 3:
         raise ValueError(f"SSIM compares maps (B, H, W) of one shape; got {tuple(a.shape)} and {tuple(b.shape)}")

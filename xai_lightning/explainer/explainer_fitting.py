@@ -9,7 +9,7 @@ from torch import nn
 
 from xai_lightning.core import isolated_rng, normalize_layer_name
 from xai_lightning.explainer.explainer_network import ExplainerNetwork
-from xai_lightning.explainer.layer_features import layer_features
+from xai_lightning.explainer.layer_outputs import layer_features
 
 __all__ = ["ExplainerFit", "fit_explainer"]
 
@@ -65,6 +65,12 @@ def fit_explainer(
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             optimizer.step()
-            history.append({"loss": float(loss.total.detach()), "reconstruction_error": float(loss.reconstruction),
-                            "filter_loss": float(loss.filter), "p": float(loss.p)})
+            history.append(
+                {
+                    "loss": float(loss.total.detach()),
+                    "reconstruction_error": float(loss.reconstruction),
+                    "filter_loss": float(loss.filter),
+                    "p": float(loss.p),
+                }
+            )
     return ExplainerFit(explainer=explainer.eval(), history=history)

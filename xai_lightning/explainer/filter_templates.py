@@ -93,9 +93,7 @@ def template_log_priors(height: int, width: int, device: torch.device | None = N
     return priors.log()
 
 
-def mutual_information(
-    maps: torch.Tensor, tau: float | None = None, beta: float = DEFAULT_BETA
-) -> torch.Tensor:
+def mutual_information(maps: torch.Tensor, tau: float | None = None, beta: float = DEFAULT_BETA) -> torch.Tensor:
     """``MI(X; T)`` per filter, for the feature maps a batch of images produces.
 
     Args:

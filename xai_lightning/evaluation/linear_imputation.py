@@ -25,8 +25,9 @@ import torch.nn.functional as F
 __all__ = ["NEIGHBOUR_WEIGHTS", "noisy_linear_imputation"]
 
 #: 3×3 weights of the neighbours in the mean (the centre does not count).
-NEIGHBOUR_WEIGHTS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                                 dtype=torch.float64)
+NEIGHBOUR_WEIGHTS = torch.tensor(
+    [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64
+)
 
 
 def _neighbour_sum(values: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,12 @@ def unit_mask_pixels(
         return b, k, y, x
     scale_h, scale_w = out_h // height, out_w // width
     # Patches reproduce the whole map's arithmetic only where 1/scale is exact in floating point.
-    if height < 2 or width < 2 or out_h != scale_h * height or out_w != scale_w * width or not (
-        _is_power_of_two(scale_h) and _is_power_of_two(scale_w)
+    if (
+        height < 2
+        or width < 2
+        or out_h != scale_h * height
+        or out_w != scale_w * width
+        or not (_is_power_of_two(scale_h) and _is_power_of_two(scale_w))
     ):
         return _whole_map_pixels(activations, thresholds, (out_h, out_w), max_values)
     # A cell can reach when one of its four sources can (shifted ORs: max_pool2d is slower on small maps).
@@ -104,7 +108,7 @@ def unit_mask_pixels(
         patches = F.interpolate(sources, size=(2 * scale_h, 2 * scale_w), mode="bilinear", align_corners=False)
         cell, py, px = (patches.squeeze(1) >= thresholds[ck].view(-1, 1, 1)).nonzero(as_tuple=True)
         # Few patch pixels are on: keep those the cell owns (each output pixel belongs to one cell).
-        owned = (rows_owned[_cell_kind(ccy[cell], height - 1), py] & columns_owned[_cell_kind(ccx[cell], width - 1), px])
+        owned = rows_owned[_cell_kind(ccy[cell], height - 1), py] & columns_owned[_cell_kind(ccx[cell], width - 1), px]
         cell, py, px = cell[owned], py[owned], px[owned]
         found.append((cb[cell], ck[cell], ccy[cell] * scale_h + py, ccx[cell] * scale_w + px))
     return _concatenated(found, activations.device)

@@ -34,7 +34,7 @@ from torch import nn
 
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 from xai_lightning.evaluation.map_shape import check_maps
 from xai_lightning.evaluation.model_scores import evaluated_model, resolve_metric_targets
@@ -117,9 +117,14 @@ def max_sensitivity(
             noise_tensor = torch.as_tensor(noise).to(x.device, x.dtype)
             if noise_tensor.dim() == x.dim():
                 noise_tensor = noise_tensor.unsqueeze(0).expand(batch, *noise_tensor.shape)
-            if noise_tensor.dim() != x.dim() + 1 or noise_tensor.shape[0] != batch or tuple(noise_tensor.shape[2:]) != shape:
-                raise ValueError(f"noise must be (S, {', '.join(map(str, shape))}) or (B, S, ...); got "
-                                 f"{tuple(noise_tensor.shape)}")
+            if (
+                noise_tensor.dim() != x.dim() + 1
+                or noise_tensor.shape[0] != batch
+                or tuple(noise_tensor.shape[2:]) != shape
+            ):
+                raise ValueError(
+                    f"noise must be (S, {', '.join(map(str, shape))}) or (B, S, ...); got {tuple(noise_tensor.shape)}"
+                )
             noise_tensor = noise_tensor.transpose(0, 1)
         num = noise_tensor.shape[0]
         perturbed = (x.unsqueeze(0) + noise_tensor).reshape(num * batch, *shape)  # sample-major rows
@@ -130,8 +135,10 @@ def max_sensitivity(
     new_flat = finite_maps(check_maps(perturbed, new_maps)).view(num, batch, -1).double()
     reference = reference.to(new_flat.device).double()
     if new_flat.shape[2] != reference.shape[1]:
-        raise ValueError(f"The explainer's maps {tuple(new_maps.shape[1:])} differ from the given maps "
-                         f"{tuple(maps.shape[1:])}; pass maps made by the same explainer.")
+        raise ValueError(
+            f"The explainer's maps {tuple(new_maps.shape[1:])} differ from the given maps "
+            f"{tuple(maps.shape[1:])}; pass maps made by the same explainer."
+        )
     change = (new_flat - reference.unsqueeze(0)).norm(dim=2)  # (S, B)
     if relative:
         own = reference.norm(dim=1).unsqueeze(0).expand_as(change)
@@ -168,16 +175,32 @@ class MaxSensitivity(ExplanationMetric):
     key = "max_sensitivity"
     higher_is_better = False
 
-    def __init__(self, model: nn.Module, method: str = "saliency", method_options: dict[str, Any] | None = None,
-                 radius: float = 0.02, samples: int = 10, relative: bool = True, seed: int = 0,
-                 output_key: str | int | None = None, max_batch: int | None = 256, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "saliency",
+        method_options: dict[str, Any] | None = None,
+        radius: float = 0.02,
+        samples: int = 10,
+        relative: bool = True,
+        seed: int = 0,
+        output_key: str | int | None = None,
+        max_batch: int | None = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(model, **kwargs)
         if samples < 1:
             raise ValueError(f"samples must be >= 1; got {samples}")
         options = {"max_batch": max_batch, "output_key": output_key, **dict(method_options or {})}
         self.__dict__["explainer"] = as_explainer(method, **options)
-        self.options = {"radius": radius, "samples": samples, "relative": relative, "seed": seed, "output_key": output_key,
-                            "max_batch": max_batch}
+        self.options = {
+            "radius": radius,
+            "samples": samples,
+            "relative": relative,
+            "seed": seed,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
 
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return max_sensitivity(self.model, inputs, maps, targets, explain=self.explainer, **self.options)

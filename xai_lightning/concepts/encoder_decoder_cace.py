@@ -32,34 +32,56 @@ __all__ = ["Counterfactual", "check_vae_fits", "encdec_cace", "encdec_counterfac
 Counterfactual = Literal["residual", "decoded"]
 
 
-def fit_intervention_vae(intervention: ConceptIntervention, *, condition_on_class: bool = True, balance: bool = True,
-                         num_classes: int | None = None, **kwargs) -> ConditionalVAE:
+def fit_intervention_vae(
+    intervention: ConceptIntervention,
+    *,
+    condition_on_class: bool = True,
+    balance: bool = True,
+    num_classes: int | None = None,
+    **kwargs,
+) -> ConditionalVAE:
     """A conditional VAE trained on the intervention's observed images, concept values and class labels.
 
     ``condition_on_class`` / ``balance``: see :func:`fit_conditional_vae` (both False: the plain
     concept-conditioned VAE of Goyal et al.). kwargs: the other fit settings.
     """
     use_classes = condition_on_class or balance
-    return fit_conditional_vae(intervention.images, intervention.concept, intervention.num_values,
-                               classes=intervention.labels if use_classes else None, num_classes=num_classes,
-                               condition_on_class=condition_on_class, balance=balance, **kwargs)
+    return fit_conditional_vae(
+        intervention.images,
+        intervention.concept,
+        intervention.num_values,
+        classes=intervention.labels if use_classes else None,
+        num_classes=num_classes,
+        condition_on_class=condition_on_class,
+        balance=balance,
+        **kwargs,
+    )
 
 
 def check_vae_fits(vae: ConditionalVAE, intervention: ConceptIntervention) -> None:
     """Raise ``ValueError`` naming the fix when ``vae`` cannot decode ``intervention``'s samples."""
     if vae.num_values != intervention.num_values:
-        raise ValueError(f"The VAE is conditioned on {vae.num_values} concept values but {intervention.name!r} "
-                         f"has {intervention.num_values}; fit it with fit_intervention_vae(intervention).")
+        raise ValueError(
+            f"The VAE is conditioned on {vae.num_values} concept values but {intervention.name!r} "
+            f"has {intervention.num_values}; fit it with fit_intervention_vae(intervention)."
+        )
     if tuple(intervention.images.shape[1:]) != vae.image_shape:
-        raise ValueError(f"The VAE was trained on images of shape {vae.image_shape}; got "
-                         f"{tuple(intervention.images.shape[1:])}")
+        raise ValueError(
+            f"The VAE was trained on images of shape {vae.image_shape}; got {tuple(intervention.images.shape[1:])}"
+        )
     if vae.class_conditioned and intervention.labels.numel() and int(intervention.labels.max()) >= vae.num_classes:
-        raise ValueError(f"The VAE is conditioned on {vae.num_classes} classes but the samples have label "
-                         f"{int(intervention.labels.max())}; fit it on data with all classes.")
+        raise ValueError(
+            f"The VAE is conditioned on {vae.num_classes} classes but the samples have label "
+            f"{int(intervention.labels.max())}; fit it on data with all classes."
+        )
 
 
-def encdec_counterfactuals(vae: ConditionalVAE, intervention: ConceptIntervention, max_batch: int | None = 256,
-                           counterfactual: Counterfactual = "decoded") -> tuple[torch.Tensor, torch.Tensor]:
+def encdec_counterfactuals(
+    vae: ConditionalVAE,
+    intervention: ConceptIntervention,
+    max_batch: int | None = 256,
+    counterfactual: Counterfactual = "decoded",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images under do(C=1), images under do(C=0))``, each ``(N, C, H, W)``, from the posterior means.
 
     ``counterfactual="decoded"`` (default, Goyal et al.): both arms are decodings ``dec(z, c)``,
@@ -96,9 +118,14 @@ def encdec_counterfactuals(vae: ConditionalVAE, intervention: ConceptInterventio
     return torch.cat(treated), torch.cat(control)
 
 
-def encdec_cace(model: nn.Module, intervention: ConceptIntervention, vae: ConditionalVAE,
-                output: Output = "probability", max_batch: int | None = 256,
-                counterfactual: Counterfactual = "decoded") -> CaCEResult:
+def encdec_cace(
+    model: nn.Module,
+    intervention: ConceptIntervention,
+    vae: ConditionalVAE,
+    output: Output = "probability",
+    max_batch: int | None = 256,
+    counterfactual: Counterfactual = "decoded",
+) -> CaCEResult:
     """EncDec-CaCE: mean ``f(x_treated) − f(x_control)`` over the pairs of :func:`encdec_counterfactuals`."""
     treated, control = encdec_counterfactuals(vae, intervention, max_batch, counterfactual)
     return interventional_effect(model, treated, control, intervention.target, output, max_batch)

@@ -28,7 +28,7 @@ from torch import nn
 
 from xai_lightning.attribution.baselines import BaselineSpec, make_baseline
 from xai_lightning.core import TargetSpec
-from xai_lightning.evaluation.degenerate_maps import finite_maps
+from xai_lightning.evaluation.degenerate_map_checks import finite_maps
 from xai_lightning.evaluation.explanation_metric import ExplanationMetric
 from xai_lightning.evaluation.map_shape import check_maps, expand_features
 from xai_lightning.evaluation.model_scores import (
@@ -136,15 +136,31 @@ class FaithfulnessCorrelation(ExplanationMetric):
     key = "faithfulness_correlation"
     higher_is_better = True
 
-    def __init__(self, model: nn.Module, draws: int = 50, subset_size: float = 0.1,
-                 baseline: BaselineSpec = "zero", score: MetricScore = "logit", seed: int = 0,
-                 output_key: str | int | None = None, max_batch: int | None = 256, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        draws: int = 50,
+        subset_size: float = 0.1,
+        baseline: BaselineSpec = "zero",
+        score: MetricScore = "logit",
+        seed: int = 0,
+        output_key: str | int | None = None,
+        max_batch: int | None = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(model, **kwargs)
         check_score(score)
         if draws < 2:
             raise ValueError(f"A correlation needs draws >= 2; got {draws}")
-        self.options = {"draws": draws, "subset_size": subset_size, "baseline": baseline, "score": score, "seed": seed,
-                            "output_key": output_key, "max_batch": max_batch}
+        self.options = {
+            "draws": draws,
+            "subset_size": subset_size,
+            "baseline": baseline,
+            "score": score,
+            "seed": seed,
+            "output_key": output_key,
+            "max_batch": max_batch,
+        }
 
     def values(self, inputs, maps, targets="predicted", masks=None) -> torch.Tensor:
         return faithfulness_correlation(self.model, inputs, maps, targets, **self.options)
