@@ -123,7 +123,8 @@ def test_yaml_config_trains_and_logs(tmp_path, monkeypatch):
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             '--trainer.callbacks=[{"class_path": "xai_lightning.AttributionCallback", "init_args": {"methods": '
-            '["saliency", "occlusion"], "num_probe": 4, "method_options": {"occlusion": {"window": 16, "stride": 16}}}}]',
+            '["saliency", "occlusion"], "num_probe": 4, '
+            '"method_options": {"occlusion": {"window": 16, "stride": 16}}}}]',
         ]
     )
     cli.trainer.logger.experiment.finish()

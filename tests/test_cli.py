@@ -58,7 +58,8 @@ def test_a_wrong_layer_in_yaml_fails_before_training(tmp_path, monkeypatch):
                 "--data.init_args.num_train=32",
                 "--data.init_args.num_val=16",
                 f"--trainer.logger.init_args.save_dir={tmp_path}",
-                '--trainer.callbacks=[{"class_path": "xai_lightning.GradCAMCallback", "init_args": {"layers": "network.feature.3"}}]',
+                '--trainer.callbacks=[{"class_path": "xai_lightning.GradCAMCallback", '
+                '"init_args": {"layers": "network.feature.3"}}]',
             ]
         )
 

@@ -142,9 +142,12 @@ def main() -> None:
         tuned_layout = min(first_pass, key=first_pass.get)
         timed = timed_interleaved(
             {
-                "ours": lambda: ours_method.explain(model, images, target),
-                "default": lambda: run_captum(captum_method, explanation, images, baselines, target, 1),
-                "tuned": lambda: run_captum(captum_method, explanation, images, baselines, target, layout=tuned_layout),
+                # Default arguments bind this iteration's method and layout (the lambdas run inside the loop).
+                "ours": lambda ours=ours_method: ours.explain(model, images, target),
+                "default": lambda c=captum_method, e=explanation: run_captum(c, e, images, baselines, target, 1),
+                "tuned": lambda c=captum_method, e=explanation, layout=tuned_layout: run_captum(
+                    c, e, images, baselines, target, layout=layout
+                ),
             },
             args.repeats,
         )
@@ -169,9 +172,8 @@ def main() -> None:
         ("xrai", dict(ig_steps=32, scales=(20, 50, 100, 200))),
     ]:
         method = get_method(name, max_batch=args.max_batch, seed=0, **options)
-        print(
-            f"{name:<22} {median_seconds(lambda: method.attribute(model, images, target), 1, warm_up=False):8.3f} s  {options}"
-        )
+        seconds = median_seconds(lambda m=method: m.attribute(model, images, target), 1, warm_up=False)
+        print(f"{name:<22} {seconds:8.3f} s  {options}")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def main() -> None:
             for key, fn in (("batched", batched), ("loop", loop)):
                 seconds, outputs[key] = timed(fn)
                 times[key].append(seconds)
-        b, l = statistics.median(times["batched"]), statistics.median(times["loop"])
-        line = f"{name}: batched {b:.2f} s, loop {l:.2f} s, loop/batched = {l / b:.1f}x"
+        batched, loop = statistics.median(times["batched"]), statistics.median(times["loop"])
+        line = f"{name}: batched {batched:.2f} s, loop {loop:.2f} s, loop/batched = {loop / batched:.1f}x"
         if name.startswith("PGD"):
             line += f" (max |difference| {(outputs['batched'] - outputs['loop']).abs().max().item():.1e})"
         print(line)

@@ -139,7 +139,8 @@ def grad_cam_benchmark(probes: int, repeats: int) -> None:
         )
     print(
         f"  hand-written minimum for the last block (hooked forward + autograd.grad, no maps): "
-        f"{timed['vit hand last'][0] * 1e3:.1f} ms; ours / minimum {timed['vit last'][0] / timed['vit hand last'][0]:.2f}"
+        f"{timed['vit hand last'][0] * 1e3:.1f} ms; "
+        f"ours / minimum {timed['vit last'][0] / timed['vit hand last'][0]:.2f}"
     )
 
 

@@ -141,11 +141,8 @@ def _study(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                 key = f"{mode}/{name}/{similarity}"
                 result["curves"][key] = [statistics.mean(step) for step in zip(*curves)]
                 result["intervals"][key] = [interval(list(step)) for step in zip(*curves)]
-            print(
-                f"{mode:>11} {name:>21}: spearman_abs after all layers "
-                f"{result['curves'][f'{mode}/{name}/spearman_abs'][-1] if 'spearman_abs' in config['similarities'] else float('nan'):+.2f}",
-                flush=True,
-            )
+            curve = result["curves"].get(f"{mode}/{name}/spearman_abs", [float("nan")])
+            print(f"{mode:>11} {name:>21}: spearman_abs after all layers {curve[-1]:+.2f}", flush=True)
     if config.get("data_randomisation"):
         generator = torch.Generator().manual_seed(seed + 7)
         permuted = train_y[torch.randperm(len(train_y), generator=generator)]

@@ -52,7 +52,8 @@ COLUMNS = ("seed", "epoch", "val_acc", "method", "energy_in_mask", "energy_in_ma
 
 
 def mean_deletion_auc(model: torch.nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean deletion AUC (Petsiuk et al. 2018; lower is better) of ``maps (B, H, W)`` for ``targets`` over the probe images."""
+    """Mean deletion AUC (Petsiuk et al. 2018; lower is better) of ``maps (B, H, W)`` for ``targets`` over the
+    probe images."""
     return float(deletion_auc(model, images, maps, targets).float().mean())
 
 
