@@ -149,13 +149,21 @@ def wandb_dir(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
+def wandb_command() -> str:
+    """The ``wandb`` executable: on PATH, else beside this Python (a venv used without activating it)."""
+    import shutil
+    import sys
+
+    return shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+
+
 def read_wandb_history(run_dir) -> list[dict]:
     """History records of an offline W&B run, read back with ``wandb leet inspect --json``."""
     import json
     import subprocess
 
     output = subprocess.run(
-        ["wandb", "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
+        [wandb_command(), "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
     ).stdout
     records = [json.loads(line) for line in output.splitlines() if line.strip()]
     return [record["history"]["item"] for record in records if record.get("type") == "history"]
@@ -299,7 +307,7 @@ def read_wandb_config(run_dir) -> dict:
     import subprocess
 
     output = subprocess.run(
-        ["wandb", "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
+        [wandb_command(), "leet", "inspect", "--json", str(run_dir)], check=True, capture_output=True, text=True
     ).stdout
     config: dict = {}
     for line in output.splitlines():
