@@ -250,3 +250,18 @@ def test_two_process_ddp_logs_the_same_tcav_scores_as_one_process(tmp_path):
         for key in one:
             assert two[key] == pytest.approx(one[key], abs=1e-6), key
     assert len(list((tmp_path / "ddp").glob("**/tcav/network.6/bars/*.png"))) == 2  # rank zero alone logged
+
+
+def test_classes_without_probe_images_are_named_once_and_not_logged(tmp_path):
+    """Two probe images cover at most two of the five classes: the others have no TCAV score, which
+    the callback says once at setup instead of logging NaN every epoch."""
+    callback = small_tcav(layers=LAYERS[:1], concepts=["striped"], num_probe=2, num_similar=0, on_error="raise")
+    with pytest.warns(UserWarning, match=r"no probe image has class \[.*\].*raise num_probe or pass classes"):
+        fit(tmp_path, callback, epochs=1)
+    absent = callback.absent_classes
+    assert len(absent) >= 3
+    for row in callback.history:
+        for key, value in row.items():
+            assert not any(key.endswith(f"/{callback.result.class_name(k)}/score") for k in absent), key
+            if key.endswith(("/score", "/magnitude", "/sign_count")):
+                assert np.isfinite(value), key
