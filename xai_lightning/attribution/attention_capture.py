@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 if TYPE_CHECKING:
-    from typing import Self
+    from typing_extensions import Self  # typing.Self is Python 3.11+; the project supports 3.10
 
 from xai_lightning.core import get_layer, unwrap_model
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from xai_lightning.attribution.attention_capture import AttentionCapture, find_attention_layers
 from xai_lightning.attribution.chefer_relevance import attention_relevance
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import upsample_maps
+from xai_lightning.attribution.layer_gradients import spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.rollout import HeadFusion, attention_rollout
 from xai_lightning.core import (
@@ -88,7 +88,7 @@ def _check_kinds(kinds: Sequence[str]) -> tuple[AttentionMapKind, ...]:
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"Attention map kinds are {list(KINDS)}; got {list(kinds)}")
-    return tuple(kinds)  # type: ignore[return-value]
+    return cast(tuple[AttentionMapKind, ...], tuple(kinds))  # every kind checked against KINDS above
 
 
 def _attentions_from_outputs(network: nn.Module, x: torch.Tensor) -> tuple[object, list[torch.Tensor]]:
@@ -237,7 +237,7 @@ class _AttentionMapMethod(AttributionMethod):
         )
 
     def _finish(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return upsample_maps(maps, tuple(inputs.shape[-2:])) if self.upsample else maps
+        return upsample_maps(maps, spatial_size(inputs)) if self.upsample else maps
 
 
 class AttentionRollout(_AttentionMapMethod):

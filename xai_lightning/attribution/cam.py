@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, upsample_maps
+from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import AUTO, ObserverGuard, TargetSpec, get_layer, layer_names, normalize_layer_name
 
@@ -95,5 +95,5 @@ class CAM(AttributionMethod):
             maps.append(cam.clamp_min(0) if self.relu else cam)
         result = torch.cat(maps)
         if self.upsample:
-            result = upsample_maps(result, tuple(inputs.shape[-2:]))
+            result = upsample_maps(result, spatial_size(inputs))
         return result, None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.pooling import _MaxPoolNd
 
 from xai_lightning.attribution.output_override import override_module_outputs
 from xai_lightning.core import ObserverGuard
@@ -88,7 +89,7 @@ class _MaxPoolRescale(torch.autograd.Function):
     """Max pooling whose backward pass is DeepLIFT's rescale rule for the pool as a whole."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, module: nn.Module, eps: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, module: _MaxPoolNd, eps: float) -> torch.Tensor:
         pool = _POOL_FUNCTIONS[type(module)]
         y, indices = pool(
             x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode, return_indices=True
@@ -98,7 +99,7 @@ class _MaxPoolRescale(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor):
         x, y, indices = ctx.saved_tensors
         output, reference_output = y.chunk(2)
         top = torch.maximum(output, reference_output)

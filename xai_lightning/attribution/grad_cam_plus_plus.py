@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, upsample_maps
+from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec
 
@@ -70,9 +70,10 @@ class GradCAMPlusPlus(AttributionMethod):
         layer = resolve_layer(explained, inputs, self.layer, "Grad-CAM++", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="Grad-CAM++"):
+            assert part.gradient is not None  # layer_slices computes it (gradients=True)
             weights = grad_cam_plus_plus_weights(part.activation, part.gradient)
             maps.append(torch.einsum("bk,bkhw->bhw", weights, part.activation.float()).clamp_min(0))
         result = torch.cat(maps)
         if self.upsample:
-            result = upsample_maps(result, tuple(inputs.shape[-2:]))
+            result = upsample_maps(result, spatial_size(inputs))
         return result, None

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import resolve_layer, upsample_maps
+from xai_lightning.attribution.layer_gradients import resolve_layer, spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.relu_backward_rules import apply_relu_rule
 from xai_lightning.core import BatchTargets, LayerCapture, ObserverGuard, TargetSpec, class_scores
@@ -79,6 +79,6 @@ class GuidedGradCAM(AttributionMethod):
             cam = F.relu((weights * activation.detach().float()).sum(dim=1))
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, x)
-            upsampled = upsample_maps(cam, tuple(inputs.shape[-2:]), self.interpolate_mode)
+            upsampled = upsample_maps(cam, spatial_size(inputs), self.interpolate_mode)
             parts.append(guided * upsampled.unsqueeze(1).to(guided.dtype))
         return torch.cat(parts), None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, upsample_maps
+from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec
 
@@ -56,9 +56,10 @@ class HiResCAM(AttributionMethod):
         layer = resolve_layer(explained, inputs, self.layer, "HiResCAM", self.reshape)
         maps = []
         for part in layer_slices(explained, inputs, target, labels, layer, method="HiResCAM"):
+            assert part.gradient is not None  # layer_slices computes it (gradients=True)
             cam = (part.gradient.float() * part.activation.float()).sum(dim=1)
             maps.append(cam.clamp_min(0) if self.relu else cam)
         result = torch.cat(maps)
         if self.upsample:
-            result = upsample_maps(result, tuple(inputs.shape[-2:]))
+            result = upsample_maps(result, spatial_size(inputs))
         return result, None

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,14 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def _geometries(
+    kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[Geometry, Geometry]:
+    """``(height, width)`` geometry of a conv/pool layer from its per-dimension settings."""
+    height, width = (Geometry(d * (k - 1) + 1, s, p) for k, s, p, d in zip(kernel, stride, padding, dilation))
+    return height, width
+
+
 def _describe(module: nn.Module) -> tuple[LayerKind | None, tuple[Geometry, Geometry] | None, str]:
     """``(kind, geometry, why not)`` of a module the chain may contain."""
     if module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__:
@@ -94,30 +102,16 @@ def _describe(module: nn.Module) -> tuple[LayerKind | None, tuple[Geometry, Geom
         if module.padding == "valid":
             padding = (0, 0)
         elif module.padding == "same":
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+            padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
         else:
             padding = _pair(module.padding)
-        return (
-            "conv",
-            tuple(
-                Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
-                for k, s, p, d in zip(kernel, stride, padding, dilation)
-            ),
-            "",
-        )
+        return "conv", _geometries(kernel, stride, padding, dilation), ""
     if kind is nn.MaxPool2d:
         if module.return_indices:
             return None, None, "MaxPool2d returns indices"
         kernel, dilation, padding = _pair(module.kernel_size), _pair(module.dilation), _pair(module.padding)
         stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        return (
-            "pool",
-            tuple(
-                Geometry(d * (k - 1) + 1, s, p)  # type: ignore[return-value]
-                for k, s, p, d in zip(kernel, stride, padding, dilation)
-            ),
-            "",
-        )
+        return "pool", _geometries(kernel, stride, padding, dilation), ""
     return None, None, f"{kind.__name__} is not one of Conv2d, MaxPool2d, BatchNorm2d (eval), ReLU, Identity, Normalize"
 
 
@@ -200,7 +194,14 @@ def trace_leading_chain(model: nn.Module, sample: torch.Tensor, output_key: str 
     chain.reason = "the forward pass ends"
     for module, first, output in calls:
         kind, geometry, why = described[module]
-        if first is not expected or not isinstance(output, torch.Tensor) or output.dim() != 4:
+        # ``first is expected`` already makes ``first`` a tensor (the sample or a checked output): the
+        # isinstance only tells the type checker.
+        if (
+            first is not expected
+            or not isinstance(first, torch.Tensor)
+            or not isinstance(output, torch.Tensor)
+            or output.dim() != 4
+        ):
             chain.reason = f"{names[module]} does not read the previous layer's output as an image batch"
             break
         if counts[id(module)] != 1:
@@ -214,7 +215,7 @@ def trace_leading_chain(model: nn.Module, sample: torch.Tensor, output_key: str 
                 names[module],
                 module,
                 kind,
-                tuple(first.shape[1:]),  # type: ignore[union-attr]
+                tuple(first.shape[1:]),
                 tuple(output.shape[1:]),
                 geometry,
             )
@@ -238,7 +239,9 @@ def _macs_per_output(module: nn.Module) -> int:
     """Multiply-adds per output element of a Conv2d or Linear layer."""
     if isinstance(module, nn.Conv2d):
         return module.in_channels // module.groups * math.prod(_pair(module.kernel_size))
-    return module.in_features
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    raise TypeError(f"multiply-adds are counted for Conv2d and Linear layers only; got {type(module).__name__}")
 
 
 @dataclass
@@ -269,7 +272,7 @@ def _propagate(layer: ChainLayer, previous: _Plan) -> _Plan:
         bounds += [new_lo, new_hi]
         sizes.append(size)
         starts.append(new_lo.clamp(max=out_size - size))  # fixed-size patch inside the map covering [lo, hi]
-    return _Plan((sizes[0], sizes[1]), (starts[0], starts[1]), tuple(bounds))  # type: ignore[arg-type]
+    return _Plan((sizes[0], sizes[1]), (starts[0], starts[1]), (bounds[0], bounds[1], bounds[2], bounds[3]))
 
 
 class IncrementalForward:
@@ -467,10 +470,11 @@ class IncrementalForward:
                 continue
             span_h, span_w, height, width = self._canvas[index]
             channels = patch.shape[1]
-            source = self._sources[index]
-            read = (examples[:, None] * (height * width) + self._read[index][windows]).flatten()
+            source, read_index, paste_index = self._sources[index], self._read[index], self._paste[index]
+            assert source is not None and read_index is not None and paste_index is not None  # cached for conv/pool
+            read = (examples[:, None] * (height * width) + read_index[windows]).flatten()
             canvas = source.index_select(0, read)  # (r·Qh·Qw, C)
-            paste = self._paste[index][windows]  # (r, Ph·Pw)
+            paste = paste_index[windows]  # (r, Ph·Pw)
             values = patch.permute(0, 2, 3, 1).reshape(-1, channels)
             target = (row_index * (span_h * span_w) + paste).flatten()
             if not self._paste_everywhere[index]:
@@ -478,11 +482,12 @@ class IncrementalForward:
                 target, values = target[keep], values[keep]
             canvas.index_copy_(0, target, values)
             canvas = canvas.view(rows, span_h, span_w, channels).permute(0, 3, 1, 2)
-            module = layer.module
             if layer.kind == "conv":
-                patch = F.conv2d(canvas, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+                conv = cast(nn.Conv2d, layer.module)
+                patch = F.conv2d(canvas, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
             else:
-                patch = F.max_pool2d(canvas, module.kernel_size, module.stride, 0, module.dilation)
+                pool = cast(nn.MaxPool2d, layer.module)
+                patch = F.max_pool2d(canvas, pool.kernel_size, pool.stride, 0, pool.dilation)
         height, width, channels = self._final_shape
         area = height * width
         full = self._final.view(-1, area, channels).index_select(0, examples).view(-1, channels)

@@ -20,7 +20,7 @@ from xai_lightning.attribution.explained_model import ExplainedModel
 from xai_lightning.core import BatchTargets, LayerCapture, TargetSpec, class_scores, resolve_layer_specs
 from xai_lightning.core.reshape import Reshape
 
-__all__ = ["LayerSlice", "layer_slices", "resolve_layer", "upsample_maps"]
+__all__ = ["LayerSlice", "layer_slices", "resolve_layer", "spatial_size", "upsample_maps"]
 
 
 @dataclass
@@ -75,6 +75,11 @@ def layer_slices(
         if gradients:
             (gradient,) = capture.gradients_of(class_scores(logits, targets).sum(), [layer])
         yield LayerSlice(rows, x.detach(), activation.detach(), gradient, logits.detach().float(), targets)
+
+
+def spatial_size(images: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``(..., H, W)`` images: the size :func:`upsample_maps` takes."""
+    return images.shape[-2], images.shape[-1]
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

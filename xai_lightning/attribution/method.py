@@ -11,7 +11,7 @@ class, and slice the work by ``max_batch``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 from torch import nn
@@ -75,6 +75,42 @@ class AttributionMethod:
         self.fold_batchnorm = self.fold_batchnorm_default if fold_batchnorm is None else bool(fold_batchnorm)
 
     # ------------------------------------------------------------------ public API
+    @overload
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        labels: torch.Tensor | None = None,
+        trainer: Any | None = None,
+        return_convergence_delta: Literal[False] = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        labels: torch.Tensor | None = None,
+        trainer: Any | None = None,
+        return_convergence_delta: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @overload
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: TargetSpec = "predicted",
+        *,
+        labels: torch.Tensor | None = None,
+        trainer: Any | None = None,
+        return_convergence_delta: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+
     def attribute(
         self,
         model: nn.Module,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from xai_lightning.attribution.explained_model import ExplainedModel
-from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, upsample_maps
+from xai_lightning.attribution.explained_model import ExplainedModel, ScoreKind
+from xai_lightning.attribution.layer_gradients import layer_slices, resolve_layer, spatial_size, upsample_maps
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.core import ObserverGuard, TargetSpec
 
@@ -38,7 +38,9 @@ class ScoreCAM(AttributionMethod):
     image_only = True
     map_reduction = "none"
 
-    def __init__(self, layer: str = "auto", score: str = "probability", reshape: str | None = None, **common) -> None:
+    def __init__(
+        self, layer: str = "auto", score: ScoreKind = "probability", reshape: str | None = None, **common
+    ) -> None:
         super().__init__(**common)
         self.reshape = reshape
         if score not in ("probability", "logit"):
@@ -55,12 +57,12 @@ class ScoreCAM(AttributionMethod):
         guard: ObserverGuard,
     ):
         layer = resolve_layer(explained, inputs, self.layer, "Score-CAM", self.reshape)
-        size = tuple(inputs.shape[-2:])
-        activations, targets = [], []
+        size = spatial_size(inputs)
+        activations, target_parts = [], []
         for part in layer_slices(explained, inputs, target, labels, layer, gradients=False, method="Score-CAM"):
             activations.append(part.activation.float())
-            targets.append(part.targets)
-        activation, targets = torch.cat(activations), torch.cat(targets)
+            target_parts.append(part.targets)
+        activation, targets = torch.cat(activations), torch.cat(target_parts)
         batch, channels = activation.shape[:2]
         upsampled = upsample_maps(activation.flatten(0, 1), size).view(batch, channels, *size)
         low = upsampled.flatten(2).amin(2)[..., None, None]

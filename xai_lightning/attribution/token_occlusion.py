@@ -262,7 +262,11 @@ class TokenOcclusion(AttributionMethod):
             row_lengths = lengths[example] - covered_words.sum(1)
         else:
             row_lengths = lengths[example]
-        replacement = self.pad_id if self.mode == "pad" else self.mask_id
+        if self.mode == "mask":
+            assert self.mask_id is not None  # __init__ requires it for mode="mask"
+            replacement = self.mask_id
+        else:
+            replacement = self.pad_id  # mode "pad" (mode "remove" does not replace words)
 
         def occluded(rows: torch.Tensor) -> torch.Tensor:
             source, hide = ids[example[rows]], covered_words[rows]

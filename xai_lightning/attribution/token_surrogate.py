@@ -75,9 +75,15 @@ class _TokenSurrogate(SurrogateMethod):
         coalitions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         trainer: Any | None = None,
+        feature_mask: torch.Tensor | None = None,
     ) -> SurrogateExplanation:
         """The full fit (coefficients per word in ``coefficients``, ``(B, M)``); ``word_ids (B, T)``
-        groups tokens into words."""
+        groups tokens into words. ``feature_mask`` (the image/table segmentation of the base class)
+        is not accepted: the features are the words."""
+        if feature_mask is not None:
+            raise TypeError(
+                f"{type(self).__name__}.explain() takes word_ids (B, T) to group tokens into words, not feature_mask."
+            )
         self._word_ids = word_ids
         try:
             return super().explain(
@@ -107,7 +113,11 @@ class _TokenSurrogate(SurrogateMethod):
         words = _words(ids, explainable, getattr(self, "_word_ids", None))
         # Non-word positions join word 0 as inert members: their baseline is their own id.
         features = words.clamp_min(0)
-        replacement = float(self.pad_id if self.mode == "pad" else self.mask_id)
+        if self.mode == "mask":
+            assert self.mask_id is not None  # _setup_tokens requires it for mode="mask"
+            replacement = float(self.mask_id)
+        else:
+            replacement = float(self.pad_id)
         baselines = torch.where(words >= 0, torch.full_like(inputs, replacement), inputs)
         result = super()._explain(explained, inputs, target, labels, guard, features, coalitions, baselines)
         result.attributions = torch.where(

@@ -31,7 +31,7 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 
@@ -219,6 +219,40 @@ def _fit_sklearn(
     return torch.stack(weights).to(x.dtype), torch.tensor(intercepts, dtype=x.dtype)
 
 
+@overload
+def train_cavs_indexed(
+    rows: torch.Tensor,
+    positive_rows: torch.Tensor,
+    negative_rows: torch.Tensor,
+    *,
+    classifier: CAVClassifier = "logistic",
+    backend: CAVBackend = "torch",
+    test_fraction: float = 1 / 3,
+    seed: int = 0,
+    c: float = 1.0,
+    alpha: float = 0.01,
+    max_iter: int | None = None,
+    tol: float = 1e-3,
+) -> CAVs: ...
+
+
+@overload
+def train_cavs_indexed(
+    rows: Mapping[str, torch.Tensor],
+    positive_rows: torch.Tensor,
+    negative_rows: torch.Tensor,
+    *,
+    classifier: CAVClassifier = "logistic",
+    backend: CAVBackend = "torch",
+    test_fraction: float = 1 / 3,
+    seed: int = 0,
+    c: float = 1.0,
+    alpha: float = 0.01,
+    max_iter: int | None = None,
+    tol: float = 1e-3,
+) -> dict[str, CAVs]: ...
+
+
 def train_cavs_indexed(
     rows: Mapping[str, torch.Tensor] | torch.Tensor,
     positive_rows: torch.Tensor,
@@ -254,7 +288,7 @@ def train_cavs_indexed(
         :class:`CAVs` per layer (or one, when ``rows`` is a tensor), vectors in problem order.
     """
     single = isinstance(rows, torch.Tensor)
-    layers = {"": rows} if single else dict(rows)
+    layers: dict[str, torch.Tensor] = {"": rows} if isinstance(rows, torch.Tensor) else dict(rows)
     if classifier not in ("logistic", "hinge"):
         raise ValueError(f"classifier must be 'logistic' or 'hinge'; got {classifier!r}")
     if backend not in ("torch", "sklearn"):

@@ -183,7 +183,7 @@ def load_concept_folder(
         with Image.open(file) as image:
             image = image.convert("RGB" if channels == 3 else "L")
             if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             tensors.append(array.view(image.size[1], image.size[0], channels).permute(2, 0, 1).float() / 255.0)
     shapes = {tuple(t.shape) for t in tensors}

@@ -245,9 +245,8 @@ def fit_conditional_vae(
         class_condition = k if condition_on_class else 0
     with isolated_rng():
         torch.manual_seed(seed)
-        vae = ConditionalVAE(tuple(images.shape[1:]), num_values, latent_dim, width, num_classes=class_condition).to(
-            device
-        )
+        image_shape = (images.shape[1], images.shape[2], images.shape[3])  # (C, H, W): images are 4-D
+        vae = ConditionalVAE(image_shape, num_values, latent_dim, width, num_classes=class_condition).to(device)
         optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
         n = images.shape[0]
@@ -267,7 +266,7 @@ def fit_conditional_vae(
                     images[rows].to(device),
                     values[rows].to(device),
                     current_beta,
-                    classes=classes[rows].to(device) if class_condition else None,
+                    classes=classes[rows].to(device) if classes is not None and class_condition else None,
                     weights=weights[rows].to(device) if weights is not None else None,
                 )
                 optimizer.zero_grad(set_to_none=True)

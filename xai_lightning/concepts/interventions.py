@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -209,7 +210,7 @@ def concept_world_intervention(
         treated=torch.full((n,), treated_value, dtype=torch.long),
         control=control,
         target=target,
-        render=lambda values: world.intervene(rows, **{concept: values})["images"],
+        render=lambda values: cast(torch.Tensor, world.intervene(rows, **{concept: values})["images"]),
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -76,11 +77,16 @@ def _mlp(inputs: int, outputs: int, hidden: int) -> nn.Module:
 
 
 def _output_layer(decoder: nn.Module) -> nn.Linear:
-    return decoder if isinstance(decoder, nn.Linear) else decoder[-1]  # type: ignore[index,return-value]
+    """The output ``nn.Linear`` of a decoder built by :func:`_mlp`: the decoder itself, or its Sequential's last."""
+    return cast(nn.Linear, decoder if isinstance(decoder, nn.Linear) else cast(nn.Sequential, decoder)[-1])
 
 
 class LayerDecoders(nn.Module):
     """``q(y | h)`` and ``q(g(x) | h)`` for one layer with ``feature_dim``-dimensional features."""
+
+    # Buffers registered in ``__init__`` (declared here for type checkers).
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
 
     def __init__(self, feature_dim: int, num_classes: int, target_dim: int, hidden: int = 0) -> None:
         super().__init__()
@@ -133,6 +139,11 @@ class InformationPlane(nn.Module):
         bounds = plane.bounds(test_features, test_labels, test_targets)   # {layer: (I(x;h), I(y;h))}
     """
 
+    # Buffers registered in ``__init__`` (declared here for type checkers).
+    target_mean: torch.Tensor
+    target_log_var: torch.Tensor
+    unconditional_fitted: torch.Tensor
+
     def __init__(
         self,
         feature_dims: Mapping[str, int],
@@ -172,7 +183,7 @@ class InformationPlane(nn.Module):
         self.split_seed = seed
 
     def _decoder(self, layer: str) -> LayerDecoders:
-        return self.decoders[self.layer_names.index(layer)]  # type: ignore[return-value]
+        return cast(LayerDecoders, self.decoders[self.layer_names.index(layer)])
 
     def fit_unconditional(self, targets: torch.Tensor, labels: torch.Tensor) -> None:
         """Closed-form maximum-likelihood ``q₀``: per-dimension mean and variance (floored at 1e-6).
@@ -187,7 +198,8 @@ class InformationPlane(nn.Module):
             self.unconditional_fitted.fill_(True)
             frequencies = torch.bincount(labels.long().cpu(), minlength=self.num_classes).double()
             log_prior = (frequencies.clamp_min(0.5) / frequencies.sum()).log().float()
-            for decoder in self.decoders:
+            for layer in self.layer_names:
+                decoder = self._decoder(layer)
                 label_out = _output_layer(decoder.label_decoder)
                 image_out = _output_layer(decoder.image_decoder)
                 label_out.weight.zero_()

@@ -31,6 +31,7 @@ components are not orthogonal, so the fractions need not sum to one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -70,15 +71,12 @@ class ConsistencyNetwork(nn.Module):
             raise ValueError(f"kernel_size must be odd; got {kernel_size}")
         self.order = order
         padding = kernel_size // 2
-        self.convs = nn.ModuleList(
-            [
-                nn.Conv2d(source_channels, source_channels, kernel_size, padding=padding, bias=False)
-                for _ in range(order)
-            ]
-            + [nn.Conv2d(source_channels, target_channels, kernel_size, padding=padding, bias=False)]
-        )
-        for conv in self.convs:
+        convs = [
+            nn.Conv2d(source_channels, source_channels, kernel_size, padding=padding, bias=False) for _ in range(order)
+        ] + [nn.Conv2d(source_channels, target_channels, kernel_size, padding=padding, bias=False)]
+        for conv in convs:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        self.convs = nn.ModuleList(convs)
         # Small p: the non-linear paths start as a gentle correction to the linear path instead of
         # unit-scale noise on top of it (fit_knowledge_consistency solves the linear path first).
         self.p_logits = nn.Parameter(torch.full((order,), float(torch.logit(torch.tensor(initial_p)))))
@@ -99,7 +97,7 @@ class ConsistencyNetwork(nn.Module):
         gram = design.T @ design
         gram += torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) * ridge * gram.diagonal().mean()
         solution = torch.linalg.solve(gram, design.T @ response)  # (C_s·k·k, C_t)
-        last = self.convs[-1]
+        last = cast(nn.Conv2d, self.convs[-1])
         last.weight.copy_(solution.T.reshape(last.weight.shape).to(last.weight.dtype))
 
     @property
@@ -224,7 +222,7 @@ def fit_knowledge_consistency(
         raise ValueError(f"source has {source.shape[0]} images but target has {target.shape[0]}")
     if (eval_source is None) != (eval_target is None):
         raise ValueError("Give both eval_source and eval_target, or neither")
-    size = tuple(target.shape[-2:])
+    size = (target.shape[-2], target.shape[-1])
     source = _match_size(source.detach().float(), size)
     target = target.detach().float()
     standardise_source, standardise_target = _Standardiser(source), _Standardiser(target)
@@ -245,7 +243,7 @@ def fit_knowledge_consistency(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-    if eval_source is not None:
+    if eval_source is not None and eval_target is not None:  # both or neither (checked above)
         x = standardise_source(_match_size(eval_source.detach().float(), size))
         y = standardise_target(eval_target.detach().float())
     with torch.no_grad():

@@ -163,4 +163,5 @@ def evaluate_explainer(
 
     with observe(model):
         outputs = explainer_outputs(model, explainer, input_layer, target_layer, images, max_batch, output_key)
-    return summarise_explainer_outputs(outputs, labels, landmarks, top_k, tuple(images.shape[-2:]))
+    image_size = (images.shape[-2], images.shape[-1])
+    return summarise_explainer_outputs(outputs, labels, landmarks, top_k, image_size)

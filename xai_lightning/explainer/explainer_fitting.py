@@ -54,7 +54,8 @@ def fit_explainer(
         )
     with isolated_rng():
         torch.default_generator.manual_seed(seed)
-        explainer = ExplainerNetwork(x.shape[1], target.shape[1], tuple(target.shape[-2:]), num_filters).to(x.device)
+        target_size = (target.shape[-2], target.shape[-1])
+        explainer = ExplainerNetwork(x.shape[1], target.shape[1], target_size, num_filters).to(x.device)
     optimizer = torch.optim.Adam(explainer.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []

@@ -128,6 +128,7 @@ class ExplainerNetwork(nn.Module):
         # The reconstruction starts at zero (relative error 1) instead of at a random scale that can
         # be tens of times the target's energy and cost hundreds of steps to undo.
         nn.init.zeros_(self.decoder_out.weight)
+        assert self.decoder_out.bias is not None  # built with bias=True (the default)
         nn.init.zeros_(self.decoder_out.bias)
 
     def forward(self, x: torch.Tensor) -> ExplainerOutput:

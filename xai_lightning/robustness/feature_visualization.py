@@ -243,6 +243,7 @@ def visualize_features(
     with contextlib.ExitStack() as stack:
         stack.enter_context(observe(model, trainer=trainer))
         if prior == "generator":
+            assert vae is not None  # checked above: the generator prior needs a vae
             stack.enter_context(observe(vae))
         grey = torch.full((1, *image_shape), 0.5, device=device)
         phi = Representation(model, layer, probe=grey, output_key=output_key)
@@ -254,6 +255,7 @@ def visualize_features(
         for rows in batch_slices(all_directions.shape[0], max_batch):
             targets = all_directions[rows].to(device)
             count = targets.shape[0]
+            image: FourierImage | _GeneratorImage | _PixelImage
             if prior == "fourier":
                 image = FourierImage(
                     count,
@@ -266,6 +268,7 @@ def visualize_features(
                     device=device,
                 )
             elif prior == "generator":
+                assert vae is not None  # checked above: the generator prior needs a vae
                 image = _GeneratorImage(
                     vae,
                     lambda x, d: direction_objective(phi(x), d),
@@ -292,13 +295,13 @@ def visualize_features(
                 loss = -objective.sum()
                 if prior == "tv" and tv_weight:
                     loss = loss + tv_weight * total_variation(x).sum()
-                if prior == "generator" and code_weight:
+                if isinstance(image, _GeneratorImage) and code_weight:  # the generator prior
                     loss = loss + code_weight * 0.5 * image.codes.square().sum()
                 gradients = torch.autograd.grad(loss, parameters)
                 for parameter, gradient in zip(parameters, gradients):
                     parameter.grad = gradient
                 optimizer.step()
-                if prior == "generator":
+                if isinstance(image, _GeneratorImage):  # the generator prior
                     image.clip(code_radius)
                 trace.append(objective.detach())
             with torch.no_grad():

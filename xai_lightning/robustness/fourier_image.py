@@ -59,6 +59,10 @@ class FourierImage(nn.Module):
     ``forward()`` returns ``(B, C, H, W)`` in ``(0, 1)``.
     """
 
+    # Buffers registered in ``__init__`` (declared here for type checkers).
+    scale: torch.Tensor
+    colour: torch.Tensor
+
     def __init__(
         self,
         batch: int,

@@ -89,16 +89,20 @@ def invert_representation(
         init: starting images ``(B, C, H, W)`` (default: grey plus uniform noise of ±0.1, drawn
             from ``generator`` or the global generator).
     """
-    if target_images is None and target_representation is None:
+    targets = target_images if target_images is not None else target_representation
+    if targets is None:
         raise ValueError("Pass target_images or target_representation.")
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     reference = target_images if target_images is not None else init
-    if reference is None and image_shape is None:
+    if reference is not None:
+        shape = tuple(reference.shape[1:])
+    elif image_shape is not None:
+        shape = tuple(image_shape)
+    else:
         raise ValueError("Inverting a given representation needs image_shape=(C, H, W) or init=.")
-    device = (reference if reference is not None else target_representation).device
-    batch = (target_images if target_images is not None else target_representation).shape[0]
-    shape = tuple(reference.shape[1:]) if reference is not None else tuple(image_shape)
+    device = (reference if reference is not None else targets).device
+    batch = targets.shape[0]
     if init is None:
         init = 0.5 + 0.2 * (torch.rand((batch, *shape), generator=generator, device=device) - 0.5)
     if init.shape[0] != batch:
@@ -113,7 +117,7 @@ def invert_representation(
                 if target_representation is not None:
                     target = target_representation[rows].detach().to(device)
                 else:
-                    target = phi(guard.input(target_images[rows], requires_grad=False)).detach()
+                    target = phi(guard.input(targets[rows], requires_grad=False)).detach()  # the target images
             x = guard.input(init[rows], requires_grad=False).float()
             velocity = torch.zeros_like(x)
             trace = []

@@ -38,9 +38,11 @@ class PixelSpace:
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         if (mean is None) != (std is None):
             raise ValueError("Declare the data normalisation with both data_mean and data_std (or neither).")
-        self.mean = None if mean is None else [float(m) for m in mean]
-        self.std = None if std is None else [float(s) for s in std]
-        if self.mean is not None:
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        if mean is not None and std is not None:
+            self.mean = [float(m) for m in mean]
+            self.std = [float(s) for s in std]
             # Normalize validates lengths and positive std with clear messages.
             Normalize(self.mean, self.std)
 
@@ -77,6 +79,7 @@ class PixelSpace:
         """A module taking pixels: ``model`` itself, or ``Sequential(Normalize(mean, std), model)``."""
         if not self.declared:
             return model
+        assert self.mean is not None and self.std is not None  # declared: both are set together
         return nn.Sequential(Normalize(self.mean, self.std).to(device), model)
 
     def check(self, inputs: torch.Tensor, who: str) -> None:

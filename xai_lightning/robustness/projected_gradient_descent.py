@@ -167,7 +167,7 @@ def pgd(
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"Got {targets.shape[0]} targets for {inputs.shape[0]} inputs.")
     low, high = bounds
-    loss_fn: Objective = cross_entropy_per_example if objective == "ce" else objective  # type: ignore[assignment]
+    loss_fn: Objective = cross_entropy_per_example if objective == "ce" else objective
     if start is not None:
         if start.shape != inputs.shape:
             raise ValueError(f"start {tuple(start.shape)} must have the inputs' shape {tuple(inputs.shape)}")
@@ -177,7 +177,10 @@ def pgd(
     else:
         initial = None
 
-    adversarial, losses, logits, traces = [], [], [], []
+    adversarial: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    traces: list[torch.Tensor] = []
     with observe(model, trainer=trainer) as guard:
         clean = guard.input(inputs, requires_grad=False)
         all_targets = targets.detach().clone()
@@ -273,6 +276,7 @@ def _attack_slice(
     with torch.no_grad():
         logits = select_logits(model(x), output_key)
         record(x, logits, loss_fn(logits, target))
+    assert best_x is not None and best_loss is not None and best_logits is not None  # record() ran just above
     return best_x, best_loss, best_logits, torch.stack(trace)
 
 

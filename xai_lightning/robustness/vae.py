@@ -42,6 +42,9 @@ class ConvVAE(nn.Module):
         width: channels of the first conv layer.
     """
 
+    #: Mean loss of every training epoch; set by :func:`train_vae`.
+    training_losses: list[float]
+
     def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 16, width: int = 16) -> None:
         super().__init__()
         if image_size % 4:

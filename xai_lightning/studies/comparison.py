@@ -77,12 +77,12 @@ def _with_argument(block: Mapping[str, Any], argument: str, value: Any) -> dict[
     does not set it."""
     from xai_lightning.studies.plan import _accepts, _class
 
-    block = copy.deepcopy(dict(block))
-    args = dict(block.get("init_args") or {})
-    if argument not in args and _accepts(_class(block["class_path"]), argument):
+    copied = copy.deepcopy(dict(block))
+    args = dict(copied.get("init_args") or {})
+    if argument not in args and _accepts(_class(copied["class_path"]), argument):
         args[argument] = value
-        block["init_args"] = args
-    return block
+        copied["init_args"] = args
+    return copied
 
 
 def run_study(

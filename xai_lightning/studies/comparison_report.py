@@ -448,12 +448,12 @@ def write_study_report(
 
     # 4. The robustness dial.
     if spec_and_rows is not None:
-        figure = dial_figure(by_arm, spec_and_rows[1], spec_and_rows[0].reference)
-        if figure is not None:
+        dial = dial_figure(by_arm, spec_and_rows[1], spec_and_rows[0].reference)
+        if dial is not None:
             report.heading("The robustness dial")
             report.begin_row()
             report.figure(
-                figure,
+                dial,
                 "Each verdict measure at the last epoch against the training ε (mean ± 95 % CI over "
                 "seeds): look for measures that rise or fall steadily with ε.",
             )

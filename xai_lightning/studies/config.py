@@ -68,12 +68,13 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
-    config = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(config, Mapping):
-        raise TypeError(f"{str(path)!r} must hold a mapping at its top level; got {type(config).__name__}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, Mapping):
+        raise TypeError(f"{str(path)!r} must hold a mapping at its top level; got {type(loaded).__name__}")
+    config = dict(loaded)
     base = config.pop("extends", None)
     if base is None:
-        return dict(config)
+        return config
     base_path = (path.parent / str(base)).resolve()
     if base_path == path.resolve():
         raise ValueError(f"{str(path)!r} extends itself.")

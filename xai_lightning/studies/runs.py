@@ -290,13 +290,13 @@ def _load_wandb_run(path: Path) -> RunRecord:
                 tables.setdefault(key[: -len(".path")], []).append((epoch, path / "files" / value))
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and "." not in key.rsplit("/", 1)[-1]:
                 _set_scalar(scalars, key, epoch, float(value))
-    record = RunRecord(path=path, variant=name, source="wandb", wandb_dir=path)
-    record.scalars = {key: sorted(values.items()) for key, values in scalars.items()}
-    record.images, record.tables = images, tables
+    run = RunRecord(path=path, variant=name, source="wandb", wandb_dir=path)
+    run.scalars = {key: sorted(values.items()) for key, values in scalars.items()}
+    run.images, run.tables = images, tables
     meta = {key[len(WANDB_PREFIX) :]: value for key, value in config.items() if key.startswith(WANDB_PREFIX)}
     if meta:
-        _apply_metadata(record, meta)
-    return record
+        _apply_metadata(run, meta)
+    return run
 
 
 def _read_table(path: Path) -> list[dict[str, str]]:

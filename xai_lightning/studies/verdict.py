@@ -269,7 +269,18 @@ def _by_seed(runs: Iterable[RunRecord], variant: str, pattern: str) -> dict[int,
 
 def verdict_table(runs: Sequence[RunRecord], spec: VerdictSpec) -> list[VerdictRow]:
     """Compute every declared row from the runs (last epoch of each run; seeds paired)."""
-    partial = []
+    # (measure, keys, reference interval, treatment interval, comparison, baseline, why absent), before Holm.
+    partial: list[
+        tuple[
+            VerdictMeasure,
+            tuple[str, ...],
+            Interval | None,
+            Interval | None,
+            PairedComparison | None,
+            float | None,
+            str | None,
+        ]
+    ] = []
     for measure in spec.measures:
         reference = _by_seed(runs, spec.reference, measure.key)
         treatment = _by_seed(runs, spec.treatment, measure.key)
@@ -316,10 +327,14 @@ def verdict_table(runs: Sequence[RunRecord], spec: VerdictSpec) -> list[VerdictR
     p_values = [np.nan if row[4] is None or row[4].n < MIN_SEEDS else row[4].p_value for row in partial]
     adjusted = holm(p_values)
     rows = []
-    for (measure, keys, reference, treatment, comparison, baseline, absent), p in zip(partial, adjusted):
-        if comparison is None:
-            words = str(absent)
+    for (measure, keys, reference_interval, treatment_interval, paired, baseline, why_absent), p in zip(
+        partial, adjusted
+    ):
+        if paired is None:
+            words = str(why_absent)
         else:
-            words = verdict_word(float(p), comparison.difference, comparison.n, spec.treatment, spec.alpha)
-        rows.append(VerdictRow(measure, keys, reference, treatment, comparison, float(p), baseline, words))
+            words = verdict_word(float(p), paired.difference, paired.n, spec.treatment, spec.alpha)
+        rows.append(
+            VerdictRow(measure, keys, reference_interval, treatment_interval, paired, float(p), baseline, words)
+        )
     return rows

@@ -106,7 +106,9 @@ class BayesianLayer(nn.Module):
         ``log(σ_p/σ) + (σ² + μ²) / (2σ_p²) − ½`` per parameter."""
         total = _gaussian_kl(self.weight_mu, self.weight_sigma, self.prior_sigma)
         if self.bias_mu is not None:
-            total = total + _gaussian_kl(self.bias_mu, self.bias_sigma, self.prior_sigma)
+            bias_sigma = self.bias_sigma
+            assert bias_sigma is not None, "bias_mu and bias_rho are registered together"
+            total = total + _gaussian_kl(self.bias_mu, bias_sigma, self.prior_sigma)
         return total
 
     def _mean_and_variance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -100,6 +100,13 @@ class CalibrationBins(Metric):
     higher_is_better = False
     is_differentiable = False
 
+    # Metric states registered with ``add_state`` in ``__init__`` (declared here for type checkers).
+    count: torch.Tensor
+    confidence_sum: torch.Tensor
+    correct_sum: torch.Tensor
+    nll_sum: torch.Tensor
+    brier_sum: torch.Tensor
+
     def __init__(self, num_bins: int = 15, **kwargs) -> None:
         super().__init__(**kwargs)
         if num_bins < 1:
@@ -153,9 +160,18 @@ class CalibrationBins(Metric):
     def report(self) -> CalibrationReport:
         """:meth:`compute` as a :class:`CalibrationReport` (floats and CPU tensors)."""
         values = self.compute()
-        scalars = {key: float(values[key]) for key in ("ece", "mce", "nll", "brier", "accuracy", "confidence")}
-        bins = {key: values[key].cpu() for key in ("bin_edges", "bin_accuracy", "bin_confidence", "bin_count")}
-        return CalibrationReport(**scalars, **bins)
+        return CalibrationReport(
+            ece=float(values["ece"]),
+            mce=float(values["mce"]),
+            nll=float(values["nll"]),
+            brier=float(values["brier"]),
+            accuracy=float(values["accuracy"]),
+            confidence=float(values["confidence"]),
+            bin_edges=values["bin_edges"].cpu(),
+            bin_accuracy=values["bin_accuracy"].cpu(),
+            bin_confidence=values["bin_confidence"].cpu(),
+            bin_count=values["bin_count"].cpu(),
+        )
 
 
 def calibration_report(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> CalibrationReport:

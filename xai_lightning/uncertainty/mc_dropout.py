@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
 from xai_lightning.uncertainty.predictive import (
@@ -43,20 +44,21 @@ class MCDropoutError(ValueError):
     """The model cannot be sampled with MC dropout (no dropout layers, or none that run)."""
 
 
-def dropout_layers(model: nn.Module) -> list[tuple[str, nn.Dropout]]:
+def dropout_layers(model: nn.Module) -> list[tuple[str, _DropoutNd]]:
     """``(name, module)`` of every dropout module with ``0 < p``, in registration order.
 
     Raises :class:`MCDropoutError` (naming the fix) when there is none, or for alpha dropout,
     whose SELU-specific noise is not a Bernoulli mask.
     """
-    found, zero = [], []
+    found: list[tuple[str, _DropoutNd]] = []
+    zero: list[tuple[str, _DropoutNd]] = []
     for name, module in model.named_modules():
         if isinstance(module, _UNSUPPORTED):
             raise MCDropoutError(
                 f"MC dropout supports nn.Dropout and nn.Dropout1d/2d/3d; {name!r} is "
                 f"{type(module).__name__}. Replace it, or do not request MC dropout."
             )
-        if isinstance(module, nn.modules.dropout._DropoutNd):
+        if isinstance(module, _DropoutNd):
             (found if module.p > 0 else zero).append((name, module))
     if not found:
         detail = (
@@ -84,7 +86,7 @@ def keyed_dropout(model: nn.Module, noise: KeyedNoise) -> Iterator[list[int]]:
     calls = [0]
     handles = []
 
-    def hook_for(stream: int, module: nn.Dropout):
+    def hook_for(stream: int, module: _DropoutNd):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             if output.shape[0] != noise.rows:
                 raise RuntimeError(
@@ -106,8 +108,8 @@ def keyed_dropout(model: nn.Module, noise: KeyedNoise) -> Iterator[list[int]]:
 
     try:
         model.eval()
-        for stream, (_, module) in enumerate(layers):
-            handles.append(module.register_forward_hook(hook_for(stream + 1, module)))
+        for stream, (_, layer) in enumerate(layers):
+            handles.append(layer.register_forward_hook(hook_for(stream + 1, layer)))
         yield calls
     finally:
         for handle in handles:
