@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 if TYPE_CHECKING:
-    from typing import Self
+    from typing_extensions import Self
 
 from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
 from xai_lightning.core.reshape import Reshape
@@ -97,7 +97,7 @@ class LayerCapture:
         return [self.specs[key].apply(gradient) for key, gradient in zip(keys, raw_gradients)]
 
     # ------------------------------------------------------------------ hooks
-    def _store(self, key: str, module: nn.Module, tensor: object, what: str) -> None:
+    def _store(self, key: str, module: nn.Module, tensor: object, what: str) -> torch.Tensor:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(
                 f"Layer {key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor; "
@@ -106,11 +106,11 @@ class LayerCapture:
         self.raw[key] = tensor
         if self.gradients_enabled and tensor.requires_grad:
             tensor.register_hook(lambda grad: self._raw_gradients.__setitem__(key, grad))
+        return tensor
 
     def _output_hook(self, key: str):
         def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
-            self._store(key, module, output, "returns")
-            return output.clone()  # type: ignore[union-attr]
+            return self._store(key, module, output, "returns").clone()
 
         return hook
 
