@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
 from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
 from xai_lightning.core.reshape import Reshape
 
 __all__ = ["LayerCapture"]
+
+# ``typing.Self`` is Python 3.11+; the package supports 3.10 without typing_extensions.
+_Capture = TypeVar("_Capture", bound="LayerCapture")
 
 
 class LayerCapture:
@@ -121,7 +121,7 @@ class LayerCapture:
 
         return hook
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Capture) -> _Capture:
         self.raw.clear()
         self._raw_gradients.clear()
         for key, module in self._modules.items():

@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.data import AttributeDict
+from pytorch_lightning.utilities import AttributeDict
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xai_lightning.data.bars import DEFAULT_GEOMETRY, Bars, colour_given_class_table
@@ -33,7 +33,9 @@ BatchFormat = Literal["tuple", "dict"]
 
 def _saved_hparams(module: pl.LightningDataModule) -> AttributeDict:
     """``module.hparams`` as ``save_hyperparameters()`` in ``__init__`` leaves it: an AttributeDict (Lightning
-    types the property as any MutableMapping, for OmegaConf configs, which has no attribute access)."""
+    types the property as any MutableMapping, for OmegaConf configs, which has no attribute access). The dict is
+    lightning_fabric's class; ``pytorch_lightning.utilities.AttributeDict`` subclasses it adding nothing, and
+    comes through our declared dependency."""
     return cast(AttributeDict, module.hparams)
 
 

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from lightning_fabric.utilities.data import AttributeDict
+from pytorch_lightning.utilities import AttributeDict
 from torch import nn
 
 from xai_lightning.core.targets import select_logits
