@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-if TYPE_CHECKING:
-    from typing import Self
-
 from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
 from xai_lightning.core.reshape import Reshape
 
 __all__ = ["LayerCapture"]
+
+# ``typing.Self`` is Python 3.11+; the package supports 3.10 without typing_extensions.
+_Capture = TypeVar("_Capture", bound="LayerCapture")
 
 
 class LayerCapture:
@@ -97,7 +97,7 @@ class LayerCapture:
         return [self.specs[key].apply(gradient) for key, gradient in zip(keys, raw_gradients)]
 
     # ------------------------------------------------------------------ hooks
-    def _store(self, key: str, module: nn.Module, tensor: object, what: str) -> None:
+    def _store(self, key: str, module: nn.Module, tensor: object, what: str) -> torch.Tensor:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(
                 f"Layer {key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor; "
@@ -106,11 +106,11 @@ class LayerCapture:
         self.raw[key] = tensor
         if self.gradients_enabled and tensor.requires_grad:
             tensor.register_hook(lambda grad: self._raw_gradients.__setitem__(key, grad))
+        return tensor
 
     def _output_hook(self, key: str):
         def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor:
-            self._store(key, module, output, "returns")
-            return output.clone()  # type: ignore[union-attr]
+            return self._store(key, module, output, "returns").clone()
 
         return hook
 
@@ -121,7 +121,7 @@ class LayerCapture:
 
         return hook
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Capture) -> _Capture:
         self.raw.clear()
         self._raw_gradients.clear()
         for key, module in self._modules.items():

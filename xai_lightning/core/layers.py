@@ -109,14 +109,15 @@ class LayerSpec:
 
     def apply(self, tensor: torch.Tensor) -> torch.Tensor:
         """The layer's tensor as this spec presents it (reshaped when a reshape is set)."""
-        return tensor if self.reshape is None else self.reshape_fn(tensor)
+        reshape = self.reshape_fn
+        return tensor if reshape is None else reshape(tensor)
 
     @property
     def reshape_fn(self) -> Reshape | None:
         return None if self.reshape is None else get_reshape(self.reshape)
 
     def with_reshape(self, reshape: str | Reshape | None) -> LayerSpec:
-        return LayerSpec(self.name, self.capture, reshape)
+        return LayerSpec(self.name, self.capture, None if reshape is None else reshape_name(reshape))
 
     def __str__(self) -> str:
         return self.key
@@ -147,7 +148,7 @@ def parse_layer(spec: LayerSpecLike, reshape: str | Reshape | None = None) -> La
         path, _, capture = path.partition(":")
         if capture not in ("", "input", "output"):
             raise ValueError(f"Layer {spec!r}: after ':' write 'input' or 'output'; got {capture!r}")
-        parsed = LayerSpec(path, capture or "output", shape or None)
+        parsed = LayerSpec(path, "input" if capture == "input" else "output", shape or None)
     else:
         raise TypeError(f"A layer is a name string, a LayerSpec or a mapping; got {type(spec).__name__}")
     if parsed.name == AUTO:

@@ -76,7 +76,8 @@ def select_logits(output: object, output_key: str | int | None = None) -> torch.
             ) from error
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
-                f"output_key={output_key!r} selects a {type(logits).__name__}, not a tensor; available: {_available(output)}."
+                f"output_key={output_key!r} selects a {type(logits).__name__}, not a tensor; "
+                f"available: {_available(output)}."
             )
     if logits.dim() != 2:
         raise ValueError(f"Expected logits of shape (B, num_classes); got {tuple(logits.shape)}")
@@ -185,6 +186,7 @@ def check_target(
     available keys), a class out of range, a callable returning the wrong shape. ``batch``: the
     number of inputs behind ``output`` (found from its logits when not given).
     """
+    class_target: TargetSpec  # what split_target leaves of a non-callable target
     score_fn, class_target = split_target(target)
     if batch is None:
         batch = _batch_of(output, output_key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -75,6 +75,14 @@ def unpack_batch(batch: Any) -> Batch:
     raise TypeError(f"Cannot find the inputs in a batch of type {type(batch).__name__}; expected {ACCEPTED_FORMATS}.")
 
 
+class _NamedTupleBatch(Protocol):
+    """What :func:`replace_inputs` uses of a ``namedtuple`` / ``typing.NamedTuple`` batch."""
+
+    _fields: tuple[str, ...]
+
+    def _replace(self, **changes: Any) -> Any: ...
+
+
 def replace_inputs(batch: Any, inputs: torch.Tensor) -> Any:
     """Put new inputs into a batch *in place* where possible (dict, list); tuples are rebuilt.
 
@@ -93,11 +101,10 @@ def replace_inputs(batch: Any, inputs: torch.Tensor) -> Any:
         batch[0] = inputs
         return batch
     if isinstance(batch, tuple):
-        return (
-            type(batch)((inputs, *batch[1:]))
-            if not hasattr(batch, "_fields")
-            else batch._replace(**{batch._fields[0]: inputs})
-        )
+        if not hasattr(batch, "_fields"):
+            return type(batch)((inputs, *batch[1:]))
+        named = cast(_NamedTupleBatch, batch)
+        return named._replace(**{named._fields[0]: inputs})
     raise TypeError(
         f"Cannot replace the inputs of a batch of type {type(batch).__name__}; expected {ACCEPTED_FORMATS}."
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, SupportsInt
 
 import torch
 
@@ -438,7 +438,7 @@ class ConceptWorld(torch.utils.data.Dataset):
         }
         if kind not in vocabularies:
             raise ValueError(f"shift kind must be one of {sorted(vocabularies)}; got {kind!r}")
-        settings: dict[str, object] = {
+        settings: dict[str, Any] = {
             "num_samples": self.num_samples if num_samples is None else num_samples,
             "image_size": self.image_size,
             "seed": self.seed + 7919 if seed is None else seed,
@@ -701,7 +701,7 @@ class ConceptWorld(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ interventions
     def intervene(
-        self, latent: ConceptWorldLatent | Sequence[int] | torch.Tensor, **changes: object
+        self, latent: ConceptWorldLatent | Sequence[int] | torch.Tensor, **changes: Any
     ) -> dict[str, torch.Tensor | ConceptWorldLatent]:
         """Re-render samples with some latent concepts set (``do(C = c)``), everything else unchanged.
 
@@ -725,14 +725,14 @@ class ConceptWorld(torch.utils.data.Dataset):
             "distractor_colour": tuple(self.colours),
         }
         fields = {f.name for f in dataclasses.fields(ConceptWorldLatent)}
-        resolved: dict[str, object] = {}
+        resolved: dict[str, Any] = {}  # names resolved to indices; torch.as_tensor in replace() checks the rest
         for name, value in changes.items():
             if name not in fields:
                 raise ValueError(f"Cannot intervene on {name!r}; latent fields are {sorted(fields)}")
             if name in vocab:
                 names = vocab[name]
 
-                def to_index(v: object, names=names, name=name) -> int:
+                def to_index(v: str | SupportsInt, names=names, name=name) -> int:
                     if isinstance(v, str):
                         if v not in names:
                             raise ValueError(f"Unknown {name} {v!r}; choose from {names}")

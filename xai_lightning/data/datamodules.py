@@ -6,10 +6,11 @@ and import no Lightning, so the algorithm packages can use them without loading 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import AttributeDict
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xai_lightning.data.bars import DEFAULT_GEOMETRY, Bars, colour_given_class_table
@@ -28,6 +29,14 @@ __all__ = [
 ]
 
 BatchFormat = Literal["tuple", "dict"]
+
+
+def _saved_hparams(module: pl.LightningDataModule) -> AttributeDict:
+    """``module.hparams`` as ``save_hyperparameters()`` in ``__init__`` leaves it: an AttributeDict (Lightning
+    types the property as any MutableMapping, for OmegaConf configs, which has no attribute access). The dict is
+    lightning_fabric's class; ``pytorch_lightning.utilities.AttributeDict`` subclasses it adding nothing, and
+    comes through our declared dependency."""
+    return cast(AttributeDict, module.hparams)
 
 
 def _collate_tuple(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +157,7 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
         self.test_set: ConceptWorld | None = None
 
     def _make(self, num_samples: int, split: int) -> ConceptWorld:
-        h = self.hparams
+        h = _saved_hparams(self)
         return ConceptWorld(
             num_samples=num_samples,
             image_size=h.image_size,
@@ -163,20 +172,21 @@ class ConceptWorldDataModule(_Loaders, pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return ConceptWorld(0, label_by=self.hparams.label_by).num_classes
+        return ConceptWorld(0, label_by=_saved_hparams(self).label_by).num_classes
 
     def setup(self, stage: str | None = None) -> None:
+        h = _saved_hparams(self)
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = self._make(self.hparams.num_train, 0)
-            if self.hparams.get("train_low_pass_radius") is not None:
+            self.train_set = self._make(h.num_train, 0)
+            if h.get("train_low_pass_radius") is not None:
                 from xai_lightning.dynamics.frequency import low_pass
 
                 # Filtered after rendering: the renders (and the latent, masks) stay as they are.
-                self.train_set.images = low_pass(self.train_set.images, self.hparams.train_low_pass_radius)
+                self.train_set.images = low_pass(self.train_set.images, h.train_low_pass_radius)
         if self.val_set is None and stage in (None, "fit", "validate"):
-            self.val_set = self._make(self.hparams.num_val, 1)
-        if self.test_set is None and stage in (None, "test", "predict") and self.hparams.num_test > 0:
-            self.test_set = self._make(self.hparams.num_test, 2)
+            self.val_set = self._make(h.num_val, 1)
+        if self.test_set is None and stage in (None, "test", "predict") and h.num_test > 0:
+            self.test_set = self._make(h.num_test, 2)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
@@ -226,7 +236,7 @@ class DigitsDataModule(_Loaders, pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            h = self.hparams
+            h = _saved_hparams(self)
             self.train_set = HandwrittenDigits("train", h.image_size, h.channels, h.val_fraction, h.seed)
             self.val_set = HandwrittenDigits("val", h.image_size, h.channels, h.val_fraction, h.seed)
 
@@ -273,7 +283,7 @@ class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
         self.val_set: Bars | None = None
 
     def _make(self, num_samples: int, split: int) -> Bars:
-        h = self.hparams
+        h = _saved_hparams(self)
         return Bars(
             num_samples,
             h.confounding,
@@ -288,8 +298,9 @@ class BarsDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = self._make(self.hparams.num_train, 0)
-            self.val_set = self._make(self.hparams.num_val, 1)
+            h = _saved_hparams(self)
+            self.train_set = self._make(h.num_train, 0)
+            self.val_set = self._make(h.num_val, 1)
 
 
 class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
@@ -315,7 +326,7 @@ class ColouredDigitsDataModule(TensorSplitLoaders, pl.LightningDataModule):
         self.val_set: ColouredDigits | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        h = self.hparams
+        h = _saved_hparams(self)
         if self.train_set is None:
             self.train_set = ColouredDigits("train", h.sigma, h.image_size, h.seed, h.val_fraction, h.jitter)
             self.val_set = ColouredDigits("val", h.sigma, h.image_size, h.seed, h.val_fraction, h.jitter)
@@ -352,7 +363,7 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
         self.val_set: TriggerText | None = None
 
     def _make(self, num_samples: int, split: int) -> TriggerText:
-        h = self.hparams
+        h = _saved_hparams(self)
         return TriggerText(
             num_samples,
             seed=h.seed * 1000 + split,
@@ -371,13 +382,14 @@ class TriggerTextDataModule(TensorSplitLoaders, pl.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return int(self.hparams.num_classes)
+        return int(_saved_hparams(self).num_classes)
 
     def setup(self, stage: str | None = None) -> None:
+        h = _saved_hparams(self)
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = self._make(self.hparams.num_train, 0)
+            self.train_set = self._make(h.num_train, 0)
         if self.val_set is None and stage in (None, "fit", "validate"):
-            self.val_set = self._make(self.hparams.num_val, 1)
+            self.val_set = self._make(h.num_val, 1)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') or setup('validate') first"

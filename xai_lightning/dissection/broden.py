@@ -68,10 +68,10 @@ def _decode_segmentation(path: Path) -> torch.Tensor:
 
 def _encode_segmentation(labels: torch.Tensor) -> np.ndarray:
     """``(h, w)`` label numbers → uint8 RGB with ``R + 256·G`` = the number."""
-    labels = labels.long().numpy()
-    rgb = np.zeros((*labels.shape, 3), dtype=np.uint8)
-    rgb[..., 0] = labels % 256
-    rgb[..., 1] = labels // 256
+    numbers = labels.long().numpy()
+    rgb = np.zeros((*numbers.shape, 3), dtype=np.uint8)
+    rgb[..., 0] = numbers % 256
+    rgb[..., 1] = numbers // 256
     return rgb
 
 
@@ -148,10 +148,10 @@ class BrodenDataset(torch.utils.data.Dataset):
             number = int(label["number"])
             if number == 0:
                 continue
-            category = _primary_category(label.get("category", ""), wanted)
-            if category is not None:
+            primary = _primary_category(label.get("category", ""), wanted)
+            if primary is not None:
                 names.append(label["name"])
-                cats.append(category)
+                cats.append(primary)
                 numbers.append(number)
         if not names:
             raise ValueError(f"{self.root / 'label.csv'} has no labels in the categories {wanted}")
@@ -315,9 +315,9 @@ def export_broden(
         index_rows.append(row)
 
     with open(root / "index.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "split", "ih", "iw", "sh", "sw", *BRODEN_CATEGORIES])
-        writer.writeheader()
-        writer.writerows(index_rows)
+        index_writer = csv.DictWriter(handle, fieldnames=["image", "split", "ih", "iw", "sh", "sw", *BRODEN_CATEGORIES])
+        index_writer.writeheader()
+        index_writer.writerows(index_rows)
     with open(root / "label.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])

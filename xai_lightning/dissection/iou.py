@@ -79,6 +79,12 @@ class DissectionIoU(Metric):
     higher_is_better = True
     is_differentiable = False
 
+    category_index: torch.Tensor  # (C,) long buffer: each concept's category
+    intersection: torch.Tensor  # states, registered in __init__
+    unit_pixels: torch.Tensor
+    unit_total: torch.Tensor
+    concept_pixels: torch.Tensor
+
     def __init__(self, num_units: int, vocabulary: ConceptVocabulary, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_units = num_units

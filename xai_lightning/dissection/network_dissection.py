@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -142,7 +142,8 @@ class LayerDissection:
         """Add a batch: ``activations (B, K, h, w)`` of the probe images ``image_ids (B,)``."""
         if activations.dim() != 4 or activations.shape[1] != self.num_units:
             raise ValueError(
-                f"Layer {self.layer!r}: expected activations (B, {self.num_units}, h, w); got {tuple(activations.shape)}"
+                f"Layer {self.layer!r}: expected activations (B, {self.num_units}, h, w); "
+                f"got {tuple(activations.shape)}"
             )
         if activations.shape[0] != image_ids.shape[0]:
             raise ValueError(f"{activations.shape[0]} activation maps for {image_ids.shape[0]} image ids")
@@ -348,7 +349,7 @@ def dissect_batches(
                 dissections[name] = LayerDissection(
                     name,
                     activation.shape[1],
-                    tuple(activation.shape[-2:]),
+                    (activation.shape[-2], activation.shape[-1]),
                     labels,
                     vocabulary,
                     quantile,
@@ -414,7 +415,12 @@ def dissect(
         raise ValueError(f"method must be 'exact' or 'sketch'; got {method!r}")
     given = {}
     first = list(itertools.islice(batches(), 1))  # its shapes decide; it is not forwarded twice
-    shapes = [tuple(activation.shape[1:]) for activation in first[0][0].values()] if first else []
+    # (K, h, w) per layer: check_spatial rejects any other rank when the layers are dissected.
+    shapes = (
+        [cast(tuple[int, int, int], tuple(activation.shape[1:])) for activation in first[0][0].values()]
+        if first
+        else []
+    )
     if method == "sketch" and not sketch_keeps_activations(images.shape[0], shapes, sketch_accuracy):
         sketches = sketch_batches(
             itertools.chain(first, batches(1)), forward.layers, quantile, sketch_accuracy, num_images=images.shape[0]

@@ -102,6 +102,10 @@ class TopQuantile(Metric):
     higher_is_better = None
     is_differentiable = False
 
+    top: torch.Tensor  # states, registered in __init__ (see above)
+    minimum: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, num_units: int, num_values: int, quantile: float = 0.005, **kwargs) -> None:
         super().__init__(**kwargs)
         if not 0.0 < quantile < 1.0:

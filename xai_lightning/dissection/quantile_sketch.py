@@ -56,6 +56,11 @@ class QuantileSketch(Metric):
     higher_is_better = None
     is_differentiable = False
 
+    counts: torch.Tensor  # (K, num_buckets) long; states registered in __init__
+    minimum: torch.Tensor  # (K,)
+    maximum: torch.Tensor  # (K,)
+    count: torch.Tensor  # () long: values seen per unit
+
     def __init__(
         self,
         num_units: int,

@@ -25,6 +25,8 @@ class TopActivatingImages(Metric):
     higher_is_better = None
     is_differentiable = False
 
+    best: torch.Tensor  # (K, count, 2) float64 state, registered in __init__
+
     def __init__(self, num_units: int, count: int = 8, **kwargs) -> None:
         super().__init__(**kwargs)
         if count < 1:

@@ -9,6 +9,7 @@ is part of the vocabulary.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +42,9 @@ class ConceptVocabulary:
             raise ValueError(f"{len(self.names)} concept names but {len(self.categories)} categories")
         if not self.names:
             raise ValueError("A concept vocabulary needs at least one concept.")
-        seen: set[str] = set()
-        duplicates = [name for name in self.names if name in seen or seen.add(name)]
+        duplicates = [name for name, times in Counter(self.names).items() if times > 1]
         if duplicates:
-            raise ValueError(f"Concept names must be unique; repeated: {sorted(set(duplicates))}")
+            raise ValueError(f"Concept names must be unique; repeated: {sorted(duplicates)}")
 
     def __len__(self) -> int:
         return len(self.names)

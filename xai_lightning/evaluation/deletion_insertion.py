@@ -24,7 +24,7 @@ and its AUC equals ``S·AUC − (curve[:, 0] + curve[:, 1]) / 2`` (tested). Quan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -185,7 +185,7 @@ class _CurveAUC(ExplanationMetric):
         super().__init__(model, **kwargs)
         removal_counts(1, steps)  # validate now
         check_score(score)
-        self.options = {
+        self.options: dict[str, Any] = {
             "steps": steps,
             "baseline": baseline,
             "blur_sigma": blur_sigma,
@@ -199,7 +199,9 @@ class _CurveAUC(ExplanationMetric):
 
 
 class DeletionAUC(_CurveAUC):
-    """Mean deletion AUC (Petsiuk et al. 2018) as a torchmetric; lower is better. Options: :func:`perturbation_curve`."""
+    """Mean deletion AUC (Petsiuk et al. 2018) as a torchmetric; lower is better.
+
+    Options: :func:`perturbation_curve`."""
 
     key = "deletion_auc"
     higher_is_better = False
@@ -207,7 +209,9 @@ class DeletionAUC(_CurveAUC):
 
 
 class InsertionAUC(_CurveAUC):
-    """Mean insertion AUC (Petsiuk et al. 2018) as a torchmetric; higher is better. Options: :func:`perturbation_curve`."""
+    """Mean insertion AUC (Petsiuk et al. 2018) as a torchmetric; higher is better.
+
+    Options: :func:`perturbation_curve`."""
 
     key = "insertion_auc"
     higher_is_better = True

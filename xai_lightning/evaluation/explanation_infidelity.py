@@ -34,7 +34,7 @@ with ``normalize=False``, the values agree (tested).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -211,7 +211,7 @@ class Infidelity(ExplanationMetric):
             raise ValueError(f"Unknown perturbation {perturbation!r}; use 'noise', 'square' or 'subset'.")
         if samples < 1:
             raise ValueError(f"samples must be >= 1; got {samples}")
-        self.options = {
+        self.options: dict[str, Any] = {
             "perturbation": perturbation,
             "samples": samples,
             "noise_std": noise_std,

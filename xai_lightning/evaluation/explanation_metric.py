@@ -14,7 +14,7 @@ so a probe set split over ranks gives the mean of the whole set.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torchmetrics
@@ -32,14 +32,16 @@ class ExplanationMetric(torchmetrics.Metric):
     with ``.to()`` or put its weights into the metric's ``state_dict``.
     """
 
-    is_differentiable: ClassVar[bool] = False
-    full_state_update: ClassVar[bool] = False
-    #: short name used in logged keys, e.g. ``"deletion_auc"``.
-    key: ClassVar[str] = ""
+    is_differentiable = False
+    full_state_update = False
+    #: short name used in logged keys, e.g. ``"deletion_auc"`` (a class attribute; a wrapper such as
+    #: :class:`~xai_lightning.evaluation.RandomMapReference` sets its wrapped metric's per instance).
+    key: str = ""
     #: True when :meth:`update` needs ground-truth masks (localisation metrics).
-    needs_masks: ClassVar[bool] = False
+    needs_masks: bool = False
 
-    total: torch.Tensor
+    model: nn.Module  # set through __dict__ in __init__: held, not registered as a submodule
+    total: torch.Tensor  # states, registered in __init__
     count: torch.Tensor
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:

@@ -23,6 +23,8 @@ inputs, or one channel, and the same subsets, the values agree (tested).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -152,7 +154,7 @@ class FaithfulnessCorrelation(ExplanationMetric):
         check_score(score)
         if draws < 2:
             raise ValueError(f"A correlation needs draws >= 2; got {draws}")
-        self.options = {
+        self.options: dict[str, Any] = {
             "draws": draws,
             "subset_size": subset_size,
             "baseline": baseline,

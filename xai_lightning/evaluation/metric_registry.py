@@ -63,17 +63,22 @@ def _factory(name: str) -> Callable[..., ExplanationMetric]:
     return _METRICS[name]
 
 
-def metric_option_names(name: str) -> list[str]:
-    """The options a metric takes (for YAML and error messages)."""
+def _metric_class(name: str) -> type[ExplanationMetric]:
+    """The class behind a registered metric (the entries are classes or partials of them)."""
     factory = _factory(name)
     cls = factory.func if isinstance(factory, functools.partial) else factory
+    assert isinstance(cls, type) and issubclass(cls, ExplanationMetric), f"{name!r} is registered as {cls!r}"
+    return cls
+
+
+def metric_option_names(name: str) -> list[str]:
+    """The options a metric takes (for YAML and error messages)."""
+    cls = _metric_class(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p not in _RESERVED | {"self"}]
 
 
 def metric_needs_masks(name: str) -> bool:
-    factory = _factory(name)
-    cls = factory.func if isinstance(factory, functools.partial) else factory
-    return bool(cls.needs_masks)
+    return bool(_metric_class(name).needs_masks)
 
 
 def metric_direction(name: str) -> str:

@@ -31,7 +31,7 @@ def mass_in_mask_on_grid(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 
     NaN where a map has no positive mass.
     """
-    coverage = patch_coverage(masks, tuple(maps.shape[-2:])).double()  # (B, h, w)
+    coverage = patch_coverage(masks, (maps.shape[-2], maps.shape[-1])).double()  # (B, h, w)
     positive = maps.double().clamp_min(0)
     view = coverage.view(coverage.shape[0], *([1] * (maps.dim() - 3)), *coverage.shape[1:])
     inside = (positive * view).flatten(-2).sum(-1)

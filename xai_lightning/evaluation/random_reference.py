@@ -73,6 +73,8 @@ class RandomMapReference(ExplanationMetric):
         print(deletion.compute(), "vs random", chance.compute())
     """
 
+    metric: ExplanationMetric  # set through __dict__ in __init__: held, not registered as a submodule
+
     def __init__(self, metric: ExplanationMetric, num_maps: int = 3, seed: int = 0, **kwargs) -> None:
         super().__init__(metric.model, **kwargs)
         if num_maps < 1:

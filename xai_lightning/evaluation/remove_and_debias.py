@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -154,7 +154,7 @@ class ROAD(ExplanationMetric):
             raise ValueError(f"order must be 'morf' or 'lerf'; got {order!r}")
         check_score(score)
         self.key = f"road_{order}"
-        self.options = {
+        self.options: dict[str, Any] = {
             "order": order,
             "fractions": _check_fractions(fractions),
             "noise": noise,

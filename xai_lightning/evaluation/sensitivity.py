@@ -175,6 +175,8 @@ class MaxSensitivity(ExplanationMetric):
     key = "max_sensitivity"
     higher_is_better = False
 
+    explainer: ExplainFunction  # set through __dict__ in __init__ (a method's module is not registered)
+
     def __init__(
         self,
         model: nn.Module,
@@ -193,7 +195,7 @@ class MaxSensitivity(ExplanationMetric):
             raise ValueError(f"samples must be >= 1; got {samples}")
         options = {"max_batch": max_batch, "output_key": output_key, **dict(method_options or {})}
         self.__dict__["explainer"] = as_explainer(method, **options)
-        self.options = {
+        self.options: dict[str, Any] = {
             "radius": radius,
             "samples": samples,
             "relative": relative,

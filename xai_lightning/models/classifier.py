@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from pytorch_lightning.utilities import AttributeDict
 from torch import nn
 
 from xai_lightning.core.targets import select_logits
@@ -81,7 +82,8 @@ class ImageClassifier(pl.LightningModule):
         return self._step(batch, "val", self.val_acc)
 
     def configure_optimizers(self) -> Any:
-        h = self.hparams
+        h = cast(AttributeDict, self.hparams)  # save_hyperparameters() in __init__ stored an AttributeDict
+        optimizer: torch.optim.Optimizer
         if h.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 self.parameters(), lr=h.lr, momentum=0.9, nesterov=True, weight_decay=h.weight_decay

@@ -17,6 +17,9 @@ class Normalize(nn.Module):
     explanations show the image as the data loader delivered it (Madry et al. 2018 convention).
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):

@@ -23,8 +23,8 @@ class SmallCNN(nn.Module):
     On 32×32 inputs the stages produce 32×32, 16×16 and 8×8 feature maps. Layer names:
     ``features.0`` (normalisation), then conv/BN/ReLU triples and max-pools up to
     ``features.20`` (the last conv is ``features.18``, its ReLU ``features.20``; stage ends are
-    ``features.6``, ``features.13``, ``features.20``), ``pool``, ``classifier``. Every ReLU is its own module and not in-place,
-    so per-module backward rules (DeepLIFT, guided backprop) can be attached.
+    ``features.6``, ``features.13``, ``features.20``), ``pool``, ``classifier``. Every ReLU is its own module and
+    not in-place, so per-module backward rules (DeepLIFT, guided backprop) can be attached.
 
     Args:
         in_channels: 3 for RGB, 1 for grey.

@@ -32,7 +32,7 @@ from xai_lightning.evaluation.sanity.randomisation import (
     randomised_copies,
 )
 from xai_lightning.evaluation.sanity.similarity import SIMILARITIES, map_similarity
-from xai_lightning.evaluation.sensitivity import ExplainSpec, as_explainer
+from xai_lightning.evaluation.sensitivity import ExplainFunction, ExplainSpec, as_explainer
 
 __all__ = ["ModelParameterRandomisation", "RandomisationResult", "model_parameter_randomisation"]
 
@@ -168,6 +168,8 @@ class ModelParameterRandomisation(torchmetrics.Metric):
     full_state_update = False
     totals: torch.Tensor
     count: torch.Tensor
+    model: nn.Module  # model and explainer are set through __dict__ in __init__: held, not registered
+    explainer: ExplainFunction
 
     def __init__(
         self,
@@ -189,7 +191,7 @@ class ModelParameterRandomisation(torchmetrics.Metric):
         self.__dict__["explainer"] = as_explainer(
             method, max_batch=max_batch, output_key=output_key, **dict(method_options or {})
         )
-        self.options = {
+        self.options: dict[str, Any] = {
             "mode": mode,
             "layers": self.layers,
             "similarities": self.similarities,
