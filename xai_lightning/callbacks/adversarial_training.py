@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from xai_lightning.callbacks.attack_options import AttackOptions
 from xai_lightning.callbacks.probe import find_probe_dataset
 from xai_lightning.callbacks.settings import RecordsSettings
 from xai_lightning.core import isolated_rng, unwrap_model
@@ -30,6 +31,13 @@ AttackMethod = Literal["pgd", "fgsm", "trades"]
 
 #: How many training items :meth:`AdversarialTrainingCallback.setup` inspects for format and pixel range.
 SETUP_ITEMS = 8
+
+
+def _set_trades_batch(module: torch.nn.Module, batch: TradesBatch | None) -> None:
+    """Hand ``batch`` to the LightningModule's ``training_step`` through its ``trades_batch`` attribute."""
+    # nn.Module.__setattr__ is annotated for tensors and modules only; at runtime it stores any other value as
+    # a plain attribute.
+    module.trades_batch = batch  # type: ignore[assignment]
 
 
 class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
@@ -233,7 +241,7 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
         model = self.pixels.wrap(module, device=inputs.device)
         pixels = self.pixels.to_pixels(inputs.detach())
         generator = self.generator(trainer.current_epoch, batch_idx, trainer.global_rank, inputs.device)
-        options = dict(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
+        options = AttackOptions(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
         if self.method == "trades":
             result = trades_adversarial(
                 model,
@@ -248,7 +256,7 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
             success = result.predictions != labels
             adversarial = self.pixels.from_pixels(result.adversarial).to(inputs.dtype)
             self._trades = TradesBatch(inputs=adversarial, beta=self.beta)
-            module.trades_batch = self._trades
+            _set_trades_batch(module, self._trades)
         else:
             if self.method == "fgsm":
                 result = fgsm(model, pixels, labels, eps=self.eps, norm=self.norm, **options)
@@ -307,7 +315,7 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
         """An interrupted ``fit``: leave no TRADES batch behind on the module."""
         module = unwrap_model(pl_module)
         if self._trades is not None and getattr(module, "trades_batch", None) is self._trades:
-            module.trades_batch = None
+            _set_trades_batch(module, None)
         self._trades = None
 
     def on_train_batch_end(
@@ -317,7 +325,7 @@ class AdversarialTrainingCallback(RecordsSettings, pl.Callback):
             return
         module = unwrap_model(pl_module)
         used = self._trades.consumed
-        module.trades_batch = None
+        _set_trades_batch(module, None)
         self._trades = None
         if not used:
             raise RuntimeError(

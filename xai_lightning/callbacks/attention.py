@@ -240,7 +240,7 @@ class AttentionCallback(ObserverCallback):
     def _log_grids(self, trainer: pl.Trainer, probe: ProbeSet, results: dict[str, torch.Tensor]) -> None:
         shown = min(self.max_images, len(probe))
         images = probe.images[:shown].cpu()
-        size = tuple(images.shape[-2:])
+        size = (images.shape[-2], images.shape[-1])
         captions = probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained")
         step = trainer.global_step
         image_panel = display_images(images)
@@ -281,7 +281,7 @@ class AttentionCallback(ObserverCallback):
             step,
         )
         # Beside the grid, one table row per shown probe (patch maps at image size, as drawn).
-        maps = {
+        maps: dict[str, torch.Tensor] = {
             kind: self._upsampled(results[kind][:shown], size) for kind in ("rollout", "relevance") if kind in results
         }
         if "raw" in results:

@@ -188,6 +188,7 @@ class AttributionCallback(ObserverCallback):
         out = {"logits": logits, "targets": targets}
         for name, explainer in self.explainers.items():
             attribution = explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
+            assert isinstance(attribution, torch.Tensor)  # no convergence delta was asked for
             maps = explainer.to_map(attribution)
             out[f"map/{name}"] = maps.to(torch.promote_types(maps.dtype, torch.float32))
         return out

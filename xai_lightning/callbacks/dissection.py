@@ -170,7 +170,7 @@ class DissectionCallback(ObserverCallback):
         self._labels: ConceptLabels | None = None
         self._local: dict[str, LayerDissection] = {}
         self._values_per_image = 0  # Σ K·h·w over the dissected layers (found at setup)
-        self._layer_shapes: list[tuple[int, ...]] = []  # (K, h, w) of each dissected layer
+        self._layer_shapes: list[tuple[int, int, int]] = []  # (K, h, w) of each dissected layer
 
     @property
     def state_key(self) -> str:
@@ -211,8 +211,9 @@ class DissectionCallback(ObserverCallback):
         vocabulary, channels = self._vocabulary(trainer, probe)
         if int(channels.max()) >= probe.masks.shape[1]:
             raise ValueError(
-                f"The dataset names {int(channels.max()) + 1}+ concept masks but its items carry {probe.masks.shape[1]} "
-                f"(masks of shape {tuple(probe.masks.shape)}): `concept_names` and `masks` must agree."
+                f"The dataset names {int(channels.max()) + 1}+ concept masks but its items carry "
+                f"{probe.masks.shape[1]} (masks of shape {tuple(probe.masks.shape)}): `concept_names` and `masks` "
+                "must agree."
             )
         self.vocabulary = vocabulary
         self._labels = ConceptLabels.from_masks(probe.masks[:, channels], vocabulary)
@@ -229,7 +230,9 @@ class DissectionCallback(ObserverCallback):
         for name in self.layer_names:
             check_spatial(name, outputs[name])
         self._values_per_image = sum(outputs[name][0].numel() for name in self.layer_names)
-        self._layer_shapes = [tuple(outputs[name].shape[1:]) for name in self.layer_names]
+        # check_spatial passed: every output is (B, K, h, w).
+        shapes = [outputs[name].shape for name in self.layer_names]
+        self._layer_shapes = [(shape[1], shape[2], shape[3]) for shape in shapes]
 
     def method_for(self, num_images: int) -> Literal["exact", "sketch"]:
         """The threshold method used for ``num_images`` probe images on one process."""
@@ -326,7 +329,7 @@ class DissectionCallback(ObserverCallback):
         """``(B, len(units), H, W)`` bool thresholded, upsampled masks of ``units`` on ``images``."""
         device = next(pl_module.parameters(), torch.zeros(0)).device
         activation = LayerActivations(pl_module, [result.layer])(images.to(device))[result.layer][:, units]
-        upsampled = upsample_activations(activation.cpu(), tuple(images.shape[-2:]))
+        upsampled = upsample_activations(activation.cpu(), (images.shape[-2], images.shape[-1]))
         return result.unit_masks(upsampled, units)
 
     def _log_top_units(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,6 +34,16 @@ from xai_lightning.dynamics import (
 from xai_lightning.dynamics.features import FeatureSite
 
 __all__ = ["EmbeddingCallback"]
+
+
+class _ConceptWorldFactors(Protocol):
+    """The factor names ``factor=`` colouring reads from ConceptWorld (or any dataset shaped like it)."""
+
+    shapes: Sequence[str]
+    textures: Sequence[str]
+    colours: Iterable[str]  # ConceptWorld's name → RGB mapping; iterating it gives the names
+    backgrounds: Sequence[str]
+
 
 Factor = Literal["shape", "texture", "colour", "background"]
 
@@ -199,11 +210,12 @@ class EmbeddingCallback(ObserverCallback):
                 f"{self.probe_split} data is {type(dataset).__name__}, not ConceptWorld (no .latent). Use "
                 "ConceptWorld data or factor=None."
             )
+        world = cast(_ConceptWorldFactors, dataset)  # it has .latent: ConceptWorld-like (duck-typed)
         names = {
-            "shape": dataset.shapes,
-            "texture": dataset.textures,
-            "colour": tuple(dataset.colours),
-            "background": dataset.backgrounds,
+            "shape": world.shapes,
+            "texture": world.textures,
+            "colour": tuple(world.colours),
+            "background": world.backgrounds,
         }[self.factor]
         return getattr(latent, self.factor)[probe.indices.long()].long().cpu(), tuple(names)
 
@@ -220,6 +232,7 @@ class EmbeddingCallback(ObserverCallback):
         if self._knn_now(trainer):
             assert self.reference is not None and self.reference.labels is not None
             shard = self.reference.shard(trainer.global_rank, trainer.world_size).to(probe.images.device)
+            assert shard.labels is not None  # a shard of a labelled set keeps its labels
             reference, _ = layer_features(
                 pl_module, shard.images, self.sites, max_batch=self.max_batch, output_key=self.output_key
             )

@@ -241,6 +241,9 @@ class ExplainerNetworkCallback(ObserverCallback):
                     f"outputs, in execution order: {', '.join(spatial)}"
                 )
         source, target = outputs[self.input_layer], outputs[self.target_layer]
+        # A spatial output was seen in the forward pass, so it has a 4-D shape and an execution rank.
+        assert source.shape is not None and source.rank is not None
+        assert target.shape is not None and target.rank is not None
         if target.rank <= source.rank:
             raise ValueError(
                 f"ExplainerNetworkCallback: target_layer={self.target_layer!r} runs "
@@ -249,7 +252,7 @@ class ExplainerNetworkCallback(ObserverCallback):
                 f"choose a later target_layer (spatial layers in execution order: {', '.join(spatial)})"
             )
         self.landmarks = self._probe_landmarks(trainer, probe)
-        shape = (source.shape[1], target.shape[1], tuple(target.shape[-2:]))
+        shape = (source.shape[1], target.shape[1], (target.shape[-2], target.shape[-1]))
         if self.explainer is None or self._explainer_shape() != shape:
             with isolated_rng():
                 torch.manual_seed(self.seed)
@@ -263,7 +266,7 @@ class ExplainerNetworkCallback(ObserverCallback):
     def _explainer_shape(self) -> tuple[int, int, tuple[int, int]] | None:
         if self.explainer is None:
             return None
-        return (self.explainer.in_channels, self.explainer.target_channels, tuple(self.explainer.target_size))
+        return (self.explainer.in_channels, self.explainer.target_channels, self.explainer.target_size)
 
     def _probe_landmarks(self, trainer: pl.Trainer, probe: ProbeSet) -> torch.Tensor | None:
         if self._given_landmarks is not None:
@@ -276,9 +279,10 @@ class ExplainerNetworkCallback(ObserverCallback):
             return None
         dataset = find_probe_dataset(trainer, self.probe_split)
         dataset = getattr(dataset, "dataset", dataset)  # a loader over iterable data
-        if not hasattr(dataset, "landmarks"):
+        landmarks = getattr(dataset, "landmarks", None)  # duck-typed: ConceptWorld-like data has part landmarks
+        if landmarks is None:
             return None
-        return dataset.landmarks()[probe.indices.long()].float().cpu()
+        return landmarks()[probe.indices.long()].float().cpu()
 
     # ------------------------------------------------------------------ training alongside the performer
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -379,6 +383,7 @@ class ExplainerNetworkCallback(ObserverCallback):
 
         if not (dist.is_available() and dist.is_initialized()):
             return
+        assert self.explainer is not None  # called from the explainer's own training step
         average_gradients(list(self.explainer.parameters()), dist.get_world_size(), dist.all_reduce)
 
     def _move_to(self, device: torch.device) -> None:
@@ -428,7 +433,7 @@ class ExplainerNetworkCallback(ObserverCallback):
             labels=probe.labels,
             landmarks=self.landmarks,
             top_k=self.top_k,
-            image_size=tuple(probe.images.shape[-2:]),
+            image_size=(probe.images.shape[-2], probe.images.shape[-1]),
         )
         scalars = {f"{self.namespace}/{key}": value for key, value in evaluation.scalars.items()}
         sums = self._train_sums.to(pl_module.device)

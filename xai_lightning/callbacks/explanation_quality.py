@@ -215,9 +215,9 @@ class ExplanationQualityCallback(ObserverCallback):
         out: dict[str, torch.Tensor] = {}
         maps = {}
         for name, explainer in self.explainers.items():
-            maps[name] = explainer.to_map(
-                explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
-            ).float()
+            attribution = explainer.attribute(pl_module, probe.images, targets, trainer=trainer)
+            assert isinstance(attribution, torch.Tensor)  # no convergence delta was asked for
+            maps[name] = explainer.to_map(attribution).float()
             out[f"degenerate/{name}"] = degenerate_maps(maps[name]).float()
         shared = {name: self._metric(name, pl_module) for name in self.metrics if name != "max_sensitivity"}
         for metric_name in self.metrics:

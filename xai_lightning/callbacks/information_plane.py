@@ -206,7 +206,9 @@ class InformationPlaneCallback(ObserverCallback):
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
+        # prepare() built the plane and drew a labelled decoder set; the probe has labels (checked there too).
         assert self.plane is not None and self.decoder_set is not None and probe.labels is not None
+        assert self.decoder_set.labels is not None
         names = [site.name for site in self.sites]
         fit_targets = image_targets(self.decoder_set.images.cpu(), self.target_size)
         probe_targets = image_targets(probe.images.cpu(), self.target_size)

@@ -157,7 +157,7 @@ class MarginCallback(ObserverCallback):
 
     def bands(self, history: list[dict[str, float]]) -> Any:
         """The median/quartile figure (a matplotlib Figure) from ``history`` records."""
-        bands = {}
+        bands: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {}
         for kind in self.subspaces:
             epochs, median = history_series(history, f"{self.namespace}/{kind}/median")
             _, low = history_series(history, f"{self.namespace}/{kind}/q25")

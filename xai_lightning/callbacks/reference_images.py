@@ -8,9 +8,9 @@ probe's rule, and gathered back into reference order by :func:`gather_in_parts`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
@@ -59,7 +59,8 @@ def draw_reference(
         )
     remaining = None
     if exclude is not None and isinstance(source, Dataset) and not isinstance(source, IterableDataset):
-        keep = torch.ones(len(source), dtype=torch.bool)
+        # A map-style dataset that can be indexed by position has a length; torch's stub omits __len__.
+        keep = torch.ones(len(cast(Sized, source)), dtype=torch.bool)
         keep[exclude.long()] = False
         remaining = torch.nonzero(keep).flatten()
         source = Subset(source, remaining.tolist())

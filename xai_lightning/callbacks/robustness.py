@@ -8,6 +8,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from xai_lightning.callbacks.attack_options import AttackOptions
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, draw_probe, find_probe_dataset
 from xai_lightning.core import select_logits
@@ -243,11 +244,12 @@ class RobustnessCallback(ObserverCallback):
 
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
         assert self._start is not None and self.probe is not None
+        assert probe.labels is not None  # prepare() requires labels
         model = self._model(pl_module)
         images = self.pixels.to_pixels(probe.images)
         rows = self.probe.shard_rows(trainer.global_rank, trainer.world_size)
         start = self._start[rows].to(images.device, images.dtype)
-        options = dict(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
+        options = AttackOptions(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
         attack = pgd(
             model,
             images,
@@ -304,6 +306,8 @@ class RobustnessCallback(ObserverCallback):
         return names[k] if names is not None and 0 <= k < len(names) else str(k)
 
     def _log_gradient_grid(self, trainer: pl.Trainer, probe: ProbeSet, results: dict[str, torch.Tensor]) -> None:
+        labels = probe.labels
+        assert labels is not None  # prepare() requires labels
         shown = min(self.max_images, len(probe))
         images = self.pixels.to_pixels(probe.images[:shown])
         gradients = results["gradients"][:shown]
@@ -317,7 +321,7 @@ class RobustnessCallback(ObserverCallback):
             dim=1,
         )
         captions = [
-            f"y={self._name(probe, int(probe.labels[i]))} clean={'ok' if results['clean_correct'][i] else 'wrong'} "
+            f"y={self._name(probe, int(labels[i]))} clean={'ok' if results['clean_correct'][i] else 'wrong'} "
             f"adv={'ok' if results['robust_correct'][i] else 'wrong'}"
             for i in range(shown)
         ]
@@ -333,7 +337,7 @@ class RobustnessCallback(ObserverCallback):
         shown = min(self.max_images, len(probe))
         device = pl_module.device
         images = self.pixels.to_pixels(probe.images[:shown]).to(device)
-        options = dict(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
+        options = AttackOptions(output_key=self.output_key, max_batch=self.max_batch, trainer=trainer)
         scalars: dict[str, float] = {}
         k = self.num_classes or 0
         if self.morph and k:
@@ -348,7 +352,9 @@ class RobustnessCallback(ObserverCallback):
                 ],
                 dim=1,
             )
-            captions = [f"y={self._name(probe, int(probe.labels[i]))}" for i in range(shown)]
+            labels = probe.labels
+            assert labels is not None  # prepare() requires labels
+            captions = [f"y={self._name(probe, int(labels[i]))}" for i in range(shown)]
             titles = ["image"] + [f"to {self._name(probe, c)}" for c in range(k)]
             self._log(
                 trainer,
@@ -374,7 +380,7 @@ class RobustnessCallback(ObserverCallback):
                 f"representation inversion of {inverted.layer}",
             )
         if self.visualization:
-            shape = tuple(int(s) for s in images.shape[1:])
+            shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))  # (C, H, W)
             features = visualize_features(
                 model,
                 self.visualization_layer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -326,8 +327,9 @@ class TCAVCallback(ObserverCallback):
         if dataset is None or not hasattr(dataset, "latent") or not hasattr(dataset, "concept_names"):
             raise ValueError(
                 f"TCAVCallback: concepts {self.concepts} are ConceptWorld concept names, but the validation data is "
-                f"{type(dataset).__name__}, not ConceptWorld. Give image folders instead (concept_dir='path/to/concepts' "
-                "with one sub-folder per concept, or paths), or call set_concepts({name: images})."
+                f"{type(dataset).__name__}, not ConceptWorld. Give image folders instead "
+                "(concept_dir='path/to/concepts' with one sub-folder per concept, or paths), or call "
+                "set_concepts({name: images})."
             )
         return dataset
 
@@ -445,18 +447,20 @@ class TCAVCallback(ObserverCallback):
     def report(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet, results: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        options = {
-            "alpha": self.tcav.alpha,
-            "bonferroni": self.tcav.bonferroni,
-            "score_kind": self.tcav.score_kind,
-            "class_names": probe.class_names,
-        }
+        # The same significance test and score kind for the plain and the relative CAVs.
+        scored = functools.partial(
+            tcav_from_derivatives,
+            alpha=self.tcav.alpha,
+            bonferroni=self.tcav.bonferroni,
+            score_kind=self.tcav.score_kind,
+            class_names=probe.class_names,
+        )
         rows: list[dict[str, Any]] = []
         scalars: dict[str, float] = {}
         result = relative = None
         if self.cavs is not None:
             derivatives = {layer: results[f"derivative/{layer}"] for layer in self.layer_names}
-            result = tcav_from_derivatives(derivatives, results["labels"], self.class_indices, self.cavs, **options)
+            result = scored(derivatives, results["labels"], self.class_indices, self.cavs)
             self.result = result
             tracked = set(self.scalar_concepts if self.scalar_concepts is not None else result.concepts)
             for row in result.rows():
@@ -465,9 +469,7 @@ class TCAVCallback(ObserverCallback):
                     scalars.update(self._row_scalars(row, row["concept"]))
         if self.relative_cavs is not None:
             derivatives = {layer: results[f"relative/{layer}"] for layer in self.layer_names}
-            relative = tcav_from_derivatives(
-                derivatives, results["labels"], self.class_indices, self.relative_cavs, **options
-            )
+            relative = scored(derivatives, results["labels"], self.class_indices, self.relative_cavs)
             self.relative_result = relative
             for row in relative.rows():
                 rows.append({**row, "relative": True})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import pytorch_lightning as pl
 import torch
@@ -31,6 +31,15 @@ __all__ = ["TEXT_METHODS", "TextAttributionCallback"]
 
 TextTarget = Literal["label", "predicted"] | int | Callable[[Any], torch.Tensor]
 TextMethod = Literal["integrated_gradients", "gradient_x_input", "occlusion", "lime", "kernel_shap"]
+
+
+class _SharedOptions(TypedDict):
+    """Keyword arguments every text attribution method takes from the callback."""
+
+    output_key: str | int | None
+    max_batch: int | None
+    seed: int | None
+
 
 #: The methods, and whether each needs the embedding layer.
 TEXT_METHODS: dict[str, bool] = {
@@ -186,8 +195,9 @@ class TextAttributionCallback(ObserverCallback):
         return getattr(source, "dataset", source)
 
     def _build(self, name: str) -> AttributionMethod:
-        common = {"output_key": self.output_key, "max_batch": self.max_batch, "seed": self.probe_seed}
+        common: _SharedOptions = {"output_key": self.output_key, "max_batch": self.max_batch, "seed": self.probe_seed}
         if name == "integrated_gradients":
+            assert self.layer_name is not None  # prepare() resolves the embedding layer of layer methods
             return LayerIntegratedGradients(
                 layer=self.layer_name,
                 steps=self.steps,
@@ -197,6 +207,7 @@ class TextAttributionCallback(ObserverCallback):
                 **common,
             )
         if name == "gradient_x_input":
+            assert self.layer_name is not None
             return LayerGradientXActivation(layer=self.layer_name, pad_id=self._pad, **common)
         if name == "occlusion":
             return TokenOcclusion(
@@ -261,6 +272,7 @@ class TextAttributionCallback(ObserverCallback):
         out = {"logits": logits, "targets": targets}
         for name, explainer in self.explainers.items():
             attribution = explainer.attribute(pl_module, ids, explained, trainer=trainer)
+            assert isinstance(attribution, torch.Tensor)  # no convergence delta was asked for
             out[f"scores/{name}"] = explainer.to_map(attribution).float()
         return out
 
@@ -298,13 +310,16 @@ class TextAttributionCallback(ObserverCallback):
         results: dict[str, torch.Tensor],
     ) -> None:
         shown = min(self.max_sentences, len(probe))
-        sentences, scores, marks = [], {name: [] for name in self.methods}, []
+        sentences: list[list[str]] = []
+        scores: dict[str, list[torch.Tensor]] = {name: [] for name in self.methods}
+        marks: list[list[bool]] = []  # the trigger tokens of each sentence, when the data marks them
         for row in range(shown):
             keep = ids[row] != self._pad
             sentences.append(self._words(ids[row][keep]))
             for name in self.methods:
                 scores[name].append(results[f"scores/{name}"][row][keep])
-            marks.append(None if self.trigger_mask is None else self.trigger_mask[row][keep].tolist())
+            if self.trigger_mask is not None:
+                marks.append(self.trigger_mask[row][keep].tolist())
         captions = probe_captions(probe, results["logits"], results["targets"], shown, explained_tag="explained")
         document = token_html(
             sentences,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -44,6 +44,9 @@ from xai_lightning.uncertainty import (
     training_step,
 )
 
+if TYPE_CHECKING:
+    from xai_lightning.data.concept_world import ConceptWorld
+
 __all__ = ["SCORES", "UncertaintyCallback"]
 
 ScoreName = Literal[
@@ -61,6 +64,20 @@ SCORES: tuple[str, ...] = (
 OODKind = Literal["colour", "texture", "shape"]
 #: Keys of the OOD probe's rows in the keyed noise: disjoint from the in-distribution probe's dataset indices.
 _OOD_KEY_OFFSET = 1 << 30
+
+
+class _EnsembleModel(Protocol):
+    """A model with per-member logits ``(K, B, C)``, e.g. ``EnsembleClassifier`` (found by duck typing)."""
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class _ShiftableWorld(Protocol):
+    """Data that renders out-of-distribution copies of itself, as ``ConceptWorld`` does (found by duck typing)."""
+
+    seed: int
+
+    def shifted(self, kind: OODKind, num_samples: int | None = None, seed: int | None = None) -> ConceptWorld: ...
 
 
 class UncertaintyCallback(ObserverCallback):
@@ -336,12 +353,12 @@ class UncertaintyCallback(ObserverCallback):
             return self._given_ood
         if self.ood is None:
             return None
-        world = None
+        world: _ShiftableWorld | None = None
         for split in (self.probe_split, "train" if self.probe_split == "val" else "val"):
             source = find_probe_dataset(trainer, split)
             source = getattr(source, "dataset", source)
             if hasattr(source, "shifted"):
-                world = source
+                world = cast(_ShiftableWorld, source)
                 break
         if world is None:
             raise ValueError(
@@ -412,7 +429,7 @@ class UncertaintyCallback(ObserverCallback):
                 )
             chosen = [name for name in SCORES if name in self.scores]
         if "ensemble_disagreement" in chosen:
-            members = module.member_logits(one)
+            members = cast(_EnsembleModel, module).member_logits(one)
             if members.dim() != 3 or members.shape[0] < 2:
                 raise ValueError(
                     f"member_logits must return (K, B, C) with K >= 2 members; got {tuple(members.shape)}. "
@@ -434,6 +451,7 @@ class UncertaintyCallback(ObserverCallback):
         if self.familiarity == "input":
             shape = tuple(one.shape[1:])
         else:
+            assert self.familiarity is not None  # called only with familiarity on
             layer = get_layer(module, self.familiarity)  # unknown names list the valid ones
             seen: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
@@ -481,6 +499,7 @@ class UncertaintyCallback(ObserverCallback):
         self._armed = False
         if self.autoencoder is None:
             return
+        data: torch.Tensor | None
         if self.familiarity == "input":
             data = unpack_batch(batch).inputs
         else:
@@ -496,6 +515,7 @@ class UncertaintyCallback(ObserverCallback):
         and no gradient reaches the model.
         """
         assert self.autoencoder is not None and self.optimizer is not None
+        autoencoder = self.autoencoder  # narrowed, for the closure below
         self._move_to(data.device)
         world = trainer.world_size if trainer is not None else 1
 
@@ -503,7 +523,7 @@ class UncertaintyCallback(ObserverCallback):
             import torch.distributed as dist
 
             if world > 1 and dist.is_available() and dist.is_initialized():
-                average_gradients(list(self.autoencoder.parameters()), dist.get_world_size(), dist.all_reduce)
+                average_gradients(list(autoencoder.parameters()), dist.get_world_size(), dist.all_reduce)
 
         model = unwrap_model(trainer.lightning_module) if trainer is not None else self.autoencoder
         with observe(model):
@@ -544,6 +564,7 @@ class UncertaintyCallback(ObserverCallback):
         results = self._score(pl_module, probe.images, keys.to(probe.images.device), with_predictive=True)
         if self.ood_probe is not None:
             shard = self.ood_probe.shard(trainer.global_rank, trainer.world_size).to(probe.images.device)
+            assert shard.indices is not None  # both OOD probe sources number their rows
             ood_keys = shard.indices.to(shard.images.device) + _OOD_KEY_OFFSET
             results.update(
                 {
@@ -569,7 +590,7 @@ class UncertaintyCallback(ObserverCallback):
             with torch.no_grad():
                 members = torch.cat(
                     [
-                        module.member_logits(images[rows]).float()
+                        cast(_EnsembleModel, module).member_logits(images[rows]).float()
                         for rows in batch_slices(images.shape[0], self.max_batch)
                     ],
                     dim=1,
@@ -629,6 +650,7 @@ class UncertaintyCallback(ObserverCallback):
         self.autoencoder.eval()
         if self.familiarity == "input":
             return reconstruction_error(self.autoencoder, images, self.max_batch)
+        assert self.familiarity is not None  # the autoencoder exists only with familiarity on
         layer = get_layer(module, self.familiarity)
         features: list[torch.Tensor] = []
         handle = layer.register_forward_hook(lambda _m, _i, output: features.append(output.detach()))
@@ -732,7 +754,8 @@ class UncertaintyCallback(ObserverCallback):
 
         def caption(row: int) -> str:
             predicted = int(probabilities[row].argmax())
-            parts = [f"[{tags[row]}]"] + ([] if labels[row] is None else [f"y={name(labels[row])}"])
+            label = labels[row]
+            parts = [f"[{tags[row]}]"] + ([] if label is None else [f"y={name(label)}"])
             parts += [
                 f"pred={name(predicted)}",
                 f"p={float(probabilities[row, predicted]):.2f}",

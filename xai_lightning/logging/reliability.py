@@ -5,22 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 __all__ = ["reliability_diagram"]
 
+# Per-bin values as a tensor (e.g. a ``CalibrationReport`` field), an array or a plain sequence.
+BinValues = Sequence[float] | np.ndarray | torch.Tensor
 
-def _array(values: Sequence[float] | np.ndarray | object) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()  # type: ignore[union-attr]
+
+def _array(values: BinValues) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=np.float64)
 
 
 def reliability_diagram(
-    bin_edges: Sequence[float] | np.ndarray,
-    bin_accuracy: Sequence[float] | np.ndarray,
-    bin_confidence: Sequence[float] | np.ndarray,
-    bin_count: Sequence[float] | np.ndarray,
+    bin_edges: BinValues,
+    bin_accuracy: BinValues,
+    bin_confidence: BinValues,
+    bin_count: BinValues,
     title: str = "",
     ece: float | None = None,
 ) -> Figure:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ def tokens_row_html(tokens: Sequence[str], scores: torch.Tensor, relevant: Seque
 
 def token_html(
     sentences: Sequence[Sequence[str]],
-    scores: dict[str, Sequence[torch.Tensor]],
+    scores: Mapping[str, Sequence[torch.Tensor]],
     captions: Sequence[str] | None = None,
     relevant: Sequence[Sequence[bool]] | None = None,
     title: str = "",
