@@ -23,7 +23,6 @@ examples share its batch (``max_batch`` slicing and DDP sharding leave results u
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from xai_lightning.core.device_generator import device_generator
 
 __all__ = ["BaselineSpec", "baseline_distribution", "gaussian_blur", "make_baseline"]
 
-BaselineSpec = Union[str, float, int, torch.Tensor]
+BaselineSpec = str | float | int | torch.Tensor
 KINDS = ("zero", "blur", "uniform", "mean")
 
 

@@ -101,7 +101,8 @@ def occlusion_windows(
 
 
 def window_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """``(W, 4)`` spatial boxes ``(top, bottom, left, right)`` (exclusive ends) of image window masks ``(W, C, H, W)``."""
+    """``(W, 4)`` spatial boxes ``(top, bottom, left, right)`` (exclusive ends) of image window masks
+    ``(W, C, H, W)``."""
     rows, cols = masks.any(dim=1).any(dim=2), masks.any(dim=1).any(dim=1)  # (W, H), (W, W')
 
     def extent(covered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

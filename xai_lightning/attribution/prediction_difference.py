@@ -99,7 +99,7 @@ class _PatchGaussian:
         padded = F.pad(images.double(), (pad,) * 4, mode="reflect")
         patches = F.unfold(padded, self.side)  # (B, C·l·l, positions) with stride 1
         positions_per_row = images.shape[-1] - self.window + 1
-        index = torch.tensor([t * positions_per_row + l for t in tops for l in lefts], device=images.device)
+        index = torch.tensor([top * positions_per_row + left for top in tops for left in lefts], device=images.device)
         chosen = patches[:, :, index].transpose(1, 2)  # (B, windows, C·l·l)
         outer = chosen[..., self.outer] - self.mean_outer
         return self.mean_inner + outer @ self.gain.T
@@ -176,7 +176,7 @@ class PredictionDifferenceAnalysis(AttributionMethod):
         if self.sampling == "marginal" and reference.shape[0] < 2:
             raise ValueError("Marginal sampling needs reference images: call fit(images) or explain >= 2 images.")
         tops, lefts = window_origins(height, k, self.stride), window_origins(width, k, self.stride)
-        origins = torch.tensor([(t, l) for t in tops for l in lefts], device=inputs.device)
+        origins = torch.tensor([(top, left) for top in tops for left in lefts], device=inputs.device)
         windows, samples = origins.shape[0], self.num_samples
         # Every random draw up front and shared by the examples (as the windows are): neither
         # max_batch nor an example's batch neighbours (e.g. DDP shards) change its draws.

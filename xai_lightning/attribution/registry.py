@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from xai_lightning.attribution.attention_map_methods import AttentionRelevance, AttentionRollout, RawAttention
 from xai_lightning.attribution.cam import CAM
 from xai_lightning.attribution.deconvnet import Deconvnet
 from xai_lightning.attribution.deep_shap import DeepShap
@@ -28,6 +29,7 @@ from xai_lightning.attribution.integrated_gradients import IntegratedGradients
 
 # --- perturbation (model-agnostic) methods: issue 3, perturbation share -------------------------
 from xai_lightning.attribution.kernel_shap import KernelShap
+from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients
 from xai_lightning.attribution.lime import Lime
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.occlusion import Occlusion
@@ -36,6 +38,8 @@ from xai_lightning.attribution.rise import Rise
 from xai_lightning.attribution.saliency import Saliency
 from xai_lightning.attribution.score_cam import ScoreCAM
 from xai_lightning.attribution.smoothgrad import SmoothGrad
+from xai_lightning.attribution.token_occlusion import TokenOcclusion
+from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime
 from xai_lightning.attribution.xrai import Xrai
 from xai_lightning.core import TargetSpec
 
@@ -55,10 +59,6 @@ _PERTURBATION_ALIASES: dict[str, str] = {
 # -------------------------------------------------------------------------------------------------
 
 # --- transformers and text: issue 20 --------------------------------------------------------------
-from xai_lightning.attribution.attention_map_methods import AttentionRelevance, AttentionRollout, RawAttention
-from xai_lightning.attribution.layer_attribution import LayerGradientXActivation, LayerIntegratedGradients
-from xai_lightning.attribution.token_occlusion import TokenOcclusion
-from xai_lightning.attribution.token_surrogate import TokenKernelShap, TokenLime
 
 _TRANSFORMER_AND_TEXT_METHODS: tuple[type[AttributionMethod], ...] = (
     AttentionRollout,

@@ -122,7 +122,7 @@ class Rise(AttributionMethod):
             example, mask = index % batch, index // batch - first_mask
             chosen = masks[mask].unsqueeze(1).to(inputs.dtype)
             rows_input = inputs[example] * chosen + baselines[example] * (1 - chosen)
-            scores = explained.scores(rows.stop - rows.start, lambda r: rows_input[r], targets[example], self.score)
+            scores = explained.scores(rows.stop - rows.start, rows_input.__getitem__, targets[example], self.score)
             saliency.index_add_(0, example, scores.double().view(-1, 1, 1) * masks[mask].double())
         saliency /= self.num_masks * self.keep_probability
         return saliency.to(inputs.dtype), None

@@ -667,7 +667,8 @@ class TCAV:
         bad = [k for k in classes if not 0 <= k < num_classes]
         if bad:
             raise ValueError(
-                f"Class index {bad[0]} is out of range: the model has {num_classes} classes (valid 0..{num_classes - 1})."
+                f"Class index {bad[0]} is out of range: the model has {num_classes} classes "
+                f"(valid 0..{num_classes - 1})."
             )
         keep = torch.isin(labels, torch.as_tensor(classes, dtype=torch.long))
         rows = torch.nonzero(keep).flatten()

@@ -49,9 +49,16 @@ def forward_with_layer_output(
     outputs = []
     for rows in batch_slices(inputs.shape[0], max_batch):
         substitute = replacement[rows]
-        used = []
+        used: list[bool] = []
 
-        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+        # Defaults bind this slice's replacement: the hook is registered and removed within the iteration.
+        def hook(
+            _module: nn.Module,
+            _inputs: object,
+            output: object,
+            substitute: torch.Tensor = substitute,
+            used: list[bool] = used,
+        ) -> torch.Tensor:
             if not isinstance(output, torch.Tensor) or output.shape != substitute.shape:
                 got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ValueError(
