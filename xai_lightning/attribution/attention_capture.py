@@ -19,14 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is Python 3.11+; the project supports 3.10
 
 from xai_lightning.core import get_layer, unwrap_model
 
@@ -155,7 +151,7 @@ class AttentionCapture:
 
         return hook
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> AttentionCapture:
         self._captured.clear()
         self._handles = [
             module.register_forward_hook(self._hook(i, index))
