@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from xai_lightning.core.eval_mode import eval_mode
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
 from xai_lightning.uncertainty.predictive import (
     PredictiveSummary,
@@ -321,14 +322,8 @@ def bayesian_logits(
         raise ValueError(f"A Bayesian predictive spread needs at least 2 weight samples; got {samples}")
     forward, noise = keyed_forward(model, x, keys, seed, output_key)
 
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad(), keyed_weight_noise(model, noise) as layers:
-            return sampled_logits(forward, x, samples, [layer for _, layer in layers], max_batch, share_prefix)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad(), keyed_weight_noise(model, noise) as layers:
+        return sampled_logits(forward, x, samples, [layer for _, layer in layers], max_batch, share_prefix)
 
 
 def bayesian_predict(

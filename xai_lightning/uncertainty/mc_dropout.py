@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from xai_lightning.core.eval_mode import eval_mode
 from xai_lightning.uncertainty.keyed_noise import KeyedNoise
 from xai_lightning.uncertainty.predictive import (
     PredictiveSummary,
@@ -82,7 +83,6 @@ def keyed_dropout(model: nn.Module, noise: KeyedNoise) -> Iterator[list[int]]:
     never run). Restores every module's ``training`` flag and removes the hooks on exit.
     """
     layers = dropout_layers(model)
-    modes = [(module, module.training) for module in model.modules()]
     calls = [0]
     handles = []
 
@@ -106,16 +106,14 @@ def keyed_dropout(model: nn.Module, noise: KeyedNoise) -> Iterator[list[int]]:
 
         return hook
 
-    try:
-        model.eval()
-        for stream, (_, layer) in enumerate(layers):
-            handles.append(layer.register_forward_hook(hook_for(stream + 1, layer)))
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model):
+        try:
+            for stream, (_, layer) in enumerate(layers):
+                handles.append(layer.register_forward_hook(hook_for(stream + 1, layer)))
+            yield calls
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def mc_dropout_logits(
