@@ -129,7 +129,7 @@ def perturbation_curve(
     counts = removal_counts(flat_maps.shape[1], steps)
     if baseline is None:
         baseline = "zero" if mode == "deletion" else "blur"
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         batch = x.shape[0]
         resolved = resolve_metric_targets(explained, x, targets)

@@ -134,7 +134,7 @@ def infidelity(
     flat_maps = finite_maps(check_maps(inputs, maps))
     if samples < 1:
         raise ValueError(f"samples must be >= 1; got {samples}")
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         batch, shape = x.shape[0], tuple(x.shape[1:])
         resolved = resolve_metric_targets(explained, x, targets)

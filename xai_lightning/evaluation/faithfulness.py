@@ -110,7 +110,7 @@ def faithfulness_correlation(
     if int(subsets.max()) >= num_features or int(subsets.min()) < 0:
         raise ValueError(f"subsets index features 0..{num_features - 1}; got indices up to {int(subsets.max())}")
     num_draws = subsets.shape[1]
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         resolved = resolve_metric_targets(explained, x, targets)
         base = make_baseline(baseline, x, generator=torch.Generator().manual_seed(int(seed)))

@@ -35,12 +35,19 @@ def check_score(score: str) -> None:
 
 @contextlib.contextmanager
 def evaluated_model(
-    model: nn.Module, output_key: str | int | None = None, max_batch: int | None = None
+    model: nn.Module,
+    output_key: str | int | None = None,
+    max_batch: int | None = None,
+    like: torch.Tensor | None = None,
 ) -> Iterator[ExplainedModel]:
-    """Enter the observer guard on ``model`` (wrappers looked through) and yield it as an :class:`ExplainedModel`."""
+    """Enter the observer guard on ``model`` (wrappers looked through) and yield it as an :class:`ExplainedModel`.
+
+    ``like``: an input batch; on CUDA with ``max_batch=None`` it sizes a memory-aware cap on the
+    perturbed inputs per pass (a metric's passes multiply the batch by its steps or draws).
+    """
     network = unwrap_model(model)
     with observe(network):
-        yield ExplainedModel(network, output_key, max_batch)
+        yield ExplainedModel(network, output_key, max_batch, like=like)
 
 
 def resolve_metric_targets(explained: ExplainedModel, inputs: torch.Tensor, targets: TargetSpec) -> torch.Tensor:

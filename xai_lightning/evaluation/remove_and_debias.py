@@ -103,7 +103,7 @@ def road_curve(
         )
     num_pixels = flat_maps.shape[1]
     counts = torch.tensor([math.floor(num_pixels * f + 1e-6) for f in values], dtype=torch.long)
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         batch = x.shape[0]
         resolved = resolve_metric_targets(explained, x, targets)

@@ -105,7 +105,7 @@ def max_sensitivity(
     options = {"max_batch": max_batch} if isinstance(explain, str) else {}
     explainer = as_explainer(explain, **options)
     reference = finite_maps(check_maps(inputs, maps))
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         batch, shape = x.shape[0], tuple(x.shape[1:])
         resolved = resolve_metric_targets(explained, x, targets)

@@ -115,7 +115,7 @@ def model_parameter_randomisation(
         if isinstance(explain, str)
         else as_explainer(explain)
     )
-    with evaluated_model(model, output_key, max_batch) as explained:
+    with evaluated_model(model, output_key, max_batch, like=inputs) as explained:
         x = inputs.detach().clone()
         resolved = resolve_metric_targets(explained, x, targets)
         trained_maps = (
@@ -128,7 +128,7 @@ def model_parameter_randomisation(
     kept: list[torch.Tensor] = []
     degenerate = [int(degenerate_maps(trained_maps).sum())]
     for layer, randomised in randomised_copies(model, mode, layers, seed):
-        with evaluated_model(randomised, output_key, max_batch) as copy_model:
+        with evaluated_model(randomised, output_key, max_batch, like=inputs) as copy_model:
             maps = _explain_maps(explainer, copy_model.model, x, resolved)
         if maps.shape != trained_maps.shape:
             raise ValueError(
