@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timing import run_seconds  # this folder is on sys.path when run as a script
 
 from xai_lightning import SmallCNN
 from xai_lightning.attribution import attribute
@@ -69,7 +70,9 @@ class Workload:
     occlusion: dict  # window, stride (ours) — Captum gets the same as sliding_window_shapes/strides
 
 
-def workload(name: str) -> Workload:
+def workload(name: str, device: torch.device | str = "cpu", num_images: int | None = None) -> Workload:
+    """The model (eval mode) and inputs of ``--models name`` on ``device``; ``num_images`` overrides the
+    number of images (the background stays 8 images)."""
     torch.manual_seed(0)
     if name == "smallcnn":
         model, size, batch, layer, occlusion = SmallCNN(num_classes=5, width=16), 32, 64, "features.13", (8, 4)
@@ -79,14 +82,15 @@ def workload(name: str) -> Workload:
         model, size, batch, layer, occlusion = SmallCNN(num_classes=5, width=16), 128, 8, "features.13", (16, 16)
     else:
         raise ValueError(name)
+    batch = batch if num_images is None else num_images
     images = torch.rand(batch, 3, size, size)
     targets = torch.randint(0, 5, (batch,))
     return Workload(
         name,
-        model.eval(),
-        images,
-        targets,
-        torch.rand(8, 3, size, size),
+        model.eval().to(device),
+        images.to(device),
+        targets.to(device),
+        torch.rand(8, 3, size, size).to(device),
         layer,
         {"window": occlusion[0], "stride": occlusion[1]},
     )
@@ -107,7 +111,9 @@ def candidates(method: str, w: Workload) -> tuple[Callable[[], torch.Tensor], di
 
     def noise_for_ours():
         torch.manual_seed(NOISE_SEED)
-        noise = torch.normal(0, torch.full((w.images.shape[0] * N_NOISE, *w.images.shape[1:]), STDEV))
+        # Drawn like Captum's NoiseTunnel (one normal draw on the inputs' device after the same seed): the same noise.
+        noise_shape = (w.images.shape[0] * N_NOISE, *w.images.shape[1:])
+        noise = torch.normal(0, torch.full(noise_shape, STDEV, device=w.images.device))
         return noise.view(w.images.shape[0], N_NOISE, *w.images.shape[1:])
 
     ours_options: dict[str, dict] = {
@@ -228,31 +234,29 @@ TARGETS = {name: 0.95 for name in METHODS} | {
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU time; steadier on a shared machine)
 
 
-def seconds(function: Callable[[], object]) -> float:
-    start = CLOCK()
-    function()
-    return CLOCK() - start
-
-
-def best_setting(settings: dict[str, Callable[[], torch.Tensor]]) -> str:
+def best_setting(settings: dict[str, Callable[[], torch.Tensor]], device: torch.device | str = "cpu") -> str:
     """The Captum setting with the smallest of two runs (after one warm-up run each)."""
     for function in settings.values():
         function()
-    return min(settings, key=lambda name: min(seconds(settings[name]) for _ in range(2)))
+    return min(settings, key=lambda name: min(run_seconds(settings[name], device, CLOCK) for _ in range(2)))
 
 
 def compare(method: str, w: Workload, repeats: int) -> dict:
+    """Times (s, one list per run, interleaved repeats), the default and best Captum settings' names,
+    the largest |ours - Captum default| and the three runs themselves (``runs``: ours, default, best)
+    on the workload's device (CUDA runs are synchronised around each timed call)."""
+    device = w.images.device
     ours, captum = candidates(method, w)
     default_name = next(iter(captum))
-    best_name = best_setting(captum)
+    best_name = best_setting(captum, device)
     runs = {"ours": ours, "default": captum[default_name], "best": captum[best_name]}
     results = {name: function() for name, function in runs.items()}  # warm-up, and the results
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, function in runs.items():
-            times[name].append(seconds(function))
+            times[name].append(run_seconds(function, device, CLOCK))
     difference = float((results["ours"].float() - results["default"].detach().float()).abs().max())
-    return {"times": times, "best": best_name, "default": default_name, "difference": difference}
+    return {"times": times, "best": best_name, "default": default_name, "difference": difference, "runs": runs}
 
 
 def ratio_text(ours: list[float], theirs: list[float]) -> str:
