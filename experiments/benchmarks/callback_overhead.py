@@ -43,7 +43,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
-from timing import Stopwatch  # this folder is on sys.path when run as a script
+from timing import Stopwatch, synchronize  # this folder is on sys.path when run as a script
 
 from xai_lightning import (
     AttributionCallback,
@@ -81,10 +81,12 @@ def make_callback(name: str) -> pl.Callback:
 
 
 class InsideTime(pl.Callback):
-    """Wraps an observing callback's ``run`` (and the explainer's ``train_step``) to time them."""
+    """Wraps an observing callback's ``run`` (and the explainer's ``train_step``) to time them
+    (``device`` synchronised at both ends: CUDA kernels still queued count where they were launched)."""
 
-    def __init__(self, callback: pl.Callback) -> None:
+    def __init__(self, callback: pl.Callback, device: str = "cpu") -> None:
         self.seconds = 0.0
+        self.device = device
         for method in ("run", "train_step"):
             original = getattr(callback, method, None)
             if original is not None:
@@ -92,10 +94,12 @@ class InsideTime(pl.Callback):
 
     def _timed(self, function):
         def timed(*args, **kwargs):
+            synchronize(self.device)
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
+                synchronize(self.device)
                 self.seconds += time.perf_counter() - start
 
         return timed
@@ -110,7 +114,7 @@ def one_epoch(datamodule, name: str | None, width: int, root: str, accelerator: 
     inside = None
     if name is not None:
         callback = make_callback(name)
-        inside = InsideTime(callback)
+        inside = InsideTime(callback, accelerator)
         callbacks.append(callback)
     trainer = pl.Trainer(
         max_epochs=1,
@@ -123,9 +127,7 @@ def one_epoch(datamodule, name: str | None, width: int, root: str, accelerator: 
         accelerator=accelerator,
         devices=1,
     )
-    trainer.fit(model, datamodule)
-    if accelerator == "cuda":
-        torch.cuda.synchronize()
+    trainer.fit(model, datamodule)  # the Stopwatch synchronises the device at both ends
     return watch.elapsed, inside.seconds if inside is not None else 0.0
 
 
@@ -141,6 +143,52 @@ def machine_line(device: str) -> str:
     )
 
 
+Timings = dict[str | None, list[float]]  # per setting (None: no callback), one value per repeat
+
+
+def measure(names: list[str], repeats: int, num_train: int, width: int, device: str) -> tuple[Timings, Timings]:
+    """``(epoch seconds, seconds inside the callback)`` per setting: no callback, then each of ``names``
+    alone, after one warm-up epoch each (allocator, thread pools, first-call imports), interleaved."""
+    datamodule = ConceptWorldDataModule(num_train=num_train, num_val=500, batch_size=64)
+    datamodule.setup("fit")
+    settings: list[str | None] = [None, *names]
+    epochs: Timings = {name: [] for name in settings}
+    inside: Timings = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory() as root:
+        for name in settings:
+            one_epoch(datamodule, name, width, root, device)
+        for _ in range(repeats):
+            for name in settings:
+                seconds, own = one_epoch(datamodule, name, width, root, device)
+                epochs[name].append(seconds)
+                inside[name].append(own)
+    return epochs, inside
+
+
+def print_table(epochs: Timings, inside: Timings, names: list[str], repeats: int, num_train: int, width: int) -> None:
+    """The ratio table of :func:`measure`'s timings, headed by what was trained."""
+    plain = statistics.median(epochs[None])
+    print(
+        f"SmallCNN(width={width}), {num_train} training + 500 validation ConceptWorld images, batch 64, "
+        f"one epoch; medians of {repeats} interleaved repeats"
+    )
+    print(f"without callback: {plain:.2f} s (range {min(epochs[None]):.2f}-{max(epochs[None]):.2f})")
+    print()
+    print(
+        "| callback | epoch (s) | ratio (median) | ratio range | inside callback (s) | (plain + inside) / plain "
+        "| target |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        ratios = [seconds / base for seconds, base in zip(epochs[name], epochs[None])]
+        own = statistics.median(inside[name])
+        print(
+            f"| {name} | {statistics.median(epochs[name]):.2f} | {statistics.median(epochs[name]) / plain:.3f} | "
+            f"{min(ratios):.3f}-{max(ratios):.3f} | {own:.2f} | {(plain + own) / plain:.3f} | "
+            f"≤ {TARGETS[name]} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -152,39 +200,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line(args.device))
-    datamodule = ConceptWorldDataModule(num_train=args.num_train, num_val=500, batch_size=64)
-    datamodule.setup("fit")
-    settings: list[str | None] = [None, *args.only]
-    epochs: dict[str | None, list[float]] = {name: [] for name in settings}
-    inside: dict[str | None, list[float]] = {name: [] for name in settings}
-    with tempfile.TemporaryDirectory() as root:
-        for name in settings:  # warm-up (allocator, thread pools, first-call imports)
-            one_epoch(datamodule, name, args.width, root, args.device)
-        for _ in range(args.repeats):
-            for name in settings:
-                seconds, own = one_epoch(datamodule, name, args.width, root, args.device)
-                epochs[name].append(seconds)
-                inside[name].append(own)
-    plain = statistics.median(epochs[None])
-    print(
-        f"SmallCNN(width={args.width}), {args.num_train} training + 500 validation ConceptWorld images, batch 64, "
-        f"one epoch; medians of {args.repeats} interleaved repeats"
-    )
-    print(f"without callback: {plain:.2f} s (range {min(epochs[None]):.2f}-{max(epochs[None]):.2f})")
-    print()
-    print(
-        "| callback | epoch (s) | ratio (median) | ratio range | inside callback (s) | (plain + inside) / plain "
-        "| target |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name in args.only:
-        ratios = [seconds / base for seconds, base in zip(epochs[name], epochs[None])]
-        own = statistics.median(inside[name])
-        print(
-            f"| {name} | {statistics.median(epochs[name]):.2f} | {statistics.median(epochs[name]) / plain:.3f} | "
-            f"{min(ratios):.3f}-{max(ratios):.3f} | {own:.2f} | {(plain + own) / plain:.3f} | "
-            f"≤ {TARGETS[name]} |"
-        )
+    epochs, inside = measure(args.only, args.repeats, args.num_train, args.width, args.device)
+    print_table(epochs, inside, args.only, args.repeats, args.num_train, args.width)
 
 
 if __name__ == "__main__":

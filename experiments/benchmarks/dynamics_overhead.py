@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -34,6 +35,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from timing import synchronize  # this folder is on sys.path when run as a script
 
 from xai_lightning import (
     ConceptWorldDataModule,
@@ -57,35 +59,41 @@ FACTORIES = {
 
 
 class EpochClock(pl.Callback):
-    """Wall time of every training epoch, validation and epoch-end callbacks included (attach last)."""
+    """Wall time of every training epoch, validation and epoch-end callbacks included (attach last);
+    the model's device synchronised at both ends."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
+        synchronize(pl_module.device)
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        synchronize(pl_module.device)
         self.seconds.append(time.perf_counter() - self.start)
 
 
 def time_observations(callback) -> list[float]:
-    """Wrap ``callback.run`` to record the seconds each observation takes; returns the list it fills."""
+    """Wrap ``callback.run`` to record the seconds each observation takes (the model's device
+    synchronised at both ends); returns the list it fills."""
     seconds: list[float] = []
     original = callback.run
 
     def run(trainer, pl_module):
+        synchronize(pl_module.device)
         start = time.perf_counter()
         try:
             return original(trainer, pl_module)
         finally:
+            synchronize(pl_module.device)
             seconds.append(time.perf_counter() - start)
 
     callback.run = run
     return seconds
 
 
-def fit(datamodule, name: str | None, epochs: int, root: str) -> tuple[list[float], list[float]]:
+def fit(datamodule, name: str | None, epochs: int, root: str, device: str = "cpu") -> tuple[list[float], list[float]]:
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(SmallCNN(num_classes=5, width=32))
     clock = EpochClock()
@@ -103,7 +111,7 @@ def fit(datamodule, name: str | None, epochs: int, root: str) -> tuple[list[floa
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
-        accelerator="cpu",
+        accelerator=device,
         devices=1,
     )
     trainer.fit(model, datamodule)
@@ -112,6 +120,52 @@ def fit(datamodule, name: str | None, epochs: int, root: str) -> tuple[list[floa
 
 def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+@dataclass
+class Overheads:
+    """Per repeat: the bare epoch (s) and, per callback, the ratios the table reports."""
+
+    bare: list[float] = field(default_factory=list)
+    regular: dict[str, list[float]] = field(default_factory=dict)
+    last: dict[str, list[float]] = field(default_factory=dict)
+    own: dict[str, list[float]] = field(default_factory=dict)
+
+
+def measure(names: list[str], repeats: int, epochs: int, num_train: int, device: str = "cpu") -> Overheads:
+    """Bare fits and fits with each callback of ``names`` alone, interleaved over ``repeats``."""
+    datamodule = ConceptWorldDataModule(num_train=num_train, num_val=500, batch_size=64)
+    datamodule.setup("fit")
+    found = Overheads(regular={n: [] for n in names}, last={n: [] for n in names}, own={n: [] for n in names})
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(repeats):
+            seconds, _ = fit(datamodule, None, epochs, root, device)
+            base = statistics.median(seconds[1:])
+            found.bare.append(base)
+            for name in names:
+                seconds, observed = fit(datamodule, name, epochs, root, device)
+                found.regular[name].append(statistics.median(seconds[1:-1]) / base)
+                found.last[name].append(seconds[-1] / base)
+                found.own[name].append((base + statistics.median(observed[1:-1])) / base)
+            print(f"repeat {repeat + 1}/{repeats} done", flush=True)
+    return found
+
+
+def print_table(found: Overheads, names: list[str], repeats: int, epochs: int, num_train: int, where: str) -> None:
+    """The ratio table of :func:`measure`'s result; ``where`` names the device (e.g. ``cpu x1 threads``)."""
+    print(
+        f"device: {where}; SmallCNN width 32; {num_train} training + 500 "
+        f"validation images, batch 64; {epochs} epochs per fit, {repeats} repeat(s), interleaved"
+    )
+    print(f"bare epoch: median {summary(found.bare)} s")
+    headers = ("regular epoch ratio", "from callback time", "last epoch ratio")
+    print(f"{'callback':>18}  " + "  ".join(f"{h:>26}" for h in headers) + "  target")
+    for name in names:
+        print(
+            f"{name:>18}  {summary(found.regular[name]):>26}  {summary(found.own[name]):>26}  "
+            f"{summary(found.last[name]):>26}  <= {TARGETS[name]}"
+        )
+    print("Ratios are median [min, max] over repeats; a shared machine makes them noisy — re-measure on a quiet one.")
 
 
 def main() -> None:
@@ -123,36 +177,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error("--epochs must be >= 3 (the first warms up, the last carries t-SNE / deep k-NN)")
-    datamodule = ConceptWorldDataModule(num_train=args.num_train, num_val=500, batch_size=64)
-    datamodule.setup("fit")
-    bare: list[float] = []
-    regular: dict[str, list[float]] = {name: [] for name in args.only}
-    last: dict[str, list[float]] = {name: [] for name in args.only}
-    own: dict[str, list[float]] = {name: [] for name in args.only}
-    with tempfile.TemporaryDirectory() as root:
-        for repeat in range(args.repeats):
-            epochs, _ = fit(datamodule, None, args.epochs, root)
-            base = statistics.median(epochs[1:])
-            bare.append(base)
-            for name in args.only:
-                epochs, observed = fit(datamodule, name, args.epochs, root)
-                regular[name].append(statistics.median(epochs[1:-1]) / base)
-                last[name].append(epochs[-1] / base)
-                own[name].append((base + statistics.median(observed[1:-1])) / base)
-            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-    print(
-        f"device: cpu x{torch.get_num_threads()} threads; SmallCNN width 32; {args.num_train} training + 500 "
-        f"validation images, batch 64; {args.epochs} epochs per fit, {args.repeats} repeat(s), interleaved"
-    )
-    print(f"bare epoch: median {summary(bare)} s")
-    headers = ("regular epoch ratio", "from callback time", "last epoch ratio")
-    print(f"{'callback':>18}  " + "  ".join(f"{h:>26}" for h in headers) + "  target")
-    for name in args.only:
-        print(
-            f"{name:>18}  {summary(regular[name]):>26}  {summary(own[name]):>26}  {summary(last[name]):>26}  "
-            f"<= {TARGETS[name]}"
-        )
-    print("Ratios are median [min, max] over repeats; a shared machine makes them noisy — re-measure on a quiet one.")
+    found = measure(args.only, args.repeats, args.epochs, args.num_train)
+    print_table(found, args.only, args.repeats, args.epochs, args.num_train, f"cpu x{torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":
