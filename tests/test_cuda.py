@@ -76,6 +76,22 @@ def group_key(case: CallbackCase) -> tuple:
     return (case.model, case.data, tuple(sorted(case.datamodule.items())))
 
 
+def one_epoch_trainer(device: torch.device, root, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """A quiet one-epoch trainer on ``device`` logging to CSV files under ``root``."""
+    return quiet_trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        # Lightning's default: on CUDA, deterministic=True (the CPU tests' setting) makes PyTorch raise
+        # on kernels without a deterministic implementation, which says nothing about the callbacks.
+        deterministic=False,
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=CSVLogger(str(root)),
+        default_root_dir=str(root),
+        enable_checkpointing=False,
+    )
+
+
 @dataclass
 class GroupFit:
     """One epoch of a group's model with all the group's callbacks, and what it left behind."""
@@ -111,18 +127,7 @@ def fit_group(cases: list[CallbackCase], device: torch.device, tmp_path_factory)
         found.callbacks[case.name] = callback
     model = cases[0].build_model()
     root = tmp_path_factory.mktemp("_".join(case.name for case in cases)[:60])
-    trainer = quiet_trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        # Lightning's default: on CUDA, deterministic=True (the CPU tests' setting) makes PyTorch raise
-        # on kernels without a deterministic implementation, which says nothing about the callbacks.
-        deterministic=False,
-        max_epochs=1,
-        callbacks=list(found.callbacks.values()),
-        logger=CSVLogger(str(root)),
-        default_root_dir=str(root),
-        enable_checkpointing=False,
-    )
+    trainer = one_epoch_trainer(device, root, list(found.callbacks.values()))
     try:
         trainer.fit(model, cases[0].build_data(**TINY_DATA))
     except Exception as error:  # reported by each test of the group, with its traceback
@@ -169,6 +174,23 @@ def test_the_model_stays_on_the_device_after_an_epoch_with_every_callback(group_
     }
     assert not elsewhere, f"moved off {device.type} after an epoch with {case.name}: {elsewhere}"
     assert found.model.device.type == device.type
+
+
+def test_robustness_synthesis_runs_on_the_device(tmp_path, device):
+    """The robustness case skips its synthesis epoch (slow on a CPU); on the device it runs: morphs,
+    inversions and feature visualisations (optimised images on the device) log finite scalars."""
+    case = next(case for case in CALLBACK_FACTORIES if case.name == "robustness")
+    callback = case.make()
+    callback.synthesis_epochs = [0]
+    callback.on_error = "raise"
+    pl.seed_everything(0)
+    model = case.build_model()
+    trainer = one_epoch_trainer(device, tmp_path, [callback])
+    trainer.fit(model, case.build_data(**TINY_DATA))
+    synthesis = ("morph_success_rate", "inversion_error", "feature_visualization_activation")
+    logged = {key: float(trainer.callback_metrics[f"robustness/{key}"]) for key in synthesis}
+    assert all(math.isfinite(value) for value in logged.values()), logged
+    assert not callback.failures and model.device.type == device.type
 
 
 # ---------------------------------------------------------------------------------------------- attributions
