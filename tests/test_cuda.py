@@ -100,19 +100,32 @@ class GroupFit:
     metrics: dict[str, float] = field(default_factory=dict)  # trainer.callback_metrics as floats
     model: pl.LightningModule | None = None
     root_device: torch.device | None = None
-    error: BaseException | None = None  # re-raised by every test of the group
+    error: BaseException | None = None  # the fit's error, if it failed
 
 
 @pytest.fixture(scope="module")
 def group_fits(tmp_path_factory, device):
-    """``get(case) -> GroupFit``, fitting each group once, on first use."""
+    """``get(case) -> GroupFit``, fitting each group once, on first use.
+
+    When a group's fit fails, each of its cases is fitted alone to say which one is at fault: the
+    culprit's test raises its own error, the others' that they pass alone but not together.
+    """
     fits: dict[tuple, GroupFit] = {}
 
     def get(case: CallbackCase) -> GroupFit:
         key = group_key(case)
         if key not in fits:
             fits[key] = fit_group([c for c in CALLBACK_FACTORIES if group_key(c) == key], device, tmp_path_factory)
-        return fits[key]
+        together = fits[key]
+        if together.error is None:
+            return together
+        alone = fit_group([case], device, tmp_path_factory)
+        if alone.error is not None:
+            raise alone.error
+        group = [c.name for c in CALLBACK_FACTORIES if group_key(c) == key]
+        raise AssertionError(
+            f"{case.name} trains alone on {device.type}, but not together with {group}: {together.error!r}"
+        ) from together.error
 
     return get
 
@@ -130,7 +143,7 @@ def fit_group(cases: list[CallbackCase], device: torch.device, tmp_path_factory)
     trainer = one_epoch_trainer(device, root, list(found.callbacks.values()))
     try:
         trainer.fit(model, cases[0].build_data(**TINY_DATA))
-    except Exception as error:  # reported by each test of the group, with its traceback
+    except Exception as error:  # reported by the group's tests (see group_fits)
         found.error = error
         return found
     found.metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
@@ -145,8 +158,6 @@ CASES = [pytest.param(case, id=case.name) for case in CALLBACK_FACTORIES]
 @pytest.mark.parametrize("case", CASES)
 def test_every_callback_trains_an_epoch_on_the_device_and_logs_finite_scalars(group_fits, case, device):
     found = group_fits(case)
-    if found.error is not None:
-        raise found.error
     assert found.root_device is not None and found.root_device.type == device.type
     logged = {key: value for key, value in found.metrics.items() if key.startswith(case.namespace + "/")}
     assert logged, f"{case.name} logged no scalar under {case.namespace}/"
@@ -165,8 +176,6 @@ def test_every_callback_trains_an_epoch_on_the_device_and_logs_finite_scalars(gr
 @pytest.mark.parametrize("case", CASES)
 def test_the_model_stays_on_the_device_after_an_epoch_with_every_callback(group_fits, case, device):
     found = group_fits(case)
-    if found.error is not None:
-        raise found.error
     elsewhere = {
         name: tensor.device
         for name, tensor in [*found.model.named_parameters(), *found.model.named_buffers()]
