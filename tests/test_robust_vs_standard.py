@@ -140,14 +140,24 @@ def test_relative_tcav_and_magnitude_scalars_are_logged_beside_sign_count(ci_stu
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="not per-seed robust on ConceptWorld: seed 1's robust arm is below or within 0.01 of the "
+    "standard arm in every configuration tried (see the docstring)",
+)
 @pytest.mark.parametrize("config_path", [SMALL])
 def test_robust_gradients_sit_more_on_the_object_for_every_seed(config_path, tmp_path):
-    """The effect the study exists to show, on the small config's training (ε = 1.0, 3 seeds).
+    """The effect the study was set up to show, on the small config's training (ε = 1.0, 3 seeds).
 
-    Marked slow (out of CI) because it does not hold reliably on the current tree: measured 2026-12-03,
-    seed 1 gives robust 0.484 vs standard 0.477 with one intra-op thread and 0.454 vs 0.611 with two
-    (seeds 0 and 2: 0.668 vs 0.509, 0.616 vs 0.580 with one thread). A different float summation order
-    flips it, so the effect at 5 epochs is not robust per seed; see the README's study section.
+    Expected to fail (xfail, out of CI): the claim does not hold for every seed. Last-epoch gradient
+    energy in the object mask, robust vs standard, seeds 0 / 1 / 2 (measured 2026-12-03, one thread):
+    the small config 0.668/0.509, 0.484/0.477, 0.616/0.580 (seed 1 with two threads: 0.454/0.611);
+    cosine learning rate 0.574/0.537, 0.570/0.588, 0.581/0.535; training ε 2.0 0.578/0.537,
+    0.562/0.588, 0.535/0.535; 8 epochs with cosine 0.594/0.515, 0.598/0.594, 0.591/0.516; spurious
+    colour 0.5 instead of 0.8, 8 epochs with cosine 0.624/0.553, 0.596/0.619, 0.622/0.452. The issue-14b branch
+    before the merges gives the same numbers as main (seed 1: 0.484/0.477), so no merge changed it.
+    Only without the spurious colour did robust beat standard on all three seeds (0.661/0.554,
+    0.615/0.545, 0.560/0.471), where the robust arm learns the shapes poorly in 5 epochs (0.42-0.72).
 
     Only the callback that measures it is kept: observers leave training bit-identical (the
     library's contract, tested in test_observing_does_not_disturb.py), so these are the small
