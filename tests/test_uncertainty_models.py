@@ -25,10 +25,14 @@ def fit(model: pl.LightningModule, epochs: int = 1) -> pl.LightningModule:
     return model
 
 
-def test_ensemble_training_equals_training_each_member_alone():
+@pytest.mark.parametrize("layout", ["auto", "vmap"])
+def test_ensemble_training_equals_training_each_member_alone(layout):
     """Summed member losses + one optimiser over stacked weights = K independent trainings (same batches)."""
     torch.manual_seed(0)
-    ensemble = EnsembleClassifier(SmallCNN(num_classes=5, width=4), num_members=3, optimizer="sgd", lr=0.05)
+    ensemble = EnsembleClassifier(
+        SmallCNN(num_classes=5, width=4), num_members=3, optimizer="sgd", lr=0.05, layout=layout
+    )
+    assert ensemble.network.layout == ("packed" if layout == "auto" else "vmap")  # SmallCNN packs
     separate = [ImageClassifier(ensemble.network.member(k), num_classes=5, optimizer="sgd", lr=0.05) for k in range(3)]
     initial = [member.network.classifier.weight.clone() for member in separate]
     assert not torch.allclose(initial[0], initial[1])  # members are independently initialised

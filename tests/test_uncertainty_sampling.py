@@ -24,6 +24,7 @@ from xai_lightning.uncertainty import (
     BayesianLinear,
     KeyedNoise,
     MCDropoutError,
+    UnsupportedForPacking,
     VectorisedEnsemble,
     bayesian_logits,
     fit_autoencoder,
@@ -35,6 +36,7 @@ from xai_lightning.uncertainty import (
     mutual_information,
     ood_auroc,
     reconstruction_error,
+    reinitialise,
     sample_passes,
     summarise_samples,
 )
@@ -203,9 +205,11 @@ def members(k: int = 3) -> list[nn.Module]:
     return [SmallCNN(num_classes=5, width=4, dropout=0.0) for _ in range(k)]
 
 
-def test_vectorised_ensemble_equals_separate_members_in_eval_and_train_mode_and_in_gradients():
+@pytest.mark.parametrize("layout", ["packed", "vmap"])
+def test_vectorised_ensemble_equals_separate_members_in_eval_and_train_mode_and_in_gradients(layout):
     separate = members()
-    ensemble = VectorisedEnsemble(separate)
+    ensemble = VectorisedEnsemble(separate, layout=layout)
+    assert ensemble.layout == layout
     x, y = torch.rand(10, 3, 32, 32), torch.randint(0, 5, (10,))
     ensemble.eval()
     for member in separate:
@@ -234,10 +238,11 @@ def test_vectorised_ensemble_equals_separate_members_in_eval_and_train_mode_and_
     assert torch.equal(ensemble.member(1).classifier.weight, separate[1].classifier.weight)
 
 
-def test_ensemble_members_draw_different_dropout_masks_and_disagree():
+@pytest.mark.parametrize("layout", ["packed", "vmap"])
+def test_ensemble_members_draw_different_dropout_masks_and_disagree(layout):
     torch.manual_seed(0)
     same = SmallCNN(num_classes=5, width=4, dropout=0.5)
-    ensemble = VectorisedEnsemble([same, same])  # identical weights: only dropout can make them differ
+    ensemble = VectorisedEnsemble([same, same], layout=layout)  # identical weights: only dropout can make them differ
     ensemble.train()
     out = ensemble(torch.rand(4, 3, 32, 32))
     assert not torch.allclose(out[0], out[1])
@@ -247,11 +252,146 @@ def test_ensemble_members_draw_different_dropout_masks_and_disagree():
     assert torch.allclose(mutual_information(probs), torch.zeros(4), atol=1e-6)
 
 
+def packable_architectures() -> dict[str, nn.Module]:
+    """Chains the packed layout accepts, covering every state transition it makes (see packed_ensemble)."""
+    return {
+        # Normalize (per-member buffers) widens the shared input before the first convolution.
+        "small_cnn_normalised": SmallCNN(num_classes=5, width=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)),
+        # Biased, strided and grouped convolutions, average pooling, channel dropout, flatten as a function,
+        # batch norm after the flatten (members state), a linear chain.
+        "grouped_conv_mlp_head": nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, bias=True),
+            nn.BatchNorm2d(4, momentum=0.3),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(4, 6, 3, stride=2, groups=2, bias=True),
+            nn.AvgPool2d(2),
+            nn.Dropout2d(0.0),
+            nn.Flatten(),
+            nn.Linear(6 * 3 * 3, 7),
+            nn.BatchNorm1d(7),
+            nn.GELU(),
+            nn.Linear(7, 5, bias=False),
+        ),
+        # Operations on the shared input (pooling, activation), then a flatten straight away.
+        "mlp_on_shared_input": nn.Sequential(
+            nn.MaxPool2d(2),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(3 * 8 * 8, 6),
+            nn.ReLU(),
+            nn.Dropout(0.0),
+            nn.Linear(6, 5),
+        ),
+        # Batch norm without running statistics and with no affine parameters, adaptive max pooling.
+        "stateless_batch_norm": nn.Sequential(
+            nn.Conv2d(3, 4, 3, groups=1),
+            nn.BatchNorm2d(4, track_running_stats=False, affine=False),
+            nn.SiLU(),
+            nn.AdaptiveMaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16, 5),
+        ),
+    }
+
+
+@pytest.mark.parametrize("architecture", sorted(packable_architectures()))
+def test_packed_layout_equals_each_member_alone_in_outputs_running_statistics_and_gradients(architecture):
+    """Independent reference: K ordinary modules, each run alone on the same batch (and the vmap layout)."""
+    torch.manual_seed(0)
+    separate = [reinitialise(packable_architectures()[architecture]) for _ in range(3)]
+    for member in separate:  # non-trivial running statistics, different per member
+        for name, buffer in member.named_buffers():
+            if name.endswith("running_mean") or name.endswith("running_var"):
+                buffer.copy_(torch.rand_like(buffer) + 0.5)
+    packed = VectorisedEnsemble(separate, layout="auto")
+    vmapped = VectorisedEnsemble(separate, layout="vmap")
+    assert (packed.layout, packed.layout_reason, vmapped.layout) == ("packed", None, "vmap")
+    x = torch.rand(6, 3, 16, 16)
+    for train in (False, True, True):  # twice in train mode: running statistics must keep up
+        for module in [packed, vmapped, *separate]:
+            module.train(train)
+        outputs = packed(x)
+        assert torch.allclose(outputs, vmapped(x), atol=1e-5)
+        assert outputs.shape[:2] == (3, 6)
+        names = [name for name, _ in packed.stacked.named_parameters()]
+        grads = torch.autograd.grad(outputs.square().sum(), list(packed.stacked.parameters()))
+        for k, member in enumerate(separate):
+            alone = member(x)
+            assert torch.allclose(outputs[k], alone, atol=1e-5), (architecture, train, k)
+            member_grads = torch.autograd.grad(alone.square().sum(), list(member.parameters()))
+            for name, ours, theirs in zip(names, grads, member_grads):
+                assert torch.allclose(ours[k], theirs, atol=1e-4, rtol=1e-4), (architecture, train, k, name)
+            for (name, ours), (_, theirs) in zip(packed.stacked.named_buffers(), member.named_buffers()):
+                assert torch.allclose(ours[k].float(), theirs.float(), atol=1e-6), (architecture, train, k, name)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((x + self.conv(x)).mean((2, 3)))
+
+
+class StandardisedConv2d(nn.Conv2d):  # a subclass with its own forward: packing must not assume Conv2d's
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight - self.weight.mean(), self.bias, self.stride, self.padding)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (Residual, "straight chain"),
+        (lambda: nn.Sequential(StandardisedConv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 5)), "straight chain"),
+        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None), nn.Flatten()), "momentum=None"),
+        (lambda: nn.Sequential(nn.Flatten(), nn.Linear(768, 4), nn.MaxPool1d(2)), "not supported"),
+        (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten()), "not supported"),
+    ],
+)
+def test_unsupported_architectures_fall_back_to_vmap_and_packed_on_request_names_the_operation(make, reason):
+    torch.manual_seed(0)
+    separate = [make() for _ in range(2)]
+    ensemble = VectorisedEnsemble(separate)
+    assert ensemble.layout == "vmap"
+    assert reason in ensemble.layout_reason
+    x = torch.rand(4, 3, 16, 16)
+    ensemble.eval()
+    for member in separate:
+        member.eval()
+    with torch.no_grad():
+        assert torch.allclose(ensemble(x), torch.stack([member(x) for member in separate]), atol=1e-5)
+    with pytest.raises(UnsupportedForPacking, match="layout='auto' or 'vmap'"):
+        VectorisedEnsemble(separate, layout="packed")
+
+
+def test_packed_dropout_on_the_shared_input_draws_an_independent_mask_for_every_member():
+    """Dropout before any member-specific layer must still differ per member (the input is widened first)."""
+    torch.manual_seed(0)
+    same = nn.Sequential(nn.Dropout(0.5), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    ensemble = VectorisedEnsemble([same] * 4, layout="packed").train()  # identical weights
+    x = torch.rand(64, 3, 4, 4)
+    out = ensemble(x)
+    for k in range(1, 4):
+        assert not torch.allclose(out[0], out[k])
+    # Each member's mask keeps about half the inputs: the mean output is the undropped one in expectation.
+    ensemble.eval()
+    with torch.no_grad():
+        undropped = ensemble(x)
+    ensemble.train()
+    with torch.no_grad():
+        averaged = torch.stack([ensemble(x) for _ in range(400)]).mean(0)
+    assert torch.allclose(averaged, undropped, atol=0.1)
+
+
 def test_ensemble_bad_input():
     with pytest.raises(ValueError, match="K >= 2"):
         VectorisedEnsemble(members(1))
     with pytest.raises(ValueError, match="one architecture"):
         VectorisedEnsemble([SmallCNN(width=4), SmallCNN(width=8)])
+    with pytest.raises(ValueError, match="'auto', 'packed' or 'vmap'"):
+        VectorisedEnsemble(members(2), layout="wide")
 
 
 # ---------------------------------------------------------------------------------------------- Bayes by Backprop

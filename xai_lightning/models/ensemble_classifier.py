@@ -22,8 +22,9 @@ class EnsembleClassifier(ImageClassifier):
     """``K`` independently initialised copies of ``network`` trained together on the same batches.
 
     The members are evaluated vectorised (:class:`~xai_lightning.uncertainty.VectorisedEnsemble`:
-    ``torch.func.vmap`` over stacked weights — grouped convolutions and batched matrix products,
-    not a loop of K forwards). The training loss is the *sum* of the members' cross-entropies, so
+    one wide network of grouped convolutions and batched matrix products for plain chains such as
+    ``SmallCNN`` — the "packed" layout — else ``torch.func.vmap`` over the stacked weights; never a
+    loop of K forwards). The training loss is the *sum* of the members' cross-entropies, so
     each member receives exactly the gradient it would get trained alone (Lakshminarayanan et al.
     train members independently; with one shared data order here, as their paper allows, the
     diversity comes from the random initialisations).
@@ -43,6 +44,8 @@ class EnsembleClassifier(ImageClassifier):
         num_members: K ≥ 2 (5 in the paper).
         num_classes, optimizer, lr, weight_decay, cosine_epochs: see :class:`ImageClassifier`; the
             optimiser updates all members' stacked parameters at once.
+        layout: ``"auto"`` (packed when the architecture allows it, else vmap), ``"packed"`` or
+            ``"vmap"``; see :class:`~xai_lightning.uncertainty.VectorisedEnsemble`. Same results.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class EnsembleClassifier(ImageClassifier):
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         cosine_epochs: int = 0,
+        layout: Literal["auto", "packed", "vmap"] = "auto",
     ) -> None:
         if num_members < 2:
             raise ValueError(
@@ -63,7 +67,7 @@ class EnsembleClassifier(ImageClassifier):
         classes = num_classes or getattr(network, "num_classes", None)
         members = [network] + [reinitialise(copy.deepcopy(network)) for _ in range(num_members - 1)]
         super().__init__(
-            VectorisedEnsemble(members),
+            VectorisedEnsemble(members, layout=layout),
             num_classes=classes,
             optimizer=optimizer,
             lr=lr,

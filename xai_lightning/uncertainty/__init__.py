@@ -43,6 +43,7 @@ from xai_lightning.uncertainty.mc_dropout import (
     mc_dropout_predict,
 )
 from xai_lightning.uncertainty.ood import OODDetection, fpr_at_tpr, ood_auroc, ood_detection
+from xai_lightning.uncertainty.packed_ensemble import UnsupportedForPacking
 from xai_lightning.uncertainty.predictive import (
     PredictiveSummary,
     entropy,
@@ -69,6 +70,7 @@ __all__ = [
     "OODDetection",
     "PredictiveSummary",
     "TemperatureFit",
+    "UnsupportedForPacking",
     "VectorisedEnsemble",
     "bayesian_layers",
     "bayesian_logits",

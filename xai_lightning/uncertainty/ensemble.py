@@ -8,6 +8,13 @@ of ``K`` forwards. Members stay independent: each has its own weights, BatchNorm
 (updated in training mode, per member) and dropout masks (``randomness="different"``), and
 gradients of a sum of per-member losses reach each member exactly as its own loss would.
 
+Two layouts compute the same thing (:attr:`VectorisedEnsemble.layout`): ``"packed"`` runs the
+members as one wide network with member-major channels (grouped convolutions, per-channel batch
+norm, batched matrix products; :mod:`~xai_lightning.uncertainty.packed_ensemble`) — chosen
+automatically when a member is a plain chain of convolutions, batch norms, activations, pooling,
+dropout, a flatten and linear layers (``SmallCNN``), because it avoids ``vmap``'s per-operation
+batching overhead; anything else (residuals, attention, custom forwards) uses ``"vmap"``.
+
 Disagreement between members is the ensemble's epistemic uncertainty: the mutual information
 between the prediction and the member (:func:`~xai_lightning.uncertainty.mutual_information`
 over ``softmax(member_logits)``).
@@ -17,10 +24,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from xai_lightning.uncertainty.packed_ensemble import UnsupportedForPacking, packed_forward, packing_plan
 
 __all__ = ["VectorisedEnsemble", "reinitialise"]
 
@@ -48,6 +58,13 @@ class VectorisedEnsemble(nn.Module):
     Args:
         members: ``K ≥ 2`` modules with identical parameter and buffer names and shapes (e.g.
             ``[SmallCNN(width=8) for _ in range(5)]``); their current weights are copied.
+        layout: ``"auto"`` (packed when the architecture allows it, else vmap), ``"packed"`` (an
+            error naming the unsupported operation if it cannot be packed) or ``"vmap"``.
+
+    :attr:`layout` says which is used (``"packed"`` or ``"vmap"``); :attr:`layout_reason` why vmap
+    was chosen automatically (``None`` otherwise). Both give the same outputs, running statistics
+    and gradients up to float rounding; dropout masks are independent per member in both, but
+    drawn differently from the global generator (the same distribution, not the same masks).
 
     The stacked tensors live in :attr:`stacked`, a copy of the first member whose every parameter
     and buffer has a leading member dimension (``stacked.classifier.weight`` is ``(K, out, in)``),
@@ -57,7 +74,7 @@ class VectorisedEnsemble(nn.Module):
     (``ensemble.train()``/``.eval()`` as usual).
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], layout: Literal["auto", "packed", "vmap"] = "auto") -> None:
         super().__init__()
         members = list(members)
         if len(members) < 2:
@@ -73,6 +90,8 @@ class VectorisedEnsemble(nn.Module):
                     f"Ensemble member {index} differs from member 0 in its parameters/buffers; "
                     f"all members must share one architecture"
                 )
+        if layout not in ("auto", "packed", "vmap"):
+            raise ValueError(f"layout must be 'auto', 'packed' or 'vmap'; got {layout!r}")
         params, buffers = stack_module_state(members)
         self.num_members = len(members)
         self.stacked = copy.deepcopy(members[0])
@@ -85,6 +104,20 @@ class VectorisedEnsemble(nn.Module):
         # The module the stacked tensors are plugged into, one member at a time under vmap. Kept out of
         # the module tree (a tuple), so its own (meta) tensors are neither saved nor moved.
         self._template = (copy.deepcopy(members[0]).to("meta"),)
+        self.layout: Literal["packed", "vmap"] = "vmap"
+        self.layout_reason: str | None = None
+        self._plan: list = []
+        if layout != "vmap":
+            try:
+                self._plan = packing_plan(self.template)
+                self.layout = "packed"
+            except UnsupportedForPacking as error:
+                if layout == "packed":
+                    raise UnsupportedForPacking(
+                        f"layout='packed' is impossible for this member architecture: {error}. "
+                        f"Use layout='auto' or 'vmap'."
+                    ) from None
+                self.layout_reason = str(error)
 
     @property
     def template(self) -> nn.Module:
@@ -97,6 +130,8 @@ class VectorisedEnsemble(nn.Module):
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """Every member on the same inputs: ``(K, B, ...)`` outputs (inputs shared, not repeated)."""
         self._sync_modes()
+        if self.layout == "packed" and len(args) == 1:
+            return packed_forward(self._plan, self.stacked, self.num_members, args[0])
         params = dict(self.stacked.named_parameters())
         buffers = dict(self.stacked.named_buffers())
         template = self.template
