@@ -307,6 +307,9 @@ def test_packed_layout_equals_each_member_alone_in_outputs_running_statistics_an
     vmapped = VectorisedEnsemble(separate, layout="vmap")
     assert (packed.layout, packed.layout_reason, vmapped.layout) == ("packed", None, "vmap")
     x = torch.rand(6, 3, 16, 16)
+    fired: list[str] = []  # as in the vmap layout, the storage modules' hooks never see (wide) activations
+    for name, module in packed.stacked.named_modules():
+        module.register_forward_hook(lambda *_, name=name: fired.append(name))
     for train in (False, True, True):  # twice in train mode: running statistics must keep up
         for module in [packed, vmapped, *separate]:
             module.train(train)
@@ -323,6 +326,7 @@ def test_packed_layout_equals_each_member_alone_in_outputs_running_statistics_an
                 assert torch.allclose(ours[k], theirs, atol=1e-4, rtol=1e-4), (architecture, train, k, name)
             for (name, ours), (_, theirs) in zip(packed.stacked.named_buffers(), member.named_buffers()):
                 assert torch.allclose(ours[k].float(), theirs.float(), atol=1e-6), (architecture, train, k, name)
+    assert fired == []
 
 
 class Residual(nn.Module):

@@ -175,10 +175,12 @@ def packed_forward(plan: list[PackedStep], stacked: nn.Module, k: int, x: torch.
     state = "shared"
     for step in plan:
         # Modules are looked up in ``stacked`` (not kept in the plan): its training flags are the truth.
+        # ``.forward``, not ``__call__``: hooks on ``stacked`` never fire in the vmap layout either, and
+        # must not see wide (B, K·C, ...) tensors here.
         if step.kind == "apply":
-            x = (stacked.get_submodule(step.target) if step.target else step.function)(x)
+            x = (stacked.get_submodule(step.target).forward if step.target else step.function)(x)
         elif step.kind == "widen_apply":
-            x, state = stacked.get_submodule(step.target)(_widen(x, k)), "wide"
+            x, state = stacked.get_submodule(step.target).forward(_widen(x, k)), "wide"
         elif step.kind == "normalize":
             normalize = stacked.get_submodule(step.target)
             if state == "shared":
