@@ -25,15 +25,29 @@ def fit(model: pl.LightningModule, epochs: int = 1) -> pl.LightningModule:
     return model
 
 
-@pytest.mark.parametrize("layout", ["auto", "vmap"])
-def test_ensemble_training_equals_training_each_member_alone(layout):
+@pytest.mark.parametrize(
+    ("layout", "channels_last", "tolerance"),
+    # Channels-last kernels round differently from a member's own; over training steps a ReLU or
+    # max-pool kink can then route one gradient element differently, so that case is checked to
+    # 1e-3 (the trained weights moved by far more: asserted below), the others to float rounding.
+    [("auto", False, 2e-5), ("vmap", None, 2e-5), ("auto", None, 1e-3)],
+)
+def test_ensemble_training_equals_training_each_member_alone(layout, channels_last, tolerance):
     """Summed member losses + one optimiser over stacked weights = K independent trainings (same batches)."""
     torch.manual_seed(0)
     ensemble = EnsembleClassifier(
         SmallCNN(num_classes=5, width=4), num_members=3, optimizer="sgd", lr=0.05, layout=layout
     )
     assert ensemble.network.layout == ("packed" if layout == "auto" else "vmap")  # SmallCNN packs
-    separate = [ImageClassifier(ensemble.network.member(k), num_classes=5, optimizer="sgd", lr=0.05) for k in range(3)]
+    ensemble.network.channels_last = channels_last
+    packed_channels_last = layout == "auto" and channels_last is None  # the default on CPU
+    memory_format = torch.channels_last if packed_channels_last else torch.contiguous_format
+    separate = [
+        ImageClassifier(
+            ensemble.network.member(k).to(memory_format=memory_format), num_classes=5, optimizer="sgd", lr=0.05
+        )
+        for k in range(3)
+    ]
     initial = [member.network.classifier.weight.clone() for member in separate]
     assert not torch.allclose(initial[0], initial[1])  # members are independently initialised
     fit(ensemble)
@@ -41,8 +55,8 @@ def test_ensemble_training_equals_training_each_member_alone(layout):
         fit(member)
         trained = ensemble.network.member(k)
         for (name, ours), (_, theirs) in zip(trained.state_dict().items(), member.network.state_dict().items()):
-            assert torch.allclose(ours.float(), theirs.float(), atol=2e-5), (k, name)
-        assert not torch.allclose(member.network.classifier.weight, initial[k])
+            assert torch.allclose(ours.float(), theirs.float(), atol=tolerance), (k, name)
+        assert not torch.allclose(member.network.classifier.weight, initial[k], atol=20 * tolerance)
 
 
 def test_ensemble_forward_is_the_mean_member_probability_and_survives_a_state_dict_round_trip():

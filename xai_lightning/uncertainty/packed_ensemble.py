@@ -166,11 +166,15 @@ def _widen(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.unsqueeze(1).expand(x.shape[0], k, *x.shape[1:]).reshape(x.shape[0], k * x.shape[1], *x.shape[2:])
 
 
-def packed_forward(plan: list[PackedStep], stacked: nn.Module, k: int, x: torch.Tensor) -> torch.Tensor:
+def packed_forward(
+    plan: list[PackedStep], stacked: nn.Module, k: int, x: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
     """Run the packed chain on the shared input ``x``: ``(K, B, ...)`` outputs, as ``vmap`` would give.
 
     ``stacked`` holds the ``(K, ...)`` parameters and buffers under the member's names; training
-    mode is read from each of its submodules.
+    mode is read from each of its submodules. ``channels_last``: 2-D convolutions get channels-last
+    inputs (so do the batch norms and pools after them) — only the memory layout changes, the
+    values agree up to float rounding.
     """
     state = "shared"
     for step in plan:
@@ -188,7 +192,7 @@ def packed_forward(plan: list[PackedStep], stacked: nn.Module, k: int, x: torch.
             channels = (1, -1) + (1,) * (x.dim() - 2)
             x = (x - normalize.mean.reshape(channels)) / normalize.std.reshape(channels)
         elif step.kind in ("conv", "conv_shared"):
-            x, state = _convolution(step, stacked, k, x, state), "wide"
+            x, state = _convolution(step, stacked, k, x, state, channels_last), "wide"
         elif step.kind == "batch_norm":
             x = _batch_norm(stacked.get_submodule(step.target), k, x, state)
             state = "members" if state == "members" else "wide"
@@ -211,11 +215,15 @@ def packed_forward(plan: list[PackedStep], stacked: nn.Module, k: int, x: torch.
     return x
 
 
-def _convolution(step: PackedStep, stacked: nn.Module, k: int, x: torch.Tensor, state: str) -> torch.Tensor:
+def _convolution(
+    step: PackedStep, stacked: nn.Module, k: int, x: torch.Tensor, state: str, channels_last: bool
+) -> torch.Tensor:
     conv = stacked.get_submodule(step.target)
     weight = conv.weight.reshape(-1, *conv.weight.shape[2:])  # (K·C_out, C_in/groups, *kernel)
     bias = None if conv.bias is None else conv.bias.reshape(-1)
     convolve = _CONVOLUTIONS[type(conv)]
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     if step.kind == "conv_shared":
         groups = 1
     else:
