@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from xai_lightning.models.normalize import Normalize
 
@@ -58,7 +60,7 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)  # fmt: skip
 _CHANNEL_DROPOUTS = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_CONVOLUTIONS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+_CONVOLUTIONS: dict[type[nn.Module], Any] = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -186,7 +188,7 @@ def packed_forward(
         elif step.kind == "widen_apply":
             x, state = stacked.get_submodule(step.target).forward(_widen(x, k)), "wide"
         elif step.kind == "normalize":
-            normalize = stacked.get_submodule(step.target)
+            normalize = cast(Normalize, stacked.get_submodule(step.target))
             if state == "shared":
                 x, state = _widen(x, k), "wide"
             channels = (1, -1) + (1,) * (x.dim() - 2)
@@ -194,7 +196,7 @@ def packed_forward(
         elif step.kind in ("conv", "conv_shared"):
             x, state = _convolution(step, stacked, k, x, state, channels_last), "wide"
         elif step.kind == "batch_norm":
-            x = _batch_norm(stacked.get_submodule(step.target), k, x, state)
+            x = _batch_norm(cast(_BatchNorm, stacked.get_submodule(step.target)), k, x, state)
             state = "members" if state == "members" else "wide"
         elif step.kind == "flatten":
             if state == "shared":
@@ -203,7 +205,7 @@ def packed_forward(
                 x = x.reshape(x.shape[0], k, -1).transpose(0, 1)
             state = "members"
         elif step.kind == "linear":
-            linear = stacked.get_submodule(step.target)
+            linear = cast(nn.Linear, stacked.get_submodule(step.target))
             weight = linear.weight.transpose(1, 2)  # (K, in, out)
             x = torch.bmm(x, weight) if linear.bias is None else torch.baddbmm(linear.bias.unsqueeze(1), x, weight)
         else:  # pragma: no cover - packing_plan only makes the kinds above
@@ -218,7 +220,7 @@ def packed_forward(
 def _convolution(
     step: PackedStep, stacked: nn.Module, k: int, x: torch.Tensor, state: str, channels_last: bool
 ) -> torch.Tensor:
-    conv = stacked.get_submodule(step.target)
+    conv = cast(_ConvNd, stacked.get_submodule(step.target))
     weight = conv.weight.reshape(-1, *conv.weight.shape[2:])  # (K·C_out, C_in/groups, *kernel)
     bias = None if conv.bias is None else conv.bias.reshape(-1)
     convolve = _CONVOLUTIONS[type(conv)]
@@ -233,7 +235,7 @@ def _convolution(
     return convolve(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
 
 
-def _batch_norm(norm: nn.Module, k: int, x: torch.Tensor, state: str) -> torch.Tensor:
+def _batch_norm(norm: _BatchNorm, k: int, x: torch.Tensor, state: str) -> torch.Tensor:
     """Batch norm over member-major channels: per-member statistics, running stats updated in place."""
     if state == "shared":
         x = _widen(x, k)
