@@ -2,18 +2,23 @@
 
 :class:`VectorisedEnsemble` holds ``K`` members of one architecture as stacked parameters and
 buffers (leading dimension ``K``, from ``torch.func.stack_module_state``) and evaluates all of
-them in one call with ``torch.func.functional_call`` under ``torch.func.vmap``: convolutions
-become one grouped convolution, linear layers one batched matrix product — not a Python loop
-of ``K`` forwards. Members stay independent: each has its own weights, BatchNorm statistics
-(updated in training mode, per member) and dropout masks (``randomness="different"``), and
-gradients of a sum of per-member losses reach each member exactly as its own loss would.
+them in one call — not a Python loop of ``K`` forwards — in one of two layouts
+(:attr:`VectorisedEnsemble.layout`):
 
-Two layouts compute the same thing (:attr:`VectorisedEnsemble.layout`): ``"packed"`` runs the
-members as one wide network with member-major channels (grouped convolutions, per-channel batch
-norm, batched matrix products; :mod:`~xai_lightning.uncertainty.packed_ensemble`) — chosen
-automatically when a member is a plain chain of convolutions, batch norms, activations, pooling,
-dropout, a flatten and linear layers (``SmallCNN``), because it avoids ``vmap``'s per-operation
-batching overhead; anything else (residuals, attention, custom forwards) uses ``"vmap"``.
+* ``"packed"``: the members run as one wide network with member-major channels (grouped
+  convolutions, per-channel batch norm, batched matrix products;
+  :mod:`~xai_lightning.uncertainty.packed_ensemble`). Chosen automatically when a member is a
+  plain chain of convolutions, batch norms, activations, pooling, dropout, a flatten and linear
+  layers (``SmallCNN``): it was faster than ``vmap`` in every configuration measured on CPU
+  (K = 5 SmallCNN training steps, widths 4-32, 16-32 px: 0.5-0.7x the vmap time;
+  ``experiments/benchmarks/uncertainty.py``). Not yet measured on a GPU.
+* ``"vmap"``: ``torch.func.functional_call`` under ``torch.func.vmap`` (any architecture:
+  residuals, attention, custom forwards).
+
+Members stay independent in both: each has its own weights, BatchNorm statistics (updated in
+training mode, per member) and dropout masks (vmap: ``randomness="different"``; packed: every
+member owns its channels, so one dropout call draws independent masks), and gradients of a sum of
+per-member losses reach each member exactly as its own loss would.
 
 Disagreement between members is the ensemble's epistemic uncertainty: the mutual information
 between the prediction and the member (:func:`~xai_lightning.uncertainty.mutual_information`
