@@ -9,39 +9,15 @@ Spearman ρ of the Σ_c |IG| maps.
     PYTHONPATH=. python experiments/benchmarks/ig_steps_in_callback.py
 """
 
-import copy
-
-import pytorch_lightning as pl
 import torch
+from epoch_snapshots import train_with_snapshots  # this folder is on sys.path when run as a script
 from scipy.stats import spearmanr
 
-from xai_lightning import ConceptWorldDataModule, ImageClassifier, SmallCNN
 from xai_lightning.attribution import IntegratedGradients
 from xai_lightning.callbacks.probe import draw_probe
 
 torch.set_num_threads(1)
-datamodule = ConceptWorldDataModule(num_train=2000, num_val=500, batch_size=64)
-datamodule.setup("fit")
-pl.seed_everything(0, verbose=False)
-model = ImageClassifier(SmallCNN(num_classes=5, width=32))
-snapshots = {0: copy.deepcopy(model.state_dict())}
-
-
-class Snapshot(pl.Callback):
-    def on_train_epoch_end(self, trainer, module):
-        snapshots[trainer.current_epoch + 1] = copy.deepcopy(module.state_dict())
-
-
-pl.Trainer(
-    max_epochs=2,
-    callbacks=[Snapshot()],
-    logger=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    enable_checkpointing=False,
-    num_sanity_val_steps=0,
-    limit_val_batches=0,
-).fit(model, datamodule)
+model, datamodule, snapshots = train_with_snapshots(2, include_untrained=True)
 probe = draw_probe(datamodule.val_dataloader().dataset, 64, 0)[0]
 x, y = probe.images, probe.labels
 for epoch, state in snapshots.items():

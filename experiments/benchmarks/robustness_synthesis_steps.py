@@ -9,39 +9,16 @@ steps, and the feature visualisation of the class logits (mean objective) at 32-
     PYTHONPATH=. python experiments/benchmarks/robustness_synthesis_steps.py [epochs]
 """
 
-import copy
 import sys
 import time
 
-import pytorch_lightning as pl
 import torch
+from epoch_snapshots import train_with_snapshots  # this folder is on sys.path when run as a script
 
-from xai_lightning import ConceptWorldDataModule, ImageClassifier, SmallCNN
 from xai_lightning.robustness import invert_representation, morph_to_every_class, visualize_features
 
 torch.set_num_threads(1)
-datamodule = ConceptWorldDataModule(num_train=2000, num_val=500, batch_size=64)
-datamodule.setup("fit")
-pl.seed_everything(0, verbose=False)
-model = ImageClassifier(SmallCNN(num_classes=5, width=32))
-snapshots = {}
-
-
-class Snapshot(pl.Callback):
-    def on_train_epoch_end(self, trainer, module):
-        snapshots[trainer.current_epoch + 1] = copy.deepcopy(module.state_dict())
-
-
-pl.Trainer(
-    max_epochs=int(sys.argv[1]) if len(sys.argv) > 1 else 3,
-    callbacks=[Snapshot()],
-    logger=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    enable_checkpointing=False,
-    num_sanity_val_steps=0,
-    limit_val_batches=0,
-).fit(model, datamodule)
+model, datamodule, snapshots = train_with_snapshots(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
 batch = next(iter(datamodule.val_dataloader()))
 images = (batch[0] if isinstance(batch, (list, tuple)) else batch["image"])[:16]
 for epoch, state in snapshots.items():
