@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import nn
 
 from xai_lightning import AttributionCallback, ImageClassifier, LayerNotFoundError
-from xai_lightning.attribution import available_methods
+from xai_lightning.attribution import available_methods, get_method
 
 FAST = {
     "integrated_gradients": {"steps": 8},
@@ -44,6 +44,18 @@ def fast_callback(**kwargs) -> AttributionCallback:
 def test_the_default_methods_are_the_issues_list():
     assert AttributionCallback().methods == DEFAULTS
     assert AttributionCallback().num_probe == 16
+
+
+def test_integrated_gradients_runs_the_callbacks_16_steps_unless_method_options_say_otherwise():
+    # 16 Gauss-Legendre steps (measured against 50 and 256 in CALLBACK_METHOD_DEFAULTS' comment).
+    assert AttributionCallback()._build("integrated_gradients").steps == 16
+    chosen = AttributionCallback(method_options={"integrated_gradients": {"steps": 50, "rule": "trapezoid"}})
+    built = chosen._build("integrated_gradients")
+    assert (built.steps, built.rule) == (50, "trapezoid")
+    partly = AttributionCallback(method_options={"integrated_gradients": {"baseline": "blur"}})
+    built = partly._build("integrated_gradients")
+    assert (built.steps, built.baseline) == (16, "blur")  # other options keep the callback's step count
+    assert AttributionCallback()._build("smoothgrad").n_samples == get_method("smoothgrad").n_samples  # untouched
 
 
 def test_training_with_the_callback_gives_bit_identical_weights(tmp_path):

@@ -91,7 +91,8 @@ def test_scores_equal_a_direct_computation_and_are_read_back_from_wandb(trained_
     last = callback.history[-1]
     assert last["robustness/clean_acc"] == pytest.approx(clean)
     assert last["robustness/robust_acc"] == pytest.approx(robust)
-    assert last["robustness/gradient_energy_in_mask"] == pytest.approx(energy.nanmean().item(), abs=1e-6)
+    # The callback's passes run channels-last with BatchNorms folded (core.fast_forward): equal up to rounding.
+    assert last["robustness/gradient_energy_in_mask"] == pytest.approx(energy.nanmean().item(), abs=2e-5)
     assert last["robustness/gradient_energy_in_mask_uniform"] == pytest.approx(
         probe.object_masks.flatten(1).float().mean(1).mean().item()
     )

@@ -27,10 +27,21 @@ from xai_lightning.logging import (
     to_uint8_hwc,
 )
 
-__all__ = ["AttributionCallback", "DEFAULT_METHODS"]
+__all__ = ["CALLBACK_METHOD_DEFAULTS", "AttributionCallback", "DEFAULT_METHODS"]
 
 #: The methods compared by default (issue 3): gradients, path, noise, modified backprop, CAM, perturbation.
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam", "occlusion")
+
+#: Options this callback gives a method unless ``method_options`` sets them. Integrated Gradients
+#: runs 16 Gauss-Legendre steps here instead of the library's (and Captum's) 50: a third of the
+#: cost of the callback's slowest method, every epoch. Measured (``experiments/benchmarks/
+#: ig_steps_in_callback.py``: SmallCNN after one epoch on ConceptWorld, 64 validation images, label
+#: logit, zero baseline), 16 vs 50 steps: completeness error |Σ IG − (F(x) − F(0))| / |F(x) − F(0)|
+#: median 1.7 % vs 0.55 % (90th percentile 9.4 % vs 2.4 %); distance to a 256-step IG, ‖·‖₂
+#: relative, median 4.6 % vs 1.6 %; Spearman ρ of the Σ|IG| maps with the 256-step maps at least
+#: 0.979 vs 0.997 (median 0.996 vs 0.9995). Pass ``method_options={"integrated_gradients":
+#: {"steps": 50}}`` for the published default.
+CALLBACK_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"integrated_gradients": {"steps": 16}}
 
 
 class AttributionCallback(ObserverCallback):
@@ -71,6 +82,8 @@ class AttributionCallback(ObserverCallback):
         layer: the layer of the CAM family (``"auto"``: the last spatial 4-D output), checked at setup.
         method_options: per-method options, e.g. ``{"integrated_gradients": {"steps": 32},
             "occlusion": {"window": 6}}``; unknown options fail at setup with the valid ones.
+            Defaults differ from the methods' own only where :data:`CALLBACK_METHOD_DEFAULTS`
+            says (Integrated Gradients: 16 steps, not 50; measured there).
         max_images: probe rows shown in the grid and the table (all are scored).
         colormap: matplotlib colormap of the overlays (None: ``"jet"``, ``"RdBu_r"`` when signed).
         normalise: ``"per_map"``, ``"per_epoch"``, ``"percentile"`` or ``"signed"``: how map values
@@ -158,7 +171,7 @@ class AttributionCallback(ObserverCallback):
         return self.target
 
     def _build(self, name: str) -> AttributionMethod:
-        options = dict(self.method_options.get(name, {}))
+        options = {**CALLBACK_METHOD_DEFAULTS.get(name, {}), **self.method_options.get(name, {})}
         valid = method_class(name).option_names()
         if "layer" in valid:
             options.setdefault("layer", self.layer)
