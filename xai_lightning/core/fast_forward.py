@@ -1,0 +1,86 @@
+"""Observing passes tuned for the CPU: channels-last images, eval BatchNorms folded, cache-sized slices.
+
+A pass that only observes a model (no parameter gradients; an input gradient is fine) can run
+faster than the training forward without changing its numbers beyond float reassociation:
+
+* on a CPU the images go in channels-last (:class:`~xai_lightning.core.layout.ChannelsLastForward`);
+* every eval-mode BatchNorm after a convolution is folded into it
+  (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`);
+* on a CPU a pass takes at most :data:`CPU_INPUT_ELEMENTS_PER_PASS` input elements
+  (:func:`rows_per_pass`, :func:`pass_slices`): bigger batches run slower per image once the
+  activations outgrow the caches.
+
+SmallCNN (width 32), 512 images of 3×32×32, no gradients, one thread, a shared machine: one batch
+of 512 NCHW ~1.3 s; slices of 64 NCHW ~0.7 s; slices of 64 channels-last with folding ~0.45 s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import torch
+from torch import nn
+
+from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.layout import ChannelsLastForward
+
+__all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "FastForward", "pass_slices", "rows_per_pass"]
+
+Result = TypeVar("Result")
+
+#: On a CPU, observing passes take at most this many input elements (85 images of 3×32×32): there,
+#: bigger batches run slower per image once activations outgrow the caches (SmallCNN, 1 thread:
+#: 64 images 0.63 ms each, 1,024 images 0.99, 3,136 1.13).
+CPU_INPUT_ELEMENTS_PER_PASS = 2**18
+
+
+def rows_per_pass(
+    row: torch.Tensor, max_batch: int | None, cpu_elements: int = CPU_INPUT_ELEMENTS_PER_PASS
+) -> int | None:
+    """Rows per pass of inputs shaped like ``row`` (``(1, ...)`` or more rows): ``max_batch`` (None:
+    no cap), and on a CPU at most ``cpu_elements`` input elements (at least one row)."""
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None; got {max_batch}")
+    if row.device.type != "cpu":
+        return max_batch
+    rows = max(1, cpu_elements // max(1, math.prod(row.shape[1:])))
+    return rows if max_batch is None else min(rows, max_batch)
+
+
+def pass_slices(x: torch.Tensor, max_batch: int | None) -> Iterator[slice]:
+    """Slices of the rows of ``x`` for passes of at most :func:`rows_per_pass` rows each, evened out
+    (256 rows at a cap of 85: four passes of 64, not three of 85 and one of 1; sizes differ by at most 1)."""
+    total = x.shape[0]
+    cap = rows_per_pass(x, max_batch)
+    if total == 0:
+        return
+    count = 1 if cap is None else max(1, -(-total // cap))
+    size, larger = divmod(total, count)
+    start = 0
+    for index in range(count):
+        stop = start + size + (1 if index < larger else 0)
+        yield slice(start, stop)
+        start = stop
+
+
+class FastForward(Generic[Result]):
+    """``fast(x)``: ``forward(x)`` (default ``model(x)``) with ``x`` channels-last on a CPU and the
+    model's eval BatchNorms folded into their convolutions.
+
+    One instance per observation: the folded weights are computed from the weights as they are at
+    the first pass (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`). The
+    channels-last copy is part of the autograd graph, so input gradients still reach ``x``.
+    Modules that carry hooks during the pass (a captured layer) are not folded, so hooks see
+    what they always see.
+    """
+
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], Result] | None = None) -> None:
+        self.model = model
+        self.forward: Callable[[torch.Tensor], Result] = forward if forward is not None else model
+        self._layout = ChannelsLastForward()
+        self._folding = BatchNormFolding(model)
+
+    def __call__(self, x: torch.Tensor) -> Result:
+        return self._layout(lambda rows: self._folding(self.forward, rows), x)
