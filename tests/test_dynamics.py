@@ -505,3 +505,25 @@ def test_margins_in_shared_passes_equal_separate_calls_and_share_the_first_pass(
         torch.testing.assert_close(one.margin, alone.margin, rtol=1e-3, atol=1e-5, equal_nan=True)
         torch.testing.assert_close(one.upper, alone.upper, rtol=1e-3, atol=1e-5, equal_nan=True)
     assert bool((~shared[2].margin.isnan()).any())  # the comparison is not vacuous
+
+
+def test_fused_decoder_steps_give_the_bounds_of_the_per_parameter_adam_loop():
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    targets = image_targets(torch.rand(300, 3, 8, 8, generator=g), 4)
+    features = torch.cat([nn.functional.one_hot(labels, 3).float(), targets], 1) + 0.1 * torch.randn(
+        300, 51, generator=g
+    )
+    bounds = []
+    for fused in (True, False):
+        plane = InformationPlane({"h": 51}, num_classes=3, target_dim=targets.shape[1], seed=0)
+        if not fused:
+            groups = [{k: v for k, v in group.items() if k != "fused"} for group in plane.optimizer.param_groups]
+            plane.optimizer = torch.optim.Adam(groups)
+        assert bool(plane.optimizer.defaults.get("fused")) == fused
+        for _ in range(2):  # warm-started, as epoch after epoch
+            plane.fit({"h": features[:200]}, labels[:200], targets[:200], steps=60)
+        bounds.append(plane.bounds({"h": features[200:]}, labels[200:], targets[200:])["h"])
+    (fused_x, fused_y), (plain_x, plain_y) = bounds
+    assert fused_y == pytest.approx(plain_y, abs=1e-4) and fused_x == pytest.approx(plain_x, rel=1e-3, abs=1e-3)
+    assert fused_y > 1.0  # the labels are decodable: the comparison is not of two trivial zeros
