@@ -401,3 +401,129 @@ def test_information_bounds_are_near_zero_for_noise_and_near_the_entropy_for_lab
     # variance 1/48): per dimension ½·log2(1 + (1/48) / 0.05²) bits for Gaussian decoders.
     channel = targets.shape[1] * 0.5 * math.log2(1 + (1 / 48) / 0.05**2)
     assert 0.85 * channel < informative_x < 1.02 * channel
+
+
+# ---------------------------------------------------------------------------------------- fast passes (issue 19)
+def trained_looking_cnn(seed: int = 0) -> nn.Module:
+    """A tiny SmallCNN in eval mode whose BatchNorms have non-trivial running statistics and affine
+    parameters (so folding them into the convolutions is really exercised)."""
+    from xai_lightning import SmallCNN
+
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes=4, width=4)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("total", "max_batch"), [(256, None), (10, 4), (300, 7), (3, 5), (0, None), (1, None)])
+def test_pass_slices_cover_every_row_once_within_the_cap_and_evenly(total, max_batch):
+    from xai_lightning.core.fast_forward import pass_slices, rows_per_pass
+
+    x = torch.zeros(total, 3, 32, 32)
+    slices = list(pass_slices(x, max_batch))
+    covered = [row for part in slices for row in range(total)[part]]
+    assert covered == list(range(total))
+    sizes = [part.stop - part.start for part in slices]
+    cap = rows_per_pass(x, max_batch)
+    assert all(0 < size <= (cap or total) for size in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    assert rows_per_pass(torch.zeros(1, 3, 32, 32), None) == 85  # 2**18 input elements on a CPU
+    assert rows_per_pass(torch.zeros(1, 3, 32, 32), 16) == 16
+
+
+def test_layer_features_through_the_fast_path_equal_a_plain_hooked_forward():
+    model = trained_looking_cnn()
+    x = torch.rand(37, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    sites = resolve_feature_sites(model, ["penultimate", "features.13"], forward=lambda: model(x[:1]))
+    features, logits = layer_features(model, x, sites, pool=2, max_batch=10)
+    with torch.no_grad():
+        stage = model.features[:14](x)
+        pooled = model.pool(model.features(x)).flatten(1)
+        expected_logits = model(x)
+    torch.testing.assert_close(features["features.13"], nn.functional.adaptive_avg_pool2d(stage, 2).flatten(1))
+    torch.testing.assert_close(features["penultimate"], pooled)
+    torch.testing.assert_close(logits, expected_logits)
+
+
+def test_frequency_variant_cache_reuses_the_split_until_the_images_or_radii_change():
+    from xai_lightning.dynamics import FrequencyVariantCache, frequency_variants
+
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cache = FrequencyVariantCache()
+    first = cache(x, [4, 6], include_clean=False)
+    low4, high4 = frequency_split(x, 4)
+    low6, high6 = frequency_split(x, 6)
+    assert torch.equal(first, torch.cat([low4, low6, high4, high6]))
+    assert cache(x.clone(), [4, 6], include_clean=False) is first  # same images (a new tensor): no new split
+    with_clean = cache(x, [4, 6])
+    assert torch.equal(with_clean, frequency_variants(x, [4, 6]))  # the clean images too: a new split
+    x[2, 0, 3, 3] += 0.5  # an image changed in place
+    changed = cache(x, [4, 6])
+    assert torch.equal(changed, frequency_variants(x, [4, 6])) and not torch.equal(changed, with_clean)
+    assert torch.equal(cache(x, [4]), frequency_variants(x, [4]))  # other radii
+    assert torch.equal(cache(x[:3], [4]), frequency_variants(x[:3], [4]))  # another probe (shard)
+    # frequency_accuracy with the cache scores exactly what it scores without it.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)).eval()
+    labels = torch.randint(0, 4, (5,), generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        cached = frequency_accuracy(model, x, labels, [4, 6], cache=cache)
+        plain = frequency_accuracy(model, x, labels, [4, 6])
+        assert all(torch.equal(getattr(cached, f), getattr(plain, f)) for f in ("clean", "low", "high"))
+
+
+def test_margins_in_shared_passes_equal_separate_calls_and_share_the_first_pass():
+    from xai_lightning.dynamics import margins_in_subspaces
+
+    model = trained_looking_cnn(1)
+    x = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    subspaces = [DCTSubspace(16, 16, kind, 4) for kind in ("low", "high", "full")]
+    rows_with_gradients = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args: rows_with_gradients.append(args[0].shape[0]) if torch.is_grad_enabled() else None
+    )
+    try:
+        shared = margins_in_subspaces(model, x, subspaces, candidates=3, max_iter=20, max_batch=5)
+        shared_rows = sum(rows_with_gradients)
+        assert max(rows_with_gradients) <= 5  # max_batch caps the stacked passes too
+        rows_with_gradients.clear()
+        separate = [
+            subspace_margins(model, x, subspace, candidates=3, max_iter=20, max_batch=5) for subspace in subspaces
+        ]
+        separate_rows = sum(rows_with_gradients)
+    finally:
+        handle.remove()
+    assert shared_rows == separate_rows - 2 * 12  # one first step at the clean images serves all three subspaces
+    for one, alone in zip(shared, separate):
+        assert torch.equal(one.iterations, alone.iterations) and torch.equal(one.predictions, alone.predictions)
+        assert torch.equal(one.margin.isnan(), alone.margin.isnan())
+        torch.testing.assert_close(one.margin, alone.margin, rtol=1e-3, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(one.upper, alone.upper, rtol=1e-3, atol=1e-5, equal_nan=True)
+    assert bool((~shared[2].margin.isnan()).any())  # the comparison is not vacuous
+
+
+def test_fused_decoder_steps_give_the_bounds_of_the_per_parameter_adam_loop():
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (300,), generator=g)
+    targets = image_targets(torch.rand(300, 3, 8, 8, generator=g), 4)
+    features = torch.cat([nn.functional.one_hot(labels, 3).float(), targets], 1) + 0.1 * torch.randn(
+        300, 51, generator=g
+    )
+    bounds = []
+    for fused in (True, False):
+        plane = InformationPlane({"h": 51}, num_classes=3, target_dim=targets.shape[1], seed=0)
+        if not fused:
+            groups = [{k: v for k, v in group.items() if k != "fused"} for group in plane.optimizer.param_groups]
+            plane.optimizer = torch.optim.Adam(groups)
+        assert bool(plane.optimizer.defaults.get("fused")) == fused
+        for _ in range(2):  # warm-started, as epoch after epoch
+            plane.fit({"h": features[:200]}, labels[:200], targets[:200], steps=60)
+        bounds.append(plane.bounds({"h": features[200:]}, labels[200:], targets[200:])["h"])
+    (fused_x, fused_y), (plain_x, plain_y) = bounds
+    assert fused_y == pytest.approx(plain_y, abs=1e-4) and fused_x == pytest.approx(plain_x, rel=1e-3, abs=1e-3)
+    assert fused_y > 1.0  # the labels are decodable: the comparison is not of two trivial zeros

@@ -39,6 +39,7 @@ from xai_lightning import (
     MarginCallback,
     SmallCNN,
 )
+from xai_lightning.dynamics import image_targets
 
 
 def four_callbacks(num_probe: int = 16, **overrides) -> list[pl.Callback]:
@@ -136,6 +137,11 @@ def test_csv_logger_gets_every_documented_key_and_the_figures(tmp_path):
     assert len(table) == 1 + 16
     for callback in callbacks:
         assert [h["epoch"] for h in callback.history] == [0.0, 1.0]
+    # g(x) of the fixed decoder and probe images, pooled once at setup, is what pooling them now gives.
+    plane = callbacks[3]
+    assert isinstance(plane, InformationPlaneCallback) and plane.decoder_set is not None and plane.probe is not None
+    assert torch.equal(plane._fit_targets, image_targets(plane.decoder_set.images.cpu(), plane.target_size))
+    assert torch.equal(plane._probe_targets, image_targets(plane.probe.images.cpu(), plane.target_size))
 
 
 def test_wandb_offline_run_holds_the_scalars_figures_and_the_embedding_table(tmp_path, wandb_dir):

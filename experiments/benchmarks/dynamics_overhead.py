@@ -14,9 +14,12 @@ as median and range over the repeats, end to end and from the callback's own tim
 last epoch's ratio. Targets (issue 19): Frequency ≤ 1.05, Embedding (PCA) ≤ 1.05, Margin ≤ 1.3,
 InformationPlane ≤ 1.2. The reference is the bare epoch of the same run.
 
-    PYTHONPATH=. python experiments/benchmarks/dynamics_overhead.py [--repeats 3] [--epochs 4]
+    PYTHONPATH=. python experiments/benchmarks/dynamics_overhead.py [--repeats 3] [--epochs 4] [--clock cpu]
 
-Timings on a shared machine are noisy: re-measure on a quiet one before quoting them.
+Timings on a shared machine are noisy: re-measure on a quiet one before quoting them. ``--clock cpu``
+times the process's CPU seconds (``time.process_time``) instead of wall seconds: on a CPU run with
+one thread and no loader workers that leaves out the time other processes take the core away, so
+ratios measured on a busy machine come close to the quiet machine's (not for CUDA runs).
 """
 
 from __future__ import annotations
@@ -58,50 +61,56 @@ FACTORIES = {
 }
 
 
-class EpochClock(pl.Callback):
-    """Wall time of every training epoch, validation and epoch-end callbacks included (attach last);
-    the model's device synchronised at both ends."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
-    def __init__(self) -> None:
+
+class EpochClock(pl.Callback):
+    """Time (by ``clock``) of every training epoch, validation and epoch-end callbacks included
+    (attach last); the model's device synchronised at both ends."""
+
+    def __init__(self, clock=time.perf_counter) -> None:
         self.seconds: list[float] = []
+        self.clock = clock
 
     def on_train_epoch_start(self, trainer, pl_module):
         synchronize(pl_module.device)
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def on_train_epoch_end(self, trainer, pl_module):
         synchronize(pl_module.device)
-        self.seconds.append(time.perf_counter() - self.start)
+        self.seconds.append(self.clock() - self.start)
 
 
-def time_observations(callback) -> list[float]:
-    """Wrap ``callback.run`` to record the seconds each observation takes (the model's device
-    synchronised at both ends); returns the list it fills."""
+def time_observations(callback, clock=time.perf_counter) -> list[float]:
+    """Wrap ``callback.run`` to record the seconds (by ``clock``) each observation takes (the model's
+    device synchronised at both ends); returns the list it fills."""
     seconds: list[float] = []
     original = callback.run
 
     def run(trainer, pl_module):
         synchronize(pl_module.device)
-        start = time.perf_counter()
+        start = clock()
         try:
             return original(trainer, pl_module)
         finally:
             synchronize(pl_module.device)
-            seconds.append(time.perf_counter() - start)
+            seconds.append(clock() - start)
 
     callback.run = run
     return seconds
 
 
-def fit(datamodule, name: str | None, epochs: int, root: str, device: str = "cpu") -> tuple[list[float], list[float]]:
+def fit(
+    datamodule, name: str | None, epochs: int, root: str, device: str = "cpu", clock_name: str = "wall"
+) -> tuple[list[float], list[float]]:
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(SmallCNN(num_classes=5, width=32))
-    clock = EpochClock()
+    clock = EpochClock(CLOCKS[clock_name])
     callbacks: list[pl.Callback] = []
     observed: list[float] = []
     if name is not None:
         callback = FACTORIES[name]()
-        observed = time_observations(callback)
+        observed = time_observations(callback, CLOCKS[clock_name])
         callbacks.append(callback)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -132,18 +141,20 @@ class Overheads:
     own: dict[str, list[float]] = field(default_factory=dict)
 
 
-def measure(names: list[str], repeats: int, epochs: int, num_train: int, device: str = "cpu") -> Overheads:
+def measure(
+    names: list[str], repeats: int, epochs: int, num_train: int, device: str = "cpu", clock_name: str = "wall"
+) -> Overheads:
     """Bare fits and fits with each callback of ``names`` alone, interleaved over ``repeats``."""
     datamodule = ConceptWorldDataModule(num_train=num_train, num_val=500, batch_size=64)
     datamodule.setup("fit")
     found = Overheads(regular={n: [] for n in names}, last={n: [] for n in names}, own={n: [] for n in names})
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(repeats):
-            seconds, _ = fit(datamodule, None, epochs, root, device)
+            seconds, _ = fit(datamodule, None, epochs, root, device, clock_name)
             base = statistics.median(seconds[1:])
             found.bare.append(base)
             for name in names:
-                seconds, observed = fit(datamodule, name, epochs, root, device)
+                seconds, observed = fit(datamodule, name, epochs, root, device, clock_name)
                 found.regular[name].append(statistics.median(seconds[1:-1]) / base)
                 found.last[name].append(seconds[-1] / base)
                 found.own[name].append((base + statistics.median(observed[1:-1])) / base)
@@ -174,11 +185,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help=">= 3: warm-up, regular epochs, last epoch")
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--only", nargs="*", choices=sorted(FACTORIES), default=sorted(FACTORIES))
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall seconds, or the process's CPU seconds (busy machines)",
+    )
     args = parser.parse_args()
     if args.epochs < 3:
         parser.error("--epochs must be >= 3 (the first warms up, the last carries t-SNE / deep k-NN)")
-    found = measure(args.only, args.repeats, args.epochs, args.num_train)
-    print_table(found, args.only, args.repeats, args.epochs, args.num_train, f"cpu x{torch.get_num_threads()} threads")
+    found = measure(args.only, args.repeats, args.epochs, args.num_train, clock_name=args.clock)
+    print_table(
+        found,
+        args.only,
+        args.repeats,
+        args.epochs,
+        args.num_train,
+        f"cpu x{torch.get_num_threads()} threads, {args.clock} clock",
+    )
 
 
 if __name__ == "__main__":

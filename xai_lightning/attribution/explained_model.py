@@ -26,6 +26,7 @@ from xai_lightning.core import (
 )
 from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
 from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.fast_forward import CPU_INPUT_ELEMENTS_PER_PASS, rows_per_pass
 from xai_lightning.core.layout import ChannelsLastForward
 from xai_lightning.core.targets import ScoreFunction
 
@@ -35,12 +36,6 @@ __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_
 ScoreKind = Literal["logit", "probability"]
 
 RowMaker = Callable[[slice], torch.Tensor]
-
-#: On a CPU, gradient passes and :meth:`ExplainedModel.scores` (``cpu_tuned=True``) take at most
-#: this many input elements per pass (85 images of 3×32×32): there, bigger batches run slower per
-#: image once activations outgrow the caches (SmallCNN, 1 thread: 64 images 0.63 ms each, 1,024
-#: images 0.99, 3,136 1.13).
-CPU_INPUT_ELEMENTS_PER_PASS = 2**18
 
 
 def score_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -134,10 +129,7 @@ class ExplainedModel:
     def rows_per_pass(self, row: torch.Tensor, cpu_elements: int = CPU_INPUT_ELEMENTS_PER_PASS) -> int | None:
         """Rows per no-grad forward pass of inputs shaped like ``row`` (``(1, ...)``): ``max_batch``,
         and on a CPU at most ``cpu_elements`` input elements."""
-        if row.device.type != "cpu":
-            return self.max_batch
-        rows = max(1, cpu_elements // max(1, row[0].numel()))
-        return rows if self.max_batch is None else min(rows, self.max_batch)
+        return rows_per_pass(row, self.max_batch, cpu_elements)
 
     def fast_logits(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`logits` with images laid out channels-last on a CPU, for scoring and gradient passes.

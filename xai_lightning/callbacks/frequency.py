@@ -12,6 +12,7 @@ from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dynamics_figures import curves_figure, history_series, history_so_far
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
 from xai_lightning.dynamics import (
+    FrequencyVariantCache,
     check_radii,
     conv_weight,
     first_conv_layer,
@@ -62,7 +63,8 @@ class FrequencyCallback(ObserverCallback):
         kernel_layer: ``"auto"`` (the first ``nn.Conv2d`` the model runs), a dotted conv name, or
             None (no roughness).
         max_images: probe rows in the strip (0: no strip).
-        max_batch: cap on images per forward pass (None: all variants at once).
+        max_batch: cap on images per forward pass (None: no cap; on a CPU passes take at most
+            :data:`~xai_lightning.core.fast_forward.CPU_INPUT_ELEMENTS_PER_PASS` input elements anyway).
         output_key: where the logits are when the model returns a dict/tuple.
         num_probe, every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
@@ -107,6 +109,7 @@ class FrequencyCallback(ObserverCallback):
         self.output_key = output_key
         self.kernel_layer_name: str | None = None
         self._strip_logged = False
+        self._variants = FrequencyVariantCache()  # the probe's split, made once: it does not depend on the model
 
     @property
     def state_key(self) -> str:
@@ -135,6 +138,7 @@ class FrequencyCallback(ObserverCallback):
             include_clean=self.clean,
             max_batch=self.max_batch,
             output_key=self.output_key,
+            cache=self._variants,
         )
         return {"clean": result.clean, "low": result.low, "high": result.high}
 

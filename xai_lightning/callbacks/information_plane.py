@@ -125,6 +125,8 @@ class InformationPlaneCallback(ObserverCallback):
         self.decoder_set: ProbeSet | None = None
         self.plane: InformationPlane | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._fit_targets = torch.zeros(0)  # g(x) of the decoder images and of the probe (set in prepare)
+        self._probe_targets = torch.zeros(0)
 
     @property
     def state_key(self) -> str:
@@ -160,7 +162,10 @@ class InformationPlaneCallback(ObserverCallback):
         if self.decoder_set.labels is None:
             raise ValueError("InformationPlaneCallback: the decoder images need labels (q(y|h) is trained on them).")
         dims = {name: value.shape[1] for name, value in features.items()}
-        target_dim = image_targets(one.cpu(), self.target_size).shape[1]
+        # g(x) of the decoder and probe images: fixed sets, so pooled once here rather than every epoch.
+        self._fit_targets = image_targets(self.decoder_set.images.cpu(), self.target_size)
+        self._probe_targets = image_targets(probe.images.cpu(), self.target_size)
+        target_dim = self._fit_targets.shape[1]
         previous = self._pending_state or (self.plane.training_state() if self.plane is not None else None)
         # A fresh module per fit: under ddp_spawn, tensors created before spawning are shared by the ranks.
         self.plane = InformationPlane(
@@ -210,8 +215,7 @@ class InformationPlaneCallback(ObserverCallback):
         assert self.plane is not None and self.decoder_set is not None and probe.labels is not None
         assert self.decoder_set.labels is not None
         names = [site.name for site in self.sites]
-        fit_targets = image_targets(self.decoder_set.images.cpu(), self.target_size)
-        probe_targets = image_targets(probe.images.cpu(), self.target_size)
+        fit_targets, probe_targets = self._fit_targets, self._probe_targets
         # Every rank fits identical decoders on identical gathered features (CPU, full batch).
         with observe(self.plane):
             self.plane.train()

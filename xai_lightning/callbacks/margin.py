@@ -10,7 +10,7 @@ import torch
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.dynamics_figures import band_figure, history_series, history_so_far
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit
-from xai_lightning.dynamics import DCTSubspace, subspace_margins
+from xai_lightning.dynamics import DCTSubspace, margins_in_subspaces
 from xai_lightning.dynamics.margins import Subspace
 
 __all__ = ["MarginCallback"]
@@ -23,7 +23,8 @@ class MarginCallback(ObserverCallback):
     coefficients of each channel; ``"high"``: the bottom-right block; ``"full"``: unrestricted), the
     L2 norm of the smallest perturbation within the subspace that changes the model's prediction
     (:func:`~xai_lightning.dynamics.subspace_margins`: batched subspace DeepFool, then regula falsi
-    along the found direction; exact for an affine model). Runs inside the observer guard with
+    along the found direction; exact for an affine model; all subspaces in shared passes,
+    :func:`~xai_lightning.dynamics.margins_in_subspaces`). Runs inside the observer guard with
     gradients taken with respect to the input only (training stays bit-identical). The published
     finding on natural images: small margins in the low-frequency subspace, large (often none
     found) in the high-frequency one. Logged keys:
@@ -50,7 +51,8 @@ class MarginCallback(ObserverCallback):
         refine_steps: regula-falsi steps along the DeepFool direction.
         num_probe, every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
-        max_batch: cap on images per forward/backward pass.
+        max_batch: cap on images per forward/backward pass (None: no cap; on a CPU passes take at
+            most :data:`~xai_lightning.core.fast_forward.CPU_INPUT_ELEMENTS_PER_PASS` input elements).
         output_key: where the logits are when the model returns a dict/tuple.
 
     Margins are measured from the model's *prediction* (no labels needed). DDP: the probe is
@@ -114,20 +116,20 @@ class MarginCallback(ObserverCallback):
         self.projections = {kind: DCTSubspace(height, width, kind, self.block) for kind in self.subspaces}
 
     def explain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: ProbeSet) -> dict[str, torch.Tensor]:
+        results = margins_in_subspaces(  # the subspaces share their passes (the first step's at the clean images)
+            pl_module,
+            probe.images,
+            list(self.projections.values()),
+            candidates=self.candidates,
+            max_iter=self.max_iter,
+            overshoot=self.overshoot,
+            refine_steps=self.refine_steps,
+            max_batch=self.max_batch,
+            output_key=self.output_key,
+            trainer=trainer,
+        )
         out = {}
-        for kind, subspace in self.projections.items():
-            result = subspace_margins(
-                pl_module,
-                probe.images,
-                subspace,
-                candidates=self.candidates,
-                max_iter=self.max_iter,
-                overshoot=self.overshoot,
-                refine_steps=self.refine_steps,
-                max_batch=self.max_batch,
-                output_key=self.output_key,
-                trainer=trainer,
-            )
+        for kind, result in zip(self.projections, results):
             out[f"margin/{kind}"] = result.margin
             out[f"iterations/{kind}"] = result.iterations
         return out

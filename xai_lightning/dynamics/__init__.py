@@ -39,11 +39,13 @@ from xai_lightning.dynamics.features import (
 )
 from xai_lightning.dynamics.frequency import (
     FrequencyAccuracy,
+    FrequencyVariantCache,
     check_radii,
     conv_weight,
     first_conv_layer,
     frequency_accuracy,
     frequency_split,
+    frequency_variants,
     kernel_roughness,
     largest_radius,
     low_pass,
@@ -56,7 +58,14 @@ from xai_lightning.dynamics.information_plane import (
     gaussian_nll_bits,
     image_targets,
 )
-from xai_lightning.dynamics.margins import DCTSubspace, MarginResult, Subspace, dct_matrix, subspace_margins
+from xai_lightning.dynamics.margins import (
+    DCTSubspace,
+    MarginResult,
+    Subspace,
+    dct_matrix,
+    margins_in_subspaces,
+    subspace_margins,
+)
 
 __all__ = [
     "DEFAULT_K",
@@ -64,6 +73,7 @@ __all__ = [
     "DCTSubspace",
     "FeatureSite",
     "FrequencyAccuracy",
+    "FrequencyVariantCache",
     "InformationPlane",
     "LayerDecoders",
     "MarginResult",
@@ -80,6 +90,7 @@ __all__ = [
     "flatten_features",
     "frequency_accuracy",
     "frequency_split",
+    "frequency_variants",
     "gaussian_nll_bits",
     "image_targets",
     "kernel_roughness",
@@ -88,6 +99,7 @@ __all__ = [
     "layer_features",
     "linear_probe_accuracy",
     "low_pass",
+    "margins_in_subspaces",
     "modules_in_run_order",
     "neighbour_label_counts",
     "nonconformity",

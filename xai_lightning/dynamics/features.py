@@ -20,12 +20,12 @@ from torch import nn
 
 from xai_lightning.core import (
     LayerNotFoundError,
-    batch_slices,
     get_layer,
     layer_names,
     resolve_layers,
     select_logits,
 )
+from xai_lightning.core.fast_forward import FastForward, pass_slices
 
 __all__ = [
     "PENULTIMATE",
@@ -121,7 +121,10 @@ def layer_features(
     """Features ``{site.name: (N, D)}`` and logits ``(N, K)`` of ``images (N, C, H, W)``, no gradients.
 
     Runs the model as it is (call inside :func:`~xai_lightning.core.observe` for eval mode and an
-    isolated random stream), ``max_batch`` images per forward pass.
+    isolated random stream), ``max_batch`` images per forward pass, on a CPU at most
+    :data:`~xai_lightning.core.fast_forward.CPU_INPUT_ELEMENTS_PER_PASS` input elements, through
+    :class:`~xai_lightning.core.fast_forward.FastForward` (channels-last, eval BatchNorms folded
+    where no site is hooked: the numbers of a plain forward up to float reassociation).
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -151,11 +154,12 @@ def layer_features(
         )
     features: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
     logits: list[torch.Tensor] = []
+    forward = FastForward(model)
     try:
         with torch.no_grad():
-            for rows in batch_slices(images.shape[0], max_batch):
+            for rows in pass_slices(images, max_batch):
                 captured.clear()
-                logits.append(select_logits(model(images[rows]), output_key).detach().float())
+                logits.append(select_logits(forward(images[rows]), output_key).detach().float())
                 for site in sites:
                     features[site.name].append(captured[site.name])
     finally:

@@ -30,16 +30,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xai_lightning.core import LayerNotFoundError, batch_slices, get_layer, layer_names, select_logits
+from xai_lightning.core import LayerNotFoundError, get_layer, layer_names, select_logits
+from xai_lightning.core.fast_forward import FastForward, pass_slices
 from xai_lightning.dynamics.features import modules_in_run_order
 
 __all__ = [
     "FrequencyAccuracy",
+    "FrequencyVariantCache",
     "check_radii",
     "conv_weight",
     "first_conv_layer",
     "frequency_accuracy",
     "frequency_split",
+    "frequency_variants",
     "kernel_roughness",
     "largest_radius",
     "low_pass",
@@ -116,6 +119,36 @@ class FrequencyAccuracy:
     high: torch.Tensor
 
 
+def frequency_variants(images: torch.Tensor, radii: Sequence[float], *, include_clean: bool = True) -> torch.Tensor:
+    """``((1 + 2R)·B, C, H, W)``: ``images (B, C, H, W)`` (if ``include_clean``), then ``x_low`` of
+    each radius, then ``x_high`` of each radius, stacked in that order — what :func:`frequency_accuracy`
+    scores."""
+    lows, highs = zip(*(frequency_split(images, radius) for radius in radii))
+    return torch.cat(([images] if include_clean else []) + list(lows) + list(highs))
+
+
+class FrequencyVariantCache:
+    """:func:`frequency_variants` of the last images seen, recomputed only when they change.
+
+    A callback scores the same probe images every epoch; their spectral split does not depend on
+    the model. The cache keeps a copy of the images it split and compares the next call's images
+    with it (``torch.equal``, a fraction of the split's cost), so changed images, radii, dtype or
+    device are split afresh.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._images: torch.Tensor | None = None
+        self._variants: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor, radii: Sequence[float], *, include_clean: bool = True) -> torch.Tensor:
+        key = (tuple(float(r) for r in radii), include_clean, tuple(images.shape), images.dtype, images.device)
+        if self._variants is None or key != self._key or not torch.equal(self._images, images):
+            self._variants = frequency_variants(images, radii, include_clean=include_clean)
+            self._images, self._key = images.detach().clone(), key
+        return self._variants
+
+
 def frequency_accuracy(
     model: nn.Module,
     images: torch.Tensor,
@@ -125,27 +158,32 @@ def frequency_accuracy(
     include_clean: bool = True,
     max_batch: int | None = None,
     output_key: str | int | None = None,
+    cache: FrequencyVariantCache | None = None,
 ) -> FrequencyAccuracy:
     """Score ``model`` on ``x``, ``x_low`` and ``x_high`` of ``images (B, C, H, W)`` for every radius.
 
-    All ``(1 + 2R)·B`` variants go through the model in one stream of ``max_batch``-sized
-    forward passes, without gradients. Run it inside :func:`~xai_lightning.core.observe`
-    (eval mode). ``include_clean=False`` skips the clean pass (``clean`` is then all False).
+    All ``(1 + 2R)·B`` variants go through the model in one stream of forward passes without
+    gradients, ``max_batch`` images each (on a CPU at most
+    :data:`~xai_lightning.core.fast_forward.CPU_INPUT_ELEMENTS_PER_PASS` input elements), through
+    :class:`~xai_lightning.core.fast_forward.FastForward` (channels-last, eval BatchNorms folded:
+    a plain forward's logits up to float reassociation). Run it inside
+    :func:`~xai_lightning.core.observe` (eval mode). ``include_clean=False`` skips the clean pass
+    (``clean`` is then all False). ``cache`` reuses the split of images scored before.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W); got {tuple(images.shape)}")
     radii = check_radii(radii, *images.shape[-2:])
     batch = images.shape[0]
-    lows, highs = zip(*(frequency_split(images, radius) for radius in radii))
-    variants = ([images] if include_clean else []) + list(lows) + list(highs)
-    stacked = torch.cat(variants)
+    stacked = (cache or frequency_variants)(images, radii, include_clean=include_clean)
+    variants = 2 * len(radii) + (1 if include_clean else 0)
     correct = []
-    repeated = labels.to(images.device).repeat(len(variants))
+    repeated = labels.to(images.device).repeat(variants)
+    forward = FastForward(model)
     with torch.no_grad():
-        for rows in batch_slices(stacked.shape[0], max_batch):
-            logits = select_logits(model(stacked[rows]), output_key)
+        for rows in pass_slices(stacked, max_batch):
+            logits = select_logits(forward(stacked[rows]), output_key)
             correct.append(logits.argmax(1) == repeated[rows])
-    hits = torch.cat(correct).view(len(variants), batch)
+    hits = torch.cat(correct).view(variants, batch)
     offset = 1 if include_clean else 0
     count = len(radii)
     return FrequencyAccuracy(
