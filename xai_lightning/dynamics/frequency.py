@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,7 +144,7 @@ class FrequencyVariantCache:
 
     def __call__(self, images: torch.Tensor, radii: Sequence[float], *, include_clean: bool = True) -> torch.Tensor:
         key = (tuple(float(r) for r in radii), include_clean, tuple(images.shape), images.dtype, images.device)
-        if self._variants is None or key != self._key or not torch.equal(self._images, images):
+        if self._variants is None or self._images is None or key != self._key or not torch.equal(self._images, images):
             self._variants = frequency_variants(images, radii, include_clean=include_clean)
             self._images, self._key = images.detach().clone(), key
         return self._variants
@@ -178,7 +179,7 @@ def frequency_accuracy(
     variants = 2 * len(radii) + (1 if include_clean else 0)
     correct = []
     repeated = labels.to(images.device).repeat(variants)
-    forward = FastForward(model)
+    forward: FastForward[Any] = FastForward(model)
     with torch.no_grad():
         for rows in pass_slices(stacked, max_batch):
             logits = select_logits(forward(stacked[rows]), output_key)
