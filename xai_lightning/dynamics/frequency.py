@@ -143,7 +143,7 @@ class FrequencyVariantCache:
 
     def __call__(self, images: torch.Tensor, radii: Sequence[float], *, include_clean: bool = True) -> torch.Tensor:
         key = (tuple(float(r) for r in radii), include_clean, tuple(images.shape), images.dtype, images.device)
-        if self._variants is None or key != self._key or not torch.equal(self._images, images):
+        if self._variants is None or self._images is None or key != self._key or not torch.equal(self._images, images):
             self._variants = frequency_variants(images, radii, include_clean=include_clean)
             self._images, self._key = images.detach().clone(), key
         return self._variants
