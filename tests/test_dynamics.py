@@ -527,3 +527,20 @@ def test_fused_decoder_steps_give_the_bounds_of_the_per_parameter_adam_loop():
     (fused_x, fused_y), (plain_x, plain_y) = bounds
     assert fused_y == pytest.approx(plain_y, abs=1e-4) and fused_x == pytest.approx(plain_x, rel=1e-3, abs=1e-3)
     assert fused_y > 1.0  # the labels are decodable: the comparison is not of two trivial zeros
+
+
+def test_frequency_accuracy_through_the_fast_path_scores_like_the_plain_model():
+    """Channels-last, folded BatchNorms and cache-sized passes: the plain forward's predictions (bar
+    float ties, which the seeded data does not have)."""
+    model = trained_looking_cnn(2)
+    x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        predictions = model(x).argmax(1)
+    labels = torch.where(torch.arange(40) % 2 == 0, predictions, (predictions + 1) % 4)  # half right, half wrong
+    result = frequency_accuracy(model, x, labels, [3, 6], max_batch=9)
+    with torch.no_grad():
+        assert torch.equal(result.clean, model(x).argmax(1) == labels)
+        for index, radius in enumerate((3, 6)):
+            low, high = frequency_split(x, radius)
+            assert torch.equal(result.low[:, index], model(low).argmax(1) == labels)
+            assert torch.equal(result.high[:, index], model(high).argmax(1) == labels)

@@ -56,9 +56,10 @@ class FrequencyCallback(ObserverCallback):
 
     Args:
         radii: radii of the low-pass disc, in (0, min(H, W) // 2]; checked at ``setup`` (too large:
-            the error names the largest valid radius). Default ``[8]`` keeps the overhead within 5 %
-            of a 2,000-image ConceptWorld epoch at 256 probes; Wang et al.'s curves use 4, 8, 12, 16
-            at 32×32 (each radius adds two passes over the probe set).
+            the error names the largest valid radius). Default ``[8]``: two passes over the probe
+            set, about 5 % of a 2,000-image ConceptWorld epoch at 256 probes (SmallCNN, one CPU
+            thread; ``experiments/benchmarks/dynamics_overhead.py``); Wang et al.'s curves use 4, 8,
+            12, 16 at 32×32 (each radius adds two passes over the probe set).
         clean: also score the unfiltered probe images (one more pass).
         kernel_layer: ``"auto"`` (the first ``nn.Conv2d`` the model runs), a dotted conv name, or
             None (no roughness).

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +35,6 @@ from xai_lightning.core.batchnorm_folding import BatchNormFolding
 from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "FastForward", "fast_forward", "pass_slices", "rows_per_pass"]
-
-Result = TypeVar("Result")
 
 #: On a CPU, observing passes take at most this many input elements (85 images of 3×32×32): there,
 #: bigger batches run slower per image once activations outgrow the caches (SmallCNN, 1 thread:
@@ -73,7 +71,7 @@ def pass_slices(x: torch.Tensor, max_batch: int | None) -> Iterator[slice]:
         start = stop
 
 
-class FastForward(Generic[Result]):
+class FastForward:
     """``fast(x)``: ``forward(x)`` (default ``model(x)``) with ``x`` channels-last on a CPU and the
     model's eval BatchNorms folded into their convolutions.
 
@@ -84,13 +82,13 @@ class FastForward(Generic[Result]):
     what they always see.
     """
 
-    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], Result] | None = None) -> None:
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], Any] | None = None) -> None:
         self.model = model
-        self.forward: Callable[[torch.Tensor], Result] = forward if forward is not None else model
+        self.forward: Callable[[torch.Tensor], Any] = forward if forward is not None else model
         self._layout = ChannelsLastForward()
         self._folding = BatchNormFolding(model)
 
-    def __call__(self, x: torch.Tensor) -> Result:
+    def __call__(self, x: torch.Tensor) -> Any:
         return self._layout(lambda rows: self._folding(self.forward, rows), x)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +154,7 @@ def layer_features(
         )
     features: dict[str, list[torch.Tensor]] = {site.name: [] for site in sites}
     logits: list[torch.Tensor] = []
-    forward: FastForward[Any] = FastForward(model)
+    forward = FastForward(model)
     try:
         with torch.no_grad():
             for rows in pass_slices(images, max_batch):

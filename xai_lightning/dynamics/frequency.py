@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -179,7 +178,7 @@ def frequency_accuracy(
     variants = 2 * len(radii) + (1 if include_clean else 0)
     correct = []
     repeated = labels.to(images.device).repeat(variants)
-    forward: FastForward[Any] = FastForward(model)
+    forward = FastForward(model)
     with torch.no_grad():
         for rows in pass_slices(stacked, max_batch):
             logits = select_logits(forward(stacked[rows]), output_key)

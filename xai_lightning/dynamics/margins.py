@@ -249,8 +249,9 @@ class _Passes:
                 differences.append(difference.detach())
                 gradients.append(gradient.detach())
             logit_parts.append(logits.detach())
-            difference_parts.append(torch.stack(differences))
-            gradient_parts.append(torch.stack(gradients))
+            # A one-class model has no runner-up: no steps, so every example ends stuck (margin NaN).
+            difference_parts.append(torch.stack(differences) if differences else logits.new_zeros(0, part.shape[0]))
+            gradient_parts.append(torch.stack(gradients) if gradients else part.new_zeros(0, *part.shape))
         return torch.cat(logit_parts), torch.cat(difference_parts, 1), torch.cat(gradient_parts, 1)
 
 
@@ -277,7 +278,7 @@ class _DeepFoolState:
         """Add the DeepFool step of the active examples (``differences (J, a)``, ``gradients (J, a, C, H, W)``
         at their current points); returns which of them are stuck (no usable projected gradient)."""
         best_distance = torch.full((self.active.numel(),), torch.inf, device=differences.device)
-        best_step = torch.zeros_like(gradients[0], dtype=dtype)
+        best_step = torch.zeros(gradients.shape[1:], dtype=dtype, device=gradients.device)
         for difference, gradient in zip(differences, gradients):
             w = self.subspace.project(gradient.float()).to(dtype)
             norm = w.flatten(1).norm(dim=1)
