@@ -25,9 +25,7 @@ from xai_lightning.core import (
     resolve_targets,
 )
 from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
-from xai_lightning.core.batchnorm_folding import BatchNormFolding
-from xai_lightning.core.fast_forward import CPU_INPUT_ELEMENTS_PER_PASS, rows_per_pass
-from xai_lightning.core.layout import ChannelsLastForward
+from xai_lightning.core.fast_forward import CPU_INPUT_ELEMENTS_PER_PASS, FastForward, rows_per_pass
 from xai_lightning.core.targets import ScoreFunction
 
 __all__ = ["CPU_INPUT_ELEMENTS_PER_PASS", "ExplainedModel", "ScoreKind", "score_precision", "scores_from_logits"]
@@ -90,8 +88,7 @@ class ExplainedModel:
             max_batch = memory_aware_max_batch(row_bytes, like.device)
         self.max_batch = max_batch
         self.want_delta = want_delta
-        self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
-        self._folding = BatchNormFolding(model, enabled=fold_batchnorm)  # eval BatchNorms folded into their convs
+        self._fast = FastForward(model, self.logits, fold_batchnorm=fold_batchnorm)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, num_classes)`` logits of a forward pass on ``x`` (autograd-connected); ``(R, 1)`` scores
@@ -144,7 +141,7 @@ class ExplainedModel:
         (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`: no BatchNorm pass
         forward or backward, the same numbers up to float reassociation).
         """
-        return self._layout(lambda rows: self._folding(self.logits, rows), x)
+        return self._fast(x)
 
     def scores(
         self, total: int, make_rows: RowMaker, row_targets: torch.Tensor, kind: ScoreKind, *, cpu_tuned: bool = False

@@ -79,17 +79,28 @@ class FastForward:
     the first pass (:class:`~xai_lightning.core.batchnorm_folding.BatchNormFolding`). The
     channels-last copy is part of the autograd graph, so input gradients still reach ``x``.
     Modules that carry hooks during the pass (a captured layer) are not folded, so hooks see
-    what they always see.
+    what they always see. ``fold_batchnorm=False`` keeps only the layout change.
+
+    The one home of this composition: attribution passes
+    (:meth:`~xai_lightning.attribution.ExplainedModel.fast_logits`), layer activations
+    (:class:`~xai_lightning.core.layer_activations.LayerActivations`, through :meth:`run` with a
+    forward of their own) and the :func:`fast_forward` block all go through it.
     """
 
-    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], Any] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, forward: Callable[[torch.Tensor], Any] | None = None, fold_batchnorm: bool = True
+    ) -> None:
         self.model = model
         self.forward: Callable[[torch.Tensor], Any] = forward if forward is not None else model
-        self._layout = ChannelsLastForward()
-        self._folding = BatchNormFolding(model)
+        self._layout = ChannelsLastForward()  # remembers whether the model takes channels-last images
+        self._folding = BatchNormFolding(model, enabled=fold_batchnorm)
 
     def __call__(self, x: torch.Tensor) -> Any:
-        return self._layout(lambda rows: self._folding(self.forward, rows), x)
+        return self.run(self.forward, x)
+
+    def run(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        """``forward(x)`` with this instance's layout and folded BatchNorms (``forward`` calls the model)."""
+        return self._layout(lambda rows: self._folding(forward, rows), x)
 
 
 _MISSING = object()

@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.fast_forward import FastForward
 from xai_lightning.core.layers import LayerSpec, LayerSpecLike, get_layer, parse_layer
-from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["LayerActivations"]
 
@@ -42,8 +41,7 @@ class LayerActivations:
         self.specs: list[LayerSpec] = [parse_layer(layer) for layer in layers]
         self.layers = [spec.key for spec in self.specs]
         self.modules = {spec.key: get_layer(model, spec.name) for spec in self.specs}
-        self._layout = ChannelsLastForward()
-        self._folding = BatchNormFolding(model)
+        self._fast = FastForward(model)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
@@ -87,7 +85,7 @@ class LayerActivations:
         ]
         try:
             with torch.no_grad():
-                self._layout(lambda x: self._folding(forward, x), images)
+                self._fast.run(forward, images)
         finally:
             for handle in handles:
                 handle.remove()
