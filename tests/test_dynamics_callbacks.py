@@ -163,6 +163,28 @@ def test_wandb_offline_run_holds_the_scalars_figures_and_the_embedding_table(tmp
     assert len(tables) == 2 and tables[0]["embedding/penultimate/points._type"] == "table-file"
 
 
+def test_figures_follow_their_schedule_while_every_epoch_logs_its_scalars(tmp_path):
+    """figure_every_n_epochs=2 over 4 epochs: figures at the first observation (epoch 0), the second
+    after it (epoch 2) and the last (epoch 3), not at epoch 1; scalars and table rows every epoch."""
+    logger = CSVLogger(str(tmp_path))
+    frequency = FrequencyCallback(num_probe=16, radii=[8], figure_every_n_epochs=2, on_error="raise")
+    embedding = EmbeddingCallback(
+        num_probe=16, tsne_epochs=[], knn_reference=0, factor="colour", figure_every_n_epochs=2, on_error="raise"
+    )
+    fit_small(tmp_path, [frequency, embedding], logger=logger, epochs=4)
+    expected = [int(frequency.history[epoch]["step"]) for epoch in (0, 2, 3)]
+    files = Path(logger.log_dir) / "xai"
+    for key in ("frequency/curves", "embedding/penultimate/pca"):
+        drawn = sorted(int(path.stem.removeprefix("step_")) for path in (files / key).glob("*.png"))
+        assert drawn == expected, key
+    for callback in (frequency, embedding):
+        assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0, 3.0]
+    tables = sorted((files / "embedding/penultimate/points").glob("*.csv"))
+    assert len(tables) == 4 and all(len(t.read_text().splitlines()) == 1 + 16 for t in tables)  # one per epoch
+    with pytest.raises(ValueError, match="figure_every_n_epochs must be >= 1; got 0"):
+        MarginCallback(figure_every_n_epochs=0)
+
+
 def test_embedding_factor_colours_match_the_concept_world_latent(tmp_path):
     callback = EmbeddingCallback(num_probe=16, tsne_epochs=[], knn_reference=0, factor="colour", on_error="raise")
     fit_small(tmp_path, [callback], epochs=1)

@@ -104,6 +104,13 @@ class ObserverCallback(RecordsSettings, pl.Callback):
         self._validated_epoch: int | None = None  # the last epoch in which a validation run was observed
         self._step = 0
         self._sinks = SinkSet([])
+        self.figure_every_n_epochs = 1  # see figures_due; set by set_figure_schedule
+
+    def set_figure_schedule(self, figure_every_n_epochs: int) -> None:
+        """Draw figures at every ``figure_every_n_epochs``-th observation only (see :meth:`figures_due`)."""
+        if figure_every_n_epochs < 1:
+            raise ValueError(f"figure_every_n_epochs must be >= 1; got {figure_every_n_epochs}")
+        self.figure_every_n_epochs = figure_every_n_epochs
 
     # ------------------------------------------------------------------ user API
     def set_probe(
@@ -222,6 +229,21 @@ class ObserverCallback(RecordsSettings, pl.Callback):
             self._observe(trainer, pl_module)
         elif self._validated_epoch != trainer.current_epoch and self._scheduled(trainer):
             self._observe(trainer, pl_module)  # an epoch without validation
+
+    def figures_due(self, trainer: pl.Trainer) -> bool:
+        """Whether this observation draws its figures (rank zero only): the first observation of the
+        history, every ``figure_every_n_epochs``-th after it, the last one of a ``fit``, and every
+        observation outside ``fit``. Scalars and tables are logged at every observation either way.
+
+        Why a schedule: a figure that redraws the whole history (curves over epochs) costs as much
+        as a fifth of an observation in matplotlib alone, and the history it shows is logged as
+        scalars every epoch anyway; the last epoch's figure is always complete.
+        """
+        if not trainer.is_global_zero:
+            return False
+        if trainer.state.fn != "fit":
+            return True
+        return len(self.history) % self.figure_every_n_epochs == 0 or self._training_ends(trainer)
 
     @property
     def observes_final_weights(self) -> bool:

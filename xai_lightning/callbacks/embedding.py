@@ -75,7 +75,8 @@ class EmbeddingCallback(ObserverCallback):
     ``embedding/<layer>/linear_probe_acc``              held-out accuracy of a linear probe (half
                                                         the probe images train it)
     ``embedding/<layer>/knn_conformity``                mean deep-k-NN conformity (kNN epochs)
-    ``embedding/<layer>/pca``                           figure: PC1 × PC2, by class (and factor)
+    ``embedding/<layer>/pca``                           figure: PC1 × PC2, by class (and factor), at
+                                                        ``figure_every_n_epochs``
     ``embedding/<layer>/tsne``                          figure: t-SNE, by class (and factor)
     ``embedding/<layer>/points``                        table: epoch, probe, label, prediction,
                                                         factor, pc1, pc2, tsne1, tsne2 (NaN when
@@ -100,6 +101,10 @@ class EmbeddingCallback(ObserverCallback):
         seed: seeds PCA's random range finder, t-SNE, the linear probe's split and the reference draw.
         max_batch: cap on images per forward pass.
         output_key: where the logits are when the model returns a dict/tuple.
+        figure_every_n_epochs: draw the PCA scatter plots at the first observation, every n-th
+            after it and the last of a fit (t-SNE's are drawn at its epochs;
+            :meth:`~xai_lightning.callbacks.ObserverCallback.figures_due`); every observation's
+            scalars and ``points`` table rows are logged either way.
         every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
     """
@@ -111,6 +116,7 @@ class EmbeddingCallback(ObserverCallback):
         layers: str | list[str] = "penultimate",
         num_probe: int = 256,
         every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 5,
         num_components: int = 2,
         tsne_epochs: list[int] | None = None,
         tsne_perplexity: float = 30.0,
@@ -132,6 +138,7 @@ class EmbeddingCallback(ObserverCallback):
             probe_seed=probe_seed,
             on_error=on_error,
         )
+        self.set_figure_schedule(figure_every_n_epochs)
         if num_components < 2:
             raise ValueError(f"num_components must be >= 2 (the scatter shows two); got {num_components}")
         if factor is not None and factor not in ("shape", "texture", "colour", "background"):
@@ -276,7 +283,14 @@ class EmbeddingCallback(ObserverCallback):
             if trainer.is_global_zero:
                 embedded = tsne(features, self.tsne_perplexity, seed=self.seed) if with_tsne else None
                 self._log_embedding(
-                    trainer, site.name, components.projected[:, :2], embedded, labels, predictions, probe
+                    trainer,
+                    site.name,
+                    components.projected[:, :2],
+                    embedded,
+                    labels,
+                    predictions,
+                    probe,
+                    draw_pca=self.figures_due(trainer),
                 )
         return scalars
 
@@ -296,6 +310,7 @@ class EmbeddingCallback(ObserverCallback):
         labels: torch.Tensor,
         predictions: torch.Tensor,
         probe: ProbeSet,
+        draw_pca: bool = True,
     ) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         previous_tsne = self.embeddings.get(layer, {}).get("tsne")
@@ -307,8 +322,9 @@ class EmbeddingCallback(ObserverCallback):
             "factor": self.factor_codes,
         }
         colourings = self._colourings(labels, probe)
-        figure = scatter_figure(projected.numpy(), colourings, f"{layer}: PCA, epoch {epoch}", ("PC1", "PC2"))
-        self.sinks.figure(f"{self.namespace}/{layer}/pca", figure, step)
+        if draw_pca:
+            figure = scatter_figure(projected.numpy(), colourings, f"{layer}: PCA, epoch {epoch}", ("PC1", "PC2"))
+            self.sinks.figure(f"{self.namespace}/{layer}/pca", figure, step)
         if embedded is not None:
             figure = scatter_figure(
                 embedded.numpy(), colourings, f"{layer}: t-SNE, epoch {epoch}", ("t-SNE 1", "t-SNE 2")

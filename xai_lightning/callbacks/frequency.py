@@ -67,6 +67,9 @@ class FrequencyCallback(ObserverCallback):
         max_batch: cap on images per forward pass (None: no cap; on a CPU passes take at most
             :data:`~xai_lightning.core.fast_forward.CPU_INPUT_ELEMENTS_PER_PASS` input elements anyway).
         output_key: where the logits are when the model returns a dict/tuple.
+        figure_every_n_epochs: draw the accuracy curves at the first observation, every
+            n-th after it and the last of a fit (:meth:`~xai_lightning.callbacks.ObserverCallback.figures_due`);
+            every observation's scalars are logged either way.
         num_probe, every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
 
@@ -80,6 +83,7 @@ class FrequencyCallback(ObserverCallback):
         radii: list[float] | None = None,
         num_probe: int = 256,
         every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 5,
         clean: bool = False,
         kernel_layer: str | None = "auto",
         max_images: int = 6,
@@ -96,6 +100,7 @@ class FrequencyCallback(ObserverCallback):
             probe_seed=probe_seed,
             on_error=on_error,
         )
+        self.set_figure_schedule(figure_every_n_epochs)
         self.radii = [float(r) for r in (radii if radii is not None else [8.0])]
         if not self.radii or any(r <= 0 for r in self.radii):
             raise ValueError(f"radii must be a non-empty list of positive radii; got {radii}")
@@ -156,13 +161,12 @@ class FrequencyCallback(ObserverCallback):
         if self.kernel_layer_name is not None:
             weight = conv_weight(pl_module, self.kernel_layer_name)
             scalars[f"{self.namespace}/kernel_roughness"] = float(roughness_of(weight))
-        if trainer.is_global_zero:
-            step = trainer.global_step
+        if self.figures_due(trainer):
             figure = self.curves(history_so_far(self.history, trainer.current_epoch, scalars))
-            self.sinks.figure(f"{self.namespace}/curves", figure, step)
-            if self.max_images and not self._strip_logged:
-                self._log_strip(trainer, probe)
-                self._strip_logged = True
+            self.sinks.figure(f"{self.namespace}/curves", figure, trainer.global_step)
+        if trainer.is_global_zero and self.max_images and not self._strip_logged:
+            self._log_strip(trainer, probe)
+            self._strip_logged = True
         return scalars
 
     def curves(self, history: list[dict[str, float]]) -> Any:

@@ -66,6 +66,9 @@ class InformationPlaneCallback(ObserverCallback):
         seed: seeds the decoders' initialisation and the decoder-image draw.
         max_batch: cap on images per forward pass.
         output_key: where the logits are when the model returns a dict/tuple.
+        figure_every_n_epochs: draw the information-plane trajectory at the first observation, every
+            n-th after it and the last of a fit (:meth:`~xai_lightning.callbacks.ObserverCallback.figures_due`);
+            every observation's scalars are logged either way.
         every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
     """
@@ -77,6 +80,7 @@ class InformationPlaneCallback(ObserverCallback):
         layers: str | list[str] = "penultimate",
         num_probe: int = 256,
         every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 5,
         decoder_images: int = 512,
         decoder_split: ProbeSplit = "train",
         decoder_steps: int = 200,
@@ -98,6 +102,7 @@ class InformationPlaneCallback(ObserverCallback):
             probe_seed=probe_seed,
             on_error=on_error,
         )
+        self.set_figure_schedule(figure_every_n_epochs)
         for name, value in (
             ("decoder_images", decoder_images),
             ("decoder_steps", decoder_steps),
@@ -231,7 +236,7 @@ class InformationPlaneCallback(ObserverCallback):
             scalars[f"{self.namespace}/{name}/ixh"] = ixh
             scalars[f"{self.namespace}/{name}/iyh"] = iyh
         scalars[f"{self.namespace}/decoder_steps"] = float(self.plane.steps)
-        if trainer.is_global_zero:
+        if self.figures_due(trainer):
             figure = self.figure(history_so_far(self.history, trainer.current_epoch, scalars))
             self.sinks.figure(f"{self.namespace}/plane", figure, trainer.global_step)
         return scalars

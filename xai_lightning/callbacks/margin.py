@@ -49,6 +49,9 @@ class MarginCallback(ObserverCallback):
         max_iter: DeepFool steps at most (an example stops once its prediction flips).
         overshoot: DeepFool's overshoot; the reported margin is refined back onto the boundary.
         refine_steps: regula-falsi steps along the DeepFool direction.
+        figure_every_n_epochs: draw the quartile bands at the first observation, every
+            n-th after it and the last of a fit (:meth:`~xai_lightning.callbacks.ObserverCallback.figures_due`);
+            every observation's scalars are logged either way.
         num_probe, every_n_epochs, probe_split, probe_seed, on_error: see
             :class:`~xai_lightning.callbacks.ObserverCallback`.
         max_batch: cap on images per forward/backward pass (None: no cap; on a CPU passes take at
@@ -71,6 +74,7 @@ class MarginCallback(ObserverCallback):
         refine_steps: int = 1,
         num_probe: int = 256,
         every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 5,
         max_batch: int | None = None,
         output_key: str | int | None = None,
         probe_split: ProbeSplit = "val",
@@ -84,6 +88,7 @@ class MarginCallback(ObserverCallback):
             probe_seed=probe_seed,
             on_error=on_error,
         )
+        self.set_figure_schedule(figure_every_n_epochs)
         self.subspaces: list[Subspace] = list(subspaces) if subspaces is not None else ["low", "high"]
         unknown = [s for s in self.subspaces if s not in ("low", "high", "full")]
         if unknown or not self.subspaces or len(set(self.subspaces)) != len(self.subspaces):
@@ -152,7 +157,7 @@ class MarginCallback(ObserverCallback):
                 medians[kind] = float(median)
         if "low" in medians and "high" in medians and medians["low"] > 0:
             scalars[f"{self.namespace}/high_over_low"] = medians["high"] / medians["low"]
-        if trainer.is_global_zero:
+        if self.figures_due(trainer):
             figure = self.bands(history_so_far(self.history, trainer.current_epoch, scalars))
             self.sinks.figure(f"{self.namespace}/bands", figure, trainer.global_step)
         return scalars
