@@ -83,3 +83,31 @@ def test_a_captured_layer_sees_its_own_output():
     with fast_forward(model), LayerCapture(model, "features.9") as capture:
         model(x)
     torch.testing.assert_close(capture.activations["features.9"], plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_lightning_module_wrapping_the_network_runs_fast_and_is_restored():
+    """``fast_forward(pl_module)``: the wrapper's forward calls the network, whose BatchNorms fold all the same."""
+    from xai_lightning import ImageClassifier
+
+    module = ImageClassifier(evaluated_cnn()).eval()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    plain_logits, plain_gradient = logits_and_input_gradient(module, x)
+    with fast_forward(module):
+        fast_logits, fast_gradient = logits_and_input_gradient(module, x)
+    assert "forward" not in module.__dict__
+    torch.testing.assert_close(fast_logits, plain_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_gradient, plain_gradient, rtol=1e-4, atol=1e-5 * plain_gradient.abs().max().item())
+    assert not torch.equal(fast_logits, plain_logits)  # folded arithmetic reached the wrapped network
+    assert torch.equal(logits_and_input_gradient(module, x)[0], plain_logits)  # and left it as it was
+
+
+def test_without_folding_only_the_layout_changes():
+    """``FastForward(fold_batchnorm=False)`` is exactly the model on a channels-last copy of the input."""
+    from xai_lightning.core.fast_forward import FastForward
+
+    model = evaluated_cnn()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x.contiguous(memory_format=torch.channels_last))
+        assert torch.equal(FastForward(model, fold_batchnorm=False)(x), expected)
+        assert not torch.equal(FastForward(model)(x), expected)  # folding on by default
