@@ -158,7 +158,12 @@ def measure(
     """Bare fits and fits with each callback of ``names`` alone, interleaved over ``repeats``."""
     datamodule = ConceptWorldDataModule(num_train=num_train, num_val=num_val, batch_size=64)
     datamodule.setup("fit")
-    found = Overheads(regular={n: [] for n in names}, last={n: [] for n in names}, own={n: [] for n in names})
+    found = Overheads(
+        regular={n: [] for n in names},
+        last={n: [] for n in names},
+        own={n: [] for n in names},
+        own_median={n: [] for n in names},
+    )
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(repeats):
             seconds, _ = fit(datamodule, None, epochs, root, device, clock_name)
@@ -169,7 +174,7 @@ def measure(
                 found.regular[name].append(statistics.median(seconds[1:-1]) / base)
                 found.last[name].append(seconds[-1] / base)
                 found.own[name].append((base + statistics.mean(observed[1:-1])) / base)
-                found.own_median.setdefault(name, []).append((base + statistics.median(observed[1:-1])) / base)
+                found.own_median[name].append((base + statistics.median(observed[1:-1])) / base)
             print(f"repeat {repeat + 1}/{repeats} done", flush=True)
     return found
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,15 +74,23 @@ def attention_benchmark(probes: int, repeats: int) -> None:
     )
 
 
-def forward_seconds(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
+def no_grad_forward(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A no-grad forward as Grad-CAM runs it (``ExplainedModel.fast_logits``: channels-last images on a CPU)."""
     explained = ExplainedModel(model)
-    with torch.no_grad():
-        return median_seconds(lambda: explained.fast_logits(images), repeats)
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return explained.fast_logits(images)
+
+    return forward
 
 
-def matched_cnn(vit: torch.nn.Module, images: torch.Tensor, repeats: int) -> tuple[torch.nn.Module, float, float]:
-    """The SmallCNN whose forward time on ``images`` is closest to the ViT's."""
+def forward_seconds(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
+    return median_seconds(no_grad_forward(model, images), repeats)
+
+
+def matched_cnn(vit: torch.nn.Module, images: torch.Tensor, repeats: int) -> torch.nn.Module:
+    """The SmallCNN whose forward time on ``images`` is closest to the ViT's (timed apart: only to pick it)."""
     vit_forward = forward_seconds(vit, images, repeats)
     best = None
     for width in (8, 12, 16, 20, 24, 32):
@@ -94,7 +103,7 @@ def matched_cnn(vit: torch.nn.Module, images: torch.Tensor, repeats: int) -> tup
         f"  forward (no grad, as Grad-CAM runs it): ViT {vit_forward * 1e3:.1f} ms; closest CNN: "
         f"SmallCNN(width={best[1]}) {best[2] * 1e3:.1f} ms"
     )
-    return best[0], vit_forward, best[2]
+    return best[0]
 
 
 def hand_grad_cam_gradient(vit: VisionTransformer, images: torch.Tensor, block: int) -> torch.Tensor:
@@ -113,23 +122,14 @@ def grad_cam_benchmark(probes: int, repeats: int) -> None:
     vit = VisionTransformer(dim=64, depth=4, heads=4).eval()
     images = ConceptWorld(probes, seed=2).images
     print(f"[grad-cam] {probes} images, ViT(dim 64, depth 4, 8x8 patches):")
-    cnn, _, _ = matched_cnn(vit, images, repeats)
+    cnn = matched_cnn(vit, images, repeats)
     blocks = [f"blocks.{i}.norm1:input@vit" for i in range(4)]
     stages = ["features.6", "features.13", "features.17", "features.20"]
-    vit_explained, cnn_explained = ExplainedModel(vit), ExplainedModel(cnn)
-
-    def no_grad_forward(explained: ExplainedModel):
-        def forward():
-            with torch.no_grad():
-                return explained.fast_logits(images)
-
-        return forward
-
     # The forwards are timed among the Grad-CAM runs, so that load drift hits numerator and denominator alike.
     timed = timed_interleaved(
         {
-            "vit forward": no_grad_forward(vit_explained),
-            "cnn forward": no_grad_forward(cnn_explained),
+            "vit forward": no_grad_forward(vit, images),
+            "cnn forward": no_grad_forward(cnn, images),
             "vit last": lambda: grad_cam(vit, images, "predicted", "auto"),
             "cnn last": lambda: grad_cam(cnn, images, "predicted", "auto"),
             "vit all": lambda: grad_cam(vit, images, "predicted", blocks),
