@@ -50,6 +50,29 @@ def test_auto_picks_the_last_spatial_layer_not_the_1x1_pool():
     assert resolve_layers(resnet, ["auto", "layer2"], forward=lambda: resnet(x)) == ["layer3", "layer2"]
 
 
+def test_auto_is_remembered_per_model_modules_and_input_shape():
+    from xai_lightning.core import resolve_layer_specs
+
+    model = SmallCNN(num_classes=3, width=4).eval()
+    passes = []
+
+    def resolve(x):
+        def forward():
+            passes.append(tuple(x.shape))
+            return model(x)
+
+        return resolve_layer_specs(model, "auto", forward, sample=x)[0].key
+
+    big, small = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 4, 4)
+    assert resolve(big) == resolve(big) == "features" and len(passes) == 1
+    # 4x4 images leave 1x1 maps after the second pooling: another input shape, another answer.
+    assert resolve(small) == "features.13" and len(passes) == 2
+    model.features[20] = nn.Sequential(nn.ReLU(), nn.Conv2d(16, 16, 1))  # a replaced module: look again
+    assert resolve(big) == "features" and len(passes) == 3
+    assert resolve_layer_specs(model, "auto", lambda: passes.append("plain") or model(big))  # no sample: no memory
+    assert passes[-1] == "plain"
+
+
 def test_auto_fails_clearly_on_a_model_without_4d_outputs():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(LayerNotFoundError, match="found no module with a 4-D"):
@@ -81,6 +104,66 @@ def test_capture_survives_an_inplace_module_downstream():
     expected = (pre_relu > 0).float() * model.head.weight[1].view(1, 3, 1, 1) / 25
     torch.testing.assert_close(grad, expected)
     torch.testing.assert_close(capture.gradients["conv"], expected)
+
+
+@pytest.mark.parametrize("graph_from_layers", [False, True])
+def test_an_inplace_module_gets_a_copy_of_a_captured_input(graph_from_layers):
+    torch.manual_seed(0)
+    model = ConvThenInplaceReLU()
+    x = torch.randn(2, 2, 5, 5)
+    with LayerCapture(model, "relu:input", graph_from_layers=graph_from_layers) as capture:
+        out = model(x)
+    (grad,) = capture.gradients_of(out[:, 1].sum())
+    pre_relu = model.conv(x)
+    torch.testing.assert_close(capture.activations["relu:input"], pre_relu)  # the value the ReLU received
+    torch.testing.assert_close(out, model.head(pre_relu.relu().mean((2, 3))))
+    torch.testing.assert_close(grad, (pre_relu > 0).float() * model.head.weight[1].view(1, 3, 1, 1) / 25)
+
+
+def test_graph_from_layers_gives_the_same_gradients_and_records_nothing_below_the_layer():
+    from xai_lightning.models import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(dim=16, depth=3, heads=2).eval()
+    cnn = resnet20(num_classes=3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    # The ViT's residual stream feeds both the LayerNorm and the skip connection: both paths count.
+    for model, layers, below in (
+        (vit, ["blocks.1.norm1:input@vit", "blocks.2"], vit.patch_embed.weight),
+        (cnn, ["layer2", "layer3.1.conv1"], next(cnn.stem.parameters())),
+    ):
+        gradients = {}
+        for graph_from_layers in (False, True):
+            with LayerCapture(model, layers, graph_from_layers=graph_from_layers) as capture:
+                logits = model(x)
+            assert torch.is_grad_enabled()  # restored on exit
+            gradients[graph_from_layers] = capture.gradients_of(logits[:, 1].sum(), retain_graph=True)
+            if graph_from_layers:
+                assert logits.requires_grad
+                with pytest.raises(RuntimeError, match="does not require grad|not have been used"):
+                    torch.autograd.grad(logits[:, 1].sum(), below)  # the graph starts at the first layer
+        for full, from_layer in zip(gradients[False], gradients[True]):
+            torch.testing.assert_close(from_layer, full, rtol=1e-5, atol=1e-7)
+
+
+def test_graph_from_layers_differentiates_a_frozen_network_and_restores_the_grad_mode():
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3, width=4).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 16, 16)
+    with LayerCapture(model, "features.3", graph_from_layers=True) as capture:
+        logits = model(x)
+    (gradient,) = capture.gradients_of(logits[:, 0].sum())
+    assert gradient.shape == capture.activations["features.3"].shape and gradient.abs().sum() > 0
+    with torch.no_grad():
+        with LayerCapture(model, "features.3", graph_from_layers=True):
+            model(x)
+        assert not torch.is_grad_enabled()
+        with pytest.raises(ZeroDivisionError):
+            with LayerCapture(model, "features.3", graph_from_layers=True):
+                model(x)
+                raise ZeroDivisionError
+        assert not torch.is_grad_enabled()
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
 
 
 def test_capture_rejects_tuple_outputs_with_a_clear_message():

@@ -100,16 +100,19 @@ def grad_cam(
     target_parts: list[torch.Tensor] = []
     score_fn, target = split_target(target)
     with observe(model, trainer=trainer) as guard:
-        specs = resolve_layer_specs(model, layers, lambda: model(guard.input(inputs[:1], requires_grad=False)), reshape)
+        one = inputs[:1]
+        specs = resolve_layer_specs(
+            model, layers, lambda: model(guard.input(one, requires_grad=False)), reshape, sample=one
+        )
         names = [spec.key for spec in specs]
         maps = {name: [] for name in names}
         explained = ExplainedModel(model, output_key, max_batch, score_fn=score_fn, like=inputs)
         slice_targets = BatchTargets(target, labels, inputs.shape[0])
         for rows in explained.slices(inputs.shape[0]):
-            # The input's own gradient is never computed, but requiring it keeps a graph to the
-            # layers of a frozen network (parameters with requires_grad=False).
-            x = guard.input(inputs[rows])
-            with LayerCapture(model, specs) as capture:
+            # Only gradients with respect to the layers are needed: the graph starts at the first
+            # of them (also in a frozen network, whose parameters do not require gradients).
+            x = guard.input(inputs[rows], requires_grad=False)
+            with LayerCapture(model, specs, graph_from_layers=True) as capture:
                 logits = explained.fast_logits(x)
             targets = slice_targets(rows, logits)
             activations = [capture.activations[name] for name in names]

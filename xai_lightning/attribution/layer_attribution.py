@@ -115,7 +115,7 @@ class _LayerMethod(AttributionMethod):
             return spec
         if not inputs.is_floating_point():
             return parse_layer(embedding_layer(model, lambda: model(inputs[:1]), inputs[:1]))
-        (spec,) = resolve_layer_specs(model, "auto", lambda: model(inputs[:1]))
+        (spec,) = resolve_layer_specs(model, "auto", lambda: model(inputs[:1]), sample=inputs[:1])
         return spec
 
     @staticmethod
@@ -285,8 +285,8 @@ class LayerGradientXActivation(_LayerMethod):
 
         parts = []
         for rows in explained.slices(inputs.shape[0]):
-            x = guard.input(inputs[rows])
-            with LayerCapture(explained.model, spec) as capture:
+            x = guard.input(inputs[rows], requires_grad=False)
+            with LayerCapture(explained.model, spec, graph_from_layers=True) as capture:
                 logits = explained.logits(x)
             targets = resolve_targets(target, logits, None if labels is None else labels[rows])
             (gradient,) = capture.gradients_of(class_scores(logits, targets).sum(), [spec.key])

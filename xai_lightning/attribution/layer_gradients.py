@@ -10,6 +10,7 @@ passes of at most ``max_batch`` inputs, and upsamples maps to the input resoluti
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,7 +41,8 @@ def resolve_layer(
 ) -> str:
     """The spec key of ``layer`` (``"auto"`` resolved with a forward pass on one input); ``reshape``
     applies when the layer names none."""
-    (spec,) = resolve_layer_specs(explained.model, layer, lambda: explained.model(inputs[:1].detach()), reshape)
+    one = inputs[:1].detach()
+    (spec,) = resolve_layer_specs(explained.model, layer, lambda: explained.model(one), reshape, sample=one)
     return spec.key
 
 
@@ -60,8 +62,12 @@ def layer_slices(
     """
     slice_targets = BatchTargets(target, labels, inputs.shape[0])
     for rows in explained.slices(inputs.shape[0]):
-        x = inputs[rows].detach().requires_grad_(gradients)
-        with LayerCapture(explained.model, layer) as capture:
+        x = inputs[rows].detach()
+        # Without gradients the whole pass runs unrecorded; with them, from the layer on only.
+        with (
+            torch.no_grad() if not gradients else contextlib.nullcontext(),
+            LayerCapture(explained.model, layer, graph_from_layers=gradients) as capture,
+        ):
             logits = explained.fast_logits(x)
         activation = capture.activations[layer]
         if activation.dim() != 4:

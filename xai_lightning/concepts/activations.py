@@ -98,9 +98,10 @@ def logit_gradients(
     folding = BatchNormFolding(model)
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
-            # requires_grad on the input: a layer with no parameters below it must still be differentiable.
-            x = guard.input(inputs[rows])
-            with LayerCapture(model, list(layers)) as capture:
+            # Only gradients with respect to the layers are needed: the graph starts at the first of
+            # them (also for a layer with no parameters below it).
+            x = guard.input(inputs[rows], requires_grad=False)
+            with LayerCapture(model, list(layers), graph_from_layers=True) as capture:
                 logits = output_scores(
                     layout(lambda images: folding(model, images), x), output_key, score_fn, batch=x.shape[0]
                 )

@@ -37,7 +37,17 @@ class LayerCapture:
     :meth:`gradients_of`: the folded view is not on the forward path, so its gradient is the
     folded gradient of the raw tensor (exact, as reshapes only rearrange elements).
 
-    Hooks are removed on exit, also when the forward raises.
+    ``graph_from_layers=True`` is for passes that only differentiate with respect to the captured
+    layers (Grad-CAM and the CAM family, TCAV's directional derivatives): the forward runs without
+    recording an autograd graph until the first captured layer, whose tensor becomes a leaf that
+    requires a gradient; recording starts there (and stays on until the block ends). The numbers
+    are the same; the part of the network below the layer is not recorded, saved for backward or
+    kept in memory (our ViT, last block: hooked forward + gradient 1.62× → 1.32× a plain forward).
+    Gradients with respect to the input or to parameters below the first layer are then not
+    available. A module that modifies a captured *input* in place gets a copy, so the recorded
+    tensor keeps the value the module received, in both modes.
+
+    Hooks are removed and the grad mode is restored on exit, also when the forward raises.
 
     Example::
 
@@ -52,6 +62,7 @@ class LayerCapture:
         layers: LayerSpecLike | Sequence[LayerSpecLike],
         gradients: bool = False,
         reshape: str | Reshape | None = None,
+        graph_from_layers: bool = False,
     ) -> None:
         entries = [layers] if isinstance(layers, (str, LayerSpec, dict)) else list(layers)
         self.specs: dict[str, LayerSpec] = {}
@@ -60,6 +71,8 @@ class LayerCapture:
             self.specs[spec.key] = spec
         self._modules = {key: get_layer(model, spec.name) for key, spec in self.specs.items()}
         self.gradients_enabled = gradients
+        self.graph_from_layers = graph_from_layers
+        self._grad_mode_on_entry: bool | None = None
         self.raw: dict[str, torch.Tensor] = {}
         self._raw_gradients: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
@@ -103,6 +116,11 @@ class LayerCapture:
                 f"Layer {key!r} ({type(module).__name__}) {what} {type(tensor).__name__}, not a tensor; "
                 "choose a layer whose output is a single tensor."
             )
+        if self.graph_from_layers and tensor.is_floating_point():
+            # Recording starts here: a tensor made without a graph is a leaf, so it can require a gradient.
+            torch.set_grad_enabled(True)
+            if not tensor.requires_grad:
+                tensor.requires_grad_(True)
         self.raw[key] = tensor
         if self.gradients_enabled and tensor.requires_grad:
             tensor.register_hook(lambda grad: self._raw_gradients.__setitem__(key, grad))
@@ -115,15 +133,22 @@ class LayerCapture:
         return hook
 
     def _input_hook(self, key: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            tensor = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-            self._store(key, module, tensor, "receives")
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                tensor = self._store(key, module, args[0], "receives")
+                return (tensor.clone(), *args[1:]), kwargs
+            name = next((name for name, value in kwargs.items() if isinstance(value, torch.Tensor)), None)
+            tensor = self._store(key, module, None if name is None else kwargs[name], "receives")
+            return args, {**kwargs, name: tensor.clone()}
 
         return hook
 
     def __enter__(self: _Capture) -> _Capture:
         self.raw.clear()
         self._raw_gradients.clear()
+        if self.graph_from_layers:
+            self._grad_mode_on_entry = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)
         for key, module in self._modules.items():
             if self.specs[key].capture == "input":
                 handle = module.register_forward_pre_hook(self._input_hook(key), with_kwargs=True)
@@ -143,3 +168,6 @@ class LayerCapture:
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+        if self._grad_mode_on_entry is not None:
+            torch.set_grad_enabled(self._grad_mode_on_entry)
+            self._grad_mode_on_entry = None
