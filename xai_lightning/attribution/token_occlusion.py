@@ -36,7 +36,7 @@ from xai_lightning.attribution.explained_model import (
 )
 from xai_lightning.attribution.method import AttributionMethod
 from xai_lightning.attribution.token_inputs import explainable_tokens, token_ids
-from xai_lightning.core import ObserverGuard, TargetSpec, observe, split_target, unwrap_model
+from xai_lightning.core import ObserverGuard, TargetSpec, observe, resolve_targets, split_target, unwrap_model
 
 __all__ = ["OcclusionMode", "TokenOcclusion", "TokenOcclusionResult", "word_attribution"]
 
@@ -216,19 +216,24 @@ class TokenOcclusion(AttributionMethod):
             start += rows
         return passes
 
-    def _score_rows(
-        self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, targets: torch.Tensor, width: int, trim: bool
-    ) -> torch.Tensor:
-        """Scores of rows produced by ``make(row indices) → (r, T)``, evaluated in length-sorted passes."""
-        scores = torch.empty(lengths.numel(), dtype=torch.float64, device=lengths.device)
+    def _row_logits(self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, trim: bool) -> torch.Tensor:
+        """``(R, K)`` logits of rows produced by ``make(row indices) → (r, T)``, in length-sorted passes."""
+        parts, order = [], []
         with torch.no_grad():
             for rows in self._passes(lengths):
                 ids = make(rows)
                 if trim:
                     ids = ids[:, : max(int(lengths[rows].max()), 1)]
-                logits = score_precision(explained.logits(ids))
-                scores[rows] = scores_from_logits(logits, targets[rows], self.score).double()
-        return scores
+                parts.append(score_precision(explained.logits(ids)))
+                order.append(rows)
+        logits = torch.cat(parts)
+        return torch.empty_like(logits).index_copy_(0, torch.cat(order), logits)
+
+    def _score_rows(
+        self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, targets: torch.Tensor, trim: bool
+    ) -> torch.Tensor:
+        """``(R,)`` float64 scores of the rows' targets (see :meth:`_row_logits`)."""
+        return scores_from_logits(self._row_logits(explained, make, lengths, trim), targets, self.score).double()
 
     def _explain(
         self,
@@ -241,7 +246,6 @@ class TokenOcclusion(AttributionMethod):
         explained.check_score_kind(self.score)
         batch, width = ids.shape
         device = ids.device
-        targets, _ = explained.resolve(ids, target, labels)
         real = ids != self.pad_id
         positions = torch.arange(width, device=device)
         lengths = torch.where(
@@ -279,8 +283,8 @@ class TokenOcclusion(AttributionMethod):
             out.scatter_(1, destination, source)
             return out[:, :width]
 
-        trim, original = self._original_scores(explained, ids, lengths, targets)
-        perturbed = self._score_rows(explained, occluded, row_lengths, targets[example], width, trim)
+        trim, targets, original = self._original_scores(explained, ids, lengths, target, labels)
+        perturbed = self._score_rows(explained, occluded, row_lengths, targets[example], trim)
         drops = original[example] - perturbed  # (R,)
 
         window_drops = torch.full((batch, max_windows), float("nan"), dtype=torch.float64, device=device)
@@ -304,16 +308,26 @@ class TokenOcclusion(AttributionMethod):
         )
 
     def _original_scores(
-        self, explained: ExplainedModel, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[bool, torch.Tensor]:
-        """``(trim, scores of the unoccluded sentences)``. ``"auto"`` trims when cutting the padding of the
-        most padded sentences changes none of their scores (one small extra pass)."""
-        width = ids.shape[1]
+        self,
+        explained: ExplainedModel,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        target: TargetSpec,
+        labels: torch.Tensor | None,
+    ) -> tuple[bool, torch.Tensor, torch.Tensor]:
+        """``(trim, targets, scores of the unoccluded sentences)``. The targets are resolved from the same
+        pass (``"predicted"`` needs no pass of its own). ``"auto"`` trims when cutting the padding of
+        the most padded sentences changes none of their scores (two small extra passes)."""
         trim = self.trim_padding
         if trim == "auto":
             padded = torch.argsort(lengths, stable=True)[:TRIM_CHECK_SENTENCES]
-            sample, sample_lengths, sample_targets = ids[padded], lengths[padded], targets[padded]
-            full = self._score_rows(explained, lambda rows: sample[rows], sample_lengths, sample_targets, width, False)
-            cut = self._score_rows(explained, lambda rows: sample[rows], sample_lengths, sample_targets, width, True)
+            sample, sample_lengths = ids[padded], lengths[padded]
+            full = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, False)
+            cut = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, True)
+            # Every class's score is compared: the targets are not known before the sentences' pass.
+            if self.score == "probability":
+                full, cut = full.softmax(1), cut.softmax(1)
             trim = bool(torch.allclose(full, cut, rtol=1e-4, atol=1e-6))
-        return bool(trim), self._score_rows(explained, lambda rows: ids[rows], lengths, targets, width, bool(trim))
+        logits = self._row_logits(explained, lambda rows: ids[rows], lengths, bool(trim))
+        targets = resolve_targets(target, logits, labels)
+        return bool(trim), targets, scores_from_logits(logits, targets, self.score).double()
