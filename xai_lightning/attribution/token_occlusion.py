@@ -11,12 +11,12 @@ it (for ``ngram=1``: the drop when that word alone is occluded). Words are singl
 ``word_ids`` groups sub-word tokens. Padding and ``protected_ids`` (e.g. [CLS], [SEP]) are never
 occluded and get 0.
 
-Batched across tokens *and* sentences: all ``Σ_b W_b`` occluded sentences are built as rows, sorted
-by length and evaluated in passes of at most ``tokens_per_pass`` tokens (and ``max_batch`` rows);
-each pass is cut to its longest row (``trim_padding``), so a short sentence does not pay for the
-longest one's padding. Trimming is exact for a model that ignores trailing padding (attention
-mask from the padding, masked pooling); ``trim_padding="auto"`` checks that on the most padded
-unoccluded sentences first and keeps full width otherwise.
+Batched across tokens *and* sentences: all ``Σ_b W_b`` occluded sentences and the ``B`` unoccluded
+ones are built as rows, sorted by length and evaluated in passes of at most ``tokens_per_pass``
+tokens (and ``max_batch`` rows); each pass is cut to its longest row (``trim_padding``), so a short
+sentence does not pay for the longest one's padding. Trimming is exact for a model that ignores
+trailing padding (attention mask from the padding, masked pooling); ``trim_padding="auto"`` checks
+that on the most padded unoccluded sentences first and keeps full width otherwise.
 """
 
 from __future__ import annotations
@@ -229,12 +229,6 @@ class TokenOcclusion(AttributionMethod):
         logits = torch.cat(parts)
         return torch.empty_like(logits).index_copy_(0, torch.cat(order), logits)
 
-    def _score_rows(
-        self, explained: ExplainedModel, make: Any, lengths: torch.Tensor, targets: torch.Tensor, trim: bool
-    ) -> torch.Tensor:
-        """``(R,)`` float64 scores of the rows' targets (see :meth:`_row_logits`)."""
-        return scores_from_logits(self._row_logits(explained, make, lengths, trim), targets, self.score).double()
-
     def _explain(
         self,
         explained: ExplainedModel,
@@ -272,8 +266,14 @@ class TokenOcclusion(AttributionMethod):
         else:
             replacement = self.pad_id  # mode "pad" (mode "remove" does not replace words)
 
+        # One set of passes scores the unoccluded sentences (rows 0 … B-1: nothing hidden) and the
+        # occluded rows together: no pass of their own for the B sentences.
+        row_example = torch.cat([torch.arange(batch, device=device), example])
+        row_hidden = torch.cat([torch.zeros_like(ids, dtype=torch.bool), covered_words])
+        all_lengths = torch.cat([lengths, row_lengths])
+
         def occluded(rows: torch.Tensor) -> torch.Tensor:
-            source, hide = ids[example[rows]], covered_words[rows]
+            source, hide = ids[row_example[rows]], row_hidden[rows]
             if self.mode != "remove":
                 return torch.where(hide, torch.full_like(source, replacement), source)
             keep = ~hide
@@ -283,8 +283,11 @@ class TokenOcclusion(AttributionMethod):
             out.scatter_(1, destination, source)
             return out[:, :width]
 
-        trim, targets, original = self._original_scores(explained, ids, lengths, target, labels)
-        perturbed = self._score_rows(explained, occluded, row_lengths, targets[example], trim)
+        trim = self._trims_padding(explained, ids, lengths)
+        logits = self._row_logits(explained, occluded, all_lengths, trim)
+        targets = resolve_targets(target, logits[:batch], labels)
+        scores = scores_from_logits(logits, torch.cat([targets, targets[example]]), self.score).double()
+        original, perturbed = scores[:batch], scores[batch:]
         drops = original[example] - perturbed  # (R,)
 
         window_drops = torch.full((batch, max_windows), float("nan"), dtype=torch.float64, device=device)
@@ -307,27 +310,16 @@ class TokenOcclusion(AttributionMethod):
             trimmed=trim,
         )
 
-    def _original_scores(
-        self,
-        explained: ExplainedModel,
-        ids: torch.Tensor,
-        lengths: torch.Tensor,
-        target: TargetSpec,
-        labels: torch.Tensor | None,
-    ) -> tuple[bool, torch.Tensor, torch.Tensor]:
-        """``(trim, targets, scores of the unoccluded sentences)``. The targets are resolved from the same
-        pass (``"predicted"`` needs no pass of its own). ``"auto"`` trims when cutting the padding of
-        the most padded sentences changes none of their scores (two small extra passes)."""
-        trim = self.trim_padding
-        if trim == "auto":
-            padded = torch.argsort(lengths, stable=True)[:TRIM_CHECK_SENTENCES]
-            sample, sample_lengths = ids[padded], lengths[padded]
-            full = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, False)
-            cut = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, True)
-            # Every class's score is compared: the targets are not known before the sentences' pass.
-            if self.score == "probability":
-                full, cut = full.softmax(1), cut.softmax(1)
-            trim = bool(torch.allclose(full, cut, rtol=1e-4, atol=1e-6))
-        logits = self._row_logits(explained, lambda rows: ids[rows], lengths, bool(trim))
-        targets = resolve_targets(target, logits, labels)
-        return bool(trim), targets, scores_from_logits(logits, targets, self.score).double()
+    def _trims_padding(self, explained: ExplainedModel, ids: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Whether passes are cut to their longest row: ``"auto"`` checks that cutting the padding of the
+        most padded sentences changes none of their scores, for any class (two small passes)."""
+        if self.trim_padding != "auto":
+            return bool(self.trim_padding)
+        padded = torch.argsort(lengths, stable=True)[:TRIM_CHECK_SENTENCES]
+        sample, sample_lengths = ids[padded], lengths[padded]
+        full = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, False)
+        cut = self._row_logits(explained, lambda rows: sample[rows], sample_lengths, True)
+        # Every class's score is compared: the targets come from the sentences' pass, after this check.
+        if self.score == "probability":
+            full, cut = full.softmax(1), cut.softmax(1)
+        return bool(torch.allclose(full, cut, rtol=1e-4, atol=1e-6))
