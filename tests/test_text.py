@@ -147,6 +147,19 @@ def test_trimming_padding_is_exact_for_a_padding_blind_model_and_skipped_for_oth
     )
 
 
+def test_token_occlusion_explains_the_predicted_class_read_from_the_sentences_own_pass():
+    torch.manual_seed(2)
+    model = TextClassifier(VOCAB, 3, dim=16, depth=1, max_length=8).eval()
+    with torch.no_grad():
+        probabilities = model(SENTENCES).softmax(1)
+    result = TokenOcclusion(mode="pad", tokens_per_pass=8).explain(model, SENTENCES, "predicted")
+    assert torch.equal(result.targets, probabilities.argmax(1))
+    torch.testing.assert_close(result.original, probabilities.max(1).values, atol=1e-6, rtol=1e-5)
+    # The same drops as explaining those classes given explicitly.
+    given = TokenOcclusion(mode="pad", tokens_per_pass=8).explain(model, SENTENCES, probabilities.argmax(1))
+    torch.testing.assert_close(result.window_drops, given.window_drops, equal_nan=True)
+
+
 @pytest.mark.parametrize("baseline", ["zero", "pad"])
 def test_ig_on_the_embedding_layer_is_complete_and_equals_captum(baseline):
     from captum.attr import LayerIntegratedGradients as CaptumLayerIG
