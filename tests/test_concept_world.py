@@ -166,6 +166,28 @@ def test_items_and_batches_follow_the_documented_convention():
         unpack_batch({"pixels": x})
 
 
+def test_a_loader_fetches_whole_batches_equal_to_the_items_one_by_one():
+    from torch.utils.data import DataLoader, Subset
+
+    world = ConceptWorld(30, seed=4)
+    picked = [7, 3, 29, 3]
+    for fetched, index in zip(world.__getitems__(picked), picked):
+        expected = world[index]
+        assert fetched.keys() == expected.keys() and fetched["index"] == index
+        for key in ("image", "masks", "object_mask"):
+            assert torch.equal(fetched[key], expected[key])
+    # DataLoader asks for whole batches (also through a Subset); the batch stacks the items.
+    subset = Subset(world, list(range(5, 30)))
+    renders = []
+    render_masks = world.masks
+    world.masks = lambda rows: renders.append(len(rows)) or render_masks(rows)
+    batch = next(iter(DataLoader(subset, batch_size=6, shuffle=False)))
+    assert renders == [6]  # one vectorised call for the batch
+    del world.masks
+    assert torch.equal(batch["masks"], torch.stack([world[i]["masks"] for i in range(5, 11)]))
+    assert batch["index"].tolist() == list(range(5, 11))
+
+
 def test_handwritten_digits_are_real_stratified_and_upsampled():
     train, val = HandwrittenDigits("train"), HandwrittenDigits("val")
     assert len(train) + len(val) == 1797
