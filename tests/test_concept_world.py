@@ -186,6 +186,13 @@ def test_a_loader_fetches_whole_batches_equal_to_the_items_one_by_one():
     del world.masks
     assert torch.equal(batch["masks"], torch.stack([world[i]["masks"] for i in range(5, 11)]))
     assert batch["index"].tolist() == list(range(5, 11))
+    # Callbacks draw their probe sets the same way.
+    from xai_lightning.callbacks.probe import draw_probe
+
+    probe, available = draw_probe(world, 10, seed=3)
+    assert available == 30 and probe.object_masks is not None
+    assert torch.equal(probe.object_masks, torch.stack([world[int(i)]["object_mask"] for i in probe.indices]))
+    assert torch.equal(probe.images, world.images[probe.indices])
 
 
 def test_handwritten_digits_are_real_stratified_and_upsampled():

@@ -193,7 +193,10 @@ def draw_probe(source: Dataset | DataLoader, num: int, seed: int = 0) -> tuple[P
             available = len(source)
             generator = torch.Generator().manual_seed(seed)
             indices = torch.randperm(available, generator=generator)[: min(num, available)]
-            items = [source[int(i)] for i in indices]
+            rows = [int(i) for i in indices]
+            # A dataset that fetches whole batches (``__getitems__``, as DataLoader uses) renders them at once.
+            fetch_all = getattr(source, "__getitems__", None)
+            items = list(fetch_all(rows)) if fetch_all is not None else [source[row] for row in rows]
     if not items:
         raise ValueError("The probe source is empty: no images to explain.")
     stacked = _stack_items(items)
