@@ -24,7 +24,7 @@ from xai_lightning.core import (
     output_scores,
     resolve_targets,
 )
-from xai_lightning.core.batching import activation_bytes_per_row, memory_aware_max_batch
+from xai_lightning.core.batching import activation_bytes_per_row, even_slices, memory_aware_max_batch
 from xai_lightning.core.fast_forward import CPU_INPUT_ELEMENTS_PER_PASS, FastForward, rows_per_pass
 from xai_lightning.core.targets import ScoreFunction
 
@@ -176,7 +176,7 @@ class ExplainedModel:
         gradient depend on that row only: the slicing changes nothing but float reassociation."""
         if total == 0:
             return iter(())
-        return batch_slices(total, self.rows_per_pass(make_rows(slice(0, 1))))
+        return even_slices(total, self.rows_per_pass(make_rows(slice(0, 1))))
 
     def gradients(
         self, total: int, make_rows: RowMaker, row_targets: torch.Tensor

@@ -19,6 +19,7 @@ __all__ = [
     "GRAPH_MEMORY_FACTOR",
     "activation_bytes_per_row",
     "batch_slices",
+    "even_slices",
     "map_batched",
     "memory_aware_max_batch",
 ]
@@ -38,6 +39,21 @@ def batch_slices(total: int, max_batch: int | None) -> Iterator[slice]:
     step = total if max_batch is None else max_batch
     for start in range(0, total, max(step, 1)):
         yield slice(start, min(start + step, total))
+
+
+def even_slices(total: int, cap: int | None) -> Iterator[slice]:
+    """Slices covering ``range(total)`` in the fewest passes of at most ``cap`` rows (None: one pass),
+    evened out: 256 rows at a cap of 85 are four passes of 64, not three of 85 and one of 1 (sizes
+    differ by at most 1; a pass of one row runs a CPU's kernels at their least efficient)."""
+    if total == 0:
+        return
+    count = 1 if cap is None else max(1, -(-total // cap))
+    size, larger = divmod(total, count)
+    start = 0
+    for index in range(count):
+        stop = start + size + (1 if index < larger else 0)
+        yield slice(start, stop)
+        start = stop
 
 
 def map_batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, max_batch: int | None = None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xai_lightning.core.batching import even_slices
 from xai_lightning.core.batchnorm_folding import BatchNormFolding
 from xai_lightning.core.layout import ChannelsLastForward
 
@@ -57,18 +58,8 @@ def rows_per_pass(
 
 def pass_slices(x: torch.Tensor, max_batch: int | None) -> Iterator[slice]:
     """Slices of the rows of ``x`` for passes of at most :func:`rows_per_pass` rows each, evened out
-    (256 rows at a cap of 85: four passes of 64, not three of 85 and one of 1; sizes differ by at most 1)."""
-    total = x.shape[0]
-    cap = rows_per_pass(x, max_batch)
-    if total == 0:
-        return
-    count = 1 if cap is None else max(1, -(-total // cap))
-    size, larger = divmod(total, count)
-    start = 0
-    for index in range(count):
-        stop = start + size + (1 if index < larger else 0)
-        yield slice(start, stop)
-        start = stop
+    (:func:`~xai_lightning.core.batching.even_slices`)."""
+    return even_slices(x.shape[0], rows_per_pass(x, max_batch))
 
 
 class FastForward:
