@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from xai_lightning.core.eval_mode import eval_mode
+
 __all__ = ["ObserverGuard", "compiled_submodules", "isolated_rng", "observe"]
 
 
@@ -106,12 +108,10 @@ class ObserverGuard:
         self.trainer = trainer
         self.seed = seed
         self._hooks: list[RemovableHandle] = []
-        self._modes: list[tuple[nn.Module, bool]] = []
         self._rng: _RNGSnapshot | None = None
         self._stack: contextlib.ExitStack | None = None
 
     def __enter__(self) -> "ObserverGuard":
-        self._modes = [(module, module.training) for module in self.model.modules()]
         self._rng = _RNGSnapshot()
         stack = contextlib.ExitStack()
         try:
@@ -133,7 +133,8 @@ class ObserverGuard:
                 torch.default_generator.manual_seed(self.seed)
                 if self._rng.torch_cuda is not None:
                     torch.cuda.manual_seed_all(self.seed)
-            self.model.eval()
+            # Eval mode; on exit every module gets its own training flag back.
+            stack.enter_context(eval_mode(self.model))
         except BaseException:
             stack.close()
             self._restore()
@@ -157,8 +158,6 @@ class ObserverGuard:
                 self._restore()
 
     def _restore(self) -> None:
-        for module, training in self._modes:
-            module.training = training
         if self._rng is not None:
             self._rng.restore()
 
