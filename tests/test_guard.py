@@ -134,3 +134,20 @@ def test_the_trainer_precision_context_is_used():
     assert trainer.precision_plugin.entered == 1
     assert out.dtype == torch.bfloat16
     assert model(torch.rand(3, 4)).dtype == torch.float32  # autocast ended with the guard
+
+
+def test_a_side_model_moves_with_its_optimizer_state_but_not_the_step_counters():
+    from xai_lightning.core.side_model import move_with_optimizer
+
+    side = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(side.parameters(), lr=0.1)
+    side(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    meta = torch.device("meta")  # a second device on a machine without one
+    move_with_optimizer(side, optimizer, meta)
+    assert all(p.device == meta for p in side.parameters())
+    for state in optimizer.state.values():
+        assert state["exp_avg"].device == meta and state["exp_avg_sq"].device == meta
+        assert state["step"].device.type == "cpu"
+    move_with_optimizer(side, optimizer, meta)  # already there: nothing to do
+    assert side.weight.device == meta

@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 from xai_lightning.callbacks.base import ObserverCallback
 from xai_lightning.callbacks.probe import ProbeSet, ProbeSplit, find_probe_dataset
 from xai_lightning.core import get_layer, isolated_rng, layer_names, normalize_layer_name, unwrap_model
+from xai_lightning.core.side_model import move_with_optimizer
 from xai_lightning.explainer import (
     ExplainerNetwork,
     explainer_outputs,
@@ -388,13 +389,7 @@ class ExplainerNetworkCallback(ObserverCallback):
 
     def _move_to(self, device: torch.device) -> None:
         assert self.explainer is not None and self.optimizer is not None
-        if next(self.explainer.parameters()).device == device:
-            return
-        self.explainer.to(device)
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device)
+        move_with_optimizer(self.explainer, self.optimizer, device)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()

@@ -23,6 +23,7 @@ from xai_lightning.core import (
     select_logits,
     unwrap_model,
 )
+from xai_lightning.core.side_model import move_with_optimizer
 from xai_lightning.data.batch import unpack_batch
 from xai_lightning.logging import display_images, labelled_grid, to_uint8_hwc
 from xai_lightning.logging.reliability import reliability_diagram
@@ -536,13 +537,7 @@ class UncertaintyCallback(ObserverCallback):
 
     def _move_to(self, device: torch.device) -> None:
         assert self.autoencoder is not None and self.optimizer is not None
-        if next(self.autoencoder.parameters()).device == device:
-            return
-        self.autoencoder.to(device)
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device)
+        move_with_optimizer(self.autoencoder, self.optimizer, device)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
