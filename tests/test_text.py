@@ -154,6 +154,8 @@ def test_token_occlusion_explains_the_predicted_class_read_from_the_sentences_ow
         probabilities = model(SENTENCES).softmax(1)
     result = TokenOcclusion(mode="pad", tokens_per_pass=8).explain(model, SENTENCES, "predicted")
     assert torch.equal(result.targets, probabilities.argmax(1))
+    # Scored in inference mode, returned as ordinary tensors (usable with autograd afterwards).
+    assert not any(t.is_inference() for t in (result.attributions, result.original, result.window_drops))
     torch.testing.assert_close(result.original, probabilities.max(1).values, atol=1e-6, rtol=1e-5)
     # The same drops as explaining those classes given explicitly.
     given = TokenOcclusion(mode="pad", tokens_per_pass=8).explain(model, SENTENCES, probabilities.argmax(1))
