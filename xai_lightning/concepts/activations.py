@@ -7,7 +7,7 @@ the loss, whose gradient has the opposite sign — REFERENCE.md) with respect to
 similarity of the probe images needs no second forward). Results are flattened to
 ``(N, D_layer)``, the space CAVs live in. :func:`layer_activations` stops the forward pass after
 the deepest requested layer; on a CPU both run on channels-last copies of the images
-(:mod:`xai_lightning.core.layout`).
+with eval BatchNorms folded (:class:`~xai_lightning.core.fast_forward.FastForward`).
 
 Layers are spec keys: a transformer layer read through a reshape (``"blocks.3.norm1:input@vit"``)
 is flattened from its folded grid ``(N, D, h, w)``, the same space as a CNN's feature maps.
@@ -32,9 +32,8 @@ from xai_lightning.core import (
     parse_layer,
     split_target,
 )
-from xai_lightning.core.batchnorm_folding import BatchNormFolding
+from xai_lightning.core.fast_forward import FastForward
 from xai_lightning.core.layer_activations import LayerActivations
-from xai_lightning.core.layout import ChannelsLastForward
 
 __all__ = ["layer_activations", "logit_gradients"]
 
@@ -94,17 +93,14 @@ def logit_gradients(
     target_parts: list[torch.Tensor] = []
     score_fn, target = split_target(target)
     slice_targets = BatchTargets(target, labels, inputs.shape[0])
-    layout = ChannelsLastForward()
-    folding = BatchNormFolding(model)
+    fast = FastForward(model)  # channels-last images, eval BatchNorms folded
     with observe(model, trainer=trainer) as guard:
         for rows in batch_slices(inputs.shape[0], max_batch):
             # Only gradients with respect to the layers are needed: the graph starts at the first of
             # them (also for a layer with no parameters below it).
             x = guard.input(inputs[rows], requires_grad=False)
             with LayerCapture(model, list(layers), graph_from_layers=True) as capture:
-                logits = output_scores(
-                    layout(lambda images: folding(model, images), x), output_key, score_fn, batch=x.shape[0]
-                )
+                logits = output_scores(fast(x), output_key, score_fn, batch=x.shape[0])
             targets = slice_targets(rows, logits)
             gradients = capture.gradients_of(class_scores(logits, targets).sum(), list(layers))
             outputs = capture.activations  # keyed by spec key
