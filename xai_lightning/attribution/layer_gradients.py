@@ -10,7 +10,6 @@ passes of at most ``max_batch`` inputs, and upsamples maps to the input resoluti
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,7 +64,7 @@ def layer_slices(
         x = inputs[rows].detach()
         # Without gradients the whole pass runs unrecorded; with them, from the layer on only.
         with (
-            torch.no_grad() if not gradients else contextlib.nullcontext(),
+            torch.set_grad_enabled(gradients),
             LayerCapture(explained.model, layer, graph_from_layers=gradients) as capture,
         ):
             logits = explained.fast_logits(x)
